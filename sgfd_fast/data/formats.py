@@ -253,7 +253,7 @@ def _integral(arr: np.ndarray, source: str) -> np.ndarray:
         bad = np.flatnonzero(~np.isfinite(arr) | (arr != np.round(arr)))
         if bad.size:
             i = int(bad[0])
-            raise DataError(f"{source}: labels must be integers; item {i} has label {arr[i]!r} "
+            raise DataError(f"{source}: labels must be integers; item {i} has label {arr[i].item()!r} "
                             f"({bad.size} non-integer values); store one integer category id "
                             f"per item")
         return arr.astype(np.int64)
@@ -518,12 +518,19 @@ def _sgfd_feature_name(modality: str) -> str:
 def write_sgfd(dataset, path, *, write_valid: bool = True) -> Path:
     """Write a Dataset as an SGFD-format directory (train/valid/test.csv, Feature*_normal.npy,
     MetaData_normal.npy). Columns are ``itemID,userID`` (+ ``asin`` when item ids are known), as in
-    the SGFD release. Returns the directory."""
+    the SGFD release. ``write_valid=False`` folds the validation rows back into train.csv (the
+    release's layout, which has no valid.csv). Returns the directory."""
     root = Path(path)
     root.mkdir(parents=True, exist_ok=True)
-    splits = [("train", dataset.train), ("test", dataset.test)]
-    if write_valid and dataset.valid.shape[0]:
-        splits.insert(1, ("valid", dataset.valid))
+    if write_valid:
+        splits = [("train", dataset.train), ("test", dataset.test)]
+        if dataset.valid.shape[0]:
+            splits.insert(1, ("valid", dataset.valid))
+    else:
+        splits = [("train", np.concatenate([dataset.train, dataset.valid])), ("test", dataset.test)]
+        stale = root / "valid.csv"
+        if stale.exists():
+            stale.unlink()
     for name, pairs in splits:
         swapped = pairs[:, ::-1]  # itemID first, as in the release
         header = ["itemID", "userID"]
