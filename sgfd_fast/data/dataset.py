@@ -238,6 +238,9 @@ def load_dataset(name: str | None = None, *, path=None, format: str = "sgfd", la
     * ``load_dataset("toysgames-synthetic")`` — real Toys & Games graph, synthetic features/labels.
     * ``load_dataset(path=DIR, format="sgfd" | "mmrec", labels=FILE, modalities={...})``.
 
+    ``modalities``: a dict ``{name: file.npy}`` (paths relative to DIR) reads exactly those files;
+    a list of names keeps only those of the discovered (or built-in) modalities, in that order.
+
     Validation: the dataset's own split when present, else carved from each user's training
     items (``valid_ratio``, ``seed``; see :mod:`sgfd_fast.data.splits`). ``split="8:1:1"``
     pools every interaction and re-splits it per user at random.
@@ -254,7 +257,15 @@ def load_dataset(name: str | None = None, *, path=None, format: str = "sgfd", la
                     if p.exists() else "")
             raise DataError(f"unknown dataset {name!r}; built-in datasets are "
                             f"{', '.join(DATASETS)}{hint}")
-        return load_builtin(name, valid_ratio=valid_ratio, seed=seed, split=split)
+        if labels is not None:
+            raise DataError(f"labels= applies to datasets loaded with path=; the built-in dataset "
+                            f"{name!r} brings its own labels")
+        if isinstance(modalities, dict):
+            raise DataError(f"modalities={{name: file}} applies to datasets loaded with path=; for "
+                            f"{name!r} pass a list of modality names to keep")
+        ds = load_builtin(name, valid_ratio=valid_ratio, seed=seed, split=split)
+        ds.features = formats.select_modalities(ds.features, modalities, name)
+        return ds
     fmt = str(format).lower()
     if fmt == "sgfd":
         parts = formats.read_sgfd(path, labels=labels, modalities=modalities)

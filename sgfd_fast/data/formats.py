@@ -345,6 +345,21 @@ def _ids_from_extras(pairs_list, extras_list, col: str, key: str, n: int, source
     return out.astype(str)
 
 
+def select_modalities(feats: dict, modalities, source: str) -> dict:
+    """Keep only the named modalities (a list/tuple of names), in the order given."""
+    if modalities is None:
+        return feats
+    names = [modalities] if isinstance(modalities, str) else list(modalities)
+    unknown = [m for m in names if m not in feats]
+    if unknown:
+        raise DataError(f"{source}: modality {unknown[0]!r} not found; available modalities: "
+                        f"{', '.join(feats) or 'none'}")
+    if not names:
+        raise DataError(f"{source}: modalities=[] selects nothing; name at least one of "
+                        f"{', '.join(feats)}")
+    return {m: feats[m] for m in names}
+
+
 def _explicit_modalities(root: Path, modalities, n_items: int) -> dict:
     feats = {}
     for name, file in modalities.items():
@@ -373,11 +388,11 @@ def read_sgfd(path, *, labels=None, modalities=None) -> dict:
         if split == "valid" and not f.exists():
             continue
         _require_file(f, f"{split} interactions", fix)
-        parts[split], extras[split] = read_interactions(f, sep=",", what=f"{split} interactions")
+        parts[split], extras[split] = read_interactions(f, what=f"{split} interactions")
     n_users = max(int(p[:, 0].max()) for p in parts.values()) + 1
     n_items = max(int(p[:, 1].max()) for p in parts.values()) + 1
 
-    if modalities:
+    if isinstance(modalities, dict):
         feats = _explicit_modalities(root, modalities, n_items)
     else:
         feats = {}
@@ -391,6 +406,7 @@ def read_sgfd(path, *, labels=None, modalities=None) -> dict:
             raise DataError(f"{root}: no feature files found; expected FeatureImage_normal.npy, "
                             f"FeatureText_normal.npy or Feature<Name>_normal.npy (rows = itemID), "
                             f"or pass modalities={{'name': 'file.npy'}}")
+        feats = select_modalities(feats, modalities, str(root))
     if labels is None:
         lp = root / SGFD_LABELS
         if not lp.exists():
@@ -457,7 +473,7 @@ def read_mmrec(path, *, labels=None, modalities=None) -> dict:
                         f"itemID) or a TSV itemID<TAB>label")
     lp = _resolve_labels(root, labels)
     raw_labels = read_labels(lp, n_items)
-    if modalities:
+    if isinstance(modalities, dict):
         feats = _explicit_modalities(root, modalities, n_items)
     else:
         feats = {}
@@ -471,6 +487,7 @@ def read_mmrec(path, *, labels=None, modalities=None) -> dict:
         if not feats:
             raise DataError(f"{root}: no feature files found; expected image_feat.npy, text_feat.npy "
                             f"or <modality>_feat.npy (rows = itemID), or pass modalities=")
+        feats = select_modalities(feats, modalities, str(root))
     item_ids = None
     mp = root / "i_id_mapping.csv"
     if mp.exists():

@@ -148,3 +148,21 @@ def test_dataset_contract_types(sgfd_dir):
     for k in ("n_users", "n_items", "n_train", "n_valid", "n_test", "modalities", "n_labels",
               "sparsity", "n_train_total", "n_cold_items"):
         assert k in s
+
+
+def test_modality_selection(sgfd_dir):
+    from sgfd_fast.errors import DataError
+
+    ds = load_dataset(path=sgfd_dir, modalities=["text"])
+    assert list(ds.features) == ["text"]
+    with pytest.raises(DataError, match="modality 'audio' not found; available modalities: image, text"):
+        load_dataset(path=sgfd_dir, modalities=["audio"])
+    ds = load_dataset("office", modalities=["relation"])
+    assert list(ds.features) == ["relation"]
+
+
+def test_tsv_train_csv_accepted(tmp_path, tiny):
+    d = write_sgfd(tiny, tmp_path / "tsv")
+    for f in ("train.csv", "valid.csv", "test.csv"):
+        (d / f).write_text((d / f).read_text().replace(",", "\t"))
+    _same(tiny, load_dataset(path=d))
