@@ -186,6 +186,15 @@ def _load_npy(path: Path, what: str) -> np.ndarray:
     try:
         return np.load(path, allow_pickle=False)
     except ValueError as exc:
+        if "Object arrays" in str(exc):
+            raise DataError(
+                f"{path}: the {what} file holds a pickled object array, which is not loaded (it "
+                f"could run code); if you trust it, re-save it as numbers: np.save(path, "
+                f"np.load(path, allow_pickle=True).astype(np.float32))") from None
+        if "pickled data" in str(exc):
+            raise DataError(f"{path}: not a .npy file (no .npy header; it looks like a pickle or "
+                            f"another format); save the {what} with numpy.save(path, array) from "
+                            f"a numeric array") from None
         raise DataError(f"{path}: cannot read the {what} file as a numeric .npy array ({exc}); "
                         f"save it with numpy.save(path, array) from a numeric array") from None
     except (OSError, EOFError) as exc:

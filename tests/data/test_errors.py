@@ -243,3 +243,22 @@ def test_cli_help(cli):
     assert r.returncode == 0 and "inspect" in r.stdout and "prepare-office" in r.stdout
     r = run_cli("inspect", "--help")
     assert "--labels" in r.stdout and "--format" in r.stdout
+
+
+def test_pickled_object_features(sgfd_dir):
+    np.save(sgfd_dir / "FeatureText_normal.npy", np.array([[1.0]] * 9, dtype=object),
+            allow_pickle=True)
+    with pytest.raises(DataError, match=r"FeatureText_normal\.npy: .*pickled object array.*re-save"):
+        load_dataset(path=sgfd_dir)
+
+
+def test_prepare_office_errors(tmp_path, capsys):
+    assert main(["prepare-office", "--source", str(tmp_path / "none"), "--out", str(tmp_path)]) == 2
+    assert "Office source directory not found" in capsys.readouterr().err
+    import importlib.util
+
+    if importlib.util.find_spec("sentence_transformers") is None:
+        src = tmp_path / "src"
+        src.mkdir()
+        assert main(["prepare-office", "--source", str(src), "--out", str(tmp_path)]) == 2
+        assert "pip install 'sgfd_fast[prepare]'" in capsys.readouterr().err
