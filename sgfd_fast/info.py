@@ -1,0 +1,98 @@
+"""``python -m sgfd_fast.info [--json]``: versions, what was built, and which backend serves each op.
+
+The JSON form has at least ``extension.built``, ``extension.cuda_compiled``, ``extension.error``
+and ``ops.<name>.cpu`` / ``ops.<name>.cuda``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import platform
+import sys
+
+import torch
+
+from . import _backend, _ext
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def collect() -> dict:
+    import sgfd_fast  # noqa: F401 - registers every op
+
+    cuda_info = dict(_ext.cuda.build_info) if _ext.cuda is not None else {}
+    return {
+        "sgfd_fast": sgfd_fast.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "triton": _version("triton"),
+        "numpy": _version("numpy"),
+        "cuda_available": torch.cuda.is_available(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "extension": {
+            "built": _ext.cpu is not None,
+            "error": _ext.cpu_error,
+            "cpu": dict(_ext.cpu.build_info) if _ext.cpu is not None else None,
+            "cuda_compiled": _ext.cuda is not None,
+            "cuda_error": _ext.cuda_error,
+            "cuda_archs": cuda_info.get("cuda_archs"),
+            "cuda_compiler": cuda_info.get("compiler"),
+            "cuda_runtime": _ext.cuda.runtime_version() if _ext.cuda is not None else None,
+            "cuda_devices": _ext.cuda_device_count(),
+        },
+        "triton_interpreter": _backend.triton_usable("cpu"),
+        "backend_request": _backend.requested("") or "auto",
+        # Without a GPU nothing compiled can serve CUDA tensors, so "cuda" reads "reference".
+        "ops": {op: {dev: _backend.serving(op, dev) for dev in _backend.DEVICES}
+                for op in _backend.ops()},
+    }
+
+
+def _print(info: dict) -> None:
+    ext = info["extension"]
+    print(f"sgfd_fast {info['sgfd_fast']}  python {info['python']}  torch {info['torch']} "
+          f"(CUDA {info['torch_cuda']})  triton {info['triton']}  numpy {info['numpy']}")
+    print(f"GPU: {info['gpu'] or 'none'}")
+    if ext["built"]:
+        cpu = ext["cpu"]
+        print(f"CPU extension: built ({cpu['compiler']}, OpenMP {cpu['openmp']}, "
+              f"{cpu.get('max_threads', 1)} threads)")
+    else:
+        print(f"CPU extension: NOT available: {ext['error']}")
+    if ext["cuda_compiled"]:
+        print(f"CUDA extension: built ({ext['cuda_compiler']}, archs {ext['cuda_archs']}, "
+              f"runtime {ext['cuda_runtime']}, {ext['cuda_devices']} device(s) visible)")
+    else:
+        print(f"CUDA extension: NOT available: {ext['cuda_error']}")
+    print(f"Triton interpreter on CPU: {info['triton_interpreter']}   "
+          f"SGFD_FAST_BACKEND: {info['backend_request']}")
+    width = max(len(op) for op in info["ops"]) if info["ops"] else 2
+    print(f"\n{'op':<{width}}  {'cpu':<12}  cuda")
+    for op, devices in info["ops"].items():
+        print(f"{op:<{width}}  {devices['cpu']:<12}  {devices['cuda']}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sgfd_fast.info", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+    info = collect()
+    if args.json:
+        json.dump(info, sys.stdout, indent=2)
+        print()
+    else:
+        _print(info)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,8 @@
+"""Public functional API: every op is a ``torch.library.custom_op`` (namespace ``sgfd_fast``)
+with a pure-PyTorch reference, a fake, an autograd formula and per-device compiled backends
+(see ``sgfd_fast._backend`` and ``python -m sgfd_fast.info``)."""
+
+from .propagate import propagate, propagate_reference
+from .spmm_csr import csr_transpose, spmm_csr, spmm_csr_reference
+
+__all__ = ["csr_transpose", "propagate", "propagate_reference", "spmm_csr", "spmm_csr_reference"]

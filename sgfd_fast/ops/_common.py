@@ -1,0 +1,68 @@
+"""Helpers shared by op files: argument checks and raw-pointer plumbing for the C++/CUDA modules."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from ..errors import InputError
+
+FLOAT_NAMES = {torch.float32: "float32", torch.float64: "float64"}
+INDEX_NAMES = {torch.int32: "int32", torch.int64: "int64"}
+
+
+def check(condition: bool, op: str, message: str) -> None:
+    """Raise one clear InputError naming the op when ``condition`` is false."""
+    if not condition:
+        raise InputError(f"sgfd_fast.ops.{op}: {message}")
+
+
+def check_csr(op: str, rowptr: torch.Tensor, col: torch.Tensor, val: torch.Tensor | None,
+              n_cols: int | None = None, validate_values: bool = False) -> None:
+    """Shapes and dtypes of a CSR triple; ``validate_values`` also checks index ranges (one sync)."""
+    check(rowptr.dim() == 1 and rowptr.numel() >= 1, op,
+          f"rowptr must be 1-D with n_rows + 1 entries, got shape {tuple(rowptr.shape)}")
+    check(col.dim() == 1, op, f"col must be 1-D, got shape {tuple(col.shape)}")
+    check(rowptr.dtype in INDEX_NAMES and col.dtype == rowptr.dtype, op,
+          f"rowptr and col must share an int32 or int64 dtype, got {rowptr.dtype} and {col.dtype}")
+    check(rowptr.device == col.device, op, "rowptr and col must be on the same device")
+    if val is not None:
+        check(val.shape == col.shape, op,
+              f"val must have one entry per column index: {tuple(val.shape)} vs {tuple(col.shape)}")
+        check(val.device == col.device, op, "val must be on the same device as col")
+    if validate_values:
+        diffs = rowptr.diff()
+        check(int(rowptr[0]) == 0 and int(rowptr[-1]) == col.numel(), op,
+              f"rowptr must start at 0 and end at nnz={col.numel()}")
+        check(bool((diffs >= 0).all()), op, "rowptr must be non-decreasing")
+        if col.numel() and n_cols is not None:
+            lo, hi = int(col.min()), int(col.max())
+            check(lo >= 0 and hi < n_cols, op,
+                  f"column indices must lie in [0, {n_cols}), found range [{lo}, {hi}]")
+
+
+def dense(x: torch.Tensor) -> torch.Tensor:
+    """Kernels read row-major buffers: views (transposes, expands, slices) are copied once."""
+    return x if x.is_contiguous() else x.contiguous()
+
+
+def addr(t: torch.Tensor | None) -> int:
+    return 0 if t is None else t.data_ptr()
+
+
+def cuda_stream(t: torch.Tensor) -> int:
+    return torch.cuda.current_stream(t.device).cuda_stream
+
+
+def new_output(*shape: int, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Uninitialised output for a kernel to fill.
+
+    With ``SGFD_FAST_POISON=1`` (the test suite sets it) outputs start as NaN (or -1 for integer
+    outputs) so that an element a kernel forgets to write fails the comparison.
+    """
+    dtype = dtype or like.dtype
+    if os.environ.get("SGFD_FAST_POISON") == "1":
+        fill = float("nan") if dtype.is_floating_point else -1
+        return torch.full(shape, fill, dtype=dtype, device=like.device)
+    return torch.empty(shape, dtype=dtype, device=like.device)

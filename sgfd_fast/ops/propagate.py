@@ -1,0 +1,83 @@
+"""propagate: LightGCN-style multi-layer propagation with the layer mean fused.
+
+    out = 1/(L+1) * sum_{k=0}^{L} A^k x
+
+A is a symmetric normalized adjacency in CSR (rowptr, col, val) — e.g. D^-1/2 A D^-1/2 of the
+user–item bipartite graph. Because A = Aᵀ and the map is linear, the backward is the same
+propagation applied to the incoming gradient: no transpose, no saved activations. ``val`` is a
+constant (no gradient). Shapes: x (N, d), out (N, d); n_layers >= 0 (0 returns x).
+
+Backends: reference (spmm_csr_reference per layer). Compiled backends register on top.
+Contract: the caller guarantees symmetry (``sgfd_fast.graph.CSR.symmetric`` says so); isolated
+nodes (empty rows) propagate zeros after layer 0.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .. import _backend
+from ._common import FLOAT_NAMES, check, check_csr
+from .spmm_csr import spmm_csr_reference
+
+__all__ = ["propagate", "propagate_reference"]
+
+
+def propagate_reference(rowptr: torch.Tensor, col: torch.Tensor, val: torch.Tensor,
+                        x: torch.Tensor, n_layers: int) -> torch.Tensor:
+    layer, total = x, x
+    for _ in range(n_layers):
+        layer = spmm_csr_reference(rowptr, col, val, layer)
+        total = total + layer
+    return total / (n_layers + 1)
+
+
+@torch.library.custom_op("sgfd_fast::propagate", mutates_args=())
+def _propagate(rowptr: torch.Tensor, col: torch.Tensor, val: torch.Tensor, x: torch.Tensor,
+               n_layers: int) -> torch.Tensor:
+    return propagate_reference(rowptr, col, val, x, n_layers)
+
+
+@_propagate.register_fake
+def _propagate_fake(rowptr, col, val, x, n_layers):
+    return torch.empty_like(x)
+
+
+def _setup_context(ctx, inputs, output):
+    rowptr, col, val, _, n_layers = inputs
+    ctx.save_for_backward(rowptr, col, val)
+    ctx.n_layers = n_layers
+
+
+def _propagate_backward(ctx, grad):
+    rowptr, col, val = ctx.saved_tensors
+    return None, None, None, _propagate(rowptr, col, val, grad, ctx.n_layers), None
+
+
+_propagate.register_autograd(_propagate_backward, setup_context=_setup_context)
+_backend.define("propagate", _propagate, propagate_reference)
+
+
+def propagate(rowptr: torch.Tensor, col: torch.Tensor, val: torch.Tensor, x: torch.Tensor,
+              n_layers: int, *, validate: bool = True) -> torch.Tensor:
+    """Mean of ``x, A x, ..., A^L x`` for a symmetric CSR matrix A.
+
+    Args:
+        rowptr, col, val: CSR of the symmetric (N, N) matrix A (int32/int64 indices, val with
+            ``x``'s dtype).
+        x: (N, d) float32/float64 node embeddings.
+        n_layers: number of propagation layers L >= 0.
+        validate: check index ranges (one pass and a host sync); graph objects pass False.
+
+    Returns:
+        (N, d) layer mean.
+    """
+    check(x.dim() == 2, "propagate", f"x must be 2-D (N, d), got shape {tuple(x.shape)}")
+    check(x.dtype in FLOAT_NAMES, "propagate", f"x must be float32 or float64, got {x.dtype}")
+    check(int(n_layers) >= 0, "propagate", f"n_layers must be >= 0, got {n_layers}")
+    check(rowptr.numel() - 1 == x.shape[0], "propagate",
+          f"A has {rowptr.numel() - 1} rows but x has {x.shape[0]}: A must be square (N, N)")
+    check_csr("propagate", rowptr, col, val, x.shape[0], validate_values=validate)
+    check(val.dtype == x.dtype and val.device == x.device, "propagate",
+          f"val ({val.dtype}, {val.device}) must match x ({x.dtype}, {x.device})")
+    return _propagate(rowptr.contiguous(), col.contiguous(), val.contiguous(), x, int(n_layers))

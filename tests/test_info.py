@@ -1,0 +1,40 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from sgfd_fast import _ext
+
+
+def run_info(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "sgfd_fast.info", *args], capture_output=True,
+                          text=True, env={**os.environ, **(env or {})}, check=True).stdout
+
+
+def test_info_json_keys_and_backends():
+    info = json.loads(run_info("--json", env={"SGFD_FAST_BACKEND": "auto"}))
+    ext = info["extension"]
+    assert {"built", "cuda_compiled", "error"} <= set(ext)
+    assert ext["built"] == (_ext.cpu is not None)
+    for op in ("spmm_csr", "propagate"):
+        assert {"cpu", "cuda"} <= set(info["ops"][op])
+    if ext["built"]:
+        assert info["ops"]["spmm_csr"]["cpu"] == "cpp"
+
+
+def test_reference_env_switches_every_op():
+    info = json.loads(run_info("--json", env={"SGFD_FAST_BACKEND": "reference"}))
+    assert all(d["cpu"] == "reference" and d["cuda"] == "reference" for d in info["ops"].values())
+
+
+def test_info_text():
+    out = run_info(env={"SGFD_FAST_BACKEND": "auto"})
+    assert "CPU extension" in out and "spmm_csr" in out
+
+
+@pytest.mark.skipif(os.environ.get("SGFD_FAST_EXPECT_CUDA_BUILD") != "1",
+                    reason="CI sets SGFD_FAST_EXPECT_CUDA_BUILD=1 where nvcc exists")
+def test_cuda_module_was_compiled():
+    assert _ext.cuda is not None, _ext.cuda_error
