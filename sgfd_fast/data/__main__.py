@@ -38,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="format of --path (default: sgfd)")
     ins.add_argument("--labels", help="labels file: .npy of ints (row = itemID) or TSV "
                                       "itemID<TAB>label; required for mmrec")
+    ins.add_argument("--modality", action="append", metavar="NAME=FILE",
+                     help="read modality NAME from FILE (.npy, rows = itemID, relative to --path); "
+                          "repeat for several; replaces the automatic discovery")
     ins.add_argument("--valid-ratio", type=float, default=0.1,
                      help="share of each user's train items carved into validation when the "
                           "dataset has no validation split (default 0.1)")
@@ -78,12 +81,23 @@ def main(argv=None) -> int:
         if args.command == "inspect":
             from .dataset import load_dataset
 
+            modalities = None
+            if args.modality:
+                from ..errors import DataError
+
+                modalities = {}
+                for spec in args.modality:
+                    name, sep, file = spec.partition("=")
+                    if not sep or not name or not file:
+                        raise DataError(f"--modality {spec!r}: expected NAME=FILE, e.g. "
+                                        f"--modality text=text_feat.npy")
+                    modalities[name] = file
             if args.dataset:
                 ds = load_dataset(args.dataset, valid_ratio=args.valid_ratio, seed=args.seed,
                                   split=args.split)
             else:
                 ds = load_dataset(path=args.path, format=args.format, labels=args.labels,
-                                  valid_ratio=args.valid_ratio, seed=args.seed, split=args.split)
+                                  modalities=modalities, valid_ratio=args.valid_ratio, seed=args.seed, split=args.split)
             print(json.dumps(ds.stats(), indent=2))
         elif args.command == "prepare-office":
             from . import prepare_office as po

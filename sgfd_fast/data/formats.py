@@ -414,7 +414,8 @@ def read_sgfd(path, *, labels=None, modalities=None) -> dict:
         if not feats:
             raise DataError(f"{root}: no feature files found; expected FeatureImage_normal.npy, "
                             f"FeatureText_normal.npy or Feature<Name>_normal.npy (rows = itemID), "
-                            f"or pass modalities={{'name': 'file.npy'}}")
+                            f"or pass modalities={{'name': 'file.npy'}} (CLI: --modality "
+                            f"NAME=FILE)")
         feats = select_modalities(feats, modalities, str(root))
     if labels is None:
         lp = root / SGFD_LABELS

@@ -262,3 +262,11 @@ def test_prepare_office_errors(tmp_path, capsys):
         src.mkdir()
         assert main(["prepare-office", "--source", str(src), "--out", str(tmp_path)]) == 2
         assert "pip install 'sgfd_fast[prepare]'" in capsys.readouterr().err
+
+
+def test_cli_modality_option(sgfd_dir, capsys):
+    np.save(sgfd_dir / "v.npy", np.ones((9, 4), np.float32))
+    assert main(["inspect", "--path", str(sgfd_dir), "--modality", "vis=v.npy"]) == 0
+    assert json.loads(capsys.readouterr().out)["modalities"] == {"vis": 4}
+    assert main(["inspect", "--path", str(sgfd_dir), "--modality", "vis"]) == 2
+    assert "expected NAME=FILE" in capsys.readouterr().err
