@@ -25,7 +25,8 @@ def _version(package: str) -> str | None:
 
 
 def collect() -> dict:
-    import sgfd_fast  # noqa: F401 - registers every op
+    import sgfd_fast
+    import sgfd_fast.ops  # noqa: F401 - registers every op
 
     cuda_info = dict(_ext.cuda.build_info) if _ext.cuda is not None else {}
     return {
