@@ -1,0 +1,235 @@
+"""Full-ranking evaluation: top-K per user with known items masked, then ranking metrics.
+
+Two protocols (design.md §3.6):
+
+* ``standard``: users with >= 1 item in the split and >= 1 training item; the user's training
+  items (and, for ``split="test"``, validation items) are excluded from the ranking; per-user
+  Recall, NDCG (ideal DCG over ``min(|truth|, K)`` positions), Precision, MAP (normalised by
+  ``min(|truth|, K)``) and Hit, averaged over users.
+* ``legacy``: the released code's choices (sgfd-official-code.md §4.6-4.7, §5.5, §6.3):
+  validation = test; BM3 reports micro-averaged Recall (all hits / all test pairs) and ``ndcg2_``
+  (IDCG from the hits in the first K-1 positions, DCG over the whole top-``max(topk)`` list;
+  the released config uses ``topk: [10, 20]``), Hit = any hit in the first 20 positions for every
+  K; GRCN/MAML report per-user Recall and NDCG normalised by the number of hits, and GRCN scores
+  training items 1e-5 instead of excluding them (``Recommender.legacy_mask_value``).
+
+Everything runs as batched tensor code on the model's device: never a per-user Python loop, never
+the full users x items score matrix (``eval_batch_size`` users at a time).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from .errors import ConfigError, DataError, InputError
+from .models.base import config_value
+
+__all__ = ["ranking_metrics", "evaluate", "METRICS", "LEGACY_HIT_DEPTH"]
+
+METRICS = ("recall", "ndcg", "precision", "map", "hit")
+# the released BM3 ``hk_`` looks at the first 20 positions whatever K is
+LEGACY_HIT_DEPTH = 20
+
+
+def _hit_matrix(topk: torch.Tensor, truth_rowptr: torch.Tensor,
+                truth_items: torch.Tensor) -> torch.Tensor:
+    """(U, L) bool: whether ``topk[u, j]`` is one of user u's truth items (-1 slots never hit)."""
+    n_users, _ = topk.shape
+    counts = truth_rowptr.diff()
+    width = int(max(int(topk.max()) if topk.numel() else 0,
+                    int(truth_items.max()) if truth_items.numel() else 0)) + 1
+    rows = torch.repeat_interleave(torch.arange(n_users, device=topk.device), counts)
+    keys = torch.sort(rows * width + truth_items).values
+    query = torch.arange(n_users, device=topk.device)[:, None] * width + topk
+    if keys.numel() == 0:
+        return torch.zeros_like(topk, dtype=torch.bool)
+    pos = torch.searchsorted(keys, query).clamp_(max=keys.numel() - 1)
+    return (keys[pos] == query) & (topk >= 0)
+
+
+def ranking_metrics(topk_indices: torch.Tensor, truth_rowptr: torch.Tensor,
+                    truth_items: torch.Tensor, ks, protocol: str = "standard",
+                    model: str = "BM3") -> dict[str, float]:
+    """Ranking metrics from top-L lists and the users' held-out items.
+
+    Args:
+        topk_indices: (U, L) int64 ranked item ids per evaluated user, best first; -1 marks an
+            empty slot (fewer than L rankable items). L >= max(ks).
+        truth_rowptr: (U + 1,) int64 offsets into ``truth_items``; every user needs >= 1 item.
+        truth_items: (nnz,) int64 held-out item ids, grouped per user (any order within a user).
+        ks: cut-offs, e.g. [10, 20, 50].
+        protocol: ``"standard"`` or ``"legacy"``; model: under legacy, ``"BM3"`` selects the
+            MMRec/BM3 definitions, ``"GRCN"``/``"MAML"`` the hit-normalised NDCG.
+
+    Returns:
+        ``{"recall@k", "ndcg@k", "precision@k", "map@k", "hit@k"}`` for every k, as floats.
+    """
+    ks = [int(k) for k in ks]
+    if topk_indices.dim() != 2:
+        raise InputError(f"ranking_metrics: topk_indices must be (U, L), got "
+                         f"{tuple(topk_indices.shape)}")
+    n_users, depth = topk_indices.shape
+    if not ks or min(ks) < 1 or max(ks) > depth:
+        raise InputError(f"ranking_metrics: every k must lie in [1, {depth}] (the top-L width), "
+                         f"got {ks}")
+    if truth_rowptr.numel() != n_users + 1:
+        raise InputError(f"ranking_metrics: truth_rowptr must have {n_users + 1} entries, got "
+                         f"{truth_rowptr.numel()}")
+    if protocol not in ("standard", "legacy"):
+        raise InputError(f"ranking_metrics: protocol must be 'standard' or 'legacy', got "
+                         f"{protocol!r}")
+    if n_users == 0:
+        raise InputError("ranking_metrics: no users to evaluate")
+    n_truth = truth_rowptr.diff().to(torch.float64)
+    if bool((n_truth < 1).any()):
+        raise InputError("ranking_metrics: every evaluated user needs at least one truth item")
+
+    dev = topk_indices.device
+    hits = _hit_matrix(topk_indices, truth_rowptr.to(dev), truth_items.to(dev)).to(torch.float64)
+    cum = hits.cumsum(1)                                              # hits within the first j+1
+    positions = torch.arange(1, depth + 1, device=dev, dtype=torch.float64)
+    disc = 1.0 / torch.log(positions + 1)                             # 1/ln(j+2); ratios = log2's
+    dcg = (hits * disc).cumsum(1)
+    idcg = disc.cumsum(0)
+    ap = (cum / positions * hits).cumsum(1)
+    legacy_bm3 = protocol == "legacy" and model not in ("GRCN", "MAML")
+    legacy_hitnorm = protocol == "legacy" and not legacy_bm3
+
+    out = {}
+    for k in ks:
+        h = cum[:, k - 1]
+        at_most_k = n_truth.clamp(max=k)
+        if legacy_bm3:
+            recall = h.sum() / n_truth.sum()
+            h_prev = cum[:, k - 2] if k >= 2 else torch.zeros_like(h)   # hits in first k-1
+            ideal = idcg[(h_prev - 1).clamp(min=0).long()]
+            ndcg = torch.where(h_prev > 0, dcg[:, -1] / ideal, 0.0)     # DCG over the full list
+            hit = (cum[:, min(LEGACY_HIT_DEPTH, depth) - 1] > 0).to(torch.float64)
+        elif legacy_hitnorm:
+            recall = h / n_truth
+            ideal = idcg[(h - 1).clamp(min=0).long()]
+            ndcg = torch.where(h > 0, dcg[:, k - 1] / ideal, 0.0)
+            hit = (h > 0).to(torch.float64)
+        else:
+            recall = h / n_truth
+            ndcg = dcg[:, k - 1] / idcg[at_most_k.long() - 1]
+            hit = (h > 0).to(torch.float64)
+        out[f"recall@{k}"] = recall.mean()
+        out[f"ndcg@{k}"] = ndcg.mean()
+        out[f"precision@{k}"] = (h / k).mean()
+        out[f"map@{k}"] = (ap[:, k - 1] / at_most_k).mean()
+        out[f"hit@{k}"] = hit.mean()
+    return {key: float(v) for key, v in out.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# top-K with masking
+# ----------------------------------------------------------------------------------------------
+
+
+def _masked_topk_dense(scores: torch.Tensor, mask_rowptr: torch.Tensor, mask_col: torch.Tensor,
+                       k: int, mask_value: float | None):
+    """Top-k of a dense (U, n_items) score block with each row's masked items excluded (or set to
+    ``mask_value``); ties go to the lower item id; missing slots are (-inf, -1)."""
+    n_rows, n_items = scores.shape
+    rows = torch.repeat_interleave(torch.arange(n_rows, device=scores.device), mask_rowptr.diff())
+    scores = scores.clone()
+    excluded = None
+    if mask_value is None:
+        scores[rows, mask_col] = -math.inf
+        excluded = torch.zeros_like(scores, dtype=torch.bool)
+        excluded[rows, mask_col] = True
+    else:
+        scores[rows, mask_col] = mask_value
+    # a stable descending sort keeps equal scores in increasing item id
+    values, indices = torch.sort(scores, dim=1, descending=True, stable=True)
+    values, indices = values[:, :k], indices[:, :k]
+    if excluded is not None:
+        gone = excluded.gather(1, indices)
+        values = values.masked_fill(gone, -math.inf)
+        indices = indices.masked_fill(gone, -1)
+    if k > n_items:
+        pad = k - n_items
+        values = torch.cat([values, values.new_full((n_rows, pad), -math.inf)], 1)
+        indices = torch.cat([indices, indices.new_full((n_rows, pad), -1)], 1)
+    return values, indices
+
+
+def _rows_of_csr(rowptr: torch.Tensor, col: torch.Tensor, rows: torch.Tensor):
+    """The sub-CSR (rowptr, col) of the given rows, in their order."""
+    starts, counts = rowptr[rows], rowptr[rows + 1] - rowptr[rows]
+    sub_rowptr = torch.zeros(rows.numel() + 1, dtype=torch.long, device=rowptr.device)
+    sub_rowptr[1:] = counts.cumsum(0)
+    offsets = torch.arange(int(sub_rowptr[-1]), device=rowptr.device) \
+        - torch.repeat_interleave(sub_rowptr[:-1] - starts, counts)
+    return sub_rowptr, col[offsets]
+
+
+def _csr(pairs: np.ndarray, n_rows: int):
+    """(rowptr, col) numpy CSR of [row, col] pairs, columns sorted within a row."""
+    order = np.lexsort((pairs[:, 1], pairs[:, 0]))
+    rowptr = np.zeros(n_rows + 1, dtype=np.int64)
+    np.cumsum(np.bincount(pairs[:, 0], minlength=n_rows), out=rowptr[1:])
+    return rowptr, np.ascontiguousarray(pairs[order, 1], dtype=np.int64)
+
+
+def evaluate(model, dataset, split: str, config: dict) -> dict[str, float]:
+    """Rank all items for the split's users and return the metrics (keys ``"recall@20"``, ...).
+
+    Args:
+        model: a :class:`~sgfd_fast.models.Recommender`; evaluated in eval mode, restored after.
+        dataset: the :class:`~sgfd_fast.data.Dataset` it was trained on.
+        split: ``"valid"`` or ``"test"`` (legacy protocol: both mean test).
+        config: reads ``topk``, ``eval_batch_size``, ``protocol`` and ``model``.
+    """
+    ks = config_value(config, "topk", list, model="evaluation")
+    if not ks or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in ks):
+        raise ConfigError(f"evaluation: topk must be a non-empty list of positive ints, got {ks!r}")
+    batch = config_value(config, "eval_batch_size", int, low=1, model="evaluation")
+    protocol = config_value(config, "protocol", str, choices=("standard", "legacy"),
+                            model="evaluation")
+    if split not in ("valid", "test"):
+        raise ConfigError(f"evaluation: split must be 'valid' or 'test', got {split!r}")
+    if protocol == "legacy":
+        split = "test"
+    truth = dataset.test if split == "test" else dataset.valid
+    if truth.shape[0] == 0:
+        raise DataError(f"dataset {dataset.name!r} has no {split} interactions to evaluate "
+                        f"(give it a validation split: valid_ratio > 0 or a valid file)")
+    known = dataset.train
+    if split == "test" and dataset.valid.shape[0]:
+        known = np.concatenate([known, dataset.valid])
+
+    has_train = np.bincount(dataset.train[:, 0], minlength=dataset.n_users) > 0
+    users = np.unique(truth[:, 0])
+    users = users[has_train[users]]
+    if users.size == 0:
+        raise DataError(f"dataset {dataset.name!r}: no {split} user has a training interaction")
+    t_rowptr, t_col = _csr(truth, dataset.n_users)
+    m_rowptr, m_col = _csr(known, dataset.n_users)
+
+    device = model.device
+    as_t = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
+    users_t, t_rowptr, t_col, m_rowptr, m_col = map(as_t, (users, t_rowptr, t_col, m_rowptr, m_col))
+    truth_rowptr, truth_items = _rows_of_csr(t_rowptr, t_col, users_t)
+    depth = max(ks)
+    mask_value = model.legacy_mask_value if protocol == "legacy" else None
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            emb = model.ranking_embeddings()
+            tops = []
+            for start in range(0, users_t.numel(), batch):
+                b = users_t[start:start + batch]
+                rowptr_b, col_b = _rows_of_csr(m_rowptr, m_col, b)
+                scores = emb[0][b] @ emb[1].T if emb is not None else model.score_users(b)
+                tops.append(_masked_topk_dense(scores, rowptr_b, col_b, depth, mask_value)[1])
+    finally:
+        model.train(was_training)
+    name = config.get("model", type(model).__name__)
+    return ranking_metrics(torch.cat(tops), truth_rowptr, truth_items, ks, protocol, name)

@@ -1,0 +1,21 @@
+"""Recommenders by name: ``MODELS`` and ``build_model`` (see ``base.Recommender``)."""
+
+from __future__ import annotations
+
+from ..errors import ConfigError
+from .base import Recommender
+from .bm3 import BM3
+from .sgfd import SGFD
+
+__all__ = ["MODELS", "Recommender", "SGFD", "BM3", "build_model"]
+
+MODELS: dict[str, type[Recommender]] = {"BM3": BM3}
+
+
+def build_model(name: str, dataset, config: dict) -> Recommender:
+    """Instantiate the model registered as ``name`` (case-insensitive) for ``dataset``."""
+    by_upper = {k.upper(): cls for k, cls in MODELS.items()}
+    cls = by_upper.get(str(name).upper())
+    if cls is None:
+        raise ConfigError(f"unknown model {name!r}; available: {', '.join(sorted(MODELS))}")
+    return cls(dataset, config)

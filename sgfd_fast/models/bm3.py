@@ -1,0 +1,144 @@
+"""BM3 (Zhou et al., WWW 2023) as the released SGFD-BM3 runs it (sgfd-official-code.md §4).
+
+* ID embeddings E_u, E_i (xavier_uniform); LightGCN-style propagation over the normalised
+  training graph with the mean of layers 0..L, plus the raw item-ID embedding as a residual:
+  ``u_g, i_g = split(mean_l Â^l [E_u; E_i])``, ``u_o, i_o = u_g, i_g + E_i``.
+* A shared predictor P = Linear(D, D) (xavier_normal weight).
+* Per batch of positive pairs (no negatives): dropout views of u_o, i_o and of each modality's
+  item features are the (detached) targets; the loss is
+  ``(1 - cos(P(u_o), i_tgt)) + (1 - cos(P(i_o), u_tgt))
+  + reg_weight * (||u_o||_F + ||i_o||_F) / n_items
+  + cl_weight * sum_m [(1 - cos(P(s_m), i_tgt)) + (1 - cos(P(s_m), s_m_tgt))]
+  + SGFD losses on the batch's positive items`` (cosines averaged over the batch rows).
+* Ranking: ``score(u, i) = P(u_g)[u] . P(i_g + E_i)[i]``.
+
+``sgfd: true``: s_m is the SGFD student (leaky-ReLU + L2 normalisation, §3.2). ``sgfd: false``:
+s_m comes from original BM3's extractor, one Linear(d_m, D) per modality (xavier_normal, no
+activation), on the same frozen features (original BM3 fine-tuned the raw features; we keep them
+constant in both variants so the comparison isolates SGFD).
+
+Differences from the released code that do not change the distribution of any quantity: features,
+predictor outputs and dropout masks are computed only for the distinct users/items of the batch
+(the released code computes them for all rows and then gathers; one mask per distinct row keeps
+duplicates identical, as there); the released sum over the two modalities becomes a sum over any
+number (>= 1) of modalities.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import DataError
+from ..graph import normalized_bipartite_reference
+from .base import Recommender, config_value
+from .sgfd import SGFD
+
+__all__ = ["BM3"]
+
+
+def _neg_cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return 1.0 - F.cosine_similarity(a, b, dim=-1).mean()
+
+
+class BM3(Recommender):
+    """BM3 backbone with optional SGFD (config key ``sgfd``); see the module docstring.
+
+    Config keys: ``embedding_size``, ``n_layers``, ``dropout``, ``reg_weight``, ``cl_weight``,
+    ``sgfd`` and, when ``sgfd`` is true, the SGFD keys of :meth:`SGFD.from_config`.
+    """
+
+    n_negatives = 0
+
+    def __init__(self, dataset, config: dict):
+        super().__init__(dataset, config)
+        get = lambda key, *a, **kw: config_value(config, key, *a, model="BM3", **kw)  # noqa: E731
+        dim = get("embedding_size", int, low=1)
+        self.n_layers = get("n_layers", int, low=0)
+        self.dropout = get("dropout", float, low=0.0, high=0.99)
+        self.reg_weight = get("reg_weight", float, low=0.0)
+        self.cl_weight = get("cl_weight", float, low=0.0)
+        if not dataset.features:
+            raise DataError(f"BM3 needs at least one item feature modality; dataset "
+                            f"{dataset.name!r} has none")
+        self.modalities = list(dataset.features)
+
+        self.user_embedding = nn.Embedding(self.n_users, dim)
+        self.item_embedding = nn.Embedding(self.n_items, dim)
+        nn.init.xavier_uniform_(self.user_embedding.weight)
+        nn.init.xavier_uniform_(self.item_embedding.weight)
+        self.predictor = nn.Linear(dim, dim)
+        nn.init.xavier_normal_(self.predictor.weight)
+
+        features = {m: torch.from_numpy(a) for m, a in dataset.features.items()}
+        if get("sgfd", bool):
+            self.sgfd = SGFD.from_config(features, torch.from_numpy(dataset.labels),
+                                         dataset.n_labels, config, leaky=True, model="BM3")
+            self.extractors = None
+        else:
+            self.sgfd = None
+            for j, m in enumerate(self.modalities):
+                self.register_buffer(f"feature{j}", features[m], persistent=False)
+            self.extractors = nn.ModuleList(nn.Linear(a.shape[1], dim) for a in features.values())
+            for layer in self.extractors:
+                nn.init.xavier_normal_(layer.weight)
+        # the graph is a constant of the dataset: rebuilt, not checkpointed; moved lazily
+        self._graph = normalized_bipartite_reference(self.n_users, self.n_items, dataset.train)
+
+    def _graph_on(self, device: torch.device):
+        if self._graph.device != device:
+            self._graph = self._graph.to(device)
+        return self._graph
+
+    def item_features(self, j: int, items: torch.Tensor | None = None) -> torch.Tensor:
+        """Modality j's features as the backbone consumes them (SGFD student or BM3 extractor)."""
+        if self.sgfd is not None:
+            return self.sgfd.student(j, items)
+        x = getattr(self, f"feature{j}")
+        return self.extractors[j](x if items is None else x[items])
+
+    def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(u_o (n_users, D), i_o (n_items, D))``: propagated embeddings, item-ID residual."""
+        ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
+        out = self._graph_on(ego.device).propagate(ego, self.n_layers)
+        u_g, i_g = out.split([self.n_users, self.n_items])
+        return u_g, i_g + self.item_embedding.weight
+
+    def calculate_loss(self, users, items, negatives=None):
+        u_o, i_o = self.forward()
+        uniq_u, inv_u = torch.unique(users, return_inverse=True)
+        uniq_i, inv_i = torch.unique(items, return_inverse=True)
+        u_rows, i_rows = u_o[uniq_u], i_o[uniq_i]
+        with torch.no_grad():
+            u_tgt = F.dropout(u_rows, self.dropout)[inv_u]
+            i_tgt = F.dropout(i_rows, self.dropout)[inv_i]
+        u_on = self.predictor(u_rows)[inv_u]
+        i_on = self.predictor(i_rows)[inv_i]
+        bm3 = _neg_cos(u_on, i_tgt) + _neg_cos(i_on, u_tgt)
+        reg = (u_o.norm() + i_o.norm()) / self.n_items
+
+        students, cl = [], 0.0
+        for j in range(len(self.modalities)):
+            s = self.item_features(j, uniq_i)
+            students.append(s)
+            q = self.predictor(s)[inv_i]
+            with torch.no_grad():
+                s_tgt = F.dropout(s, self.dropout)[inv_i]
+            cl = cl + _neg_cos(q, i_tgt) + _neg_cos(q, s_tgt)
+
+        total = bm3 + self.reg_weight * reg + self.cl_weight * cl
+        parts = {"bm3": bm3, "reg": reg, "cl": cl}
+        if self.sgfd is not None:
+            sgfd = self.sgfd.losses(items, students=students)
+            total = total + sgfd["sgfd"]
+            parts.update(sgfd)
+        return {"loss": total, **{k: v.detach() for k, v in parts.items()}}
+
+    def ranking_embeddings(self):
+        u_g, i_o = self.forward()
+        return self.predictor(u_g), self.predictor(i_o)
+
+    def student_features(self):
+        with torch.no_grad():
+            return {m: self.item_features(j) for j, m in enumerate(self.modalities)}
