@@ -9,6 +9,9 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ["SGFD_FAST_POISON"] = "1"
+# `python -m sgfd_fast...` subprocesses must import the installed package, not the checkout that
+# is the working directory (it has no compiled modules): Python >= 3.11 honours this.
+os.environ["PYTHONSAFEPATH"] = "1"
 os.environ.setdefault("SGFD_FAST_BACKEND", "auto")
 
 HAS_CUDA = torch.cuda.is_available()
