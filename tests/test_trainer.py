@@ -1,0 +1,253 @@
+"""Trainer: run-directory files, exact resume (between and inside epochs), grids, protocols,
+negative sampling. A tiny matrix-factorisation model registered in MODELS keeps it fast."""
+
+import json
+import os
+import signal
+
+import numpy as np
+import pytest
+import torch
+
+from sgfd_fast import trainer as trainer_mod
+from sgfd_fast.config import load_config
+from sgfd_fast.data import Dataset
+from sgfd_fast.errors import ConfigError
+from sgfd_fast.models import MODELS
+from sgfd_fast.models.base import Recommender
+
+
+class TinyMF(Recommender):
+    """BPR matrix factorisation with dropout (so the torch RNG matters for exact resume)."""
+
+    n_negatives = 1
+    interrupt_at = None   # send SIGINT to this process at this calculate_loss call
+    calls = 0
+
+    def __init__(self, dataset, config):
+        super().__init__(dataset, config)
+        d = config["embedding_size"]
+        self.user = torch.nn.Embedding(dataset.n_users, d)
+        self.item = torch.nn.Embedding(dataset.n_items, d)
+        torch.nn.init.normal_(self.user.weight, std=0.1)
+        torch.nn.init.normal_(self.item.weight, std=0.1)
+        self.drop = torch.nn.Dropout(0.2)
+
+    def calculate_loss(self, users, items, negatives=None):
+        TinyMF.calls += 1
+        if TinyMF.calls == TinyMF.interrupt_at:
+            os.kill(os.getpid(), signal.SIGINT)
+        u = self.drop(self.user(users))
+        pos = (u * self.item(items)).sum(-1)
+        neg = (u * self.item(negatives[:, 0])).sum(-1)
+        bpr = -torch.nn.functional.logsigmoid(pos - neg).mean()
+        reg = 1e-3 * u.pow(2).sum(-1).mean()
+        return {"loss": bpr + reg, "bpr": bpr, "reg": reg}
+
+    def ranking_embeddings(self):
+        return self.user.weight, self.item.weight
+
+    def student_features(self):
+        return {"image": self.item.weight[:, :2] * 2}
+
+
+def tiny_dataset(n_users=40, n_items=30, seed=0, with_ids=True):
+    rng = np.random.default_rng(seed)
+    train, valid, test = [], [], []
+    for u in range(n_users):
+        items = rng.choice(n_items, size=8, replace=False)
+        train += [[u, int(i)] for i in items[:5]]
+        valid.append([u, int(items[5])])
+        test += [[u, int(i)] for i in items[6:]]
+    return Dataset(name="tiny", n_users=n_users, n_items=n_items, train=np.asarray(train),
+                   valid=np.asarray(valid), test=np.asarray(test),
+                   features={"image": rng.standard_normal((n_items, 6)).astype(np.float32)},
+                   labels=rng.integers(0, 3, n_items), n_labels=3,
+                   user_ids=np.asarray([f"u{u}" for u in range(n_users)]) if with_ids else None,
+                   item_ids=np.asarray([f"i{i}" for i in range(n_items)]) if with_ids else None)
+
+
+@pytest.fixture
+def tiny_model(monkeypatch):
+    monkeypatch.setitem(MODELS, "TinyMF", TinyMF)
+    monkeypatch.setattr(TinyMF, "interrupt_at", None)
+    monkeypatch.setattr(TinyMF, "calls", 0)
+    return "TinyMF"
+
+
+def cfg(*overrides):
+    base = ["epochs=4", "train_batch_size=32", "embedding_size=8", "learning_rate=0.05",
+            "stopping_step=10", "device=cpu", "topk=[5,10,20]"]
+    return load_config("TinyMF", None, overrides=base + list(overrides))
+
+
+def run(tmp_path, name, *overrides, dataset=None):
+    return trainer_mod.train("TinyMF", cfg(*overrides), run_dir=tmp_path / name,
+                             dataset=dataset or tiny_dataset(), progress=False, console=False)
+
+
+def metric_lines(run_dir):
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    for x in lines:
+        x.pop("epoch_time_s")
+        x.pop("eval_time_s", None)
+    return lines
+
+
+def test_run_directory_files(tmp_path, tiny_model):
+    res = run(tmp_path, "r")
+    d = tmp_path / "r"
+    assert {p.name for p in d.iterdir()} >= {"run.json", "train.log", "metrics.jsonl", "last.pt",
+                                             "best.pt", "results.json"}
+    assert not [p for p in d.iterdir() if "tmp" in p.name]
+    on_disk = json.loads((d / "results.json").read_text())
+    assert on_disk == json.loads(json.dumps(res))
+    for k in ("model", "dataset", "sgfd", "best_epoch", "valid", "test", "epoch_time_s",
+              "eval_time_s", "config", "device", "sgfd_fast_version"):
+        assert k in res, k
+    assert res["model"] == "TinyMF" and res["device"] == "cpu"
+    assert set(res["test"]) >= {"recall@20", "ndcg@20", "recall@10"}
+    assert res["config"]["learning_rate"] == 0.05 and res["epoch_time_s"] > 0
+    lines = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in lines] == [1, 2, 3, 4]
+    assert all(set(x["losses"]) == {"loss", "bpr", "reg"} and "valid" in x and x["epoch_time_s"]
+               > 0 and x["eval_time_s"] > 0 for x in lines)
+    best = max(lines, key=lambda x: (x["valid"]["recall@20"], -x["epoch"]))
+    assert res["best_epoch"] == best["epoch"] and res["valid"] == best["valid"]
+    log = (d / "train.log").read_text()
+    assert "epoch 4: loss" in log and "best epoch" in log
+    ck = torch.load(d / "last.pt", weights_only=True)
+    assert ck["epoch"] == 4 and ck["batch"] == 0 and "sampler" in ck and "optimizer" in ck
+    assert set(ck["rng"]) >= {"python", "numpy", "torch"}
+    with pytest.raises(ConfigError, match="already holds a run"):
+        run(tmp_path, "r")
+
+
+def test_same_seed_same_result(tmp_path, tiny_model):
+    a = run(tmp_path, "a", "epochs=2")
+    b = run(tmp_path, "b", "epochs=2")
+    assert a["test"] == b["test"]
+    assert metric_lines(tmp_path / "a") == metric_lines(tmp_path / "b")
+
+
+def test_resume_between_epochs_is_exact(tmp_path, tiny_model):
+    full = run(tmp_path, "full", "epochs=5")
+    run(tmp_path, "part", "epochs=2")
+    resumed = trainer_mod.resume(tmp_path / "part", ["epochs=5"], dataset=tiny_dataset(),
+                                 progress=False, console=False)
+    assert resumed["test"] == full["test"] and resumed["valid"] == full["valid"]
+    assert resumed["best_epoch"] == full["best_epoch"]
+    assert metric_lines(tmp_path / "part") == metric_lines(tmp_path / "full")
+
+
+def test_interrupt_mid_epoch_then_resume_is_exact(tmp_path, tiny_model):
+    full = run(tmp_path, "full", "epochs=4")
+    TinyMF.calls, TinyMF.interrupt_at = 0, 10   # 7 batches per epoch: inside epoch 2
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, "cut", "epochs=4")
+    ck = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
+    assert (ck["epoch"], ck["batch"]) == (1, 3)
+    assert not (tmp_path / "cut" / "results.json").exists()
+    assert "--resume" in (tmp_path / "cut" / "train.log").read_text()
+    resumed = trainer_mod.resume(tmp_path / "cut", dataset=tiny_dataset(), progress=False,
+                                 console=False)
+    assert resumed["test"] == full["test"] and resumed["valid"] == full["valid"]
+    assert metric_lines(tmp_path / "cut") == metric_lines(tmp_path / "full")
+
+
+def test_resume_rejects_changes(tmp_path, tiny_model):
+    run(tmp_path, "r", "epochs=1")
+    with pytest.raises(ConfigError, match="learning_rate cannot be changed when resuming"):
+        trainer_mod.resume(tmp_path / "r", ["learning_rate=0.1"])
+    with pytest.raises(ConfigError, match="not a run directory"):
+        trainer_mod.resume(tmp_path / "nothing")
+
+
+def test_early_stopping(tmp_path, tiny_model, monkeypatch):
+    import sgfd_fast.evaluation as ev
+
+    scores = iter([0.3, 0.5, 0.5, 0.4, 0.6, 0.9])  # best at epoch 2, then 2 without improvement
+    monkeypatch.setattr(ev, "evaluate", lambda model, ds, split, config:
+                        {"recall@20": next(scores) if split == "valid" else 0.1})
+    res = run(tmp_path, "r", "epochs=6", "stopping_step=2", "valid_metric=recall@20")
+    assert res["best_epoch"] == 2 and res["epochs_trained"] == 4 and res["early_stopped"]
+    assert res["valid"] == {"recall@20": 0.5}
+
+
+def test_grid_selects_on_validation(tmp_path, tiny_model, monkeypatch):
+    import sgfd_fast.evaluation as ev
+
+    calls = []
+
+    def fake(model, ds, split, config):
+        calls.append(split)
+        lr = config["learning_rate"]
+        # validation prefers lr 0.05, test would prefer lr 0.2: selection must follow validation
+        return {"recall@20": {0.2: 0.1, 0.05: 0.3, 0.01: 0.2}[lr] if split == "valid"
+                else {0.2: 0.9, 0.05: 0.4, 0.01: 0.5}[lr]}
+
+    monkeypatch.setattr(ev, "evaluate", fake)
+    res = run(tmp_path, "g", "epochs=1", "hyper_parameters=[learning_rate]",
+              "learning_rate=[0.2, 0.05, 0.01]")
+    assert res["config"]["learning_rate"] == 0.05 and res["test"] == {"recall@20": 0.4}
+    assert [g["valid_score"] for g in res["grid"]] == [0.1, 0.3, 0.2]
+    assert res["selected_point"] == 1 and res["checkpoint"] == "grid-1/best.pt"
+    assert all((tmp_path / "g" / f"grid-{i}" / "best.pt").exists() for i in range(3))
+    assert calls.count("test") == 3 and calls.count("valid") == 3
+
+
+def test_grid_points_start_from_the_same_seed(tmp_path, tiny_model):
+    res = run(tmp_path, "g", "epochs=2", "hyper_parameters=[weight_decay]",
+              "weight_decay=[0.0, 0.0]")
+    a, b = (metric_lines(tmp_path / "g" / f"grid-{i}") for i in range(2))
+    assert a == b and res["selected_point"] == 0
+
+
+def test_legacy_protocol_validates_on_test(tmp_path, tiny_model, monkeypatch):
+    import sgfd_fast.evaluation as ev
+
+    splits = []
+    monkeypatch.setattr(ev, "evaluate", lambda model, ds, split, config:
+                        splits.append(split) or {"recall@20": 0.5})
+    res = run(tmp_path, "l", "epochs=2", "protocol=legacy")
+    assert set(splits) == {"test"} and res["protocol"] == "legacy"
+    assert "validation uses the TEST split" in (tmp_path / "l" / "train.log").read_text()
+
+
+def test_nan_loss_is_a_clear_error(tmp_path, tiny_model, monkeypatch):
+    monkeypatch.setattr(TinyMF, "calculate_loss", lambda self, u, i, n=None: {
+        "loss": (self.user(u).sum() * float("nan"))})
+    with pytest.raises(ConfigError, match="loss became nan in epoch 1; lower learning_rate"):
+        run(tmp_path, "n", "epochs=1")
+
+
+def test_device_cuda_without_gpu(tmp_path, tiny_model):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(ConfigError, match="no CUDA GPU"):
+        run(tmp_path, "c", "device=cuda")
+    assert not (tmp_path / "c").exists()
+
+
+def test_negative_sampler_never_returns_positives_and_resumes():
+    ds = tiny_dataset()
+    s = trainer_mod.UniformNegatives(ds.n_users, ds.n_items, ds.train, seed=3)
+    users = torch.as_tensor(ds.train[:, 0])
+    state = s.state_dict()
+    neg = s.sample(users, 4)
+    assert neg.shape == (users.numel(), 4)
+    pos = {tuple(p) for p in ds.train.tolist()}
+    assert not any((u, n) in pos for u, row in zip(users.tolist(), neg.tolist()) for n in row)
+    assert neg.min() >= 0 and neg.max() < ds.n_items
+    s.load_state_dict(state)
+    assert torch.equal(s.sample(users, 4), neg)
+    full = np.asarray([[0, i] for i in range(5)])
+    with pytest.raises(ConfigError, match="every item"):
+        trainer_mod.UniformNegatives(1, 5, full, seed=0)
+
+
+def test_only_rank0_writes(tmp_path, tiny_model, monkeypatch):
+    ref = run(tmp_path, "r0", "epochs=2")
+    monkeypatch.setattr(trainer_mod, "rank", lambda: 1)
+    res = run(tmp_path, "r1", "epochs=2")
+    assert not (tmp_path / "r1").exists() and res["test"] == ref["test"]
