@@ -1,0 +1,96 @@
+"""pytest configuration of the benchmarks (see bench/README.md and bench/benchlib.py).
+
+Adds ``--bench-size small|paper|large``, collects ``bench_<op>.py`` modules, provides the ``bench``
+fixture, writes each group's speedups into the benchmark JSON and prints them at the end of the run.
+``pytest bench/ --benchmark-disable`` runs every correctness check once: the smoke CI runs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import platform
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchlib import GRAPH_FOR_SIZE, RESULTS, SIZES, Bench, Graph, graph
+
+# bench/report.py is also a CLI; it is loaded by path so the name cannot clash with another module.
+_spec = importlib.util.spec_from_file_location("sgfd_bench_report",
+                                               Path(__file__).resolve().parent / "report.py")
+report = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(report)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--bench-size", choices=SIZES, default="small",
+                     help="workload scale: small (default; the whole suite in a few minutes on a "
+                          "2-core CPU), paper (the real toysgames-synthetic graph and paper batch "
+                          "sizes), large (a generated 200k-node, ~2M-interaction power-law graph; "
+                          "meant for GPUs)")
+
+
+def pytest_collect_file(file_path, parent):
+    # Bench modules are named bench_<op>.py (one op = one name); pytest's default pattern
+    # (test_*.py) would not collect them. A file named on the command line pytest collects itself.
+    if (file_path.suffix == ".py" and file_path.name.startswith("bench_")
+            and not parent.session.isinitpath(file_path)):
+        return pytest.Module.from_parent(parent, path=file_path)
+    return None
+
+
+@pytest.fixture(scope="session")
+def bench_size(request) -> str:
+    return request.config.getoption("--bench-size")
+
+
+@pytest.fixture(scope="session")
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.fixture(scope="session")
+def size_graph(bench_size) -> Graph:
+    """The graph of this ``--bench-size``: office (small), toysgames (paper), generated (large)."""
+    return graph(GRAPH_FOR_SIZE[bench_size])
+
+
+@pytest.fixture
+def bench(benchmark, request, device, bench_size) -> Bench:
+    return Bench(benchmark, request, device, bench_size)
+
+
+# ----------------------------------------------------------------------------------------------
+# Speedups: into the JSON, and a short table at the end of the run
+
+
+def _versions() -> dict:
+    import importlib.metadata
+
+    import sgfd_fast
+
+    out = {"sgfd_fast": sgfd_fast.__version__, "torch": torch.__version__,
+           "python": platform.python_version()}
+    for package in ("triton", "numpy"):
+        try:
+            out[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def pytest_benchmark_update_json(config, benchmarks, output_json):
+    report.add_speedups(output_json["benchmarks"])
+    output_json["bench_size"] = config.getoption("--bench-size")
+    output_json["versions"] = _versions()
+    output_json["command"] = " ".join(["pytest", *config.invocation_params.args])
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if not RESULTS:
+        return
+    report.add_speedups(RESULTS)
+    terminalreporter.write_sep("-", "sgfd_fast speedups (median time of the other provider / "
+                                    "median time of sgfd_fast; > 1 means sgfd_fast is faster)")
+    terminalreporter.write_line(report.speedup_text(RESULTS))
