@@ -1,0 +1,228 @@
+"""BM3 (+SGFD): one step equals a transcription of the released bm3.py, the gradient table of
+sgfd-official-code.md §3.7, the sgfd=false path, training, ranking, registry and config errors."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sgfd_fast.errors import ConfigError, DataError
+from sgfd_fast.evaluation import evaluate
+from sgfd_fast.models import BM3, MODELS, build_model
+
+
+def _dense_adjacency(ds, dtype):
+    # bm3.py get_norm_adj_mat: Deg = rowsum(A) + 1e-7, D^-1/2 A D^-1/2, no self-loops
+    n = ds.n_users + ds.n_items
+    a = torch.zeros(n, n, dtype=dtype)
+    u, i = torch.from_numpy(ds.train[:, 0]), torch.from_numpy(ds.train[:, 1]) + ds.n_users
+    a[u, i] = 1.0
+    a[i, u] = 1.0
+    d = (a.sum(1) + 1e-7) ** -0.5
+    return d[:, None] * a * d[None, :]
+
+
+def _released_forward(model, adj):
+    ego = torch.cat([model.user_embedding.weight, model.item_embedding.weight])
+    layers = [ego]
+    for _ in range(model.n_layers):
+        layers.append(adj @ layers[-1])
+    mean = torch.stack(layers, dim=1).mean(dim=1)
+    u_g, i_g = torch.split(mean, [model.n_users, model.n_items])
+    return u_g, i_g + model.item_embedding.weight
+
+
+def _released_loss(model, adj, users, items):
+    """bm3.py calculate_loss with dropout = 0 (so the dropout views equal their inputs), student
+    over all items, SGFD extractor + fusion on the batch items; modalities summed as released."""
+    s = model.sgfd
+    u_online_ori, i_online_ori = _released_forward(model, adj)
+    students = [F.normalize(F.leaky_relu(s.students[j](s.feature(j)))) for j in range(2)]
+    with torch.no_grad():
+        u_target, i_target = u_online_ori.clone(), i_online_ori.clone()
+        targets = [x.clone() for x in students]
+    u_online, i_online = model.predictor(u_online_ori), model.predictor(i_online_ori)
+    u_online, i_online = u_online[users], i_online[items]
+    u_target, i_target = u_target[users], i_target[items]
+    cl, ces, lds, fds, teach = 0.0, [], [], [], []
+    y = s.labels[items]
+    for j in range(2):
+        x = s.feature(j)[items]
+        h = x
+        for layer in s.teachers[j]:
+            h = layer(h)
+        teacher_x = F.normalize(F.leaky_relu(h))
+        student_x = F.normalize(F.leaky_relu(s.students[j](x)))
+        c = s.classifiers[j]
+        t_logit, s_logit = c(teacher_x), c(student_x)
+        ces.append(F.cross_entropy(F.softmax(t_logit, dim=1), y))
+        lds.append(F.l1_loss(F.softmax(t_logit / s.tau, 1), F.softmax(s_logit / s.tau, 1)))
+        fds.append(F.mse_loss(student_x, teacher_x))
+        teach.append(teacher_x)
+        feat_online = model.predictor(students[j])[items]
+        loss_m = 1 - F.cosine_similarity(feat_online, i_target.detach(), dim=-1).mean()
+        loss_mm = 1 - F.cosine_similarity(feat_online, targets[j][items].detach(), dim=-1).mean()
+        cl = cl + loss_m + loss_mm
+    fusion = F.cross_entropy(s.fusion_classifier(F.leaky_relu_(s.fusion(torch.cat(teach, 1)))), y)
+    loss_ui = 1 - F.cosine_similarity(u_online, i_target.detach(), dim=-1).mean()
+    loss_iu = 1 - F.cosine_similarity(i_online, u_target.detach(), dim=-1).mean()
+    reg = (torch.norm(u_online_ori) + torch.norm(i_online_ori)) / i_online_ori.shape[0]
+    return ((loss_ui + loss_iu) + model.reg_weight * reg + model.cl_weight * cl
+            + s.ce_weight * ((ces[0] + ces[1]) / 2 + fusion)
+            + s.kd_weight * ((lds[0] + lds[1]) / 2 + (fds[0] + fds[1]) / 2))
+
+
+def _batch(ds, seed=0, size=16):
+    g = np.random.default_rng(seed)
+    rows = ds.train[g.integers(0, len(ds.train), size)]   # with repeats: duplicate users/items
+    return torch.from_numpy(rows[:, 0]), torch.from_numpy(rows[:, 1])
+
+
+@pytest.mark.parametrize("collapse", [False, True])
+def test_one_step_equals_released_transcription(tiny, config, collapse):
+    ds = tiny()
+    torch.manual_seed(0)
+    model = BM3(ds, config(dropout=0.0, collapse_teacher=collapse, ce_weight=0.3,
+                           kd_weight=0.7)).double()
+    users, items = _batch(ds)
+    out = model.calculate_loss(users, items)
+    want = _released_loss(model, _dense_adjacency(ds, torch.float64), users, items)
+    assert out["loss"].item() == pytest.approx(want.item(), rel=1e-9)
+    got = torch.autograd.grad(out["loss"], list(model.parameters()))
+    ref = torch.autograd.grad(want, list(model.parameters()))
+    # the graph's weights are stored in float32 (relative rounding ~6e-8)
+    for (name, _), a, b in zip(model.named_parameters(), got, ref):
+        assert torch.allclose(a, b, rtol=1e-6, atol=1e-6 * float(b.abs().max())), name
+
+
+def _grad_norms(model, users, items, seed=0):
+    model.zero_grad()
+    torch.manual_seed(seed)
+    model.calculate_loss(users, items)["loss"].backward()
+    return {n: (0.0 if p.grad is None else float(p.grad.abs().sum()))
+            for n, p in model.named_parameters()}
+
+
+def test_gradient_table(tiny, config):
+    """Who receives gradient from what (§3.7), by switching loss weights off one at a time."""
+    ds = tiny()
+    users, items = _batch(ds)
+
+    def grads(**kw):
+        torch.manual_seed(1)
+        return _grad_norms(BM3(ds, config(**kw)), users, items)
+
+    full = grads()
+    assert all(v > 0 for v in full.values()), [k for k, v in full.items() if v == 0]
+    # teacher, classifiers and fusion only learn from the SGFD losses
+    no_sgfd = grads(ce_weight=0.0, kd_weight=0.0)
+    for name, v in no_sgfd.items():
+        if name.startswith(("sgfd.teachers", "sgfd.classifiers", "sgfd.fusion")):
+            assert v == 0, name
+    assert no_sgfd["sgfd.students.0.weight"] > 0                 # via the cl losses
+    # the student receives nothing from CE / fusion
+    only_ce = grads(kd_weight=0.0, cl_weight=0.0)
+    assert only_ce["sgfd.students.0.weight"] == 0 and only_ce["sgfd.teachers.0.0.weight"] > 0
+    assert only_ce["sgfd.fusion.weight"] > 0
+    # fusion receives nothing from LD / FD
+    only_kd = grads(ce_weight=0.0, cl_weight=0.0)
+    assert only_kd["sgfd.fusion.weight"] == 0 and only_kd["sgfd.students.1.weight"] > 0
+    # ID embeddings learn only from the BM3 and reg terms: their gradient is unchanged when the
+    # feature-side weights change (same seed => same dropout masks)
+    plain = grads(ce_weight=0.0, kd_weight=0.0, cl_weight=0.0)
+    for key in ("user_embedding.weight", "item_embedding.weight"):
+        assert plain[key] == pytest.approx(full[key], rel=1e-6)
+
+
+def test_sgfd_false_path(tiny, config):
+    ds = tiny()
+    torch.manual_seed(0)
+    model = build_model("bm3", ds, config(sgfd=False))
+    assert model.sgfd is None and len(model.extractors) == 2
+    users, items = _batch(ds)
+    out = model.calculate_loss(users, items)
+    assert set(out) == {"loss", "bm3", "reg", "cl"}
+    assert torch.isfinite(out["loss"])
+    out["loss"].backward()
+    assert all(p.grad is not None and p.grad.any() for p in model.parameters())
+    feats = model.student_features()
+    assert list(feats) == ["m0", "m1"] and feats["m0"].shape == (ds.n_items, 8)
+    # original BM3's extractor: plain linear map, no activation, no normalisation
+    x = torch.from_numpy(ds.features["m1"])
+    assert torch.allclose(feats["m1"], model.extractors[1](x))
+
+
+def test_forward_matches_dense_propagation(tiny, config):
+    ds = tiny()
+    for n_layers in (0, 1, 3):
+        model = BM3(ds, config(n_layers=n_layers)).double()
+        u, i = model.forward()
+        ru, ri = _released_forward(model, _dense_adjacency(ds, torch.float64))
+        assert torch.allclose(u, ru) and torch.allclose(i, ri)
+        pu, pi = model.ranking_embeddings()
+        assert torch.allclose(pi, model.predictor(ri))
+    # the isolated item keeps only layer 0 plus its residual: (L0 / (L + 1)) + E_i
+    iso = ds.n_items - 1
+    assert torch.allclose(i[iso], model.item_embedding.weight[iso] * (1 + 1 / 4))
+
+
+def test_dropout_masks_shared_by_duplicates(tiny, config):
+    ds = tiny()
+    model = BM3(ds, config(cl_weight=0.0, reg_weight=0.0, ce_weight=0.0, kd_weight=0.0))
+    users = torch.tensor([3, 3, 3, 3])
+    items = torch.tensor([5, 5, 5, 5])
+    # all rows identical (one mask per distinct row, as when the released code gathers rows of
+    # one dropped matrix): the loss is the single-row loss
+    torch.manual_seed(0)
+    a = model.calculate_loss(users, items)["bm3"]
+    torch.manual_seed(0)
+    b = model.calculate_loss(users[:1], items[:1])["bm3"]
+    assert a.item() == pytest.approx(b.item(), rel=1e-6)
+
+
+def test_training_decreases_loss_and_evaluates(tiny, config):
+    ds = tiny(n_users=30, n_items=25)
+    torch.manual_seed(0)
+    cfg = config()
+    model = BM3(ds, cfg)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    users, items = (torch.from_numpy(ds.train[:, c]) for c in (0, 1))
+    losses = []
+    for _ in range(40):
+        loss = model.calculate_loss(users, items)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.1
+    metrics = evaluate(model, ds, "test", cfg)
+    assert set(metrics) >= {"recall@5", "ndcg@5", "precision@1", "map@5", "hit@1"}
+    assert all(0.0 <= v <= 1.0 for v in metrics.values())
+
+
+def test_registry_and_config_errors(tiny, config):
+    ds = tiny()
+    assert MODELS["BM3"] is BM3
+    with pytest.raises(ConfigError, match="unknown model 'NoSuch'; available: BM3"):
+        build_model("NoSuch", ds, config())
+    with pytest.raises(ConfigError, match="dropout must lie in"):
+        BM3(ds, config(dropout=1.0))
+    with pytest.raises(ConfigError, match="n_layers must be a int"):
+        BM3(ds, config(n_layers=1.5))
+    cfg = config()
+    del cfg["cl_weight"]
+    with pytest.raises(ConfigError, match="missing config key 'cl_weight'"):
+        BM3(ds, cfg)
+    no_feats = tiny()
+    no_feats.features = {}
+    with pytest.raises(DataError, match="at least one item feature"):
+        BM3(no_feats, config())
+
+
+@pytest.mark.parametrize("widths", [(33,), (9, 40, 5)])
+def test_any_number_of_modalities(tiny, config, widths):
+    ds = tiny(widths=widths)
+    model = BM3(ds, config())
+    out = model.calculate_loss(*_batch(ds))
+    assert torch.isfinite(out["loss"])
+    assert model.sgfd.fusion.in_features == len(widths) * 8
