@@ -1,0 +1,207 @@
+"""GRCN (Wei et al., MM 2020) as the released SGFD-GRCN runs it (sgfd-official-code.md §5).
+
+Node space: users ``[0, n_users)`` then items ``[n_users, n_users + n_items)``; the graph is the
+training interactions in both directions (CSR rows = message targets, columns = sources).
+
+Per modality m (CGCN, ``Model_routing.py`` L95-145):
+
+* item features ``c_m = normalize(leaky_relu(S_m(F_m)))`` for all items, where S_m is the SGFD
+  student (``sgfd: true``; GRCN runs SGFD without leaky-ReLU, ``is_pruning = has_act = False``, so
+  the student is ``normalize(W F + b)``) or, for ``sgfd: false``, original GRCN's extractor
+  ``Linear(d_m, D)``. Both give ``normalize(leaky_relu(W F + b))`` (leaky-ReLU is positively
+  homogeneous), the released and the original GRCN function;
+* user preferences ``p_m = normalize(P_m)``;
+* routing, ``num_routing`` times: ``p_m = normalize(p_m + GAT(p_m <- c_m))`` where GAT at user u
+  is ``sum_i softmax_i(p_u . c_i) c_i`` over u's training items (``ops.edge_softmax_aggregate``);
+* ``x_m = [p_m; c_m]``, ``rep_m = x_m + GAT(x_m)`` over both directions, which also yields the
+  attention weight ``alpha_m[e]`` of every edge e (softmax over the edges into its target).
+
+Edge weights (``weight_mode = confid``): ``w[e] = max_m alpha_m[e] * conf[src(e), m]`` with a
+trainable per-node confidence ``conf (n_nodes, M)``; no ReLU (``pruning = False``), so weights may be
+negative. EGCN: ``x0 = normalize(E)``, ``x1 = A_w x0``, ``x2 = A_w x1`` (weightless sum
+aggregation, ``ops.spmm_csr`` with the edge weights as values), ``id_rep = x0 + x1 + x2``.
+Representation ``rep = [id_rep; rep_1; ...; rep_M]`` (width ``D * (M + 1)``), score = dot product.
+
+Loss per batch (``Net.loss``, L310-340), with one sampled negative per positive pair::
+
+    L = -mean log sigmoid(s(u, p) - s(u, n))
+        + reg_weight * (mean(E[u]^2) + mean(E[p; n]^2) + sum_m mean(P_m[u]^2))
+        + SGFD losses on the positive and negative items (sgfd: true)
+
+Protocols (config ``protocol``), what differs:
+
+* ``standard`` (correct behaviour): routing messages run item -> user, the direction that reaches
+  users. The released code routes over the one-directional user -> item edge list, where no user is
+  a message target, so its routing only re-normalises the preferences (§8 #10); ours actually
+  routes. Evaluation recomputes ``rep`` from the current parameters, and training items are excluded
+  from the ranking.
+* ``legacy`` (paper parity): routing is the released no-op (``p_m = normalize(P_m)``); evaluation
+  ranks with the ``rep`` of the last training forward (the released ``self.result``: computed
+  before that batch's optimizer step; kept in the checkpointed buffer ``legacy_rep`` so that the
+  selected epoch's copy is the one evaluated); ``legacy_mask_value = 1e-5`` makes
+  :mod:`sgfd_fast.evaluation` score training items 1e-5 instead of excluding them, and the
+  evaluation module reports the hit-normalised NDCG (§5.5).
+
+Other deviations from the released code, in both protocols: ``log sigmoid`` is computed stably
+(``F.logsigmoid``; same value where the released form is finite); edge dropout (released default 0)
+and the unused ``reg_confid_loss`` are not implemented; the student runs as one product, not in 50
+row chunks (same function); any number (>= 1) of modalities, fusion order = dataset modality order
+(released: visual then text); the negatives come from the trainer's sampler (uniform over items
+minus the user's training items, as released).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import ops
+from ..errors import DataError
+from ..graph import normalized_bipartite_reference
+from .base import Recommender, config_value
+from .sgfd import SGFD
+
+__all__ = ["GRCN"]
+
+PROTOCOLS = ("standard", "legacy")
+
+
+class GRCN(Recommender):
+    """GRCN backbone with optional SGFD (config key ``sgfd``); see the module docstring.
+
+    Config keys: ``embedding_size`` (D = dim_E = dim_C), ``num_routing``, ``reg_weight``,
+    ``protocol``, ``sgfd`` and, when ``sgfd`` is true, the SGFD keys of :meth:`SGFD.from_config`.
+    """
+
+    n_negatives = 1
+    legacy_mask_value = 1e-5
+
+    def __init__(self, dataset, config: dict):
+        super().__init__(dataset, config)
+        get = lambda key, *a, **kw: config_value(config, key, *a, model="GRCN", **kw)  # noqa: E731
+        dim = get("embedding_size", int, low=1)
+        self.num_routing = get("num_routing", int, low=0)
+        self.reg_weight = get("reg_weight", float, low=0.0)
+        self.legacy = get("protocol", str, choices=PROTOCOLS) == "legacy"
+        if not dataset.features:
+            raise DataError(f"GRCN needs at least one item feature modality; dataset "
+                            f"{dataset.name!r} has none")
+        self.modalities = list(dataset.features)
+        n_nodes, n_mod = self.n_users + self.n_items, len(self.modalities)
+
+        # xavier_normal on a (rows, D) matrix, as released for every node-level parameter
+        self.id_embedding = nn.Parameter(nn.init.xavier_normal_(torch.empty(n_nodes, dim)))
+        self.preferences = nn.ParameterList(
+            nn.Parameter(nn.init.xavier_normal_(torch.empty(self.n_users, dim)))
+            for _ in range(n_mod))
+        self.confidence = nn.Parameter(nn.init.xavier_normal_(torch.empty(n_nodes, n_mod)))
+
+        features = {m: torch.from_numpy(a) for m, a in dataset.features.items()}
+        if get("sgfd", bool):
+            self.sgfd = SGFD.from_config(features, torch.from_numpy(dataset.labels),
+                                         dataset.n_labels, config, leaky=False, model="GRCN")
+            self.extractors = None
+        else:
+            self.sgfd = None
+            for j, m in enumerate(self.modalities):
+                self.register_buffer(f"feature{j}", features[m], persistent=False)
+            # original GRCN's CGCN.MLP: default nn.Linear initialisation
+            self.extractors = nn.ModuleList(nn.Linear(a.shape[1], dim) for a in features.values())
+
+        # Graph structure (constants of the dataset: rebuilt, not checkpointed). Both directions
+        # of the training interactions; the edge order is the CSR order, shared by the attention
+        # weights and the EGCN's edge weights. The transpose is computed once for spmm's backward.
+        graph = normalized_bipartite_reference(self.n_users, self.n_items, dataset.train)
+        self.register_buffer("rowptr", graph.rowptr, persistent=False)
+        self.register_buffer("col", graph.col, persistent=False)
+        for name, t in zip(("t_rowptr", "t_col", "t_perm"),
+                           ops.csr_transpose(graph.rowptr, graph.col, n_nodes)):
+            self.register_buffer(name, t, persistent=False)
+        # item -> user routing graph: rows users, columns item ids (0-based)
+        user_rows = graph.rowptr[:self.n_users + 1].clone()
+        route_col = graph.col[:int(user_rows[-1])] - self.n_users
+        self.register_buffer("route_rowptr", user_rows, persistent=False)
+        self.register_buffer("route_col", route_col, persistent=False)
+        for name, t in zip(("route_t_rowptr", "route_t_col", "route_t_perm"),
+                           ops.csr_transpose(user_rows, route_col, self.n_items)):
+            self.register_buffer(name, t, persistent=False)
+        if self.legacy:
+            # the released evaluation's ``self.result``; filled by every training forward
+            self.register_buffer("legacy_rep", torch.zeros(n_nodes, dim * (n_mod + 1)))
+            self.register_buffer("legacy_rep_set", torch.zeros((), dtype=torch.bool))
+
+    def _raw_features(self, j: int) -> torch.Tensor:
+        """Modality j's item features before the graph's leaky-ReLU + L2, (n_items, D)."""
+        if self.sgfd is not None:
+            return self.sgfd.student(j)
+        return self.extractors[j](getattr(self, f"feature{j}"))
+
+    def _routed_preference(self, j: int, content: torch.Tensor) -> torch.Tensor:
+        pref = F.normalize(self.preferences[j])
+        if self.legacy:  # released: users receive no routing message (see module doc)
+            return pref
+        for _ in range(self.num_routing):
+            msg, _ = ops.edge_softmax_aggregate(
+                self.route_rowptr, self.route_col, pref, content, content, validate=False,
+                transpose=(self.route_t_rowptr, self.route_t_col, self.route_t_perm))
+            pref = F.normalize(pref + msg)
+        return pref
+
+    def forward(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """``(rep (n_users + n_items, D * (M + 1)), [pre-graph item features per modality])``."""
+        raw = [self._raw_features(j) for j in range(len(self.modalities))]
+        transpose = (self.t_rowptr, self.t_col, self.t_perm)
+        reps, alphas = [], []
+        for j, s in enumerate(raw):
+            content = F.normalize(F.leaky_relu(s))
+            x = torch.cat([self._routed_preference(j, content), content])
+            msg, alpha = ops.edge_softmax_aggregate(self.rowptr, self.col, x, x, x,
+                                                    transpose=transpose, validate=False)
+            reps.append(x + msg)
+            alphas.append(alpha)
+        # confidence of each edge's source node (released: edge_index[0] for u->i, [1] for i->u)
+        weight = (torch.stack(alphas, 1) * self.confidence[self.col]).max(dim=1).values
+        x0 = F.normalize(self.id_embedding)
+        x1 = ops.spmm_csr(self.rowptr, self.col, weight, x0, transpose=transpose, validate=False)
+        x2 = ops.spmm_csr(self.rowptr, self.col, weight, x1, transpose=transpose, validate=False)
+        return torch.cat([x0 + x1 + x2] + reps, dim=1), raw
+
+    def calculate_loss(self, users, items, negatives=None):
+        rep, raw = self.forward()
+        if self.legacy:
+            with torch.no_grad():
+                self.legacy_rep.copy_(rep)
+                self.legacy_rep_set.fill_(True)
+        negatives = negatives.reshape(users.shape[0], -1)
+        u = rep[users]
+        pos = (u * rep[self.n_users + items]).sum(-1)
+        neg = (u.unsqueeze(1) * rep[self.n_users + negatives]).sum(-1)
+        bpr = -F.logsigmoid(pos.unsqueeze(1) - neg).mean()
+
+        item_ids = torch.cat([items, negatives.reshape(-1)])
+        reg = self.id_embedding[users].pow(2).mean() \
+            + self.id_embedding[self.n_users + item_ids].pow(2).mean()
+        for pref in self.preferences:
+            reg = reg + pref[users].pow(2).mean()
+        total = bpr + self.reg_weight * reg
+        parts = {"bpr": bpr, "reg": reg}
+        if self.sgfd is not None:
+            uniq = torch.unique(item_ids)
+            sgfd = self.sgfd.losses(item_ids, students=[s[uniq] for s in raw])
+            total = total + sgfd["sgfd"]
+            parts.update(sgfd)
+        return {"loss": total, **{k: v.detach() for k, v in parts.items()}}
+
+    def ranking_embeddings(self):
+        if self.legacy and bool(self.legacy_rep_set):
+            rep = self.legacy_rep
+        else:
+            rep = self.forward()[0]
+        return rep[:self.n_users], rep[self.n_users:]
+
+    def student_features(self):
+        """The item features the graph consumes, ``normalize(leaky_relu(S_m(F_m)))``."""
+        with torch.no_grad():
+            return {m: F.normalize(F.leaky_relu(self._raw_features(j)))
+                    for j, m in enumerate(self.modalities)}
