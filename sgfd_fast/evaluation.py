@@ -95,7 +95,7 @@ def ranking_metrics(topk_indices: torch.Tensor, truth_rowptr: torch.Tensor,
     dcg = (hits * disc).cumsum(1)
     idcg = disc.cumsum(0)
     ap = (cum / positions * hits).cumsum(1)
-    legacy_bm3 = protocol == "legacy" and model not in ("GRCN", "MAML")
+    legacy_bm3 = protocol == "legacy" and str(model).upper() not in ("GRCN", "MAML")
     legacy_hitnorm = protocol == "legacy" and not legacy_bm3
 
     out = {}
@@ -183,7 +183,8 @@ def evaluate(model, dataset, split: str, config: dict) -> dict[str, float]:
         model: a :class:`~sgfd_fast.models.Recommender`; evaluated in eval mode, restored after.
         dataset: the :class:`~sgfd_fast.data.Dataset` it was trained on.
         split: ``"valid"`` or ``"test"`` (legacy protocol: both mean test).
-        config: reads ``topk``, ``eval_batch_size``, ``protocol`` and ``model``.
+        config: reads ``topk``, ``eval_batch_size`` and ``protocol``; the legacy metric
+            definitions follow the model's class name (BM3 vs GRCN/MAML).
     """
     ks = config_value(config, "topk", list, model="evaluation")
     if not ks or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in ks):
@@ -231,5 +232,5 @@ def evaluate(model, dataset, split: str, config: dict) -> dict[str, float]:
                 tops.append(_masked_topk_dense(scores, rowptr_b, col_b, depth, mask_value)[1])
     finally:
         model.train(was_training)
-    name = config.get("model", type(model).__name__)
-    return ranking_metrics(torch.cat(tops), truth_rowptr, truth_items, ks, protocol, name)
+    return ranking_metrics(torch.cat(tops), truth_rowptr, truth_items, ks, protocol,
+                           type(model).__name__)
