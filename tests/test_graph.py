@@ -1,0 +1,97 @@
+import numpy as np
+import pytest
+import torch
+
+import sgfd_fast
+from sgfd_fast.errors import InputError
+from sgfd_fast.graph import CSR, normalized_bipartite, normalized_bipartite_reference
+from sgfd_fast.testing import random_bipartite
+
+
+def dense_normalized(n_users, n_items, pairs):
+    """D^-1/2 A D^-1/2 from first principles (float64)."""
+    n = n_users + n_items
+    a = np.zeros((n, n))
+    for u, i in pairs:
+        a[u, n_users + i] = a[n_users + i, u] = 1.0
+    deg = a.sum(1)
+    inv = np.where(deg > 0, 1 / np.sqrt(np.maximum(deg, 1)), 0.0)
+    return a * inv[:, None] * inv[None, :]
+
+
+def to_dense(g):
+    a = np.zeros((g.n_rows, g.n_cols))
+    rows = np.repeat(np.arange(g.n_rows), g.rowptr.diff().numpy())
+    a[rows, g.col.numpy()] = g.val.double().numpy()
+    return a
+
+
+@pytest.mark.parametrize("build", [normalized_bipartite, normalized_bipartite_reference])
+def test_matches_first_principles(build):
+    pairs = random_bipartite(30, 25, 150, isolated=3, seed=1)
+    g = build(30, 25, pairs)
+    assert g.symmetric and g.n_rows == g.n_cols == 55 and g.nnz == 2 * len(pairs)
+    np.testing.assert_allclose(to_dense(g), dense_normalized(30, 25, pairs), rtol=1e-6)
+    assert torch.isfinite(g.val).all()
+    for node in (27, 28, 29, 30 + 22, 30 + 24):  # isolated users and items: empty rows
+        assert int(g.rowptr[node + 1] - g.rowptr[node]) == 0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_cpp_equals_reference_exactly(seed):
+    pairs = random_bipartite(500, 300, 4000, power=1.2, seed=seed)
+    pairs = pairs[np.random.default_rng(seed).permutation(len(pairs))]  # any input order
+    got = normalized_bipartite(500, 300, pairs)
+    want = normalized_bipartite_reference(500, 300, pairs)
+    assert torch.equal(got.rowptr, want.rowptr)
+    assert torch.equal(got.col, want.col)
+    assert got.val.dtype == want.val.dtype == torch.float32
+    torch.testing.assert_close(got.val, want.val, rtol=2e-7, atol=0)
+    # columns are sorted within every row
+    rows = torch.repeat_interleave(torch.arange(got.n_rows), got.rowptr.diff())
+    key = rows * got.n_cols + got.col
+    assert bool((key[1:] > key[:-1]).all())
+
+
+def test_hub_user_and_tensor_input():
+    pairs = np.stack([np.zeros(10_000, np.int64), np.arange(10_000)], 1)
+    pairs = np.concatenate([pairs, [[1, 5], [2, 5]]])
+    g = normalized_bipartite(3, 10_000, torch.from_numpy(pairs))
+    want = normalized_bipartite_reference(3, 10_000, pairs)
+    assert torch.equal(g.col, want.col)
+    torch.testing.assert_close(g.val, want.val, rtol=2e-7, atol=0)
+    assert int(g.rowptr[1]) == 10_000
+
+
+def test_empty_and_all_isolated():
+    g = normalized_bipartite(4, 3, np.zeros((0, 2), np.int64))
+    assert g.nnz == 0 and g.n_rows == 7 and torch.equal(g.rowptr, torch.zeros(8, dtype=torch.long))
+    out = g.propagate(torch.ones(7, 2), 2)
+    torch.testing.assert_close(out, torch.full((7, 2), 1 / 3))
+
+
+def test_reference_backend_switch_gives_same_graph():
+    pairs = random_bipartite(40, 30, 200, seed=4)
+    with sgfd_fast.use_backend("reference"):
+        ref = normalized_bipartite(40, 30, pairs)
+    got = normalized_bipartite(40, 30, pairs)
+    assert torch.equal(ref.col, got.col)
+    torch.testing.assert_close(ref.val, got.val, rtol=2e-7, atol=0)
+
+
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+@pytest.mark.parametrize("pairs, message", [
+    (np.array([[0, 1], [0, 1]]), "duplicate"),
+    (np.array([[0, 1], [5, 1]]), r"user ids must lie in \[0, 5\)"),
+    (np.array([[0, -1]]), "item ids must lie in"),
+    (np.array([0, 1, 2]), "shape"),
+    (np.array([[0.5, 1.0]]), "integer"),
+])
+def test_bad_pairs(backend, pairs, message):
+    with sgfd_fast.use_backend(backend), pytest.raises(InputError, match=message):
+        normalized_bipartite(5, 4, pairs)
+
+
+def test_device_argument_and_csr_dtype():
+    g = normalized_bipartite(5, 4, np.array([[0, 1], [3, 2]]), device="cpu")
+    assert isinstance(g, CSR) and g.rowptr.dtype == g.col.dtype == torch.int64
