@@ -1,0 +1,130 @@
+"""masked_topk: full-ranking top-k per user with training items masked, without a score matrix.
+
+    scores[u, i] = users[u] · items[i]
+    masked items (those listed in row u of the mask CSR) are excluded (``mask_value=None``) or
+    scored ``mask_value`` (the legacy GRCN protocol uses 1e-5, so they can still be ranked)
+    values[u], indices[u] = the k best (score, item) pairs of user u, best first
+
+Shapes: users (U, d), items (I, d) sharing float32 or float64; mask_rowptr (U + 1,), mask_col
+(nnz,) sharing int32 or int64, column indices sorted ascending within each row. Returns values
+(U, k) float32 and indices (U, k) int64.
+
+Contract (every backend): scores are computed in the input dtype and ranked as float32 (the
+values returned); ties are broken by the lower item id; an excluded item, and any score of -inf
+or NaN, is absent; when fewer than k candidates remain, the trailing slots hold index -1 and value
+-inf. Not differentiable (indices are discrete; use the scores themselves for training).
+
+Backends: reference (dense scores, mask, stable descending sort: the tie rule made exact), cpp
+(OpenMP over user blocks, register-blocked score tiles, a heap of k per user; the U×I score
+matrix never exists, and the C++ kernel is bitwise reproducible), triton (tiles of users × items
+with ``tl.dot``; a running top-k per user kept on chip, merged tile by tile with bitonic sorts on
+packed (score, id) keys).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .. import _backend, _ext
+from ._common import FLOAT_NAMES, INDEX_NAMES, check, check_csr, dense, new_output
+
+__all__ = ["masked_topk", "masked_topk_reference"]
+
+
+def masked_topk_reference(users: torch.Tensor, items: torch.Tensor, mask_rowptr: torch.Tensor,
+                          mask_col: torch.Tensor, k: int,
+                          mask_value: Optional[float] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    n_users, n_items = users.shape[0], items.shape[0]
+    scores = (users @ items.T).float()
+    row = torch.repeat_interleave(torch.arange(n_users, device=users.device),
+                                  mask_rowptr.diff().long(), output_size=mask_col.numel())
+    scores[row, mask_col.long()] = float("-inf") if mask_value is None else float(mask_value)
+    scores = torch.where(scores.isnan(), float("-inf"), scores)
+    # A stable descending sort keeps equal scores in ascending item order: lower id first.
+    values, indices = torch.sort(scores, dim=1, descending=True, stable=True)
+    values, indices = values[:, :k].contiguous(), indices[:, :k].contiguous()
+    if k > n_items:
+        values = torch.cat([values, values.new_full((n_users, k - n_items), float("-inf"))], 1)
+        indices = torch.cat([indices, indices.new_full((n_users, k - n_items), -1)], 1)
+    return values, torch.where(values == float("-inf"), -1, indices)
+
+
+@torch.library.custom_op("sgfd_fast::masked_topk", mutates_args=())
+def _masked_topk(users: torch.Tensor, items: torch.Tensor, mask_rowptr: torch.Tensor,
+                 mask_col: torch.Tensor, k: int,
+                 mask_value: Optional[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    return masked_topk_reference(users, items, mask_rowptr, mask_col, k, mask_value)
+
+
+@_masked_topk.register_fake
+def _masked_topk_fake(users, items, mask_rowptr, mask_col, k, mask_value):
+    return (users.new_empty(users.shape[0], k, dtype=torch.float32),
+            users.new_empty(users.shape[0], k, dtype=torch.int64))
+
+
+def _masked_topk_cpp(users, items, mask_rowptr, mask_col, k, mask_value):
+    users, items = dense(users), dense(items)
+    values = new_output(users.shape[0], k, like=users, dtype=torch.float32)
+    indices = new_output(users.shape[0], k, like=users, dtype=torch.int64)
+    _ext.cpu.masked_topk(users.data_ptr(), items.data_ptr(), mask_rowptr.data_ptr(),
+                         mask_col.data_ptr(), users.shape[0], items.shape[0], users.shape[1], k,
+                         mask_value is not None, 0.0 if mask_value is None else float(mask_value),
+                         values.data_ptr(), indices.data_ptr(), INDEX_NAMES[mask_rowptr.dtype],
+                         FLOAT_NAMES[users.dtype])
+    return values, indices
+
+
+def _masked_topk_triton(users, items, mask_rowptr, mask_col, k, mask_value):
+    from ..kernels.masked_topk import masked_topk_triton
+
+    return masked_topk_triton(dense(users), dense(items), mask_rowptr, mask_col, k, mask_value)
+
+
+_backend.define("masked_topk", _masked_topk, masked_topk_reference)
+_backend.register("masked_topk", "cpu", "cpp", _masked_topk_cpp)
+_backend.register("masked_topk", "cuda", "triton", _masked_topk_triton)
+_backend.register("masked_topk", "cpu", "triton", _masked_topk_triton)
+
+
+def masked_topk(users: torch.Tensor, items: torch.Tensor, mask_rowptr: torch.Tensor,
+                mask_col: torch.Tensor, k: int, mask_value: Optional[float] = None, *,
+                validate: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k items per user by dot-product score, with each user's mask row excluded or re-scored.
+
+    Args:
+        users: (U, d) float32/float64 user representations.
+        items: (I, d) item representations, same dtype and width.
+        mask_rowptr: (U + 1,) int32/int64 row offsets of the mask (e.g. training interactions).
+        mask_col: (nnz,) item ids, same dtype, sorted ascending within each row.
+        k: number of items to return per user (may exceed the number of candidates).
+        mask_value: None excludes masked items; a float gives them that score instead.
+        validate: check index ranges and per-row sortedness (one pass and a host sync).
+
+    Returns:
+        ``(values, indices)``: (U, k) float32 scores and (U, k) int64 item ids, best first, ties
+        to the lower id, index -1 / value -inf where fewer than k candidates exist.
+    """
+    op = "masked_topk"
+    check(users.dim() == 2 and items.dim() == 2, op,
+          f"users and items must be 2-D, got {tuple(users.shape)} and {tuple(items.shape)}")
+    check(users.dtype in FLOAT_NAMES and items.dtype == users.dtype, op,
+          f"users and items must share float32 or float64, got {users.dtype} and {items.dtype}")
+    check(users.shape[1] == items.shape[1], op,
+          f"users and items must have the same width, got {users.shape[1]} and {items.shape[1]}")
+    check(users.device == items.device == mask_rowptr.device, op,
+          "users, items and the mask must be on the same device")
+    check(isinstance(k, int) and k >= 0, op, f"k must be a non-negative int, got {k!r}")
+    check_csr(op, mask_rowptr, mask_col, None, items.shape[0], validate_values=validate)
+    check(mask_rowptr.numel() == users.shape[0] + 1, op,
+          f"mask_rowptr must have U + 1 = {users.shape[0] + 1} entries, got {mask_rowptr.numel()}")
+    if validate and mask_col.numel() > 1:
+        step = mask_col.diff()
+        row_start = torch.zeros_like(step, dtype=torch.bool)
+        starts = mask_rowptr[1:-1].long()
+        row_start[starts[(starts > 0) & (starts < mask_col.numel())] - 1] = True
+        check(bool(((step >= 0) | row_start).all()), op,
+              "mask_col must be sorted ascending within each row (sort each user's items)")
+    return _masked_topk(users, items, mask_rowptr.contiguous(), mask_col.contiguous(), k,
+                        None if mask_value is None else float(mask_value))

@@ -1,0 +1,186 @@
+import importlib.util
+
+import pytest
+import torch
+
+import sgfd_fast
+from sgfd_fast import _backend, _ext
+from sgfd_fast.errors import InputError
+from sgfd_fast.ops import masked_topk, masked_topk_reference
+from sgfd_fast.testing import random_csr
+
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+NEG_INF = float("-inf")
+
+
+def brute_force(users, items, rowptr, col, k, mask_value):
+    """Explicit loops: rank every candidate by (-score, id)."""
+    values, indices = [], []
+    for u in range(users.shape[0]):
+        masked = set(col[rowptr[u]:rowptr[u + 1]].tolist())
+        cands = []
+        for i in range(items.shape[0]):
+            s = float(torch.dot(users[u].double(), items[i].double()))
+            if i in masked:
+                if mask_value is None:
+                    continue
+                s = mask_value
+            s = float(torch.tensor(s, dtype=torch.float32))
+            if s != s or s == NEG_INF:
+                continue
+            cands.append((-s, i))
+        cands.sort()
+        cands = cands[:k] + [(float("inf"), -1)] * (k - min(k, len(cands)))
+        values.append([-c[0] for c in cands])
+        indices.append([c[1] for c in cands])
+    return (torch.tensor(values, dtype=torch.float32).view(-1, k),
+            torch.tensor(indices, dtype=torch.int64).view(-1, k))
+
+
+def backends(device):
+    names = ["cpp"] if device == "cpu" else []
+    if HAS_TRITON:
+        names.append("triton")
+    return names
+
+
+def _case(n_users, n_items, d, seed, dtype=torch.float32, index_dtype=torch.int64, integer=False,
+          hub=0, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    if integer:  # small integers: every backend computes the same exact scores, ties abound
+        users = torch.randint(-2, 3, (n_users, d), generator=g).to(dtype)
+        items = torch.randint(-2, 3, (n_items, d), generator=g).to(dtype)
+    else:
+        users = torch.randn(n_users, d, generator=g, dtype=dtype)
+        items = torch.randn(n_items, d, generator=g, dtype=dtype)
+    mask = random_csr(n_users, n_items, avg_degree=5, hub_degree=hub, seed=seed,
+                      index_dtype=index_dtype)
+    return users.to(device), items.to(device), mask.rowptr.to(device), mask.col.to(device)
+
+
+@pytest.mark.parametrize("mask_value", [None, 1e-5])
+@pytest.mark.parametrize("k", [1, 7, 40])
+def test_reference_matches_brute_force(k, mask_value):
+    users, items, rowptr, col = _case(9, 31, 5, seed=k, integer=True, hub=25)
+    want = brute_force(users, items, rowptr, col, k, mask_value)
+    got = masked_topk_reference(users, items, rowptr, col, k, mask_value)
+    assert torch.equal(got[1], want[1])
+    assert torch.equal(got[0], want[0])
+
+
+def _check(device, backend, users, items, rowptr, col, k, mask_value, exact):
+    want = masked_topk_reference(users, items, rowptr, col, k, mask_value)
+    with sgfd_fast.use_backend(backend):
+        assert _backend.serving("masked_topk", device) == backend
+        got = masked_topk(users, items, rowptr, col, k, mask_value)
+    assert got[0].dtype == torch.float32 and got[1].dtype == torch.int64
+    assert got[0].shape == got[1].shape == (users.shape[0], k)
+    if exact:
+        assert torch.equal(got[1], want[1]), f"backend {backend}"
+        assert torch.equal(got[0], want[0]), f"backend {backend}"
+    else:  # random scores: values agree to rounding; indices wherever the gap is clear
+        torch.testing.assert_close(got[0], want[0], atol=1e-5, rtol=1e-5)
+        gap = (want[0][:, :-1] - want[0][:, 1:]).abs()
+        clear = torch.ones_like(want[1], dtype=torch.bool)
+        clear[:, 1:] &= gap > 1e-4
+        clear[:, :-1] &= gap > 1e-4
+        assert torch.equal(got[1][clear], want[1][clear]), f"backend {backend}"
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
+@pytest.mark.parametrize("mask_value", [None, 1e-5])
+def test_backends_match_reference_with_ties(device, dtype, index_dtype, mask_value):
+    # 20 users (one program of 16 and a partial one), 45 items (tiles of 16, the last partial),
+    # width 5 (not a multiple of 16), a hub user with 40 of 45 items masked, empty rows.
+    users, items, rowptr, col = _case(20, 45, 5, seed=1, dtype=dtype, index_dtype=index_dtype,
+                                      integer=True, hub=40, device=device)
+    for backend in backends(device):
+        _check(device, backend, users, items, rowptr, col, 10, mask_value, exact=True)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+@pytest.mark.parametrize("k", [1, 5, 50])
+def test_backends_match_reference_random(device, k):
+    # k=50 > 45 - |mask row| for the hub user and > 45 for everyone: trailing -1 / -inf slots.
+    users, items, rowptr, col = _case(18, 45, 33, seed=k, hub=30, device=device)
+    for backend in backends(device):
+        _check(device, backend, users, items, rowptr, col, k, None, exact=False)
+
+
+def test_cpp_large_tiles_and_blocks():
+    # Several user blocks and item tiles of the C++ kernel, and k = 100.
+    users, items, rowptr, col = _case(150, 1300, 64, seed=3, integer=True, hub=1200)
+    with sgfd_fast.use_backend("cpp"):
+        got = masked_topk(users, items, rowptr, col, 100)
+        assert torch.equal(got[1], masked_topk(users, items, rowptr, col, 100)[1])
+    want = masked_topk_reference(users, items, rowptr, col, 100)
+    assert torch.equal(got[1], want[1]) and torch.equal(got[0], want[0])
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_all_items_masked_and_degenerate_shapes(device):
+    users = torch.randn(3, 4, device=device)
+    items = torch.randn(5, 4, device=device)
+    rowptr = torch.tensor([0, 5, 5, 7], device=device)
+    col = torch.tensor([0, 1, 2, 3, 4, 1, 3], device=device)
+    for backend in backends(device):
+        with sgfd_fast.use_backend(backend):
+            values, indices = masked_topk(users, items, rowptr, col, 4)
+            assert indices[0].tolist() == [-1] * 4 and values[0].tolist() == [NEG_INF] * 4
+            assert sorted(indices[2, :3].tolist()) == [0, 2, 4] and indices[2, 3] == -1
+            # legacy protocol: masked items take part with the given score
+            values, indices = masked_topk(users, items, rowptr, col, 5, mask_value=1e-5)
+            assert sorted(indices[0].tolist()) == [0, 1, 2, 3, 4]
+            # one user, one item; k = 0; no items
+            one = masked_topk(users[:1], items[:1], rowptr[:2].clamp(max=0), col[:0], 2)
+            assert one[1].tolist() == [[0, -1]]
+            empty = masked_topk(users, items, rowptr, col, 0)
+            assert empty[0].shape == (3, 0)
+            none = masked_topk(users, items[:0], torch.zeros_like(rowptr), col[:0], 2)
+            assert none[1].tolist() == [[-1, -1]] * 3
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpp"])
+def test_opcheck(backend):
+    users, items, rowptr, col = _case(6, 11, 4, seed=2)
+    with sgfd_fast.use_backend(backend):
+        for mask_value in (None, 1e-5):
+            torch.library.opcheck(torch.ops.sgfd_fast.masked_topk.default,
+                                  (users, items, rowptr, col, 3, mask_value))
+
+
+def test_torch_compile_smoke():
+    users, items, rowptr, col = _case(6, 11, 4, seed=2)
+
+    @torch.compile(fullgraph=True, backend="aot_eager")
+    def f(users):
+        return masked_topk(users * 2, items, rowptr, col, 3, validate=False)
+
+    got = f(users)
+    want = masked_topk_reference(users * 2, items, rowptr, col, 3)
+    assert torch.equal(got[1], want[1])
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda u, i, r, c: (u[:, 0], i, r, c, 2), "must be 2-D"),
+    (lambda u, i, r, c: (u, i.double(), r, c, 2), "share float32 or float64"),
+    (lambda u, i, r, c: (u, i[:, :2], r, c, 2), "same width"),
+    (lambda u, i, r, c: (u, i, r, c, -1), "non-negative int"),
+    (lambda u, i, r, c: (u[:3], i, r, c, 2), "U \\+ 1"),
+    (lambda u, i, r, c: (u, i[:2], r, c, 2), "column indices must lie in"),
+    (lambda u, i, r, c: (u, i, r, c.flip(0), 2), "sorted ascending within each row"),
+])
+def test_bad_input_is_one_clear_error(make, message):
+    users = torch.randn(4, 3)
+    items = torch.randn(6, 3)
+    rowptr = torch.tensor([0, 3, 3, 5, 5])
+    col = torch.tensor([1, 3, 5, 2, 4])
+    with pytest.raises(InputError, match=message):
+        masked_topk(*make(users, items, rowptr, col))
+
+
+def test_cpu_default_backend():
+    assert _backend.serving("masked_topk", "cpu") == ("cpp" if _ext.cpu is not None
+                                                     else "reference")
