@@ -133,29 +133,45 @@ def ranking_metrics(topk_indices: torch.Tensor, truth_rowptr: torch.Tensor,
 def _masked_topk_dense(scores: torch.Tensor, mask_rowptr: torch.Tensor, mask_col: torch.Tensor,
                        k: int, mask_value: float | None):
     """Top-k of a dense (U, n_items) score block with each row's masked items excluded (or set to
-    ``mask_value``); ties go to the lower item id; missing slots are (-inf, -1)."""
+    ``mask_value``); ties go to the lower item id; missing slots are (-inf, -1).
+
+    ``torch.topk`` breaks ties arbitrarily, so it only gives the k-th value t: the result is every
+    item scoring above t plus the lowest-id items scoring exactly t, ordered by a stable sort of
+    the (U, k) block (linear passes over the scores; no full sort of the catalogue).
+    """
     n_rows, n_items = scores.shape
-    rows = torch.repeat_interleave(torch.arange(n_rows, device=scores.device), mask_rowptr.diff())
+    dev = scores.device
+    rows = torch.repeat_interleave(torch.arange(n_rows, device=dev), mask_rowptr.diff())
     scores = scores.clone()
-    excluded = None
+    available = torch.ones_like(scores, dtype=torch.bool)
     if mask_value is None:
         scores[rows, mask_col] = -math.inf
-        excluded = torch.zeros_like(scores, dtype=torch.bool)
-        excluded[rows, mask_col] = True
+        available[rows, mask_col] = False
     else:
         scores[rows, mask_col] = mask_value
-    # a stable descending sort keeps equal scores in increasing item id
-    values, indices = torch.sort(scores, dim=1, descending=True, stable=True)
-    values, indices = values[:, :k], indices[:, :k]
-    if excluded is not None:
-        gone = excluded.gather(1, indices)
-        values = values.masked_fill(gone, -math.inf)
-        indices = indices.masked_fill(gone, -1)
-    if k > n_items:
-        pad = k - n_items
-        values = torch.cat([values, values.new_full((n_rows, pad), -math.inf)], 1)
-        indices = torch.cat([indices, indices.new_full((n_rows, pad), -1)], 1)
-    return values, indices
+    kk = min(k, n_items)
+    indices = torch.full((n_rows, k), -1, dtype=torch.long, device=dev)
+    values = torch.full((n_rows, k), -math.inf, dtype=scores.dtype, device=dev)
+    if kk == 0 or n_rows == 0:
+        return values, indices
+    kth = torch.topk(scores, kk, dim=1).values[:, -1:]
+    above = (scores > kth) & available
+    tie = (scores == kth) & available
+    need = kk - above.sum(1, keepdim=True)
+    chosen = above | tie
+    crowded = (tie.sum(1, keepdim=True) > need).squeeze(1)  # more items tie at t than fit
+    if bool(crowded.any()):
+        sub = tie[crowded]
+        chosen[crowded] = above[crowded] | (sub & (sub.cumsum(1) <= need[crowded]))
+    r, c = chosen.nonzero(as_tuple=True)                     # row-major: ids ascending per row
+    starts = torch.zeros(n_rows + 1, dtype=torch.long, device=dev)
+    starts[1:] = chosen.sum(1).cumsum(0)
+    slot = torch.arange(r.numel(), device=dev) - starts[r]
+    indices[r, slot] = c
+    values[r, slot] = scores[r, c]
+    # stable: among equal scores the lower id (earlier slot) stays first; empty slots stay last
+    values, order = torch.sort(values, dim=1, descending=True, stable=True)
+    return values, indices.gather(1, order)
 
 
 def _rows_of_csr(rowptr: torch.Tensor, col: torch.Tensor, rows: torch.Tensor):
