@@ -1,0 +1,202 @@
+"""sgfd_loss: the three SGFD losses of one modality in one fused pass, gradients written forward.
+
+With a shared classifier (weight (K, D), bias (K,)), logits z_t = f_t Wᵀ + b, z_s = f_s Wᵀ + b,
+p = softmax(z), p^τ = softmax(z / τ):
+
+``flavour="official"`` (the released code, sgfd-official-code.md §3.4; nothing detached)::
+
+    ce = F.cross_entropy(softmax(z_t), y)            # CE applied to probabilities (double softmax)
+    ld = F.l1_loss(softmax(z_t/τ), softmax(z_s/τ))   # mean over B·K
+    fd = F.mse_loss(f_s, f_t)                        # mean over B·D
+
+``flavour="standard"`` (the textbook form the paper describes; teacher detached on ld and fd)::
+
+    ce = F.cross_entropy(z_t, y)
+    ld = τ² · KL(p_t^τ ‖ p_s^τ) averaged over rows (batchmean), z_t detached
+    fd = F.mse_loss(f_s, f_t.detach())
+
+Shapes: f_t, f_s (B, D), weight (K, D), bias (K,) sharing float32 or float64; labels (B,) int64 in
+[0, K); B >= 1. Returns three scalar tensors (ce, ld, fd). Gradients flow to f_t, f_s, weight and
+bias.
+
+How it runs: the logits come from one matrix product (left to cuBLAS/oneDNN); one pass over the
+rows then computes the three losses and their gradients with respect to z_t, z_s and f_s (written
+in the forward, as Liger-Kernel does for losses at the end of the graph). The backward only scales
+them by the incoming gradients and maps logit gradients through the classifier (three small
+matrix products), so no softmax is ever recomputed or stored for autograd.
+
+Backends: reference (``sgfd_loss_reference`` is the literal torch.nn.functional transcription
+above and the test oracle; the op's reference backend evaluates the same formulas with analytic
+gradients in eager PyTorch and serves CPU), triton (one program per row; CUDA, and CPU inside the
+interpreter). Per-row partial losses are summed in a fixed order: deterministic run to run.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .. import _backend
+from ._common import FLOAT_NAMES, check
+
+__all__ = ["sgfd_loss", "sgfd_loss_reference", "FLAVOURS"]
+
+FLAVOURS = ("official", "standard")
+
+
+def sgfd_loss_reference(f_t: torch.Tensor, f_s: torch.Tensor, weight: torch.Tensor,
+                        bias: torch.Tensor, labels: torch.Tensor, tau: float,
+                        flavour: str = "official"):
+    z_t = F.linear(f_t, weight, bias)
+    z_s = F.linear(f_s, weight, bias)
+    if flavour == "official":
+        ce = F.cross_entropy(F.softmax(z_t, dim=1), labels)
+        ld = F.l1_loss(F.softmax(z_t / tau, dim=1), F.softmax(z_s / tau, dim=1))
+        fd = F.mse_loss(f_s, f_t)
+    else:
+        ce = F.cross_entropy(z_t, labels)
+        ld = F.kl_div(F.log_softmax(z_s / tau, dim=1), F.log_softmax(z_t.detach() / tau, dim=1),
+                      reduction="batchmean", log_target=True) * tau ** 2
+        fd = F.mse_loss(f_s, f_t.detach())
+    return ce, ld, fd
+
+
+def _sgfd_loss_eager(f_t, f_s, weight, bias, labels, tau, flavour, with_grad):
+    """The op's reference backend: the formulas above with their gradients, in eager PyTorch."""
+    z_t = F.linear(f_t, weight, bias)
+    z_s = F.linear(f_s, weight, bias)
+    n_rows, n_classes = z_t.shape
+    onehot = F.one_hot(labels, n_classes).to(z_t.dtype)
+    fdiff = f_s - f_t
+    fd = fdiff.square().mean()
+    pt = torch.softmax(z_t / tau, dim=1)
+    ps = torch.softmax(z_s / tau, dim=1)
+    empty = z_t.new_empty(0)
+    if flavour == "official":
+        p = torch.softmax(z_t, dim=1)
+        log_q = torch.log_softmax(p, dim=1)
+        ce = -(log_q * onehot).sum() / n_rows
+        diff = pt - ps
+        ld = diff.abs().mean()
+        if not with_grad:
+            return torch.stack([ce, ld, fd]), empty, empty, empty, empty
+        g_p = (log_q.exp() - onehot) / n_rows
+        g_zt_ce = p * (g_p - (g_p * p).sum(1, keepdim=True))
+        sgn = diff.sign() / diff.numel()
+        g_zt_ld = pt * (sgn - (sgn * pt).sum(1, keepdim=True)) / tau
+        g_zs_ld = ps * ((sgn * ps).sum(1, keepdim=True) - sgn) / tau
+    else:
+        log_p = torch.log_softmax(z_t, dim=1)
+        ce = -(log_p * onehot).sum() / n_rows
+        log_pt = torch.log_softmax(z_t / tau, dim=1)
+        log_ps = torch.log_softmax(z_s / tau, dim=1)
+        ld = (pt * (log_pt - log_ps)).sum() / n_rows * tau ** 2
+        if not with_grad:
+            return torch.stack([ce, ld, fd]), empty, empty, empty, empty
+        g_zt_ce = (log_p.exp() - onehot) / n_rows
+        g_zt_ld = empty
+        g_zs_ld = (ps - pt) * (tau / n_rows)
+    return torch.stack([ce, ld, fd]), g_zt_ce, g_zt_ld, g_zs_ld, fdiff * (2.0 / fdiff.numel())
+
+
+@torch.library.custom_op("sgfd_fast::sgfd_loss", mutates_args=())
+def _sgfd_loss(f_t: torch.Tensor, f_s: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+               labels: torch.Tensor, tau: float, flavour: str, with_grad: bool
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _sgfd_loss_eager(f_t, f_s, weight, bias, labels, tau, flavour, with_grad)
+
+
+@_sgfd_loss.register_fake
+def _sgfd_loss_fake(f_t, f_s, weight, bias, labels, tau, flavour, with_grad):
+    n_rows, n_classes = f_t.shape[0], weight.shape[0]
+    empty = f_t.new_empty(0)
+    if not with_grad:
+        return f_t.new_empty(3), empty, empty, empty, empty
+    logits = f_t.new_empty(n_rows, n_classes)
+    return (f_t.new_empty(3), logits, f_t.new_empty(n_rows, n_classes) if flavour == "official"
+            else empty, f_t.new_empty(n_rows, n_classes), torch.empty_like(f_s))
+
+
+def _sgfd_loss_triton(f_t, f_s, weight, bias, labels, tau, flavour, with_grad):
+    from ..kernels.sgfd_loss import sgfd_loss_triton
+
+    z = F.linear(torch.cat([f_t, f_s]), weight, bias)  # one product for both sides
+    n_rows = f_t.shape[0]
+    return sgfd_loss_triton(z[:n_rows], z[n_rows:], f_t.contiguous(), f_s.contiguous(),
+                            labels.contiguous(), tau, flavour, with_grad)
+
+
+def _setup_context(ctx, inputs, output):
+    f_t, f_s, weight, _, _, _, flavour, _ = inputs
+    _, g_zt_ce, g_zt_ld, g_zs_ld, g_fs_fd = output
+    ctx.mark_non_differentiable(*output[1:])
+    ctx.official = flavour == "official"
+    ctx.save_for_backward(f_t, f_s, weight, g_zt_ce, g_zt_ld, g_zs_ld, g_fs_fd)
+
+
+def _sgfd_loss_backward(ctx, grad_losses, *_):
+    f_t, f_s, weight, g_zt_ce, g_zt_ld, g_zs_ld, g_fs_fd = ctx.saved_tensors
+    g_ce, g_ld, g_fd = grad_losses[0], grad_losses[1], grad_losses[2]
+    g_zt = g_zt_ce * g_ce
+    if ctx.official:
+        g_zt = g_zt + g_zt_ld * g_ld
+    g_zs = g_zs_ld * g_ld
+    g_fd_s = g_fs_fd * g_fd
+    grad_ft = g_zt @ weight
+    if ctx.official:
+        grad_ft = grad_ft - g_fd_s
+    grad_fs = torch.addmm(g_fd_s, g_zs, weight)
+    grad_w = torch.addmm(g_zt.T @ f_t, g_zs.T, f_s)
+    grad_b = g_zt.sum(0) + g_zs.sum(0)
+    return grad_ft, grad_fs, grad_w, grad_b, None, None, None, None
+
+
+_sgfd_loss.register_autograd(_sgfd_loss_backward, setup_context=_setup_context)
+_backend.define("sgfd_loss", _sgfd_loss, _sgfd_loss_eager)
+_backend.register("sgfd_loss", "cuda", "triton", _sgfd_loss_triton)
+_backend.register("sgfd_loss", "cpu", "triton", _sgfd_loss_triton)
+
+
+def sgfd_loss(f_t: torch.Tensor, f_s: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+              labels: torch.Tensor, tau: float, flavour: str = "official", *,
+              validate: bool = True):
+    """Semantic CE, response (logit) distillation and feature distillation losses of a modality.
+
+    Args:
+        f_t: (B, D) teacher features.
+        f_s: (B, D) student features, same dtype (float32/float64).
+        weight: (K, D) weight of the classifier shared by teacher and student.
+        bias: (K,) its bias.
+        labels: (B,) int64 class of each row, in [0, K).
+        tau: temperature τ > 0 of the response loss.
+        flavour: ``"official"`` (released code) or ``"standard"`` (CE on logits, KL·τ², teacher
+            detached on the distillation terms); see the module docstring.
+        validate: check the label range (one host sync).
+
+    Returns:
+        ``(ce, ld, fd)``, three scalar tensors.
+    """
+    op = "sgfd_loss"
+    check(flavour in FLAVOURS, op, f"flavour must be one of {FLAVOURS}, got {flavour!r}")
+    check(f_t.dim() == 2 and f_t.shape == f_s.shape, op,
+          f"f_t and f_s must be (B, D) of one shape, got {tuple(f_t.shape)} and {tuple(f_s.shape)}")
+    check(f_t.shape[0] >= 1, op, "needs at least one row")
+    check(weight.dim() == 2 and weight.shape[1] == f_t.shape[1], op,
+          f"weight must be (K, D={f_t.shape[1]}), got {tuple(weight.shape)}")
+    check(bias.shape == (weight.shape[0],), op,
+          f"bias must be (K={weight.shape[0]},), got {tuple(bias.shape)}")
+    check(f_t.dtype in FLOAT_NAMES and f_s.dtype == weight.dtype == bias.dtype == f_t.dtype, op,
+          "f_t, f_s, weight and bias must share float32 or float64, got "
+          f"{f_t.dtype}, {f_s.dtype}, {weight.dtype}, {bias.dtype}")
+    check(labels.shape == (f_t.shape[0],) and labels.dtype == torch.int64, op,
+          f"labels must be (B={f_t.shape[0]},) int64, got {tuple(labels.shape)} {labels.dtype}")
+    check(float(tau) > 0, op, f"tau must be > 0, got {tau}")
+    check(len({t.device for t in (f_t, f_s, weight, bias, labels)}) == 1, op,
+          "all inputs must be on one device")
+    if validate:
+        check(bool(((labels >= 0) & (labels < weight.shape[0])).all()), op,
+              f"labels must lie in [0, {weight.shape[0]})")
+    with_grad = torch.is_grad_enabled() and any(
+        t.requires_grad for t in (f_t, f_s, weight, bias))
+    losses = _sgfd_loss(f_t, f_s, weight, bias, labels, float(tau), flavour, with_grad)[0]
+    return losses[0], losses[1], losses[2]

@@ -1,0 +1,99 @@
+"""``python -m sgfd_fast.train``: help, exit codes and messages, a real BM3 run and its resume."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from sgfd_fast.data import write_sgfd
+from sgfd_fast.train import main
+from test_trainer import tiny_dataset
+
+
+def cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "sgfd_fast.train", *map(str, args)],
+                          capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return write_sgfd(tiny_dataset(), tmp_path_factory.mktemp("data") / "tiny")
+
+
+def assert_error(proc_or_rc, err, match):
+    rc = proc_or_rc if isinstance(proc_or_rc, int) else proc_or_rc.returncode
+    assert rc == 2
+    assert err.startswith("error: ") and match in err, err
+    assert "Traceback" not in err
+
+
+def test_help():
+    p = cli("--help")
+    assert p.returncode == 0
+    for text in ("overall.yaml", "key=value", "hyper_parameters", "--resume", "--data-path",
+                 "valid_metric", "sgfd_loss", "examples:", "results.json", "modalities"):
+        assert text in p.stdout, text
+
+
+def test_unknown_key_subprocess():
+    p = cli("lerning_rate=0.1")
+    assert_error(p, p.stderr, "unknown config key 'lerning_rate' in the command line; did you "
+                              "mean 'learning_rate'")
+
+
+@pytest.mark.parametrize("args, match", [
+    (["protocol=paper"], "protocol='paper' (from the command line) is not one of standard"),
+    (["-m", "BM4"], "unknown model 'BM4'"),
+    (["-d", "offcie"], "unknown dataset 'offcie'"),
+    (["--format", "mmrec"], "--format and --labels describe a --data-path"),
+    (["--data-path", "/nonexistent/dir"], "/nonexistent/dir"),
+    (["--resume", "/nonexistent/run"], "is not a run directory"),
+    (["--resume", "/x", "-d", "office"], "--resume continues a run as it was configured"),
+    (["--config", "/nonexistent.yaml"], "config file /nonexistent.yaml does not exist"),
+    (["epochs"], "must look like key=value"),
+    pytest.param(["--device", "cuda"], "no CUDA GPU", marks=pytest.mark.skipif(
+        torch.cuda.is_available(), reason="a GPU is present")),
+])
+def test_errors_in_process(args, match, capsys):
+    rc = main(args)
+    assert_error(rc, capsys.readouterr().err, match)
+
+
+def test_config_file_unknown_key_names_the_file(tmp_path, capsys):
+    f = tmp_path / "mine.yaml"
+    f.write_text("epochs: 3\nbatch_size: 10\n")
+    rc = main(["--config", str(f), "epochs=2"])
+    assert_error(rc, capsys.readouterr().err, f"unknown config key 'batch_size' in {f}")
+
+
+def test_bm3_run_then_resume(tmp_path, data_dir, capsys):
+    out = tmp_path / "run"
+    args = ["--data-path", data_dir, "--format", "sgfd", "--out", out, "epochs=1",
+            "train_batch_size=64", "embedding_size=16", "--device", "cpu"]
+    p = cli(*args)
+    assert p.returncode == 0, p.stderr
+    assert "test recall@20" in p.stdout and "test ndcg@20" in p.stdout
+    res = json.loads((out / "results.json").read_text())
+    assert res["model"] == "BM3" and res["sgfd"] is True and res["dataset"] == "tiny"
+    assert res["best_epoch"] == 1 and 0 <= res["test"]["recall@20"] <= 1
+    assert res["data"]["path"] == str(data_dir.resolve())
+    # the same run directory again is refused; resuming with more epochs continues it
+    assert_error(main(list(map(str, args))), capsys.readouterr().err, "already holds a run")
+    assert main(["--resume", str(out), "epochs=2"]) == 0
+    assert "test recall@20" in capsys.readouterr().out
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [1, 2]
+    assert json.loads((out / "results.json").read_text())["epochs_trained"] == 2
+    assert_error(main(["--resume", str(out), "sgfd=false"]), capsys.readouterr().err,
+                 "sgfd cannot be changed when resuming")
+
+
+def test_default_out_dir(tmp_path, data_dir, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["--data-path", str(data_dir), "epochs=1", "sgfd=false",
+                 "train_batch_size=128", "embedding_size=8"]) == 0
+    (run,) = (tmp_path / "runs").iterdir()
+    assert run.name.startswith("BM3-tiny-") and (run / "results.json").exists()
+    assert json.loads((run / "results.json").read_text())["sgfd"] is False
