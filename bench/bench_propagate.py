@@ -62,8 +62,8 @@ def case(size_graph, device):
     return case
 
 
-@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("mode", MODES)
 def test_propagate(bench, case, provider, mode):
     backend = _backend.serving("propagate", bench.device.type) if provider == "sgfd_fast" else None
     bench.run(case, provider, mode, case.providers[provider], backend=backend)

@@ -41,8 +41,8 @@ def case(size_graph, device):
     return case
 
 
-@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("mode", MODES)
 def test_spmm_csr(bench, case, provider, mode):
     backend = _backend.serving("spmm_csr", bench.device.type) if provider == "sgfd_fast" else None
     bench.run(case, provider, mode, case.providers[provider], backend=backend)
