@@ -36,9 +36,10 @@ import torch
 
 from .config import Config, check_point
 from .errors import ConfigError
+from .sampling import NegativeSampler
 
-__all__ = ["train", "resume", "Trainer", "load_data", "resolve_device", "UniformNegatives",
-           "RESUMABLE_KEYS", "LOGGER_NAME"]
+__all__ = ["train", "resume", "Trainer", "load_data", "resolve_device", "RESUMABLE_KEYS",
+           "LOGGER_NAME"]
 
 LOGGER_NAME = "sgfd_fast.train"
 #: Keys a ``--resume`` may change: they do not alter what was already trained.
@@ -164,43 +165,6 @@ def load_data(spec: dict, config: dict):
                         labels=spec.get("labels"), **kw)
 
 
-class UniformNegatives:
-    """Uniform negative items that are never one of the user's training positives.
-
-    Rejection sampling, vectorised: draw, look each (user, item) key up in the sorted training
-    keys, redraw the hits. Its own seeded generator makes it resumable through ``state_dict``.
-    """
-
-    def __init__(self, n_users: int, n_items: int, train_pairs: np.ndarray, seed: int):
-        self.n_items = int(n_items)
-        pairs = torch.as_tensor(np.asarray(train_pairs), dtype=torch.long)
-        self._keys = torch.unique(pairs[:, 0] * self.n_items + pairs[:, 1])
-        degree = torch.bincount(pairs[:, 0], minlength=n_users)
-        if degree.numel() and int(degree.max()) >= self.n_items:
-            raise ConfigError("a user has interacted with every item: no negative item exists "
-                              "to sample for it")
-        self._gen = torch.Generator().manual_seed(int(seed))
-
-    def sample(self, users: torch.Tensor, n: int) -> torch.Tensor:
-        """(len(users), n) int64 negatives for CPU ``users``."""
-        users = users.reshape(-1, 1).expand(-1, n).reshape(-1)
-        out = torch.randint(self.n_items, (users.numel(),), generator=self._gen)
-        todo = torch.arange(users.numel())
-        while todo.numel():
-            keys = users[todo] * self.n_items + out[todo]
-            pos = torch.searchsorted(self._keys, keys).clamp_(max=max(self._keys.numel() - 1, 0))
-            hit = self._keys[pos] == keys if self._keys.numel() else torch.zeros_like(keys, dtype=bool)
-            todo = todo[hit]
-            out[todo] = torch.randint(self.n_items, (todo.numel(),), generator=self._gen)
-        return out.reshape(-1, n)
-
-    def state_dict(self) -> dict:
-        return {"generator": self._gen.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self._gen.set_state(state["generator"])
-
-
 # ----------------------------------------------------------------------------------------------
 # logging
 # ----------------------------------------------------------------------------------------------
@@ -286,8 +250,9 @@ class Trainer:
                                           lr=self.config["learning_rate"],
                                           weight_decay=self.config["weight_decay"])
         self.n_negatives = int(getattr(self.model, "n_negatives", 0) or 0)
-        self.sampler = UniformNegatives(dataset.n_users, dataset.n_items, dataset.train,
-                                        self.config["seed"] + 1) if self.n_negatives else None
+        self.sampler = NegativeSampler.from_pairs(
+            dataset.n_users, dataset.n_items, dataset.train, n_neg=self.n_negatives,
+            seed=self.config["seed"] + 1, device=device) if self.n_negatives else None
         self.train_pairs = torch.as_tensor(dataset.train, dtype=torch.long)
         # legacy protocol: the released code validates on the test split (design §3.6)
         self.eval_split = "test" if self.config["protocol"] == "legacy" else "valid"
@@ -421,11 +386,9 @@ class Trainer:
         try:
             while self.batch < n_batches:
                 idx = perm[self.batch * bs:(self.batch + 1) * bs]
-                users, items = self.train_pairs[idx, 0], self.train_pairs[idx, 1]
-                negatives = self.sampler.sample(users, self.n_negatives) if self.sampler else None
-                users, items = users.to(self.device), items.to(self.device)
-                if negatives is not None:
-                    negatives = negatives.to(self.device)
+                users = self.train_pairs[idx, 0].to(self.device)
+                items = self.train_pairs[idx, 1].to(self.device)
+                negatives = self.sampler.sample(users) if self.sampler else None
                 parts = self.model.calculate_loss(users, items, negatives)
                 self.optimizer.zero_grad(set_to_none=True)
                 parts["loss"].backward()

@@ -229,21 +229,22 @@ def test_device_cuda_without_gpu(tmp_path, tiny_model):
     assert not (tmp_path / "c").exists()
 
 
-def test_negative_sampler_never_returns_positives_and_resumes():
+def test_negatives_are_never_training_positives(tmp_path, tiny_model, monkeypatch):
+    seen = []
+    original = TinyMF.calculate_loss
+
+    def spy(self, users, items, negatives=None):
+        seen.append((users.clone(), negatives.clone()))
+        return original(self, users, items, negatives)
+
+    monkeypatch.setattr(TinyMF, "calculate_loss", spy)
     ds = tiny_dataset()
-    s = trainer_mod.UniformNegatives(ds.n_users, ds.n_items, ds.train, seed=3)
-    users = torch.as_tensor(ds.train[:, 0])
-    state = s.state_dict()
-    neg = s.sample(users, 4)
-    assert neg.shape == (users.numel(), 4)
+    run(tmp_path, "n", "epochs=1", dataset=ds)
     pos = {tuple(p) for p in ds.train.tolist()}
-    assert not any((u, n) in pos for u, row in zip(users.tolist(), neg.tolist()) for n in row)
-    assert neg.min() >= 0 and neg.max() < ds.n_items
-    s.load_state_dict(state)
-    assert torch.equal(s.sample(users, 4), neg)
-    full = np.asarray([[0, i] for i in range(5)])
-    with pytest.raises(ConfigError, match="every item"):
-        trainer_mod.UniformNegatives(1, 5, full, seed=0)
+    assert sum(u.numel() for u, _ in seen) == ds.train.shape[0]
+    for users, neg in seen:
+        assert neg.shape == (users.numel(), 1) and neg.dtype == torch.int64
+        assert not any((u, n) in pos for u, n in zip(users.tolist(), neg[:, 0].tolist()))
 
 
 def test_only_rank0_writes(tmp_path, tiny_model, monkeypatch):
