@@ -14,7 +14,8 @@ Two protocols (design.md §3.6):
   training items 1e-5 instead of excluding them (``Recommender.legacy_mask_value``).
 
 Everything runs as batched tensor code on the model's device: never a per-user Python loop, never
-the full users x items score matrix (``eval_batch_size`` users at a time).
+the full users x items score matrix. Dot-product models rank with ``ops.masked_topk`` (no score
+block at all); other models score ``eval_batch_size`` users at a time via ``score_users``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import math
 import numpy as np
 import torch
 
+from . import ops
 from .errors import ConfigError, DataError, InputError
 from .models.base import config_value
 
@@ -244,8 +246,13 @@ def evaluate(model, dataset, split: str, config: dict) -> dict[str, float]:
             for start in range(0, users_t.numel(), batch):
                 b = users_t[start:start + batch]
                 rowptr_b, col_b = _rows_of_csr(m_rowptr, m_col, b)
-                scores = emb[0][b] @ emb[1].T if emb is not None else model.score_users(b)
-                tops.append(_masked_topk_dense(scores, rowptr_b, col_b, depth, mask_value)[1])
+                if emb is not None:   # the (batch x n_items) score block never exists
+                    top = ops.masked_topk(emb[0][b], emb[1], rowptr_b, col_b, depth, mask_value,
+                                          validate=False)[1]
+                else:
+                    top = _masked_topk_dense(model.score_users(b), rowptr_b, col_b, depth,
+                                             mask_value)[1]
+                tops.append(top)
     finally:
         model.train(was_training)
     return ranking_metrics(torch.cat(tops), truth_rowptr, truth_items, ks, protocol,

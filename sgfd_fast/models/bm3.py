@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import DataError
-from ..graph import normalized_bipartite_reference
+from ..graph import normalized_bipartite
 from .base import Recommender, config_value
 from .sgfd import SGFD
 
@@ -84,7 +84,7 @@ class BM3(Recommender):
             for layer in self.extractors:
                 nn.init.xavier_normal_(layer.weight)
         # the graph is a constant of the dataset: rebuilt, not checkpointed; moved lazily
-        self._graph = normalized_bipartite_reference(self.n_users, self.n_items, dataset.train)
+        self._graph = normalized_bipartite(self.n_users, self.n_items, dataset.train)
 
     def _graph_on(self, like: torch.Tensor):
         if self._graph.device != like.device or self._graph.val.dtype != like.dtype:
