@@ -84,7 +84,9 @@ inline void row_scalar(const index_t* __restrict col, const scalar_t* __restrict
                        const scalar_t* base_row, scalar_t* out_row, scalar_t scale) {
   for (std::int64_t j = j0; j < d; ++j) {
     scalar_t acc = 0;
-    for (std::int64_t e = begin; e < end; ++e) acc += val[e] * src[static_cast<std::int64_t>(col[e]) * d + j];
+    for (std::int64_t e = begin; e < end; ++e) {
+      acc += val[e] * src[static_cast<std::int64_t>(col[e]) * d + j];
+    }
     if (layer_row) layer_row[j] = acc;
     out_row[j] = (base_row[j] + acc) * scale;
   }

@@ -95,6 +95,7 @@ def _propagate_backward(ctx, grad):
 _propagate.register_autograd(_propagate_backward, setup_context=_setup_context)
 _backend.define("propagate", _propagate, propagate_reference)
 _backend.register("propagate", "cpu", "cpp", _propagate_cpp)
+_backend.register("propagate", "cuda", "cuda", _propagate_cuda)
 
 
 def propagate(rowptr: torch.Tensor, col: torch.Tensor, val: torch.Tensor, x: torch.Tensor,

@@ -1,8 +1,11 @@
+import numpy as np
 import pytest
 import torch
 
 import sgfd_fast
+from sgfd_fast import _backend
 from sgfd_fast.errors import InputError
+from sgfd_fast.graph import normalized_bipartite
 from sgfd_fast.ops import propagate, propagate_reference
 from sgfd_fast.testing import random_normalized_graph
 
@@ -70,3 +73,112 @@ def test_bad_input():
         propagate(g.rowptr, g.col, g.val, torch.randn(16, 3), -1)
     with pytest.raises(InputError, match="symmetric"):
         sgfd_fast.graph.CSR(g.rowptr, g.col, g.val, 16).propagate(torch.randn(16, 3), 1)
+
+
+# ---- compiled backends --------------------------------------------------------------------------
+
+TOL = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.float64: dict(atol=1e-12, rtol=1e-12)}
+
+
+def compiled(device):
+    return "cpp" if device == "cpu" else "cuda"
+
+
+def _graph(device, dtype, index_dtype, seed=0, n_users=120, n_items=90, n_edges=700):
+    g = random_normalized_graph(n_users, n_items, n_edges, seed=seed)
+    return sgfd_fast.graph.CSR(g.rowptr.to(index_dtype).to(device),
+                               g.col.to(index_dtype).to(device),
+                               g.val.to(dtype=dtype, device=device), g.n_cols, symmetric=True)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
+@pytest.mark.parametrize("width", [1, 3, 64, 128])
+def test_backend_matches_reference(device, dtype, index_dtype, width):
+    g = _graph(device, dtype, index_dtype, seed=width)
+    x = torch.randn(g.n_rows, width, dtype=dtype, device=device)
+    for n_layers in (0, 1, 2, 3, 4):
+        want = propagate_reference(g.rowptr, g.col, g.val, x, n_layers)
+        with sgfd_fast.use_backend(compiled(device)):
+            assert _backend.serving("propagate", device) == compiled(device)
+            got = g.propagate(x, n_layers)
+        torch.testing.assert_close(got, want, **TOL[dtype], msg=f"L={n_layers}")
+
+
+@pytest.mark.parametrize("width", [5, 40, 200])  # tails of the register chunks, two chunks
+def test_cpp_odd_widths_and_strided_input(width):
+    g = _graph("cpu", torch.float32, torch.int64, seed=3)
+    x = torch.randn(width, g.n_rows).t()  # a transposed view is copied once
+    with sgfd_fast.use_backend("cpp"):
+        got = g.propagate(x, 2)
+    torch.testing.assert_close(got, propagate_reference(g.rowptr, g.col, g.val, x, 2),
+                               **TOL[x.dtype])
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_hub_row_isolated_nodes_and_empty_graph(device):
+    # User 0 has 10^4 items (a hub row and 10^4 rows pointing back at it); 3 isolated users.
+    pairs = np.concatenate([np.stack([np.zeros(10_000, np.int64), np.arange(10_000)], 1),
+                            np.stack([np.arange(1, 50), np.arange(49)], 1)])
+    g = normalized_bipartite(53, 10_000, pairs, device=device)
+    x = torch.randn(g.n_rows, 64, device=device)
+    with sgfd_fast.use_backend(compiled(device)):
+        got = g.propagate(x, 3)
+    torch.testing.assert_close(got, propagate_reference(g.rowptr, g.col, g.val, x, 3),
+                               atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got[50:53], x[50:53] / 4)
+    empty = normalized_bipartite(4, 3, np.zeros((0, 2), np.int64), device=device)
+    with sgfd_fast.use_backend(compiled(device)):
+        assert torch.equal(empty.propagate(torch.ones(7, 5, device=device), 2),
+                           torch.full((7, 5), 1 / 3, device=device))
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_bitwise_deterministic(device):
+    g = _graph(device, torch.float32, torch.int64, n_users=1500, n_items=1000, n_edges=20000)
+    x = torch.randn(g.n_rows, 64, device=device)
+    with sgfd_fast.use_backend(compiled(device)):
+        first = g.propagate(x, 3)
+        for _ in range(3):
+            assert torch.equal(first, g.propagate(x, 3))
+
+
+def test_cpp_independent_of_thread_count():
+    # torch.set_num_threads sets the OpenMP team size of the runtime the extension shares.
+    g = random_normalized_graph(700, 500, 9000, seed=1)
+    x = torch.randn(1200, 37)
+    before = torch.get_num_threads()
+    outs = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            with sgfd_fast.use_backend("cpp"):
+                outs.append(g.propagate(x, 2))
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_backend_gradients_match_reference(device):
+    g = _graph(device, torch.float32, torch.int32, seed=7)
+    x = torch.randn(g.n_rows, 33, device=device)
+    weight = torch.linspace(-1, 1, x.numel(), device=device).view_as(x)
+    grads = {}
+    for backend in ("reference", compiled(device)):
+        xx = x.clone().requires_grad_()
+        with sgfd_fast.use_backend(backend):
+            (g.propagate(xx, 2) * weight).sum().backward()
+        grads[backend] = xx.grad
+    torch.testing.assert_close(grads[compiled(device)], grads["reference"], atol=1e-5, rtol=1e-5)
+
+
+def test_cpp_gradcheck_and_opcheck():
+    g = random_normalized_graph(9, 7, 25, seed=2).to(dtype=torch.float64)
+    x = torch.randn(16, 3, dtype=torch.float64, requires_grad=True)
+    with sgfd_fast.use_backend("cpp"):
+        assert torch.autograd.gradcheck(lambda x: g.propagate(x, 3), (x,))
+        x = torch.randn(16, 5, requires_grad=True)
+        torch.library.opcheck(torch.ops.sgfd_fast.propagate.default,
+                              (g.rowptr, g.col, g.val.float(), x, 2))
