@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import ops
 from ..errors import ConfigError, DataError
 from .base import config_value
 
@@ -79,27 +80,6 @@ def _collapse_linear_stack(weights, biases):
         b = b + w @ bl
         w = w @ wl
     return w, b
-
-
-def _sgfd_loss(f_t, f_s, weight, bias, labels, tau: float, flavour: str = "official"):
-    """Per-modality ``(CE, LD, FD)`` for teacher/student features of the same items.
-
-    Args:
-        f_t, f_s: (B, D) teacher and student features; weight (K, D), bias (K,): the shared
-            classifier; labels: (B,) int64; tau: the temperature; flavour: see module doc.
-    """
-    z_t = F.linear(f_t, weight, bias)
-    z_s = F.linear(f_s, weight, bias)
-    if flavour == "official":
-        ce = F.cross_entropy(z_t.softmax(-1), labels)       # softmax applied twice, as released
-        ld = F.l1_loss((z_t / tau).softmax(-1), (z_s / tau).softmax(-1))
-        fd = F.mse_loss(f_s, f_t)
-    else:
-        ce = F.cross_entropy(z_t, labels)
-        ld = F.kl_div(F.log_softmax(z_s / tau, -1), F.log_softmax(z_t.detach() / tau, -1),
-                      reduction="batchmean", log_target=True) * tau * tau
-        fd = F.mse_loss(f_s, f_t.detach())
-    return ce, ld, fd
 
 
 class SGFD(nn.Module):
@@ -203,8 +183,8 @@ class SGFD(nn.Module):
             f_s = students[j] if students is not None else self.student(j, uniq)
             teachers.append(f_t)
             c = self.classifiers[j]
-            ce_j, ld_j, fd_j = _sgfd_loss(f_t[inv], f_s[inv], c.weight, c.bias, y, self.tau,
-                                         self.flavour)
+            ce_j, ld_j, fd_j = ops.sgfd_loss(f_t[inv], f_s[inv], c.weight, c.bias, y, self.tau,
+                                             self.flavour, validate=False)
             ce, ld, fd = ce + ce_j, ld + ld_j, fd + fd_j
         n = len(self.modalities)
         ce, ld, fd = ce / n, ld / n, fd / n
