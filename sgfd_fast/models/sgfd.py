@@ -28,8 +28,12 @@ rule works (4096, 2048, 1024, 768, widths <= 4D divisible by 4) it builds the sa
 crashes (a width not divisible by 4 along the chain: 1000, 4095, ...) ours floors and continues.
 Widths <= 4D give a single layer, the same shape as the student.
 
+Every head (teacher's last layer, student) runs through ``ops.feature_head`` (linear with a fused
+bias/leaky-ReLU/L2 epilogue).
+
 ``collapse_teacher``: the teacher is linear up to its activation, so ``W_L ... W_1 x + b`` is
-evaluated as one product ``W x + b`` with ``(W, b)`` formed from the layer parameters every step.
+evaluated as one product ``W x + b`` with ``(W, b) = ops.collapse_linear_stack(...)`` formed from
+the layer parameters every step.
 The parameters, the function and (up to rounding) the gradients are those of the stack; the cost
 drops from ~d*d/4 to ~D*d multiply-adds per item (the 4096->1024 layer was 47% of an epoch).
 """
@@ -64,24 +68,6 @@ def teacher_widths(d: int, dim: int, shrink: int = SHRINK) -> list[int]:
     return widths + [dim]
 
 
-def _feature_head(x, weight, bias, negative_slope: float = NEGATIVE_SLOPE, normalize: bool = True):
-    """``normalize(leaky_relu(x @ W.T + b))``; ``negative_slope=1`` means no activation."""
-    h = F.linear(x, weight, bias)
-    if negative_slope != 1.0:
-        h = F.leaky_relu(h, negative_slope)
-    return F.normalize(h, dim=-1) if normalize else h
-
-
-def _collapse_linear_stack(weights, biases):
-    """``(W, b)`` with ``W x + b == L_k(...L_1(x))``, multiplied from the narrow output side so the
-    products stay (D x width) matrices."""
-    w, b = weights[-1], biases[-1]
-    for wl, bl in zip(reversed(weights[:-1]), reversed(biases[:-1])):
-        b = b + w @ bl
-        w = w @ wl
-    return w, b
-
-
 class SGFD(nn.Module):
     """Teacher, student and classifier per modality plus the fusion head (see module doc).
 
@@ -106,7 +92,7 @@ class SGFD(nn.Module):
             raise DataError("SGFD needs item category labels (n_labels >= 1)")
         self.modalities = list(features)
         self.dim, self.n_labels = int(dim), int(n_labels)
-        self.slope = NEGATIVE_SLOPE if leaky else 1.0
+        self.slope = NEGATIVE_SLOPE if leaky else None
         self.tau, self.ce_weight, self.kd_weight = float(tau), float(ce_weight), float(kd_weight)
         self.flavour, self.collapse_teacher = flavour, bool(collapse_teacher)
         # constants: not saved in checkpoints (they come with the dataset), moved by .to()
@@ -146,18 +132,18 @@ class SGFD(nn.Module):
         """Student features of modality j for ``items`` (all items when None), (n, D)."""
         x = self.feature(j) if items is None else self.feature(j)[items]
         layer = self.students[j]
-        return _feature_head(x, layer.weight, layer.bias, self.slope)
+        return ops.feature_head(x, layer.weight, layer.bias, self.slope)
 
     def teacher(self, j: int, items: torch.Tensor | None = None) -> torch.Tensor:
         """Teacher features of modality j for ``items`` (all items when None), (n, D)."""
         x = self.feature(j) if items is None else self.feature(j)[items]
         layers = list(self.teachers[j])
         if self.collapse_teacher and len(layers) > 1:
-            w, b = _collapse_linear_stack([l.weight for l in layers], [l.bias for l in layers])
-            return _feature_head(x, w, b, self.slope)
+            w, b = ops.collapse_linear_stack([l.weight for l in layers], [l.bias for l in layers])
+            return ops.feature_head(x, w, b, self.slope)
         for layer in layers[:-1]:
             x = layer(x)
-        return _feature_head(x, layers[-1].weight, layers[-1].bias, self.slope)
+        return ops.feature_head(x, layers[-1].weight, layers[-1].bias, self.slope)
 
     def losses(self, item_ids: torch.Tensor, students: list | None = None) -> dict:
         """SGFD losses on a batch of item ids (duplicates count).
