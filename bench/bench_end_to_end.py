@@ -47,11 +47,12 @@ def _api():
         from sgfd_fast.config import load_config
         from sgfd_fast.evaluation import evaluate
         from sgfd_fast.models import MODELS, build_model
-        from sgfd_fast.trainer import UniformNegatives, load_data
+        from sgfd_fast.sampling import NegativeSampler
+        from sgfd_fast.trainer import load_data
     except ImportError as exc:
         pytest.skip(f"end-to-end benchmarks need sgfd_fast.models/evaluation/config/trainer, "
                     f"not importable yet: {exc}")
-    return use_backend, load_config, load_data, evaluate, MODELS, build_model, UniformNegatives
+    return use_backend, load_config, load_data, evaluate, MODELS, build_model, NegativeSampler
 
 
 @functools.lru_cache(maxsize=2)
@@ -64,7 +65,7 @@ class Run:
     """A freshly seeded model, its optimizer and the epoch / evaluation callables."""
 
     def __init__(self, model_name: str, dataset_name: str, device: torch.device):
-        use_backend, load_config, load_data, evaluate, models, build_model, negatives_cls = _api()
+        use_backend, load_config, load_data, evaluate, models, build_model, sampler_cls = _api()
         if model_name.upper() not in {k.upper() for k in models}:
             pytest.skip(f"{model_name} is not registered in sgfd_fast.models.MODELS yet")
         self.use_backend, self.evaluate = use_backend, evaluate
@@ -80,8 +81,9 @@ class Run:
                                           lr=self.config["learning_rate"],
                                           weight_decay=self.config["weight_decay"])
         self.n_negatives = int(getattr(self.model, "n_negatives", 0) or 0)
-        self.sampler = negatives_cls(self.dataset.n_users, self.dataset.n_items,
-                                     self.dataset.train, self.config["seed"] + 1) \
+        self.sampler = sampler_cls.from_pairs(
+            self.dataset.n_users, self.dataset.n_items, self.dataset.train,
+            n_neg=self.n_negatives, seed=self.config["seed"] + 1, device=device) \
             if self.n_negatives else None
         self.pairs = torch.as_tensor(self.dataset.train, dtype=torch.long)
         self.batch_size = self.config["train_batch_size"]
@@ -92,10 +94,8 @@ class Run:
         return -(-self.pairs.shape[0] // self.batch_size)
 
     def batch(self, idx):
-        users, items = self.pairs[idx, 0], self.pairs[idx, 1]
-        negatives = self.sampler.sample(users, self.n_negatives) if self.sampler else None
-        return (users.to(self.device), items.to(self.device),
-                None if negatives is None else negatives.to(self.device))
+        users, items = self.pairs[idx, 0].to(self.device), self.pairs[idx, 1].to(self.device)
+        return users, items, self.sampler.sample(users) if self.sampler else None
 
     def epoch(self, max_batches: int | None = None):
         perm = torch.randperm(self.pairs.shape[0], generator=self.order)
@@ -136,10 +136,7 @@ def check_backends_agree(model_name: str, dataset_name: str, device_type: str) -
     """One training step (loss parts, every parameter gradient) and the evaluation metrics of the
     same weights under the reference and the automatic backends; fails the test on a mismatch."""
     run = Run(model_name, dataset_name, torch.device(device_type))
-    if run.sampler is not None:
-        run.sampler = type(run.sampler)(run.dataset.n_users, run.dataset.n_items,
-                                        run.dataset.train, 7)
-    batch = run.batch(torch.arange(min(run.batch_size, run.pairs.shape[0])))
+    batch = run.batch(torch.arange(min(run.batch_size, run.pairs.shape[0])))  # same negatives
     ref_parts, ref_grads = run.step_parts("reference", *batch)
     got_parts, got_grads = run.step_parts("auto", *batch)
     problems = []
