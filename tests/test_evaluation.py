@@ -209,3 +209,27 @@ def test_evaluate_errors():
                     labels=ds.labels, n_labels=ds.n_labels)
     with pytest.raises(DataError, match="no valid interactions"):
         evaluate(model, empty, "valid", cfg)
+
+
+class GRCN(_FixedScorer):  # the class name selects the legacy GRCN metric family
+    legacy_mask_value = 1e-5
+
+
+@pytest.mark.parametrize("dot", [True, False])
+def test_evaluate_legacy_grcn_mask_value(dot):
+    """Legacy GRCN: training items score 1e-5 and stay rankable; per-user recall."""
+    ds = _tiny_dataset(seed=3)
+    model = GRCN(ds, dot=dot, seed=3)
+    cfg = {"topk": [2, 5], "eval_batch_size": 7, "protocol": "legacy"}
+    got = evaluate(model, ds, "test", cfg)
+    scores = (model.u @ model.i.T).detach().numpy().astype(np.float64)
+    known = np.concatenate([ds.train, ds.valid])
+    scores[known[:, 0], known[:, 1]] = 1e-5
+    per_user = {2: [], 5: []}
+    for u in sorted(set(ds.test[:, 0].tolist()) & set(ds.train[:, 0].tolist())):
+        truth = set(ds.test[ds.test[:, 0] == u, 1].tolist())
+        order = sorted(range(ds.n_items), key=lambda i: (-scores[u, i], i))
+        for k in per_user:
+            per_user[k].append(sum(i in truth for i in order[:k]) / len(truth))
+    for k, values in per_user.items():
+        assert got[f"recall@{k}"] == pytest.approx(np.mean(values), abs=1e-9)
