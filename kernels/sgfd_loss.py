@@ -83,7 +83,7 @@ def _sgfd_loss_fwd_kernel(
         ld = tl.sum(tl.abs(r), axis=0) * inv_bk
     else:
         ce = (tl.log(s1) - tl.sum(tl.where(k_ok, a1, 0.0) * onehot, axis=0)) * inv_b
-        log_ratio = (tl.where(k_ok, at - as_, 0.0)) - tl.log(st) + tl.log(ss)
+        log_ratio = tl.where(k_ok, at, 0.0) - tl.where(k_ok, as_, 0.0) - tl.log(st) + tl.log(ss)
         ld = tl.sum(pt * log_ratio, axis=0) * inv_b * tau * tau
 
     offs_d = tl.arange(0, BLOCK_D)
@@ -123,16 +123,14 @@ def sgfd_loss_triton(z_t: torch.Tensor, z_s: torch.Tensor, f_t: torch.Tensor, f_
     d = f_t.shape[1]
     official = flavour == "official"
     row_loss = new_output(n_rows, 3, like=f_t)
-    empty = f_t.new_empty(0)
-    g_zt_ce = new_output(n_rows, n_classes, like=f_t) if with_grad else empty
-    g_zt_ld = new_output(n_rows, n_classes, like=f_t) if with_grad and official else empty
-    g_zs_ld = new_output(n_rows, n_classes, like=f_t) if with_grad else empty
-    g_fs_fd = new_output(n_rows, d, like=f_t) if with_grad else empty
+    g_zt_ce = new_output(n_rows if with_grad else 0, n_classes, like=f_t)
+    g_zt_ld = new_output(n_rows if with_grad and official else 0, n_classes, like=f_t)
+    g_zs_ld = new_output(n_rows if with_grad else 0, n_classes, like=f_t)
+    g_fs_fd = new_output(n_rows if with_grad else 0, d, like=f_t)
     block_k = triton.next_power_of_2(n_classes)
     _sgfd_loss_fwd_kernel[(n_rows,)](
         z_t, z_s, labels, f_t, f_s, row_loss,
-        g_zt_ce if with_grad else row_loss, g_zt_ld if with_grad and official else row_loss,
-        g_zs_ld if with_grad else row_loss, g_fs_fd if with_grad else row_loss,
+        g_zt_ce, g_zt_ld, g_zs_ld, g_fs_fd,
         n_rows, n_classes, d, z_t.stride(0), float(tau),
         OFFICIAL=official, WITH_GRAD=with_grad, BLOCK_K=block_k,
         BLOCK_D=triton.next_power_of_2(d), num_warps=4 if block_k <= 1024 else 8)

@@ -61,6 +61,12 @@ def sgfd_loss_reference(f_t: torch.Tensor, f_s: torch.Tensor, weight: torch.Tens
     return ce, ld, fd
 
 
+def _no_grads(z_t, f_s):
+    # distinct empty tensors: outputs of a custom op may not alias one another
+    return (z_t.new_empty(0, z_t.shape[1]), z_t.new_empty(0, z_t.shape[1]),
+            z_t.new_empty(0, z_t.shape[1]), f_s.new_empty(0, f_s.shape[1]))
+
+
 def _sgfd_loss_eager(f_t, f_s, weight, bias, labels, tau, flavour, with_grad):
     """The op's reference backend: the formulas above with their gradients, in eager PyTorch."""
     z_t = F.linear(f_t, weight, bias)
@@ -71,7 +77,6 @@ def _sgfd_loss_eager(f_t, f_s, weight, bias, labels, tau, flavour, with_grad):
     fd = fdiff.square().mean()
     pt = torch.softmax(z_t / tau, dim=1)
     ps = torch.softmax(z_s / tau, dim=1)
-    empty = z_t.new_empty(0)
     if flavour == "official":
         p = torch.softmax(z_t, dim=1)
         log_q = torch.log_softmax(p, dim=1)
@@ -79,7 +84,7 @@ def _sgfd_loss_eager(f_t, f_s, weight, bias, labels, tau, flavour, with_grad):
         diff = pt - ps
         ld = diff.abs().mean()
         if not with_grad:
-            return torch.stack([ce, ld, fd]), empty, empty, empty, empty
+            return (torch.stack([ce, ld, fd]), *_no_grads(z_t, f_s))
         g_p = (log_q.exp() - onehot) / n_rows
         g_zt_ce = p * (g_p - (g_p * p).sum(1, keepdim=True))
         sgn = diff.sign() / diff.numel()
@@ -92,9 +97,9 @@ def _sgfd_loss_eager(f_t, f_s, weight, bias, labels, tau, flavour, with_grad):
         log_ps = torch.log_softmax(z_s / tau, dim=1)
         ld = (pt * (log_pt - log_ps)).sum() / n_rows * tau ** 2
         if not with_grad:
-            return torch.stack([ce, ld, fd]), empty, empty, empty, empty
+            return (torch.stack([ce, ld, fd]), *_no_grads(z_t, f_s))
         g_zt_ce = (log_p.exp() - onehot) / n_rows
-        g_zt_ld = empty
+        g_zt_ld = z_t.new_empty(0, n_classes)
         g_zs_ld = (ps - pt) * (tau / n_rows)
     return torch.stack([ce, ld, fd]), g_zt_ce, g_zt_ld, g_zs_ld, fdiff * (2.0 / fdiff.numel())
 
@@ -108,13 +113,11 @@ def _sgfd_loss(f_t: torch.Tensor, f_s: torch.Tensor, weight: torch.Tensor, bias:
 
 @_sgfd_loss.register_fake
 def _sgfd_loss_fake(f_t, f_s, weight, bias, labels, tau, flavour, with_grad):
-    n_rows, n_classes = f_t.shape[0], weight.shape[0]
-    empty = f_t.new_empty(0)
-    if not with_grad:
-        return f_t.new_empty(3), empty, empty, empty, empty
-    logits = f_t.new_empty(n_rows, n_classes)
-    return (f_t.new_empty(3), logits, f_t.new_empty(n_rows, n_classes) if flavour == "official"
-            else empty, f_t.new_empty(n_rows, n_classes), torch.empty_like(f_s))
+    rows = f_t.shape[0] if with_grad else 0
+    n_classes = weight.shape[0]
+    return (f_t.new_empty(3), f_t.new_empty(rows, n_classes),
+            f_t.new_empty(rows if flavour == "official" else 0, n_classes),
+            f_t.new_empty(rows, n_classes), f_s.new_empty(rows, f_s.shape[1]))
 
 
 def _sgfd_loss_triton(f_t, f_s, weight, bias, labels, tau, flavour, with_grad):
