@@ -246,10 +246,12 @@ class Trainer:
 
         seed_everything(self.config["seed"])
         self.model = build_model(model_name, dataset, self.config).to(device)
-        self.optimizer = torch.optim.Adam(self.model.parameters(),
+        self.optimizer = torch.optim.Adam([p for p in self.model.parameters() if p.requires_grad],
                                           lr=self.config["learning_rate"],
                                           weight_decay=self.config["weight_decay"])
         self.n_negatives = int(getattr(self.model, "n_negatives", 0) or 0)
+        # optional per-model hook after each optimizer step (MAML clips embedding rows there)
+        self._post_step = getattr(self.model, "post_step", None)
         self.sampler = NegativeSampler.from_pairs(
             dataset.n_users, dataset.n_items, dataset.train, n_neg=self.n_negatives,
             seed=self.config["seed"] + 1, device=device) if self.n_negatives else None
@@ -393,6 +395,8 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 parts["loss"].backward()
                 self.optimizer.step()
+                if self._post_step is not None:
+                    self._post_step()
                 for k, v in parts.items():
                     # float64 sums on the device: no host sync per step, same sums after resume
                     sums[k] = sums.get(k, 0.0) + v.detach().double()

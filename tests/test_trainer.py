@@ -163,6 +163,18 @@ def test_resume_rejects_changes(tmp_path, tiny_model):
         trainer_mod.resume(tmp_path / "nothing")
 
 
+def test_post_step_hook_runs_after_every_step(tmp_path, tiny_model, monkeypatch):
+    steps = []
+
+    def post_step(self):
+        assert self.user.weight.grad is not None  # after backward and the optimizer step
+        steps.append(1)
+
+    monkeypatch.setattr(TinyMF, "post_step", post_step, raising=False)
+    run(tmp_path, "p", "epochs=2")
+    assert len(steps) == 2 * 7
+
+
 def test_early_stopping(tmp_path, tiny_model, monkeypatch):
     import sgfd_fast.evaluation as ev
 
