@@ -25,8 +25,8 @@ def config_value(config: dict, key: str, kind=None, *, low=None, high=None, choi
         low, high: inclusive bounds; choices: the allowed values.
     """
     if key not in config:
-        raise ConfigError(f"{model}: missing config key {key!r} (it is defined in "
-                          f"sgfd_fast/configs/overall.yaml or configs/model/{model}.yaml)")
+        raise ConfigError(f"{model}: missing config key {key!r} (its default lives in "
+                          "sgfd_fast/configs/overall.yaml or configs/model/<MODEL>.yaml)")
     value = config[key]
     ok = True
     if kind is float:

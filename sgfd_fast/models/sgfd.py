@@ -35,7 +35,11 @@ bias/leaky-ReLU/L2 epilogue).
 evaluated as one product ``W x + b`` with ``(W, b) = ops.collapse_linear_stack(...)`` formed from
 the layer parameters every step.
 The parameters, the function and (up to rounding) the gradients are those of the stack; the cost
-drops from ~d*d/4 to ~D*d multiply-adds per item (the 4096->1024 layer was 47% of an epoch).
+drops from ~d*d/4 to ~D*d multiply-adds per item (the 4096->1024 layer was 47% of a released
+epoch, performance-anchors.md), hence ``collapse_teacher: true`` by default.
+
+``t_decay`` (tau) is used as a float; the released BM3 casts it to int (same value for its
+integer settings 5, 50, 100).
 """
 
 from __future__ import annotations
