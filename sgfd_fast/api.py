@@ -2,7 +2,7 @@
 
 >>> from sgfd_fast.api import load_run
 >>> tm = load_run("runs/BM3-office-20250101-120000")
->>> tm.recommend(["A2E1RDI0WJ8RNG"], k=10)      # the dataset's original user and item ids
+>>> tm.recommend(["A2TM9WEZ2CIXH2"], k=10)      # the dataset's original user and item ids
 >>> tm.export("export/")                        # embeddings and distilled features as .npy
 """
 
