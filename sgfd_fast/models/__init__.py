@@ -5,12 +5,14 @@ from __future__ import annotations
 from ..errors import ConfigError
 from .base import Recommender
 from .bm3 import BM3
+from .grcn import GRCN
 from .maml import MAML
 from .sgfd import SGFD
 
 __all__ = ["MODELS", "Recommender", "SGFD", "BM3", "build_model"]
 
 MODELS: dict[str, type[Recommender]] = {"BM3": BM3}
+MODELS["GRCN"] = GRCN
 MODELS["MAML"] = MAML
 
 

@@ -2,6 +2,7 @@
 with a pure-PyTorch reference, a fake, an autograd formula and per-device compiled backends
 (see ``sgfd_fast._backend`` and ``python -m sgfd_fast.info``)."""
 
+from .edge_softmax_aggregate import edge_softmax_aggregate, edge_softmax_aggregate_reference
 from .propagate import propagate, propagate_reference
 from .spmm_csr import csr_transpose, spmm_csr, spmm_csr_reference
 from .masked_topk import masked_topk, masked_topk_reference  # noqa: E402

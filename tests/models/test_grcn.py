@@ -1,0 +1,217 @@
+"""GRCN: forward against a dense transcription of the released formulas (sgfd-official-code.md
+§5.3), loss parts, gradient flow, training steps, and what the two protocols change."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sgfd_fast.models import GRCN, build_model
+
+
+def grcn_config(**overrides):
+    cfg = dict(embedding_size=8, num_routing=3, reg_weight=1e-3, protocol="standard", sgfd=True,
+               sgfd_loss="official", ce_weight=1.0, kd_weight=1.0, t_decay=100.0,
+               collapse_teacher=True)
+    cfg.update(overrides)
+    return cfg
+
+
+def negatives_for(ds, users, k=1, seed=0):
+    """Uniform negatives outside each user's training items."""
+    rng = np.random.default_rng(seed)
+    known = {(int(u), int(i)) for u, i in ds.train}
+    out = np.empty((len(users), k), dtype=np.int64)
+    for b, u in enumerate(users.tolist()):
+        for j in range(k):
+            i = int(rng.integers(ds.n_items))
+            while (u, i) in known:
+                i = int(rng.integers(ds.n_items))
+            out[b, j] = i
+    return torch.from_numpy(out)
+
+
+def batch(ds, k=1):
+    users = torch.from_numpy(ds.train[:, 0].copy())
+    items = torch.from_numpy(ds.train[:, 1].copy())
+    return users, items, negatives_for(ds, users, k)
+
+
+def masked_softmax_aggregate(q, k, v, mask):
+    """Dense GAT: row i attends over the sources j with mask[i, j]; rows without any give 0."""
+    s = (q @ k.T).masked_fill(~mask, -torch.inf)
+    alpha = torch.nan_to_num(torch.softmax(s, 1), nan=0.0)
+    return alpha @ v, alpha
+
+
+def dense_transcription(m, ds, routed):
+    """The released forward written densely (Model_routing.py L95-308); ``routed`` sends the
+    routing messages item -> user (standard) instead of the released no-op."""
+    nu, ni = ds.n_users, ds.n_items
+    adj = torch.zeros(nu + ni, nu + ni, dtype=torch.bool)
+    adj[ds.train[:, 0], nu + ds.train[:, 1]] = True
+    adj = adj | adj.T
+    reps, alphas = [], []
+    for j in range(len(m.modalities)):
+        raw = m.sgfd.student(j) if m.sgfd is not None else \
+            m.extractors[j](getattr(m, f"feature{j}"))
+        c = F.normalize(F.leaky_relu(raw))
+        pref = F.normalize(m.preferences[j])
+        for _ in range(m.num_routing if routed else 0):
+            msg, _ = masked_softmax_aggregate(pref, c, c, adj[:nu, nu:])
+            pref = F.normalize(pref + msg)
+        x = torch.cat([pref, c])
+        msg, alpha = masked_softmax_aggregate(x, x, x, adj)
+        reps.append(x + msg)
+        alphas.append(alpha)
+    # edge j -> i (row i = target) weighted by the confidence of its source j
+    w = torch.stack([a * m.confidence[:, jj][None, :] for jj, a in enumerate(alphas)]).amax(0)
+    w = w * adj
+    x0 = F.normalize(m.id_embedding)
+    x1 = w @ x0
+    x2 = w @ x1
+    return torch.cat([x0 + x1 + x2] + reps, 1)
+
+
+@pytest.mark.parametrize("sgfd", [True, False])
+@pytest.mark.parametrize("protocol", ["standard", "legacy"])
+def test_forward_matches_dense_transcription(tiny, sgfd, protocol):
+    ds = tiny()
+    torch.manual_seed(0)
+    m = GRCN(ds, grcn_config(sgfd=sgfd, protocol=protocol)).double()
+    rep, _ = m.forward()
+    want = dense_transcription(m, ds, routed=protocol == "standard")
+    torch.testing.assert_close(rep, want)
+    assert rep.shape == (ds.n_users + ds.n_items, 8 * (1 + len(ds.features)))
+
+
+def test_routing_differs_between_protocols_only_in_routing(tiny):
+    ds = tiny()
+    torch.manual_seed(0)
+    std = GRCN(ds, grcn_config())
+    legacy = GRCN(ds, grcn_config(protocol="legacy"))
+    no_routing = GRCN(ds, grcn_config(num_routing=0))
+    legacy.load_state_dict(std.state_dict(), strict=False)
+    no_routing.load_state_dict(std.state_dict())
+    rep_std, rep_legacy = std.forward()[0], legacy.forward()[0]
+    # the released routing is a no-op: legacy == no routing at all
+    torch.testing.assert_close(rep_legacy, no_routing.forward()[0])
+    # standard routing moves the preferences of users with training items
+    d = 8
+    users_with_items = np.unique(ds.train[:, 0])
+    delta = (rep_std[:ds.n_users, d:2 * d] - rep_legacy[:ds.n_users, d:2 * d]).abs().sum(1)
+    assert bool((delta[users_with_items] > 1e-4).all())
+
+
+@pytest.mark.parametrize("sgfd", [True, False])
+@pytest.mark.parametrize("protocol", ["standard", "legacy"])
+def test_loss_parts_and_gradient_flow(tiny, sgfd, protocol):
+    ds = tiny()
+    torch.manual_seed(1)
+    m = build_model("GRCN", ds, grcn_config(sgfd=sgfd, protocol=protocol))
+    assert m.n_negatives == 1
+    users, items, neg = batch(ds)
+    parts = m.calculate_loss(users, items, neg)
+    expected = {"loss", "bpr", "reg"} | ({"sgfd", "sgfd_ce", "sgfd_ld", "sgfd_fd",
+                                          "sgfd_fusion"} if sgfd else set())
+    assert set(parts) == expected
+    assert all(torch.isfinite(v) and v.dim() == 0 for v in parts.values())
+    parts["loss"].backward()
+    must = {"id_embedding", "confidence", "preferences.0", "preferences.1"}
+    must |= {"sgfd.students.0.weight", "sgfd.teachers.1.0.weight", "sgfd.classifiers.0.weight",
+             "sgfd.fusion.weight"} if sgfd else {"extractors.0.weight", "extractors.1.weight"}
+    grads = {n: p.grad for n, p in m.named_parameters()}
+    for name in must:
+        assert grads[name] is not None and grads[name].abs().sum() > 0, name
+
+
+def test_loss_matches_released_formula(tiny):
+    ds = tiny()
+    torch.manual_seed(2)
+    m = GRCN(ds, grcn_config(sgfd=False)).double()
+    users, items, neg = batch(ds)
+    rep, _ = m.forward()
+    nu = ds.n_users
+    # Net.loss: users [u, u], items [p, n] interleaved, score.view(-1, 2) @ [1, -1]
+    ut = torch.stack([users, users], 1).reshape(-1)
+    it = torch.stack([items, neg[:, 0]], 1).reshape(-1) + nu
+    score = (rep[ut] * rep[it]).sum(1).view(-1, 2)
+    bpr = -torch.mean(torch.log(torch.sigmoid(score @ torch.tensor([[1.0], [-1.0]]).double())))
+    reg = (m.id_embedding[ut] ** 2 + m.id_embedding[it] ** 2).mean()
+    for p in m.preferences:
+        reg = reg + (p[ut] ** 2).mean()
+    parts = m.calculate_loss(users, items, neg)
+    torch.testing.assert_close(parts["bpr"], bpr.detach())
+    torch.testing.assert_close(parts["reg"], reg.detach())
+    torch.testing.assert_close(parts["loss"].detach(), (bpr + 1e-3 * reg).detach())
+
+
+@pytest.mark.parametrize("sgfd", [True, False])
+def test_training_steps_change_parameters_and_lower_the_loss(tiny, sgfd):
+    ds = tiny()
+    torch.manual_seed(3)
+    m = GRCN(ds, grcn_config(sgfd=sgfd))
+    before = {n: p.detach().clone() for n, p in m.named_parameters()}
+    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+    users, items, neg = batch(ds)
+    losses = []
+    for _ in range(8):
+        loss = m.calculate_loss(users, items, neg)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < losses[0]
+    for n, p in m.named_parameters():
+        assert not torch.equal(p, before[n]), n
+
+
+def test_standard_evaluation_recomputes_representations(tiny):
+    ds = tiny()
+    torch.manual_seed(4)
+    m = GRCN(ds, grcn_config())
+    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+    users, items, neg = batch(ds)
+    m.calculate_loss(users, items, neg)["loss"].backward()
+    opt.step()
+    with torch.no_grad():
+        u, i = m.ranking_embeddings()
+        rep = m.forward()[0]
+    assert u.shape == (ds.n_users, 24) and i.shape == (ds.n_items, 24)
+    assert torch.isfinite(u).all() and torch.isfinite(i).all()
+    torch.testing.assert_close(torch.cat([u, i]), rep)  # the post-step parameters
+
+
+def test_legacy_evaluation_uses_last_training_forward(tiny):
+    ds = tiny()
+    torch.manual_seed(5)
+    m = GRCN(ds, grcn_config(protocol="legacy"))
+    assert m.legacy_mask_value == 1e-5
+    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+    users, items, neg = batch(ds)
+    with torch.no_grad():
+        pre_step = m.forward()[0]
+        torch.testing.assert_close(torch.cat(m.ranking_embeddings()), pre_step)  # none stored yet
+    m.calculate_loss(users, items, neg)["loss"].backward()
+    opt.step()
+    with torch.no_grad():
+        stale = torch.cat(m.ranking_embeddings())
+        fresh = m.forward()[0]
+    torch.testing.assert_close(stale, pre_step)        # released self.result: pre-step rep
+    assert not torch.allclose(stale, fresh)
+    # the stale copy is checkpointed, so the selected epoch's copy is what gets evaluated
+    state = m.state_dict()
+    assert torch.equal(state["legacy_rep"], stale) and bool(state["legacy_rep_set"])
+    other = GRCN(ds, grcn_config(protocol="legacy"))
+    other.load_state_dict(state)
+    torch.testing.assert_close(torch.cat(other.ranking_embeddings()), stale)
+
+
+def test_student_features_are_what_the_graph_consumes(tiny):
+    ds = tiny()
+    m = GRCN(ds, grcn_config())
+    feats = m.student_features()
+    assert list(feats) == list(ds.features)
+    for j, f in enumerate(feats.values()):
+        assert f.shape == (ds.n_items, 8)
+        torch.testing.assert_close(f, F.normalize(F.leaky_relu(m.sgfd.student(j))).detach())
