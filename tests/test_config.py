@@ -31,7 +31,8 @@ def write(tmp_path, name, text):
 
 
 def test_defaults_are_documented_inline():
-    for f in [CONFIG_DIR / "overall.yaml", *sorted((CONFIG_DIR / "dataset").glob("*.yaml"))]:
+    for f in [CONFIG_DIR / "overall.yaml", *sorted((CONFIG_DIR / "dataset").glob("*.yaml")),
+              *sorted((CONFIG_DIR / "model").glob("*.yaml"))]:
         data = yaml.safe_load(f.read_text())
         docs = key_docs(f)
         assert set(data) == set(docs), f"undocumented keys in {f}: {set(data) - set(docs)}"
@@ -47,6 +48,15 @@ def test_shared_keys_present():
               "modalities"):
         assert k in cfg.values, k
     assert cfg["valid_metric"] == "recall@20" and cfg["protocol"] == "standard"
+
+
+@pytest.mark.parametrize("dataset", ["office", "toysgames-synthetic", None])
+def test_every_shipped_model_resolves(dataset):
+    from sgfd_fast.models import MODELS
+
+    for model in MODELS:
+        cfg = load_config(model, dataset)
+        assert len(cfg.points()) >= 1 and cfg["protocol"] == "standard"
 
 
 def test_layer_order(tmp_path, model_yaml):
