@@ -589,6 +589,10 @@ def train(model: str, config: Config, *, run_dir, dataset=None, data: dict | Non
     values = config.values
     if dataset is None:
         dataset = load_data(data, values)
+    if dataset.valid.shape[0] == 0 and any(p["protocol"] == "standard" for p in config.points()):
+        raise ConfigError(f"dataset {dataset.name!r} has no validation interactions, which "
+                          f"protocol=standard selects on; set valid_ratio > 0 (now "
+                          f"{values.get('valid_ratio')}) or give the dataset a valid split")
     run = {"model": model,
            "dataset": data.get("name") or data.get("in_memory") or Path(data["path"]).name,
            "data": data, "config": values, "grid_keys": config.grid_keys,

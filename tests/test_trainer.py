@@ -233,6 +233,14 @@ def test_nan_loss_is_a_clear_error(tmp_path, tiny_model, monkeypatch):
         run(tmp_path, "n", "epochs=1")
 
 
+def test_no_validation_split_is_refused_before_training(tmp_path, tiny_model):
+    ds = tiny_dataset()
+    ds.valid = ds.valid[:0]
+    with pytest.raises(ConfigError, match="no validation interactions.*valid_ratio > 0"):
+        run(tmp_path, "v", dataset=ds)
+    assert not (tmp_path / "v").exists()
+
+
 def test_device_cuda_without_gpu(tmp_path, tiny_model):
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
