@@ -190,3 +190,9 @@ def test_score_users_matches_per_pair_distance(tiny, monkeypatch, block):
     assert scores.shape == (4, ds.n_items) and torch.isfinite(scores).all()
     torch.testing.assert_close(scores, want)
     assert math.isclose(float(one), float(want[0, 0]), rel_tol=1e-9)
+
+
+def test_cli_one_epoch_sgfd_on_and_off(tmp_path):
+    from test_grcn import cli_dataset, cli_one_epoch_sgfd_on_and_off
+
+    cli_one_epoch_sgfd_on_and_off(tmp_path, cli_dataset(), "MAML", "hidden_layer_dim=16")
