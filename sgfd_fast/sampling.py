@@ -123,6 +123,7 @@ def sample_negatives(user_ids, n_items: int, train_rowptr: torch.Tensor,
     _check(0 < int(n_items) < 2**32, f"n_items must lie in [1, 2**32), got {n_items}")
     _check(int(n_neg) >= 0, f"n_neg must be >= 0, got {n_neg}")
     n_items, n_neg, seed = int(n_items), int(n_neg), int(seed) & _MASK
+    train_rowptr, train_items = train_rowptr.contiguous(), train_items.contiguous()
     if validate and users.numel():
         lo, hi = int(users.min()), int(users.max())
         _check(lo >= 0 and hi < n_users, f"user ids must lie in [0, {n_users}), found range "
@@ -147,9 +148,8 @@ def sample_negatives(user_ids, n_items: int, train_rowptr: torch.Tensor,
         return out
     if not users.is_cuda and _ext.cpu is not None and backend != "reference":
         _ext.cpu.sample_negatives(users.data_ptr(), users.numel(), n_neg, n_items,
-                                  train_rowptr.contiguous().data_ptr(),
-                                  train_items.contiguous().data_ptr(), _INDEX[train_rowptr.dtype],
-                                  seed, out.data_ptr())
+                                  train_rowptr.data_ptr(), train_items.data_ptr(),
+                                  _INDEX[train_rowptr.dtype], seed, out.data_ptr())
         return out
     return sample_negatives_reference(users, n_items, train_rowptr, train_items, n_neg,
                                       seed).to(users.device)

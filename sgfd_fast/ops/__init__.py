@@ -4,6 +4,7 @@ with a pure-PyTorch reference, a fake, an autograd formula and per-device compil
 
 from .edge_softmax_aggregate import edge_softmax_aggregate, edge_softmax_aggregate_reference
 from .propagate import propagate, propagate_reference
+from .sddmm_csr import sddmm_csr, sddmm_csr_reference
 from .spmm_csr import csr_transpose, spmm_csr, spmm_csr_reference
 from .masked_topk import masked_topk, masked_topk_reference  # noqa: E402
 from .sgfd_loss import sgfd_loss, sgfd_loss_reference
@@ -11,5 +12,6 @@ from .feature_head import collapse_linear_stack, feature_head, feature_head_refe
 
 __all__ = ["csr_transpose", "propagate", "propagate_reference", "spmm_csr", "spmm_csr_reference"]
 __all__ += ["masked_topk", "masked_topk_reference"]
+__all__ += ["sddmm_csr", "sddmm_csr_reference"]
 __all__ += ["sgfd_loss", "sgfd_loss_reference"]
 __all__ += ["collapse_linear_stack", "feature_head", "feature_head_reference"]

@@ -5,7 +5,8 @@
 Shapes: rowptr (n_rows + 1,), col (nnz,), val (nnz,) or None for unit weights, x (n_cols, d),
 out (n_rows, d). rowptr/col share int32 or int64; val and x share float32 or float64.
 
-Backward: dx = Aᵀ·dy through the same op on the transposed CSR, and dval[e] = <dy[row e], x[col e]>.
+Backward: dx = Aᵀ·dy through the same op on the transposed CSR, and dval[e] = <dy[row e], x[col e]>
+through ``sddmm_csr`` (no (nnz, d) intermediate).
 Pass ``transpose=(t_rowptr, t_col, t_perm)`` (``CSR.transpose()`` caches it once per graph); without
 it the backward builds the transpose itself (a sort per backward call).
 
@@ -23,6 +24,7 @@ import torch
 from .. import _backend, _ext
 from ._common import (FLOAT_NAMES, INDEX_NAMES, addr, check, check_csr, cuda_stream, dense,
                       new_output)
+from .sddmm_csr import _sddmm_csr
 
 __all__ = ["spmm_csr", "spmm_csr_reference", "csr_transpose"]
 
@@ -67,7 +69,7 @@ def _spmm_csr_fake(rowptr, col, val, x, t_rowptr, t_col, t_perm):
 
 
 def _spmm_csr_cpp(rowptr, col, val, x, t_rowptr, t_col, t_perm):
-    x = dense(x)
+    x, val = dense(x), None if val is None else dense(val)  # a backward may pass expanded grads
     out = new_output(rowptr.numel() - 1, x.shape[1], like=x)
     _ext.cpu.spmm_csr(rowptr.data_ptr(), col.data_ptr(), addr(val), x.data_ptr(), out.data_ptr(),
                       out.shape[0], out.shape[1], x.shape[1], out.shape[1],
@@ -76,7 +78,7 @@ def _spmm_csr_cpp(rowptr, col, val, x, t_rowptr, t_col, t_perm):
 
 
 def _spmm_csr_cuda(rowptr, col, val, x, t_rowptr, t_col, t_perm):
-    x = dense(x)
+    x, val = dense(x), None if val is None else dense(val)  # a backward may pass expanded grads
     out = new_output(rowptr.numel() - 1, x.shape[1], like=x)
     with torch.cuda.device(x.device):
         _ext.cuda.spmm_csr(rowptr.data_ptr(), col.data_ptr(), addr(val), x.data_ptr(),
@@ -103,11 +105,13 @@ def _spmm_csr_backward(ctx, grad):
         if t_rowptr is None:
             t_rowptr, t_col, t_perm = csr_transpose(rowptr, col, x.shape[0])
         t_val = None if val is None else val[t_perm]
-        grad_x = _spmm_csr(t_rowptr, t_col, t_val, grad, rowptr, col, None)
+        back = None  # edge k of A is edge back[k] of Aᵀ: only a double backward reads it
+        if val is not None and torch.is_grad_enabled():
+            back = torch.empty_like(t_perm)
+            back[t_perm] = torch.arange(t_perm.numel(), device=t_perm.device)
+        grad_x = _spmm_csr(t_rowptr, t_col, t_val, grad, rowptr, col, back)
     if val is not None and ctx.needs_input_grad[2]:
-        row = torch.repeat_interleave(torch.arange(grad.shape[0], device=grad.device),
-                                      rowptr.diff().long(), output_size=col.numel())
-        grad_val = (grad.index_select(0, row) * x.index_select(0, col.long())).sum(1)
+        grad_val = _sddmm_csr(rowptr, col, grad, x)
     return None, None, grad_val, grad_x, None, None, None
 
 
