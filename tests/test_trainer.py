@@ -272,3 +272,21 @@ def test_only_rank0_writes(tmp_path, tiny_model, monkeypatch):
     monkeypatch.setattr(trainer_mod, "rank", lambda: 1)
     res = run(tmp_path, "r1", "epochs=2")
     assert not (tmp_path / "r1").exists() and res["test"] == ref["test"]
+
+
+@pytest.mark.slow
+def test_bm3_resume_is_exact(tmp_path):
+    ds = tiny_dataset()
+
+    def bm3(name, epochs):
+        c = load_config("BM3", None, overrides=[f"epochs={epochs}", "train_batch_size=32",
+                                                "embedding_size=16", "device=cpu"])
+        return trainer_mod.train("BM3", c, run_dir=tmp_path / name, dataset=ds,
+                                 progress=False, console=False)
+
+    full = bm3("full", 3)
+    bm3("part", 1)
+    resumed = trainer_mod.resume(tmp_path / "part", ["epochs=3"], dataset=ds, progress=False,
+                                 console=False)
+    assert resumed["test"] == full["test"] and resumed["valid"] == full["valid"]
+    assert metric_lines(tmp_path / "part") == metric_lines(tmp_path / "full")
