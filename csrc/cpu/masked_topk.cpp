@@ -23,10 +23,10 @@
 namespace sgfd {
 namespace {
 
-constexpr std::int64_t kMR = 4;          // users per micro tile
+constexpr std::int64_t kMR = 6;          // users per micro tile
 constexpr std::int64_t kNR = 16;         // items per micro tile (the vectorised axis)
 constexpr std::int64_t kItemTile = 512;  // items per cache tile (a multiple of kNR)
-constexpr std::int64_t kUserBlock = 32;  // users per thread task (a multiple of kMR)
+constexpr std::int64_t kUserBlock = 48;  // users per thread task (a multiple of kMR)
 
 struct Cand {
   float score;
