@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _print_results(results: dict, run_dir: Path) -> None:
     test = results["test"]
-    k = results["valid_metric"].split("@")[1]
+    k = "20" if "recall@20" in test else results["valid_metric"].split("@")[1]
     sgfd = "+SGFD" if results["sgfd"] else ""
     print(f"{results['model']}{sgfd} on {results['dataset']} ({results['protocol']} protocol, "
           f"best epoch {results['best_epoch']} of {results['epochs_trained']}):")
