@@ -100,8 +100,9 @@ def sample_negatives(user_ids, n_items: int, train_rowptr: torch.Tensor,
         n_neg: negatives per user id.
         seed: any integer; the same seed and inputs give the same items on every backend,
             device and thread count.
-        validate: check id ranges and that no requested user has every item as a positive (one
-            host sync on CUDA). :class:`NegativeSampler` checks all users once and skips it.
+        validate: on CUDA, check id ranges and that no requested user has every item as a
+            positive (a host sync; :class:`NegativeSampler` checks all users once and skips it).
+            The C++ kernel always checks, at no extra cost.
 
     Raises:
         InputError: bad shapes/dtypes, ids out of range, or a user with no possible negative.
@@ -124,19 +125,22 @@ def sample_negatives(user_ids, n_items: int, train_rowptr: torch.Tensor,
     _check(int(n_neg) >= 0, f"n_neg must be >= 0, got {n_neg}")
     n_items, n_neg, seed = int(n_items), int(n_neg), int(seed) & _MASK
     train_rowptr, train_items = train_rowptr.contiguous(), train_items.contiguous()
-    if validate and users.numel():
-        lo, hi = int(users.min()), int(users.max())
-        _check(lo >= 0 and hi < n_users, f"user ids must lie in [0, {n_users}), found range "
-                                         f"[{lo}, {hi}]")
-        full = (train_rowptr[users + 1] - train_rowptr[users]) >= n_items
-        if bool(full.any()):
-            user = int(users[full.nonzero()[0, 0]])
-            raise InputError(f"sample_negatives: user {user} has all {n_items} items as training "
-                             "positives, so no negative exists; drop such users from training")
     out = torch.empty(users.numel(), n_neg, dtype=torch.int64, device=users.device)
     backend = _backend.requested("sample_negatives")
     if out.numel() == 0:
+        if validate:
+            _validate(users, n_users, n_items, train_rowptr)
         return out
+    if not users.is_cuda and _ext.cpu is not None and backend != "reference":
+        # The kernel checks every user itself (range, a possible negative) at no extra pass.
+        bad = _ext.cpu.sample_negatives(users.data_ptr(), users.numel(), n_neg, n_users, n_items,
+                                        train_rowptr.data_ptr(), train_items.data_ptr(),
+                                        _INDEX[train_rowptr.dtype], seed, out.data_ptr())
+        if bad >= 0:
+            _validate(users[bad:bad + 1], n_users, n_items, train_rowptr)
+        return out
+    if validate:
+        _validate(users, n_users, n_items, train_rowptr)
     if users.is_cuda and _ext.cuda is not None and backend != "reference":
         from .ops._common import cuda_stream
 
@@ -146,16 +150,24 @@ def sample_negatives(user_ids, n_items: int, train_rowptr: torch.Tensor,
                                        _INDEX[train_rowptr.dtype], seed, out.data_ptr(),
                                        cuda_stream(users))
         return out
-    if not users.is_cuda and _ext.cpu is not None and backend != "reference":
-        _ext.cpu.sample_negatives(users.data_ptr(), users.numel(), n_neg, n_items,
-                                  train_rowptr.data_ptr(), train_items.data_ptr(),
-                                  _INDEX[train_rowptr.dtype], seed, out.data_ptr())
-        return out
     return sample_negatives_reference(users, n_items, train_rowptr, train_items, n_neg,
                                       seed).to(users.device)
 
 
 _INDEX = {torch.int32: "int32", torch.int64: "int64"}
+
+
+def _validate(users: torch.Tensor, n_users: int, n_items: int, rowptr: torch.Tensor) -> None:
+    if not users.numel():
+        return
+    lo, hi = int(users.min()), int(users.max())
+    _check(lo >= 0 and hi < n_users, f"user ids must lie in [0, {n_users}), found range "
+                                     f"[{lo}, {hi}]")
+    full = (rowptr[users + 1] - rowptr[users]) >= n_items
+    if bool(full.any()):
+        user = int(users[full.nonzero()[0, 0]])
+        raise InputError(f"sample_negatives: user {user} has all {n_items} items as training "
+                         "positives, so no negative exists; drop such users from training")
 
 
 def _check(condition: bool, message: str) -> None:
@@ -205,7 +217,7 @@ class NegativeSampler:
         self.step += 1
         users = torch.as_tensor(user_ids, device=self.rowptr.device)
         return sample_negatives(users, self.n_items, self.rowptr, self.items, self.n_neg, seed,
-                                validate=not users.is_cuda)
+                                validate=False)
 
     __call__ = sample
 

@@ -102,7 +102,7 @@ def test_reference_backend_switch_gives_same_items():
 def test_independent_of_thread_count():
     # torch.set_num_threads sets the OpenMP team size of the runtime the extension shares.
     _, rowptr, items = _positives(300, 200, 5000, seed=5)
-    users = torch.arange(300).repeat(20)
+    users = torch.arange(300).repeat(60)  # 36,000 slots: above the parallel threshold
     before = torch.get_num_threads()
     outs = []
     try:
