@@ -12,7 +12,7 @@ import triton.language as tl
 
 from ..ops._common import new_output
 
-EPS: tl.constexpr = 1e-12
+EPS = tl.constexpr(1e-12)  # F.normalize's clamp; a constexpr so kernels may read it
 
 
 @triton.jit
@@ -34,7 +34,7 @@ def _feature_head_fwd_kernel(
     cols = tl.arange(0, BLOCK_D)
     ok = (rows < n_rows)[:, None] & (cols < d)[None, :]
     acc_t = tl.float64 if y_ptr.dtype.element_ty == tl.float64 else tl.float32
-    eps = tl.full([], EPS, acc_t)  # F.normalize's clamp, in the accumulator dtype
+    eps = tl.full([], EPS, acc_t)  # in the accumulator dtype
     at = rows[:, None] * d + cols[None, :]
     h = tl.load(y_ptr + at, mask=ok, other=0.0).to(acc_t)
     h += tl.load(bias_ptr + cols, mask=cols < d, other=0.0).to(acc_t)[None, :]

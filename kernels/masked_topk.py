@@ -105,7 +105,7 @@ def _masked_topk_fwd_kernel(
         if HAS_MASK_VALUE:
             absent = absent | (s != s) | (s == float("-inf"))
         bits = s.to(tl.uint32, bitcast=True)
-        ordered = tl.where((bits >> 31) == 1, bits ^ 0xFFFFFFFF, bits | 0x80000000)
+        ordered = tl.where((bits >> 31) == 1, bits ^ 0xFFFFFFFF, bits | 0x80000000).to(tl.uint32)
         key = (ordered.to(tl.uint64) << 32) | (offs_i.to(tl.uint32) ^ 0xFFFFFFFF).to(tl.uint64)
         key = tl.where(absent, 0, key)
         worst = tl.min(best, axis=1)
@@ -114,7 +114,8 @@ def _masked_topk_fwd_kernel(
             best = _bitonic_sort(tl.maximum(best, key), I_LOG2, True, BLOCK_U, I_LOG2)
     present = best != 0
     ordered = (best >> 32).to(tl.uint32)
-    bits = tl.where((ordered >> 31) == 1, ordered ^ 0x80000000, ordered ^ 0xFFFFFFFF)
+    bits = tl.where((ordered >> 31) == 1, ordered ^ 0x80000000,
+                    ordered ^ 0xFFFFFFFF).to(tl.uint32)
     values = tl.where(present, bits.to(tl.float32, bitcast=True), float("-inf"))
     item = (best.to(tl.uint32) ^ 0xFFFFFFFF).to(tl.int64)  # low half: the complemented id
     indices = tl.where(present, item, -1)
@@ -140,5 +141,6 @@ def masked_topk_triton(users: torch.Tensor, items: torch.Tensor, mask_rowptr: to
         users, items, mask_rowptr, mask_col if mask_col.numel() else mask_rowptr, values, indices,
         n_users, n_items, d, k, 0.0 if mask_value is None else float(mask_value),
         users.stride(0), items.stride(0), HAS_MASK_VALUE=mask_value is not None,
-        BLOCK_U=block_u, BLOCK_I=block_i, I_LOG2=block_i.bit_length() - 1, BLOCK_D=block_d)
+        BLOCK_U=block_u, BLOCK_I=block_i, I_LOG2=block_i.bit_length() - 1, BLOCK_D=block_d,
+        num_warps=8 if block_u * block_i >= 4096 else 4)
     return values, indices
