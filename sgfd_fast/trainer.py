@@ -140,6 +140,14 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _epoch_of_line(line: str) -> float:
+    """Epoch of a metrics.jsonl line; +inf for a line cut short by a crash (dropped on resume)."""
+    try:
+        return json.loads(line)["epoch"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf
+
+
 def _epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch) % (2**63 - 1)
 
@@ -310,7 +318,7 @@ class Trainer:
         mpath = self.point_dir / "metrics.jsonl"
         if self.write_files and mpath.exists():
             keep = [ln for ln in mpath.read_text(encoding="utf-8").splitlines()
-                    if ln.strip() and json.loads(ln)["epoch"] <= self.epoch]
+                    if _epoch_of_line(ln) <= self.epoch]
             _replace_atomically(mpath, lambda t: t.write_text(
                 "".join(ln + "\n" for ln in keep), encoding="utf-8"))
 

@@ -133,6 +133,8 @@ def test_same_seed_same_result(tmp_path, tiny_model):
 def test_resume_between_epochs_is_exact(tmp_path, tiny_model):
     full = run(tmp_path, "full", "epochs=5")
     run(tmp_path, "part", "epochs=2")
+    with open(tmp_path / "part" / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 3, "losses": {"lo')  # a line cut short by a crash
     resumed = trainer_mod.resume(tmp_path / "part", ["epochs=5"], dataset=tiny_dataset(),
                                  progress=False, console=False)
     assert resumed["test"] == full["test"] and resumed["valid"] == full["valid"]
