@@ -2,7 +2,8 @@
 once registered in ``sgfd_fast.models.MODELS``), ``sgfd_fast`` (automatic backends) against the
 ``reference`` backend (``sgfd_fast.use_backend("reference")``: every op on its PyTorch reference).
 
-Datasets: office at ``--bench-size small``; office and toysgames-synthetic at ``paper``; none at
+Models: ``--e2e-models`` (default: all on CUDA, BM3 only on a CPU). Datasets: office at
+``--bench-size small``; office and toysgames-synthetic at ``paper``; none at
 ``large`` (no large built-in dataset). Config: the package defaults for the model and dataset
 (``sgfd_fast.config.load_config``), so the batch size, width and layers are those a user gets.
 
@@ -200,7 +201,13 @@ def _vm_kb(field: str) -> int:
 @pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("step", STEPS)
 @pytest.mark.parametrize("model_name", MODEL_NAMES)
-def test_end_to_end(bench, device, bench_size, model_name, dataset_name, step, provider):
+def test_end_to_end(bench, request, device, model_name, dataset_name, step, provider):
+    wanted = request.config.getoption("--e2e-models")
+    if wanted == "auto":
+        wanted = ",".join(MODEL_NAMES) if device.type == "cuda" else "BM3"
+    if model_name.upper() not in {m.strip().upper() for m in wanted.split(",")}:
+        pytest.skip(f"{model_name} not in --e2e-models={wanted} (on a CPU only BM3 runs by "
+                    f"default: a GRCN or MAML epoch takes many minutes there)")
     check_backends_agree(model_name, dataset_name, device.type)
     run = Run(model_name, dataset_name, device)
     backend = "reference" if provider == "reference" else "auto"

@@ -30,6 +30,22 @@ GRAPH_FOR_SIZE = {"small": "office", "paper": "toysgames", "large": "large"}
 RESULTS: list[dict] = []  # one row per timed benchmark, for the end-of-run speedup table
 
 
+def record(benchmark, group: str, info: dict) -> None:
+    """Keep a finished benchmark for the end-of-run table and, when ``SGFD_FAST_BENCH_PARTIAL``
+    names a file, append it there as one JSON line at once (a run killed later keeps it)."""
+    stats = benchmark.stats.stats
+    row = {"group": group, "name": benchmark.name, "extra_info": info,
+           "stats": {k: getattr(stats, k) for k in ("min", "max", "mean", "median", "rounds")}}
+    RESULTS.append(row)
+    path = os.environ.get("SGFD_FAST_BENCH_PARTIAL")
+    if path:
+        import json
+
+        line = dict(row, datetime=time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()))
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(line, default=str) + "\n")
+
+
 # ----------------------------------------------------------------------------------------------
 # Device and workloads
 
@@ -257,8 +273,7 @@ class Bench:
                 info["gb_per_s"] = round(moved / median / 1e9, 3)
             if flops:
                 info["gflop_per_s"] = round(flops / median / 1e9, 3)
-            RESULTS.append({"group": self.benchmark.group, "name": self.benchmark.name,
-                             "extra_info": info, "stats": {"median": median}})
+            record(self.benchmark, self.benchmark.group, info)
 
     def run_timed(self, *, group: str, provider: str, fn: Callable, info: dict,
                   rounds: int | None = None):
@@ -270,9 +285,7 @@ class Bench:
         self.benchmark.group = group
         median = self._time(None, fn, rounds=rounds, warmup=0)
         if median:
-            RESULTS.append({"group": group, "name": self.benchmark.name,
-                             "extra_info": self.benchmark.extra_info,
-                             "stats": {"median": median}})
+            record(self.benchmark, group, self.benchmark.extra_info)
         return median
 
     # -- internals

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchlib import GRAPH_FOR_SIZE, RESULTS, SIZES, Bench, Graph, graph
+from benchlib import GRAPH_FOR_SIZE, RESULTS, SIZES, Bench, Graph, device_name, graph
 
 # bench/report.py is also a CLI; it is loaded by path so the name cannot clash with another module.
 _spec = importlib.util.spec_from_file_location("sgfd_bench_report",
@@ -29,6 +29,27 @@ def pytest_addoption(parser):
                           "2-core CPU), paper (the real toysgames-synthetic graph and paper batch "
                           "sizes), large (a generated 200k-node, ~2M-interaction power-law graph; "
                           "meant for GPUs)")
+    parser.addoption("--e2e-models", default="auto",
+                     help="comma-separated models for bench_end_to_end.py (BM3,GRCN,MAML); auto "
+                          "(default): every model on CUDA, BM3 only on a CPU, where a GRCN or "
+                          "MAML epoch takes many minutes")
+
+
+def pytest_report_header(config):
+    """What serves each op here: a benchmark of a missing extension would time the references."""
+    from sgfd_fast import _backend, _ext
+    import sgfd_fast.ops  # noqa: F401 - registers every op
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    lines = [f"sgfd_fast bench: --bench-size {config.getoption('--bench-size')}, device "
+             f"{device_name(device)}, torch {torch.__version__}"]
+    if _ext.cpu is None:
+        lines.append(f"WARNING: the C++ extension is not loaded ({_ext.cpu_error})")
+    if device == "cuda" and _ext.cuda is None:
+        lines.append(f"WARNING: the CUDA extension is not loaded ({_ext.cuda_error})")
+    lines.append("sgfd_fast backends: " + ", ".join(
+        f"{op}={_backend.serving(op, device)}" for op in _backend.ops()))
+    return lines
 
 
 def pytest_collect_file(file_path, parent):

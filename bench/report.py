@@ -3,6 +3,7 @@
     python bench/report.py RESULTS/*.json                 # short speedup table (stdout)
     python bench/report.py RESULTS/*.json --markdown      # the docs/BENCHMARKS.md tables
     python bench/report.py RESULTS/*.json --png out.png   # bar chart (needs matplotlib)
+    python bench/report.py A.json B.json --merge AB.json   # several runs into one file
 
 A group is one op (or end-to-end step) in one mode on one workload; every provider of a group ran
 the same inputs. The speedup of provider A over provider B is median(B) / median(A): above 1, A is
@@ -91,7 +92,7 @@ def load(paths) -> list[dict]:
     """Each file as {path, device, date, versions, command, bench_size, benchmarks}."""
     runs = []
     for path in paths:
-        data = json.loads(Path(path).read_text())
+        data = _read(path)
         benchmarks = data.get("benchmarks", [])
         add_speedups(benchmarks)
         devices = sorted({b.get("extra_info", {}).get("device", "?") for b in benchmarks})
@@ -101,6 +102,36 @@ def load(paths) -> list[dict]:
                      "commit": (data.get("commit_info") or {}).get("id", "")[:9],
                      "bench_size": data.get("bench_size", "?"), "benchmarks": benchmarks})
     return runs
+
+
+def _read(path) -> dict:
+    """A pytest-benchmark JSON file, or the JSONL lines a killed run left
+    (``SGFD_FAST_BENCH_PARTIAL``, one finished benchmark per line)."""
+    text = Path(path).read_text()
+    if not str(path).endswith(".jsonl"):
+        return json.loads(text)
+    rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    return {"benchmarks": rows, "datetime": rows[0].get("datetime") if rows else None,
+            "command": "(partial: the run was stopped at its time limit)",
+            "versions": {"torch": rows[0]["extra_info"].get("torch")} if rows else {},
+            "bench_size": rows[0]["extra_info"].get("bench_size") if rows else "?"}
+
+
+def merge(paths, out: str) -> None:
+    """Concatenate benchmark JSON files (one pytest run each) into one; the run metadata comes
+    from the first, the commands of all are kept."""
+    merged = None
+    for path in paths:
+        data = _read(path)
+        if merged is None:
+            merged = data
+            merged["command"] = data.get("command", "?")
+        else:
+            merged["benchmarks"] += data.get("benchmarks", [])
+            merged["command"] += f" ; {data.get('command', '?')}"
+    if merged is not None:
+        add_speedups(merged["benchmarks"])
+        Path(out).write_text(json.dumps(merged, indent=2))
 
 
 def _versions(v: dict) -> str:
@@ -195,11 +226,15 @@ def main(argv=None) -> int:
     parser.add_argument("--markdown", action="store_true", help="print the markdown tables")
     parser.add_argument("--png", metavar="PATH", help="write a bar chart of the speedups")
     parser.add_argument("--focus", default="sgfd_fast", help="provider whose speedups are shown")
+    parser.add_argument("--merge", metavar="OUT", help="write the files merged into one JSON")
     args = parser.parse_args(argv)
     paths = [p for p in args.files if Path(p).is_file()]
     if not paths:
         print("error: no benchmark JSON file found among the arguments", file=sys.stderr)
         return 2
+    if args.merge:
+        merge(paths, args.merge)
+        return 0
     runs = load(paths)
     if args.png:
         bar_chart(runs, args.png, args.focus)
