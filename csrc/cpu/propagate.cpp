@@ -3,9 +3,10 @@
 // One OpenMP region runs every layer. Each thread owns a contiguous row range of about equal cost
 // (nnz + a per-row overhead), found by binary search on rowptr, so hub rows do not stall a static
 // split and neighbouring rows stay on one core. A row is gathered in register-sized column chunks
-// (64 floats = 8 AVX2 registers) and the epilogue fuses the layer mean: it writes the layer (when a
-// later layer needs it) and adds it into the running sum in `out`; the last layer scales by
-// 1/(L+1) and stores no layer. Every output element has one owner and a fixed summation order, so
+// (64 floats = 8 AVX2 registers), prefetching the rows of the edges 16 ahead (the gathered table
+// outgrows L2), and the epilogue fuses the layer mean: it writes the layer (when a later layer
+// needs it) and adds it into the running sum in `out`; the last layer scales by 1/(L+1) and
+// stores no layer. Every output element has one owner and a fixed summation order, so
 // results are bitwise identical run to run and for any thread count.
 #include "common.h"
 
@@ -53,7 +54,8 @@ struct Vec32 {
 // base_row may alias out_row (the running sum): each element is read before it is written.
 template <int NV, typename scalar_t, typename index_t>
 inline void row_chunk(const index_t* __restrict col, const scalar_t* __restrict val,
-                      std::int64_t begin, std::int64_t end, std::int64_t nnz, const scalar_t* __restrict src,
+                      std::int64_t begin, std::int64_t end, std::int64_t nnz,
+                      const scalar_t* __restrict src,
                       std::int64_t d, std::int64_t j0, scalar_t* layer_row,
                       const scalar_t* base_row, scalar_t* out_row, scalar_t scale) {
   using V = typename Vec32<scalar_t>::type;
@@ -63,9 +65,11 @@ inline void row_chunk(const index_t* __restrict col, const scalar_t* __restrict 
   for (std::int64_t e = begin; e < end; ++e) {
     if (e + kPrefetch < nnz) {
       // The gathered rows are scattered over a table larger than L2: fetch ahead, across rows.
-      const char* ahead =
-          reinterpret_cast<const char*>(src + static_cast<std::int64_t>(col[e + kPrefetch]) * d + j0);
-      for (int line = 0; line < (NV * 32 + 63) / 64; ++line) __builtin_prefetch(ahead + 64 * line);
+      const char* ahead = reinterpret_cast<const char*>(
+          src + static_cast<std::int64_t>(col[e + kPrefetch]) * d + j0);
+      for (int line = 0; line < (NV * 32 + 63) / 64; ++line) {
+        __builtin_prefetch(ahead + 64 * line);
+      }
     }
     const scalar_t w = val[e];
     const scalar_t* xr = src + static_cast<std::int64_t>(col[e]) * d + j0;
@@ -87,7 +91,7 @@ inline void row_chunk(const index_t* __restrict col, const scalar_t* __restrict 
 // Columns [j0, d) with fewer than one vector left: scalar.
 template <typename scalar_t, typename index_t>
 inline void row_scalar(const index_t* __restrict col, const scalar_t* __restrict val,
-                       std::int64_t begin, std::int64_t end, std::int64_t nnz, const scalar_t* __restrict src,
+                       std::int64_t begin, std::int64_t end, const scalar_t* __restrict src,
                        std::int64_t d, std::int64_t j0, scalar_t* layer_row,
                        const scalar_t* base_row, scalar_t* out_row, scalar_t scale) {
   for (std::int64_t j = j0; j < d; ++j) {
@@ -103,9 +107,9 @@ inline void row_scalar(const index_t* __restrict col, const scalar_t* __restrict
 // The remainder after the full chunks, in descending power-of-two chunks, each at most once.
 template <int NV, typename scalar_t, typename index_t>
 inline void row_tails(const index_t* col, const scalar_t* val, std::int64_t begin,
-                      std::int64_t end, std::int64_t nnz, const scalar_t* src, std::int64_t d, std::int64_t j0,
-                      scalar_t* layer_row, const scalar_t* base_row, scalar_t* out_row,
-                      scalar_t scale) {
+                      std::int64_t end, std::int64_t nnz, const scalar_t* src, std::int64_t d,
+                      std::int64_t j0, scalar_t* layer_row, const scalar_t* base_row,
+                      scalar_t* out_row, scalar_t scale) {
   constexpr int W = Vec32<scalar_t>::kLanes;
   if (d - j0 >= NV * W) {
     row_chunk<NV>(col, val, begin, end, nnz, src, d, j0, layer_row, base_row, out_row, scale);
@@ -114,7 +118,7 @@ inline void row_tails(const index_t* col, const scalar_t* val, std::int64_t begi
   if constexpr (NV > 1) {
     row_tails<NV / 2>(col, val, begin, end, nnz, src, d, j0, layer_row, base_row, out_row, scale);
   } else {
-    row_scalar(col, val, begin, end, nnz, src, d, j0, layer_row, base_row, out_row, scale);
+    row_scalar(col, val, begin, end, src, d, j0, layer_row, base_row, out_row, scale);
   }
 }
 
@@ -156,8 +160,8 @@ void propagate_kernel(const index_t* rowptr, const index_t* col, const scalar_t*
       const scalar_t* base = k == 1 ? x : out;
       const scalar_t scale = k == n_layers ? inv : scalar_t(1);
       for (std::int64_t r = r0; r < r1; ++r) {
-        propagate_row(col, val, rowptr[r], rowptr[r + 1], nnz, src, d, layer ? layer + r * d : nullptr,
-                      base + r * d, out + r * d, scale);
+        propagate_row(col, val, rowptr[r], rowptr[r + 1], nnz, src, d,
+                      layer ? layer + r * d : nullptr, base + r * d, out + r * d, scale);
       }
 #pragma omp barrier
     }

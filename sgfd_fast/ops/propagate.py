@@ -9,11 +9,14 @@ constant (no gradient). Shapes: x (N, d), out (N, d); n_layers >= 0 (0 returns x
 
 Backends: reference (spmm_csr_reference per layer); cpp (OpenMP, one parallel region for all
 layers, contiguous row ranges of equal nnz, register-blocked over the width, the layer mean fused
-into the epilogue); cuda (warp per row, 16-byte loads, one launch per layer, ping-pong layer
-buffers, the running sum in ``out``). Contract: the caller guarantees symmetry
-(``sgfd_fast.graph.CSR.symmetric`` says so); isolated nodes (empty rows) propagate zeros after
-layer 0; every output element is written; cpp and cuda are bitwise reproducible run to run (one
-owner per output row, fixed summation order, no atomics), cpp also across thread counts.
+into the epilogue); cuda (a group of lanes per row, 16-byte loads, one launch per layer,
+ping-pong layer buffers, the running sum in ``out``); triton (spmm_csr's Triton scheme with the
+fused epilogue: a fallback on CUDA; CI runs it under the interpreter).
+
+Contract: the caller guarantees symmetry (``sgfd_fast.graph.CSR.symmetric`` says so); isolated
+nodes (empty rows) propagate zeros after layer 0; every output element is written; cpp, cuda and
+triton are bitwise reproducible run to run (one owner per output element, fixed summation order,
+no atomics), cpp also across thread counts.
 """
 
 from __future__ import annotations
@@ -81,6 +84,12 @@ def _propagate_cuda(rowptr, col, val, x, n_layers):
     return out
 
 
+def _propagate_triton(rowptr, col, val, x, n_layers):
+    from ..kernels.propagate import propagate_triton
+
+    return propagate_triton(rowptr, col, val, dense(x), n_layers)
+
+
 def _setup_context(ctx, inputs, output):
     rowptr, col, val, _, n_layers = inputs
     ctx.save_for_backward(rowptr, col, val)
@@ -96,6 +105,8 @@ _propagate.register_autograd(_propagate_backward, setup_context=_setup_context)
 _backend.define("propagate", _propagate, propagate_reference)
 _backend.register("propagate", "cpu", "cpp", _propagate_cpp)
 _backend.register("propagate", "cuda", "cuda", _propagate_cuda)
+_backend.register("propagate", "cuda", "triton", _propagate_triton, priority=1)
+_backend.register("propagate", "cpu", "triton", _propagate_triton)
 
 
 def propagate(rowptr: torch.Tensor, col: torch.Tensor, val: torch.Tensor, x: torch.Tensor,

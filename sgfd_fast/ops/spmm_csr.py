@@ -5,8 +5,8 @@
 Shapes: rowptr (n_rows + 1,), col (nnz,), val (nnz,) or None for unit weights, x (n_cols, d),
 out (n_rows, d). rowptr/col share int32 or int64; val and x share float32 or float64.
 
-Backward: dx = Aᵀ·dy through the same op on the transposed CSR, and dval[e] = <dy[row e], x[col e]>
-through ``sddmm_csr`` (no (nnz, d) intermediate).
+Backward: dx = Aᵀ·dy through the same op on the transposed CSR, and
+dval[e] = <dy[row e], x[col e]> through ``sddmm_csr`` (no (nnz, d) intermediate).
 Pass ``transpose=(t_rowptr, t_col, t_perm)`` (``CSR.transpose()`` caches it once per graph); without
 it the backward builds the transpose itself (a sort per backward call).
 

@@ -182,3 +182,22 @@ def test_cpp_gradcheck_and_opcheck():
         x = torch.randn(16, 5, requires_grad=True)
         torch.library.opcheck(torch.ops.sgfd_fast.propagate.default,
                               (g.rowptr, g.col, g.val.float(), x, 2))
+
+
+@pytest.mark.parametrize("device, dtype", [
+    ("cpu", torch.float32),
+    pytest.param("cuda", torch.float32, marks=pytest.mark.cuda),
+    pytest.param("cuda", torch.float64, marks=pytest.mark.cuda),
+])
+def test_triton_matches_reference(device, dtype):
+    # Under the interpreter on CPU: 20 rows x 1-2 column blocks per launch, a handful of launches.
+    if not _backend.triton_usable(device):
+        pytest.skip("Triton is not usable here")
+    g = _graph(device, dtype, torch.int32, seed=11, n_users=12, n_items=8, n_edges=40)
+    for width, n_layers in ((3, 3), (130, 1)):
+        x = torch.randn(g.n_rows, width, dtype=dtype, device=device)
+        with sgfd_fast.use_backend("triton"):
+            assert _backend.serving("propagate", device) == "triton"
+            got = g.propagate(x, n_layers)
+        torch.testing.assert_close(got, propagate_reference(g.rowptr, g.col, g.val, x, n_layers),
+                                   **TOL[dtype])
