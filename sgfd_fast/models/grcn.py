@@ -17,8 +17,8 @@ Per modality m (CGCN, ``Model_routing.py`` L95-145):
   attention weight ``alpha_m[e]`` of every edge e (softmax over the edges into its target).
 
 Edge weights (``weight_mode = confid``): ``w[e] = max_m alpha_m[e] * conf[src(e), m]`` with a
-trainable per-node confidence ``conf (n_nodes, M)``; no ReLU (``pruning = False``), so weights may be
-negative. EGCN: ``x0 = normalize(E)``, ``x1 = A_w x0``, ``x2 = A_w x1`` (weightless sum
+trainable per-node confidence ``conf (n_nodes, M)``; no ReLU (``pruning = False``), so weights may
+be negative. EGCN: ``x0 = normalize(E)``, ``x1 = A_w x0``, ``x2 = A_w x1`` (weightless sum
 aggregation, ``ops.spmm_csr`` with the edge weights as values), ``id_rep = x0 + x1 + x2``.
 Representation ``rep = [id_rep; rep_1; ...; rep_M]`` (width ``D * (M + 1)``), score = dot product.
 

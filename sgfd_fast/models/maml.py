@@ -9,19 +9,21 @@ initialised to the item feature projection f; a feature projection MLP and an at
   concatenation of the SGFD students (``sgfd: true``, leaky-ReLU students) or of the raw item
   features (``sgfd: false``, original MAML). The released ``dropout`` calls run with TF's default
   ``training=False``: no dropout here either.
-* Attention for a (user, item) pair: ``a = D * softmax(relu(A2(l2n(tanh(A1(l2n([u; v_i; f_i])))))))``
+* Attention for a (user, item) pair:
+  ``a = D * softmax(relu(A2(l2n(tanh(A1(l2n([u; v_i; f_i])))))))``
   (A1: 3D -> 5D, A2: 5D -> D); distance ``d(u, i) = sum_k (a_k u_k - a_k v_ik)^2``; score = -d.
 * Loss per batch of B positive pairs, each with 4 sampled negatives n_1..n_4 (sums, as released)::
 
-      sum_b relu(d(u,p) - min_k d(u,n_k) + margin) * log(1 + n_items * mean_k[d(u,p) - d(u,n_k) + margin > 0])
+      sum_b relu(d(u,p) - min_k d(u,n_k) + margin)
+            * log(1 + n_items * mean_k[d(u,p) - d(u,n_k) + margin > 0])
       + feature_l2_reg * sum_i ||v_i - f_i||^2                  (all items)
       + cov_loss_weight * sum_{j != k} cov([V; U])_{jk}          (signed sum, as released)
       + SGFD losses on the positive and negative items          (sgfd: true)
 
 * After every optimizer step the rows of U and V are clipped to norm ``clip_norm``:
-  :meth:`post_step` does it; :meth:`calculate_loss` and :meth:`score_users` also call it first
-  (clipping is idempotent), so training and ranking are right whether or not the trainer calls the
-  hook.
+  :meth:`post_step` does it (the trainer calls it after each step); :meth:`calculate_loss` and
+  :meth:`score_users` also call it first (clipping is idempotent), so a caller that skips the hook
+  still trains and ranks with clipped rows.
 
 Protocols (config ``protocol``), what differs:
 
