@@ -177,7 +177,7 @@ class Case:
     rtol: float = 1e-4
     atol: float = 1e-5
     norm_rtol: float | None = None  # compare by relative norm error instead (assert_matches)
-    check: Callable | None = None  # custom check(got, want) for non-tensor-close outputs
+    check: Callable | None = None  # custom check(got, want, mode), e.g. for top-k indices
     _expected: dict = field(default_factory=dict, repr=False)
     _grad_outputs: tuple | None = field(default=None, repr=False)
 

@@ -140,37 +140,68 @@ def _versions(v: dict) -> str:
 
 
 def markdown(runs: list[dict], focus: str = "sgfd_fast") -> str:
-    """One row per group and run: medians per provider and the speedup of ``focus``. Each row
-    names its run; the runs table gives device, date, versions and command."""
-    lines = []
-    providers: list[str] = []
-    for run in runs:
-        for members in _groups(run["benchmarks"]).values():
-            providers += [p for p in members if p not in providers]
-    providers = _ordered(providers)
-    others = [p for p in providers if p != focus]
-    head = (["run", "device", "group (op \\| mode \\| workload)"] + [f"{p} median" for p in providers]
-            + [f"{focus} vs {p}" for p in others] + [f"{focus} GB/s"])
-    lines.append("| " + " | ".join(head) + " |")
-    lines.append("|" + "---|" * len(head))
+    """One table per op (end-to-end steps in their own table): a row per group and run with the
+    medians per provider and the speedup of ``focus``. Each row names its run and device; the runs
+    table gives date, versions and command."""
+    by_op: dict[str, list] = defaultdict(list)
     for k, run in enumerate(runs, 1):
-        groups = _groups(run["benchmarks"])
-        for group in sorted(groups):
-            members = groups[group]
+        for group, members in _groups(run["benchmarks"]).items():
+            op = group.split("|")[0].strip()
+            if not op.startswith("end_to_end:"):
+                by_op[op].append((k, run, group, members))
+    lines = []
+    for op in sorted(by_op):
+        entries = sorted(by_op[op], key=lambda e: (e[0], e[2]))
+        providers = _ordered({p for e in entries for p in e[3]})
+        others = [p for p in providers if p != focus]
+        head = (["run", "device", "mode", "workload"] + [f"{p}" for p in providers]
+                + [f"{focus} vs {p}" for p in others] + [f"{focus} GB/s", f"{focus} GFLOP/s"])
+        lines += ["", f"**{op}** (median time per call)", "",
+                  "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for k, run, group, members in entries:
             mine = members.get(focus)
-            row = [f"R{k}", run["device"], group.replace("|", "\\|")]
+            _, mode, workload = (part.strip() for part in group.split("|"))
+            row = [f"R{k}", run["device"], mode, workload]
             row += [fmt_time(_median(members[p])) if p in members else "" for p in providers]
             row += [f"{_median(members[p]) / _median(mine):.2f}×" if mine and p in members else ""
                     for p in others]
-            gbps = (mine or {}).get("extra_info", {}).get("gb_per_s")
-            row.append(f"{gbps:.2f}" if gbps else "")
+            info = (mine or {}).get("extra_info", {})
+            row += [f"{info['gb_per_s']:.2f}" if info.get("gb_per_s") else "",
+                    f"{info['gflop_per_s']:.1f}" if info.get("gflop_per_s") else ""]
             lines.append("| " + " | ".join(row) + " |")
+    lines += _end_to_end_table(runs)
     lines += ["", "| run | device | date (UTC) | versions | commit | command |",
               "|---|---|---|---|---|---|"]
     for k, run in enumerate(runs, 1):
         lines.append(f"| R{k} | {run['device']} | {run['date']} | {_versions(run['versions'])} | "
                      f"{run['commit']} | `{run['command']}` |")
-    return "\n".join(lines)
+    return "\n".join(lines).lstrip("\n")
+
+
+def _mib(n) -> str:
+    return f"{n / 2**20:.0f} MiB" if n else "–"
+
+
+def _end_to_end_table(runs: list[dict]) -> list[str]:
+    """End-to-end groups: times, speedup and peak memory of sgfd_fast vs the reference backend."""
+    rows = []
+    for k, run in enumerate(runs, 1):
+        for group, members in sorted(_groups(run["benchmarks"]).items()):
+            if not group.startswith("end_to_end:") or not {"reference", "sgfd_fast"} <= set(members):
+                continue
+            ref, fast = members["reference"], members["sgfd_fast"]
+            model, step, data = (part.strip() for part in group.split("|"))
+            mem = [b.get("extra_info", {}).get("peak_memory_bytes") for b in (ref, fast)]
+            rounds = [str((b.get("stats") or {}).get("rounds", "?")) for b in (ref, fast)]
+            rows.append(f"| R{k} | {model.split(':', 1)[1]} | {data} | {step} | "
+                        f"{fmt_time(_median(ref))} | {fmt_time(_median(fast))} | "
+                        f"{_median(ref) / _median(fast):.2f}× | {_mib(mem[0])} | {_mib(mem[1])} | "
+                        f"{'/'.join(rounds)} |")
+    if not rows:
+        return []
+    return ["", "| run | model | dataset | step | reference backend | sgfd_fast | speedup | "
+                "peak memory (reference) | peak memory (sgfd_fast) | rounds |",
+            "|---|---|---|---|---|---|---|---|---|---|"] + rows
 
 
 def bar_chart(runs: list[dict], path: str, focus: str = "sgfd_fast") -> bool:
