@@ -10,8 +10,9 @@ lower item id. Key 0 marks an absent slot (padding, excluded items, -inf and NaN
 Merge of a tile into the running list: the running keys are sorted descending, the tile's keys
 ascending; their elementwise maximum holds the BLOCK_I largest keys of the union (the first step of
 a bitonic merge), and the last stage of a bitonic network restores descending order. The
-sorting network is written with reshape/split/join so every step is elementwise (fast on GPUs and
-in the interpreter alike). Tiles whose keys all lie below every
+merge network is written with reshape/split/join so every step is elementwise. Tiles are sorted
+by ``tl.sort`` on GPUs and by the same network in the interpreter, where ``tl.sort`` is very slow
+(the full network, written this way, stalls Triton's GPU compiler; the merge stage alone does not). Tiles whose keys all lie below every
 user's current worst key skip the merge.
 """
 
@@ -72,6 +73,7 @@ def _masked_topk_fwd_kernel(
     BLOCK_U: tl.constexpr,
     BLOCK_I: tl.constexpr,
     I_LOG2: tl.constexpr,  # log2(BLOCK_I)
+    NETWORK_SORT: tl.constexpr,  # sort tiles with _bitonic_sort (interpreter) or tl.sort (GPU)
     BLOCK_D: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
@@ -110,7 +112,10 @@ def _masked_topk_fwd_kernel(
         key = tl.where(absent, 0, key)
         worst = tl.min(best, axis=1)
         if tl.max((key > worst[:, None]).to(tl.int32)) > 0:
-            key = _bitonic_sort(key, I_LOG2, False, BLOCK_U, 1)
+            if NETWORK_SORT:
+                key = _bitonic_sort(key, I_LOG2, False, BLOCK_U, 1)
+            else:
+                key = tl.sort(key, dim=1, descending=False)
             best = _bitonic_sort(tl.maximum(best, key), I_LOG2, True, BLOCK_U, I_LOG2)
     present = best != 0
     ordered = (best >> 32).to(tl.uint32)
@@ -141,6 +146,7 @@ def masked_topk_triton(users: torch.Tensor, items: torch.Tensor, mask_rowptr: to
         users, items, mask_rowptr, mask_col if mask_col.numel() else mask_rowptr, values, indices,
         n_users, n_items, d, k, 0.0 if mask_value is None else float(mask_value),
         users.stride(0), items.stride(0), HAS_MASK_VALUE=mask_value is not None,
-        BLOCK_U=block_u, BLOCK_I=block_i, I_LOG2=block_i.bit_length() - 1, BLOCK_D=block_d,
+        BLOCK_U=block_u, BLOCK_I=block_i, I_LOG2=block_i.bit_length() - 1,
+        NETWORK_SORT=users.device.type == "cpu", BLOCK_D=block_d,
         num_warps=8 if block_u * block_i >= 4096 else 4)
     return values, indices
