@@ -173,11 +173,15 @@ def collapse_linear_stack(weights: Sequence[torch.Tensor],
     """
     check(len(weights) >= 1 and len(weights) == len(biases), "collapse_linear_stack",
           f"needs one bias (or None) per weight, got {len(weights)} weights, {len(biases)} biases")
-    w, b = weights[0], biases[0]
+    # Multiply from the narrow output side: for 4096->1024->256->128 that is ~0.57 G multiply-adds
+    # per step instead of ~1.2 G from the input side.
+    w, b = weights[-1], biases[-1]
     if b is None:
         b = w.new_zeros(w.shape[0])
-    for wi, bi in zip(weights[1:], biases[1:]):
-        check(wi.shape[1] == w.shape[0], "collapse_linear_stack",
-              f"layer widths do not chain: {tuple(w.shape)} then {tuple(wi.shape)}")
-        w, b = wi @ w, F.linear(b, wi, bi)
+    for wi, bi in zip(reversed(weights[:-1]), reversed(biases[:-1])):
+        check(w.shape[1] == wi.shape[0], "collapse_linear_stack",
+              f"layer widths do not chain: {tuple(wi.shape)} then {tuple(w.shape)}")
+        if bi is not None:
+            b = b + w @ bi
+        w = w @ wi
     return w, b
