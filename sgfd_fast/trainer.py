@@ -165,7 +165,9 @@ def load_data(spec: dict, config: dict):
     if "in_memory" in spec:
         raise ConfigError(f"this run was trained on the in-memory dataset "
                           f"{spec['in_memory']!r}; pass that Dataset as dataset=")
-    kw = dict(valid_ratio=config["valid_ratio"], seed=config["split_seed"],
+    # legacy protocol validates on test, so like the released code it trains on all of train
+    valid_ratio = 0.0 if config.get("protocol") == "legacy" else config["valid_ratio"]
+    kw = dict(valid_ratio=valid_ratio, seed=config["split_seed"],
               modalities=config.get("modalities"))
     if spec.get("name"):
         return load_dataset(spec["name"], **kw)
