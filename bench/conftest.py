@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import platform
+import shlex
 from pathlib import Path
 
 import pytest
@@ -105,7 +106,7 @@ def pytest_benchmark_update_json(config, benchmarks, output_json):
     report.add_speedups(output_json["benchmarks"])
     output_json["bench_size"] = config.getoption("--bench-size")
     output_json["versions"] = _versions()
-    output_json["command"] = " ".join(["pytest", *config.invocation_params.args])
+    output_json["command"] = shlex.join(["pytest", *config.invocation_params.args])
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
