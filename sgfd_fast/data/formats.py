@@ -285,10 +285,11 @@ def read_labels(path, n_items: int) -> np.ndarray:
             raise DataError(f"{path}: labels must be a 1-D array with one integer per item, got "
                             f"shape {arr.shape}")
         arr = _integral(arr, str(path))
-        if arr.shape[0] != n_items:
+        if arr.shape[0] < n_items:
             raise DataError(f"{path}: labels have length {arr.shape[0]} but the dataset has "
                             f"{n_items} items; provide exactly one label per itemID 0..{n_items - 1}")
-        return arr
+        # like feature rows: trailing items that no interaction mentions are dropped
+        return arr[:n_items]
     # TSV / CSV itemID<TAB>label, header optional
     _, rows, numbers = read_table(path, header=False, what="labels")
     if len(rows[0]) < 2:

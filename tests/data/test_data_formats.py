@@ -166,3 +166,20 @@ def test_tsv_train_csv_accepted(tmp_path, tiny):
     for f in ("train.csv", "valid.csv", "test.csv"):
         (d / f).write_text((d / f).read_text().replace(",", "\t"))
     _same(tiny, load_dataset(path=d))
+
+
+def test_sgfd_round_trip_with_trailing_item_without_interactions(tmp_path):
+    # The SGFD format infers n_items from the CSVs; labels/features of a trailing item that no
+    # interaction mentions are dropped together, as feature rows are.
+    from sgfd_fast.data import Dataset, load_dataset, write_sgfd
+
+    rng = np.random.default_rng(0)
+    ds = Dataset(name="t", n_users=3, n_items=5, train=[[0, 0], [0, 1], [1, 2], [2, 3], [1, 1]],
+                 valid=np.zeros((0, 2)), test=[[0, 2], [2, 0]],
+                 features={"text": rng.standard_normal((5, 4))}, labels=[0, 1, 2, 1, 0],
+                 n_labels=3)
+    write_sgfd(ds, tmp_path / "d")
+    back = load_dataset(path=tmp_path / "d", format="sgfd", valid_ratio=0.0)
+    assert back.n_items == 4
+    np.testing.assert_array_equal(back.labels, [0, 1, 2, 1])
+    np.testing.assert_allclose(back.features["text"], ds.features["text"][:4], rtol=1e-6)
