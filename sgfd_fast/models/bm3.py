@@ -33,7 +33,7 @@ from torch import nn
 from ..errors import DataError
 from ..graph import normalized_bipartite
 from .base import Recommender, config_value
-from .sgfd import SGFD
+from .sgfd import attach_item_features
 
 __all__ = ["BM3"]
 
@@ -71,15 +71,9 @@ class BM3(Recommender):
         self.predictor = nn.Linear(dim, dim)
         nn.init.xavier_normal_(self.predictor.weight)
 
-        features = {m: torch.from_numpy(a) for m, a in dataset.features.items()}
-        if get("sgfd", bool):
-            self.sgfd = SGFD.from_config(features, torch.from_numpy(dataset.labels),
-                                         dataset.n_labels, config, leaky=True, model="BM3")
-            self.extractors = None
-        else:
-            self.sgfd = None
-            for j, m in enumerate(self.modalities):
-                self.register_buffer(f"feature{j}", features[m], persistent=False)
+        features = attach_item_features(self, dataset, config, leaky=True, name="BM3")
+        self.extractors = None
+        if self.sgfd is None:
             self.extractors = nn.ModuleList(nn.Linear(a.shape[1], dim) for a in features.values())
             for layer in self.extractors:
                 nn.init.xavier_normal_(layer.weight)

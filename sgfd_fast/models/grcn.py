@@ -58,9 +58,9 @@ from torch import nn
 
 from .. import ops
 from ..errors import DataError
-from ..graph import normalized_bipartite_reference
+from ..graph import normalized_bipartite
 from .base import Recommender, config_value
-from .sgfd import SGFD
+from .sgfd import attach_item_features
 
 __all__ = ["GRCN"]
 
@@ -97,22 +97,15 @@ class GRCN(Recommender):
             for _ in range(n_mod))
         self.confidence = nn.Parameter(nn.init.xavier_normal_(torch.empty(n_nodes, n_mod)))
 
-        features = {m: torch.from_numpy(a) for m, a in dataset.features.items()}
-        if get("sgfd", bool):
-            self.sgfd = SGFD.from_config(features, torch.from_numpy(dataset.labels),
-                                         dataset.n_labels, config, leaky=False, model="GRCN")
-            self.extractors = None
-        else:
-            self.sgfd = None
-            for j, m in enumerate(self.modalities):
-                self.register_buffer(f"feature{j}", features[m], persistent=False)
-            # original GRCN's CGCN.MLP: default nn.Linear initialisation
+        features = attach_item_features(self, dataset, config, leaky=False, name="GRCN")
+        self.extractors = None
+        if self.sgfd is None:  # original GRCN's CGCN.MLP: default nn.Linear initialisation
             self.extractors = nn.ModuleList(nn.Linear(a.shape[1], dim) for a in features.values())
 
         # Graph structure (constants of the dataset: rebuilt, not checkpointed). Both directions
         # of the training interactions; the edge order is the CSR order, shared by the attention
         # weights and the EGCN's edge weights. The transpose is computed once for spmm's backward.
-        graph = normalized_bipartite_reference(self.n_users, self.n_items, dataset.train)
+        graph = normalized_bipartite(self.n_users, self.n_items, dataset.train)
         self.register_buffer("rowptr", graph.rowptr, persistent=False)
         self.register_buffer("col", graph.col, persistent=False)
         for name, t in zip(("t_rowptr", "t_col", "t_perm"),

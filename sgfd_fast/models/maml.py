@@ -57,7 +57,7 @@ from torch import nn
 
 from ..errors import DataError
 from .base import Recommender, config_value
-from .sgfd import SGFD
+from .sgfd import attach_item_features
 
 __all__ = ["MAML"]
 
@@ -108,16 +108,9 @@ class MAML(Recommender):
                             f"{dataset.name!r} has none")
         self.modalities = list(dataset.features)
 
-        features = {m: torch.from_numpy(a) for m, a in dataset.features.items()}
-        if get("sgfd", bool):
-            self.sgfd = SGFD.from_config(features, torch.from_numpy(dataset.labels),
-                                         dataset.n_labels, config, leaky=True, model="MAML")
-            width = dim * len(self.modalities)
-        else:
-            self.sgfd = None
-            for j, m in enumerate(self.modalities):
-                self.register_buffer(f"feature{j}", features[m], persistent=False)
-            width = sum(a.shape[1] for a in features.values())
+        features = attach_item_features(self, dataset, config, leaky=True, name="MAML")
+        width = (dim * len(self.modalities) if self.sgfd is not None
+                 else sum(a.shape[1] for a in features.values()))
         self.projection = nn.ModuleList([_dense(width, hidden), _dense(hidden, hidden // 2),
                                          _dense(hidden // 2, hidden // 2),
                                          _dense(hidden // 2, dim)])

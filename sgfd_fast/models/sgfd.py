@@ -52,7 +52,7 @@ from .. import ops
 from ..errors import ConfigError, DataError
 from .base import config_value
 
-__all__ = ["SGFD", "teacher_widths", "FLAVOURS", "SHRINK"]
+__all__ = ["SGFD", "attach_item_features", "teacher_widths", "FLAVOURS", "SHRINK"]
 
 FLAVOURS = ("official", "standard")
 SHRINK = 4              # the released ``decay_ration``
@@ -182,3 +182,23 @@ class SGFD(nn.Module):
         fusion = F.cross_entropy(self.fusion_classifier(g)[inv], y)
         total = self.ce_weight * (ce + fusion) + self.kd_weight * (ld + fd)
         return {"sgfd": total, "sgfd_ce": ce, "sgfd_fusion": fusion, "sgfd_ld": ld, "sgfd_fd": fd}
+
+
+def attach_item_features(model: nn.Module, dataset, config: dict, *, leaky: bool,
+                         name: str) -> dict:
+    """Give a backbone its item features, the one interface every backbone consumes (design §3.8).
+
+    ``sgfd: true`` sets ``model.sgfd`` to an :class:`SGFD` whose students produce the features;
+    ``sgfd: false`` sets ``model.sgfd = None`` and keeps the raw features as non-persistent
+    buffers ``feature0, feature1, ...`` (in ``model.modalities`` order) for the backbone's own
+    extractor. Returns the raw feature tensors by modality.
+    """
+    features = {m: torch.from_numpy(a) for m, a in dataset.features.items()}
+    if config_value(config, "sgfd", bool, model=name):
+        model.sgfd = SGFD.from_config(features, torch.from_numpy(dataset.labels),
+                                      dataset.n_labels, config, leaky=leaky, model=name)
+    else:
+        model.sgfd = None
+        for j, m in enumerate(features):
+            model.register_buffer(f"feature{j}", features[m], persistent=False)
+    return features
