@@ -76,7 +76,9 @@ def test_config_dir_is_the_package_not_cwd(tmp_path, monkeypatch):
     (tmp_path / "configs").mkdir()
     (tmp_path / "configs" / "overall.yaml").write_text("seed: 1\n")
     assert load_config("Fake", "office")["seed"] == 999
-    assert CONFIG_DIR == Path(__file__).resolve().parents[1] / "sgfd_fast" / "configs"
+    import sgfd_fast
+
+    assert CONFIG_DIR == Path(sgfd_fast.__file__).resolve().parent / "configs"
 
 
 def test_unknown_key_names_key_source_and_close_match(tmp_path):
