@@ -1,9 +1,9 @@
 """propagate in Triton: one launch per layer, one program per (row, column block).
 
-Each program gathers BLOCK_E neighbour rows at a time as a [BLOCK_E, BLOCK_D] tile, reduces it over
-the edge axis, and fuses the layer mean into its epilogue: it stores the layer only when the next
-layer reads it and writes ``out = (base + layer) * scale`` (base = x on layer 1, then the running
-sum in ``out``; scale = 1/(L+1) on the last layer). Deterministic: every output element has one
+Each program sums its row's neighbours with spmm_csr's gather loop (``_csr_row_sum``) and fuses
+the layer mean into its epilogue: it stores the layer only when the next layer reads it and
+writes ``out = (base + layer) * scale`` (base = x on layer 1, then the running sum in ``out``;
+scale = 1/(L+1) on the last layer). Deterministic: every output element has one
 owner and a fixed reduction order; no atomics.
 """
 
@@ -12,6 +12,7 @@ import triton
 import triton.language as tl
 
 from ..ops._common import new_output
+from .spmm_csr import _csr_row_sum
 
 
 @triton.jit
@@ -32,18 +33,8 @@ def _propagate_fwd_kernel(
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     col_mask = cols < d
-    start = tl.load(rowptr_ptr + row).to(tl.int64)
-    end = tl.load(rowptr_ptr + row + 1).to(tl.int64)
-    acc = tl.zeros([BLOCK_D], dtype=tl.float32 if src_ptr.dtype.element_ty != tl.float64
-                   else tl.float64)
-    for e0 in range(start, end, BLOCK_E):
-        edges = e0 + tl.arange(0, BLOCK_E)
-        edge_mask = edges < end
-        nbr = tl.load(col_ptr + edges, mask=edge_mask, other=0).to(tl.int64)
-        w = tl.load(val_ptr + edges, mask=edge_mask, other=0.0).to(acc.dtype)
-        tile = tl.load(src_ptr + nbr[:, None] * d + cols[None, :],
-                       mask=edge_mask[:, None] & col_mask[None, :], other=0.0).to(acc.dtype)
-        acc += tl.sum(tile * w[:, None], axis=0)
+    acc = _csr_row_sum(rowptr_ptr, col_ptr, val_ptr, src_ptr, d, row, cols, col_mask, True,
+                       BLOCK_E, BLOCK_D)
     at = row * d + cols
     if STORE_LAYER:
         tl.store(layer_ptr + at, acc.to(layer_ptr.dtype.element_ty), mask=col_mask)

@@ -10,6 +10,28 @@ from ..ops._common import new_output
 
 
 @triton.jit
+def _csr_row_sum(rowptr_ptr, col_ptr, val_ptr, x_ptr, stride_x_row, row, cols, col_mask,
+                 HAS_VAL: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_D: tl.constexpr):
+    """sum over row's edges e of val[e] * x[col[e], cols], in edge order, accumulated in float32
+    (float64 for float64 x). Shared by spmm_csr and propagate."""
+    start = tl.load(rowptr_ptr + row).to(tl.int64)
+    end = tl.load(rowptr_ptr + row + 1).to(tl.int64)
+    acc = tl.zeros([BLOCK_D], dtype=tl.float32 if x_ptr.dtype.element_ty != tl.float64
+                   else tl.float64)
+    for e0 in range(start, end, BLOCK_E):
+        edges = e0 + tl.arange(0, BLOCK_E)
+        edge_mask = edges < end
+        nbr = tl.load(col_ptr + edges, mask=edge_mask, other=0).to(tl.int64)
+        tile = tl.load(x_ptr + nbr[:, None] * stride_x_row + cols[None, :],
+                       mask=edge_mask[:, None] & col_mask[None, :], other=0.0).to(acc.dtype)
+        if HAS_VAL:
+            w = tl.load(val_ptr + edges, mask=edge_mask, other=0.0).to(acc.dtype)
+            tile = tile * w[:, None]
+        acc += tl.sum(tile, axis=0)
+    return acc
+
+
+@triton.jit
 def _spmm_csr_fwd_kernel(
     rowptr_ptr,  # (n_rows + 1,) row offsets
     col_ptr,  # (nnz,) column indices
@@ -26,20 +48,8 @@ def _spmm_csr_fwd_kernel(
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     col_mask = cols < d
-    start = tl.load(rowptr_ptr + row).to(tl.int64)
-    end = tl.load(rowptr_ptr + row + 1).to(tl.int64)
-    acc = tl.zeros([BLOCK_D], dtype=tl.float32 if x_ptr.dtype.element_ty != tl.float64
-                   else tl.float64)
-    for e0 in range(start, end, BLOCK_E):
-        edges = e0 + tl.arange(0, BLOCK_E)
-        edge_mask = edges < end
-        nbr = tl.load(col_ptr + edges, mask=edge_mask, other=0).to(tl.int64)
-        tile = tl.load(x_ptr + nbr[:, None] * stride_x_row + cols[None, :],
-                       mask=edge_mask[:, None] & col_mask[None, :], other=0.0).to(acc.dtype)
-        if HAS_VAL:
-            w = tl.load(val_ptr + edges, mask=edge_mask, other=0.0).to(acc.dtype)
-            tile = tile * w[:, None]
-        acc += tl.sum(tile, axis=0)
+    acc = _csr_row_sum(rowptr_ptr, col_ptr, val_ptr, x_ptr, stride_x_row, row, cols, col_mask,
+                       HAS_VAL, BLOCK_E, BLOCK_D)
     tl.store(out_ptr + row * stride_out_row + cols, acc.to(out_ptr.dtype.element_ty), mask=col_mask)
 
 
