@@ -53,6 +53,50 @@ def test_cpp_equals_reference_exactly(seed):
     assert bool((key[1:] > key[:-1]).all())
 
 
+def _in_order(pairs, order, seed=0):
+    """``pairs`` (sorted) as "sorted", "grouped" by user with items shuffled, or "scattered"."""
+    rng = np.random.default_rng(seed)
+    if order == "grouped":
+        return pairs[np.lexsort((rng.random(len(pairs)), pairs[:, 0]))]
+    return pairs[rng.permutation(len(pairs))] if order == "scattered" else pairs
+
+
+def _with_threads(threads, fn):
+    # torch.set_num_threads sets the OpenMP team size of the runtime the extension shares.
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        return fn()
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("order", ["sorted", "grouped", "scattered"])
+def test_cpp_equals_reference_with_a_thread_team(order):
+    # Enough pairs per thread for the builder to split the work (its kPairsPerThread is 16384).
+    pairs = _in_order(random_bipartite(3000, 2000, 90_000, power=1.1, seed=5), order)
+    want = normalized_bipartite_reference(3000, 2000, pairs)
+    for threads in (1, 2, 3):
+        got = _with_threads(threads, lambda: normalized_bipartite(3000, 2000, pairs))
+        assert torch.equal(got.rowptr, want.rowptr) and torch.equal(got.col, want.col), threads
+        torch.testing.assert_close(got.val, want.val, rtol=2e-7, atol=0)
+
+
+@pytest.mark.parametrize("order", ["grouped", "scattered"])
+def test_bad_pairs_found_by_every_thread(order):
+    pairs = _in_order(random_bipartite(3000, 2000, 90_000, seed=6), order)
+    late = len(pairs) - 10  # in the last thread's chunk
+    duplicated = np.concatenate([pairs, pairs[late:late + 1]])
+    out_of_range = pairs.copy()
+    out_of_range[late, 1] = 2000
+    for threads in (1, 2, 3):
+        with pytest.raises(InputError, match="1 duplicate"):
+            _with_threads(threads, lambda: normalized_bipartite(3000, 2000, duplicated))
+        with pytest.raises(InputError, match=r"item ids must lie in \[0, 2000\), found range "
+                                             r"\[0, 2000\]"):
+            _with_threads(threads, lambda: normalized_bipartite(3000, 2000, out_of_range))
+
+
 def test_hub_user_and_tensor_input():
     pairs = np.stack([np.zeros(10_000, np.int64), np.arange(10_000)], 1)
     pairs = np.concatenate([pairs, [[1, 5], [2, 5]]])
