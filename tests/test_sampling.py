@@ -38,6 +38,22 @@ def test_cpp_equals_reference_and_never_returns_a_positive(index_dtype, n_neg):
     assert _no_positive(users, got, pairs)
 
 
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
+def test_rows_on_both_sides_of_the_scan_length(index_dtype):
+    # The C++ kernel scans rows of up to 32 positives and binary-searches longer ones; each user
+    # here owns a dense half of the items, so about every other draw is rejected.
+    lengths = [1, 31, 32, 33, 64, 999]
+    rng = np.random.default_rng(3)
+    pairs = np.concatenate([np.stack([np.full(n, u), rng.choice(2000, n, replace=False)], 1)
+                            for u, n in enumerate(lengths)] +
+                           [np.stack([np.full(1000, 6), np.arange(0, 2000, 2)], 1)])
+    rowptr, items = positives_csr(7, 2000, pairs)
+    users = torch.arange(7).repeat_interleave(300)
+    got = sample_negatives(users, 2000, rowptr.to(index_dtype), items.to(index_dtype), 4, seed=5)
+    assert torch.equal(got, sample_negatives_reference(users, 2000, rowptr, items, 4, seed=5))
+    assert _no_positive(users, got, pairs)
+
+
 def test_seed_changes_the_draws_and_same_seed_repeats():
     _, rowptr, items = _positives()
     users = torch.arange(200)

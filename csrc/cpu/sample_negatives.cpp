@@ -1,7 +1,8 @@
 // sample_negatives (CPU): for each (batch row b, slot k) a uniform item that is not a training
 // positive of user[b], by rejection: draw t of slot s = b * n_neg + k is
-// negative_draw(key(seed), s, t), rejected while it is in the user's sorted positives (binary
-// search). Every slot is independent, so the result is the same for any thread count and equal to
+// negative_draw(key(seed), s, t), rejected while it is among the user's sorted positives (a scan
+// of short rows, a binary search of long ones). Every slot is independent, so the result is the
+// same for any thread count and equal to
 // the CUDA kernel's. Users with no non-positive item are refused, so each loop terminates with
 // probability 1 (expected n_items / (n_items - deg) draws).
 #include "common.h"
@@ -11,6 +12,26 @@
 
 namespace sgfd {
 namespace {
+
+// Whether `item` is among the user's ascending positives [first, first + len). Most users have
+// few: a full scan of a short row compiles to a few vector compares and never mispredicts, where a
+// binary search mispredicts about every other step; long rows halve without branches.
+constexpr std::int64_t kScanPositives = 32;
+
+template <typename index_t>
+inline bool is_positive(const index_t* first, std::int64_t len, std::int64_t item) {
+  if (len <= kScanPositives) {
+    bool hit = false;
+    for (std::int64_t k = 0; k < len; ++k) hit |= static_cast<std::int64_t>(first[k]) == item;
+    return hit;
+  }
+  while (len > 1) {
+    const std::int64_t half = len / 2;
+    first = static_cast<std::int64_t>(first[half - 1]) < item ? first + half : first;
+    len -= half;
+  }
+  return static_cast<std::int64_t>(*first) == item;
+}
 
 // Returns the first batch row whose user is out of range or has every item as a positive (its
 // slots are left unwritten), or -1. Checking here costs nothing next to the draws and spares the
@@ -35,14 +56,14 @@ std::int64_t sample_negatives_kernel(const std::int64_t* users, std::int64_t n_b
       continue;
     }
     const index_t* first = items + rowptr[u];
-    const index_t* last = items + rowptr[u + 1];
+    const std::int64_t n_positives = rowptr[u + 1] - rowptr[u];
     for (std::int64_t s = b * n_neg; s < (b + 1) * n_neg; ++s) {
       std::int64_t item;
       std::uint64_t t = 0;
       do {
         item = negative_draw(key, static_cast<std::uint64_t>(s), t++,
                              static_cast<std::uint64_t>(n_items));
-      } while (sorted_contains(first, last, item));
+      } while (is_positive(first, n_positives, item));
       out[s] = item;
     }
   }
