@@ -73,7 +73,7 @@ def _with_threads(threads, fn):
 
 @pytest.mark.parametrize("order", ["sorted", "grouped", "scattered"])
 def test_cpp_equals_reference_with_a_thread_team(order):
-    # Enough pairs per thread for the builder to split the work (its kPairsPerThread is 16384).
+    # Enough pairs per thread for the builder to split the work (its kPairsPerThread is 8192).
     pairs = _in_order(random_bipartite(3000, 2000, 90_000, power=1.1, seed=5), order)
     want = normalized_bipartite_reference(3000, 2000, pairs)
     for threads in (1, 2, 3):

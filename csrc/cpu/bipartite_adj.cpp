@@ -29,7 +29,7 @@ namespace sgfd {
 namespace {
 
 // Below this many pairs per thread a thread team costs more than it saves.
-constexpr std::int64_t kPairsPerThread = 16384;
+constexpr std::int64_t kPairsPerThread = 8192;
 
 int team_size(std::int64_t n_pairs, std::int64_t n) {
 #ifdef SGFD_WITH_OPENMP
