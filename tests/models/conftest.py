@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from sgfd_fast.data import Dataset
 
@@ -24,6 +25,22 @@ def make_dataset(seed=0, n_users=12, n_items=10, widths=(40, 7), n_labels=4):
                    n_labels=n_labels)
 
 
+def training_batch(ds, n_neg=1, seed=0):
+    """Every training pair as (users, items, negatives): n_neg uniform items per pair outside the
+    user's training items, drawn here by plain rejection (independent of sgfd_fast.sampling)."""
+    rng = np.random.default_rng(seed)
+    known = {(int(u), int(i)) for u, i in ds.train}
+    users, items = ds.train[:, 0], ds.train[:, 1]
+    neg = np.empty((len(users), n_neg), dtype=np.int64)
+    for b, u in enumerate(users.tolist()):
+        for j in range(n_neg):
+            i = int(rng.integers(ds.n_items))
+            while (u, i) in known:
+                i = int(rng.integers(ds.n_items))
+            neg[b, j] = i
+    return torch.from_numpy(users.copy()), torch.from_numpy(items.copy()), torch.from_numpy(neg)
+
+
 def bm3_config(**overrides):
     cfg = dict(embedding_size=8, n_layers=2, dropout=0.5, reg_weight=0.1, cl_weight=2.0,
                sgfd=True, sgfd_loss="official", ce_weight=0.1, kd_weight=0.01, t_decay=5.0,
@@ -40,3 +57,8 @@ def tiny():
 @pytest.fixture
 def config():
     return bm3_config
+
+
+@pytest.fixture
+def batch():
+    return training_batch

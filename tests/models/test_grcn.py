@@ -17,26 +17,6 @@ def grcn_config(**overrides):
     return cfg
 
 
-def negatives_for(ds, users, k=1, seed=0):
-    """Uniform negatives outside each user's training items."""
-    rng = np.random.default_rng(seed)
-    known = {(int(u), int(i)) for u, i in ds.train}
-    out = np.empty((len(users), k), dtype=np.int64)
-    for b, u in enumerate(users.tolist()):
-        for j in range(k):
-            i = int(rng.integers(ds.n_items))
-            while (u, i) in known:
-                i = int(rng.integers(ds.n_items))
-            out[b, j] = i
-    return torch.from_numpy(out)
-
-
-def batch(ds, k=1):
-    users = torch.from_numpy(ds.train[:, 0].copy())
-    items = torch.from_numpy(ds.train[:, 1].copy())
-    return users, items, negatives_for(ds, users, k)
-
-
 def masked_softmax_aggregate(q, k, v, mask):
     """Dense GAT: row i attends over the sources j with mask[i, j]; rows without any give 0."""
     s = (q @ k.T).masked_fill(~mask, -torch.inf)
@@ -105,7 +85,7 @@ def test_routing_differs_between_protocols_only_in_routing(tiny):
 
 @pytest.mark.parametrize("sgfd", [True, False])
 @pytest.mark.parametrize("protocol", ["standard", "legacy"])
-def test_loss_parts_and_gradient_flow(tiny, sgfd, protocol):
+def test_loss_parts_and_gradient_flow(tiny, sgfd, protocol, batch):
     ds = tiny()
     torch.manual_seed(1)
     m = build_model("GRCN", ds, grcn_config(sgfd=sgfd, protocol=protocol))
@@ -125,7 +105,7 @@ def test_loss_parts_and_gradient_flow(tiny, sgfd, protocol):
         assert grads[name] is not None and grads[name].abs().sum() > 0, name
 
 
-def test_loss_matches_released_formula(tiny):
+def test_loss_matches_released_formula(tiny, batch):
     ds = tiny()
     torch.manual_seed(2)
     m = GRCN(ds, grcn_config(sgfd=False)).double()
@@ -147,7 +127,7 @@ def test_loss_matches_released_formula(tiny):
 
 
 @pytest.mark.parametrize("sgfd", [True, False])
-def test_training_steps_change_parameters_and_lower_the_loss(tiny, sgfd):
+def test_training_steps_change_parameters_and_lower_the_loss(tiny, sgfd, batch):
     ds = tiny()
     torch.manual_seed(3)
     m = GRCN(ds, grcn_config(sgfd=sgfd))
@@ -166,7 +146,7 @@ def test_training_steps_change_parameters_and_lower_the_loss(tiny, sgfd):
         assert not torch.equal(p, before[n]), n
 
 
-def test_standard_evaluation_recomputes_representations(tiny):
+def test_standard_evaluation_recomputes_representations(tiny, batch):
     ds = tiny()
     torch.manual_seed(4)
     m = GRCN(ds, grcn_config())
@@ -182,7 +162,7 @@ def test_standard_evaluation_recomputes_representations(tiny):
     torch.testing.assert_close(torch.cat([u, i]), rep)  # the post-step parameters
 
 
-def test_legacy_evaluation_uses_last_training_forward(tiny):
+def test_legacy_evaluation_uses_last_training_forward(tiny, batch):
     ds = tiny()
     torch.manual_seed(5)
     m = GRCN(ds, grcn_config(protocol="legacy"))

@@ -4,7 +4,6 @@ trains, row clipping, and batched scoring against the per-pair attentive distanc
 
 import math
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -20,20 +19,6 @@ def maml_config(**overrides):
                ce_weight=1.0, kd_weight=0.1, t_decay=10.0, collapse_teacher=True)
     cfg.update(overrides)
     return cfg
-
-
-def batch(ds, k=4, seed=0):
-    rng = np.random.default_rng(seed)
-    known = {(int(u), int(i)) for u, i in ds.train}
-    users, items = ds.train[:, 0], ds.train[:, 1]
-    neg = np.empty((len(users), k), dtype=np.int64)
-    for b, u in enumerate(users.tolist()):
-        for j in range(k):
-            i = int(rng.integers(ds.n_items))
-            while (u, i) in known:
-                i = int(rng.integers(ds.n_items))
-            neg[b, j] = i
-    return torch.from_numpy(users.copy()), torch.from_numpy(items.copy()), torch.from_numpy(neg)
 
 
 def tf_attention(m, u, v, f):
@@ -68,11 +53,11 @@ def tf_loss(m, users, items, neg):
     return metric, feature, cov_loss
 
 
-def test_loss_matches_transcription(tiny):
+def test_loss_matches_transcription(tiny, batch):
     ds = tiny()
     torch.manual_seed(0)
     m = MAML(ds, maml_config(sgfd=False)).double()
-    users, items, neg = batch(ds)
+    users, items, neg = batch(ds, 4)
     parts = m.calculate_loss(users, items, neg)
     metric, feature, cov = tf_loss(m, users, items, neg)
     torch.testing.assert_close(parts["metric"], metric.detach())
@@ -102,12 +87,12 @@ def test_projection_transcription_and_item_init(tiny):
 
 @pytest.mark.parametrize("sgfd", [True, False])
 @pytest.mark.parametrize("protocol", ["standard", "legacy"])
-def test_loss_parts_and_what_is_trained(tiny, sgfd, protocol):
+def test_loss_parts_and_what_is_trained(tiny, sgfd, protocol, batch):
     ds = tiny()
     torch.manual_seed(2)
     m = build_model("MAML", ds, maml_config(sgfd=sgfd, protocol=protocol))
     assert m.n_negatives == 4 and m.ranking_embeddings() is None
-    parts = m.calculate_loss(*batch(ds))
+    parts = m.calculate_loss(*batch(ds, 4))
     expected = {"loss", "metric", "feature", "cov"} | (
         {"sgfd", "sgfd_ce", "sgfd_ld", "sgfd_fd", "sgfd_fusion"} if sgfd else set())
     assert set(parts) == expected
@@ -131,13 +116,13 @@ def test_loss_parts_and_what_is_trained(tiny, sgfd, protocol):
 
 @pytest.mark.parametrize("sgfd", [True, False])
 @pytest.mark.parametrize("protocol", ["standard", "legacy"])
-def test_training_steps(tiny, sgfd, protocol):
+def test_training_steps(tiny, sgfd, protocol, batch):
     ds = tiny()
     torch.manual_seed(3)
     m = MAML(ds, maml_config(sgfd=sgfd, protocol=protocol))
     before = {n: p.detach().clone() for n, p in m.named_parameters()}
     opt = torch.optim.Adam(m.parameters(), lr=1e-3)
-    users, items, neg = batch(ds)
+    users, items, neg = batch(ds, 4)
     losses = []
     for _ in range(6):
         loss = m.calculate_loss(users, items, neg)["loss"]
@@ -151,12 +136,12 @@ def test_training_steps(tiny, sgfd, protocol):
         assert torch.equal(p, before[n]) != trained, n
 
 
-def test_rows_are_clipped_to_unit_norm(tiny):
+def test_rows_are_clipped_to_unit_norm(tiny, batch):
     ds = tiny()
     torch.manual_seed(4)
     m = MAML(ds, maml_config())
     opt = torch.optim.Adam(m.parameters(), lr=0.5)  # large steps push rows past norm 1
-    users, items, neg = batch(ds)
+    users, items, neg = batch(ds, 4)
     for _ in range(3):
         m.calculate_loss(users, items, neg)["loss"].backward()
         opt.step()
