@@ -22,7 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from setuptools import Extension, find_packages, setup
+from setuptools import Extension, find_namespace_packages, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
@@ -104,8 +104,11 @@ class CMakeBuild(build_ext):
 
 
 setup(
+    # Namespace discovery also lists the data-only folders (configs, data/office, ...), which
+    # setuptools otherwise warns about.
     packages=["sgfd_fast", "sgfd_fast.kernels"]
-    + [f"sgfd_fast.{p}" for p in find_packages(where="sgfd_fast")],
+    + [f"sgfd_fast.{p}" for p in find_namespace_packages(where="sgfd_fast",
+                                                         exclude=["*__pycache__*"])],
     package_dir={"sgfd_fast": "sgfd_fast", "sgfd_fast.kernels": "kernels"},
     package_data={"sgfd_fast": ["configs/**/*.yaml", "data/*/*.npz", "data/*/README.md",
                                 "py.typed"]},
