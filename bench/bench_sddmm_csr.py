@@ -3,7 +3,8 @@ of the ``--bench-size`` — the edge-weight gradient of spmm_csr (GRCN's weighte
 
 Providers: ``reference`` (two index_selects, a product and a row sum: what a user would write),
 ``compiled`` (``torch.compile`` of it), ``sgfd_fast`` (``sgfd_fast.ops.sddmm_csr``, automatic
-backend). Differentiable in a and b, so all three modes run.
+backend, with the graph's cached transpose for b's gradient). Differentiable in a and b, so all
+three modes run.
 """
 
 import pytest
@@ -34,7 +35,8 @@ def case(size_graph, device):
     case.providers = {
         "reference": lambda a, b: sddmm_csr_reference(rowptr, col, a, b),
         "compiled": lambda a, b: compiled(rowptr, col, a, b),
-        "sgfd_fast": lambda a, b: sddmm_csr(rowptr, col, a, b, validate=False),
+        "sgfd_fast": lambda a, b: sddmm_csr(rowptr, col, a, b, transpose=g.transpose(),
+                                            validate=False),
     }
     return case
 

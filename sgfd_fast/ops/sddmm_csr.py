@@ -6,7 +6,9 @@ Shapes: rowptr (n_rows + 1,), col (nnz,) sharing int32 or int64; a (n_rows, d), 
 one dtype (float32 or float64); out (nnz,). It is the edge-weight gradient of ``spmm_csr``
 (``a`` = the output gradient, ``b`` = the input) and needs no (nnz, d) intermediate.
 
-Backward: da = A_g @ b and db = A_gᵀ @ a with edge values g = dout, through ``spmm_csr``.
+Backward: da = A_g @ b and db = A_gᵀ @ a with edge values g = dout, through ``spmm_csr``; the
+transpose of the pattern comes from the caller when it has one cached (``spmm_csr``'s backward,
+``transpose=``), else it is built per call.
 
 Backends: reference (PyTorch gathers), cpp (OpenMP, one thread per row), cuda (warp per row,
 shuffle reduction). Contract: every output element is written; cpp and cuda are bitwise
@@ -14,6 +16,8 @@ reproducible run to run (fixed summation order, no atomics).
 """
 
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 
@@ -32,17 +36,22 @@ def sddmm_csr_reference(rowptr: torch.Tensor, col: torch.Tensor, a: torch.Tensor
 
 
 @torch.library.custom_op("sgfd_fast::sddmm_csr", mutates_args=())
-def _sddmm_csr(rowptr: torch.Tensor, col: torch.Tensor, a: torch.Tensor,
-               b: torch.Tensor) -> torch.Tensor:
+def _sddmm_csr(rowptr: torch.Tensor, col: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
+               t_rowptr: Optional[torch.Tensor], t_col: Optional[torch.Tensor],
+               t_perm: Optional[torch.Tensor]) -> torch.Tensor:
+    return sddmm_csr_reference(rowptr, col, a, b)
+
+
+def _reference(rowptr, col, a, b, t_rowptr, t_col, t_perm):
     return sddmm_csr_reference(rowptr, col, a, b)
 
 
 @_sddmm_csr.register_fake
-def _sddmm_csr_fake(rowptr, col, a, b):
+def _sddmm_csr_fake(rowptr, col, a, b, t_rowptr, t_col, t_perm):
     return a.new_empty(col.shape[0])
 
 
-def _sddmm_csr_cpp(rowptr, col, a, b):
+def _sddmm_csr_cpp(rowptr, col, a, b, t_rowptr, t_col, t_perm):
     a, b = dense(a), dense(b)
     out = new_output(col.numel(), like=a)
     _ext.cpu.sddmm_csr(rowptr.data_ptr(), col.data_ptr(), a.data_ptr(), b.data_ptr(),
@@ -51,7 +60,7 @@ def _sddmm_csr_cpp(rowptr, col, a, b):
     return out
 
 
-def _sddmm_csr_cuda(rowptr, col, a, b):
+def _sddmm_csr_cuda(rowptr, col, a, b, t_rowptr, t_col, t_perm):
     a, b = dense(a), dense(b)
     out = new_output(col.numel(), like=a)
     with torch.cuda.device(a.device):
@@ -62,34 +71,32 @@ def _sddmm_csr_cuda(rowptr, col, a, b):
 
 
 def _setup_context(ctx, inputs, output):
-    rowptr, col, a, b = inputs
-    ctx.save_for_backward(rowptr, col, a, b)
+    ctx.save_for_backward(*inputs)
 
 
 def _sddmm_csr_backward(ctx, grad):
-    from .spmm_csr import _spmm_csr
+    from .spmm_csr import _spmm_csr, csr_transpose
 
-    rowptr, col, a, b = ctx.saved_tensors
+    rowptr, col, a, b, t_rowptr, t_col, t_perm = ctx.saved_tensors
     grad = grad.contiguous()  # e.g. the expanded ones of a .sum()
     grad_a = grad_b = None
     if ctx.needs_input_grad[2]:
         grad_a = _spmm_csr(rowptr, col, grad, b, None, None, None)
     if ctx.needs_input_grad[3]:
-        from .spmm_csr import csr_transpose
-
-        t_rowptr, t_col, t_perm = csr_transpose(rowptr, col, b.shape[0])
+        if t_rowptr is None:
+            t_rowptr, t_col, t_perm = csr_transpose(rowptr, col, b.shape[0])
         grad_b = _spmm_csr(t_rowptr, t_col, grad[t_perm], a, None, None, None)
-    return None, None, grad_a, grad_b
+    return None, None, grad_a, grad_b, None, None, None
 
 
 _sddmm_csr.register_autograd(_sddmm_csr_backward, setup_context=_setup_context)
-_backend.define("sddmm_csr", _sddmm_csr, sddmm_csr_reference)
+_backend.define("sddmm_csr", _sddmm_csr, _reference)
 _backend.register("sddmm_csr", "cpu", "cpp", _sddmm_csr_cpp)
 _backend.register("sddmm_csr", "cuda", "cuda", _sddmm_csr_cuda)
 
 
 def sddmm_csr(rowptr: torch.Tensor, col: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *,
-              validate: bool = True) -> torch.Tensor:
+              transpose=None, validate: bool = True) -> torch.Tensor:
     """Per-edge dot products ``<a[row e], b[col e]>`` over a CSR pattern.
 
     Args:
@@ -97,6 +104,8 @@ def sddmm_csr(rowptr: torch.Tensor, col: torch.Tensor, a: torch.Tensor, b: torch
         col: (nnz,) column indices, same dtype as ``rowptr``.
         a: (n_rows, d) float32/float64 row features; views are copied to row-major once.
         b: (n_cols, d) column features with ``a``'s dtype and width.
+        transpose: optional cached ``(t_rowptr, t_col, t_perm)`` of the pattern from
+            :func:`csr_transpose`, used by the backward of ``b`` instead of sorting on every call.
         validate: check index ranges (one pass and a host sync).
 
     Returns:
@@ -113,4 +122,5 @@ def sddmm_csr(rowptr: torch.Tensor, col: torch.Tensor, a: torch.Tensor, b: torch
     check_csr("sddmm_csr", rowptr, col, None, b.shape[0], validate_values=validate)
     check(a.device == b.device == rowptr.device, "sddmm_csr",
           "rowptr, col, a and b must be on one device")
-    return _sddmm_csr(rowptr.contiguous(), col.contiguous(), a, b)
+    t_rowptr, t_col, t_perm = transpose if transpose is not None else (None, None, None)
+    return _sddmm_csr(rowptr.contiguous(), col.contiguous(), a, b, t_rowptr, t_col, t_perm)

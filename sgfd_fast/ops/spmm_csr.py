@@ -111,7 +111,7 @@ def _spmm_csr_backward(ctx, grad):
             back[t_perm] = torch.arange(t_perm.numel(), device=t_perm.device)
         grad_x = _spmm_csr(t_rowptr, t_col, t_val, grad, rowptr, col, back)
     if val is not None and ctx.needs_input_grad[2]:
-        grad_val = _sddmm_csr(rowptr, col, grad, x)
+        grad_val = _sddmm_csr(rowptr, col, grad, x, t_rowptr, t_col, t_perm)
     return None, None, grad_val, grad_x, None, None, None
 
 

@@ -59,6 +59,9 @@ def test_gradcheck_and_spmm_val_gradient(backend):
     val = csr.val.clone().requires_grad_()
     with sgfd_fast.use_backend(backend):
         assert torch.autograd.gradcheck(lambda a, b: sddmm_csr(csr.rowptr, csr.col, a, b), (a, b))
+        # a cached transpose of the pattern serves b's gradient
+        assert torch.autograd.gradcheck(
+            lambda a, b: sddmm_csr(csr.rowptr, csr.col, a, b, transpose=csr.transpose()), (a, b))
         # spmm_csr's edge-weight gradient goes through sddmm_csr; second order through both.
         assert torch.autograd.gradgradcheck(
             lambda v, x: spmm_csr(csr.rowptr, csr.col, v, x, transpose=csr.transpose()),
@@ -70,7 +73,9 @@ def test_opcheck(backend):
     csr = random_csr(10, 8, hub_degree=6, seed=4)
     with sgfd_fast.use_backend(backend):
         a, b = torch.randn(10, 5, requires_grad=True), torch.randn(8, 5, requires_grad=True)
-        torch.library.opcheck(torch.ops.sgfd_fast.sddmm_csr.default, (csr.rowptr, csr.col, a, b))
+        op = torch.ops.sgfd_fast.sddmm_csr.default
+        torch.library.opcheck(op, (csr.rowptr, csr.col, a, b, None, None, None))
+        torch.library.opcheck(op, (csr.rowptr, csr.col, a, b, *csr.transpose()))
 
 
 def test_torch_compile_smoke():
