@@ -5,7 +5,7 @@
 //   1. each thread counts the degrees in its chunk of pairs (and checks the ids);
 //   2. rowptr and 1/sqrt(degree) per node; the counts become each thread's item-row cursors;
 //   3. users go into item rows in pair order, so item rows are sorted when the pairs come grouped
-//      by user (as every loader gives them); otherwise they are sorted here;
+//      by user (as the datasets here come); otherwise they are sorted here;
 //   4. each thread walks the item rows of its item block in order, weighs each entry
 //      1/sqrt(deg_u * deg_i) (double, rounded once) and appends the item to the user's row;
 //      blocks ascend, so every user row comes out sorted, and a duplicate pair shows as two equal
