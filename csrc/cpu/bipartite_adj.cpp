@@ -33,7 +33,7 @@ constexpr std::int64_t kPairsPerThread = 8192;
 
 int team_size(std::int64_t n_pairs, std::int64_t n) {
 #ifdef SGFD_WITH_OPENMP
-  // Every thread owns one count per node: cap them at the size of the output's index array.
+  // Every thread owns one count per node: keep team * n within the output's 2 * n_pairs entries.
   const std::int64_t by_memory = 2 * n_pairs / std::max<std::int64_t>(n, 1);
   const std::int64_t team = std::min({n_pairs / kPairsPerThread, by_memory,
                                       static_cast<std::int64_t>(omp_get_max_threads())});
