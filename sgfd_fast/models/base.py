@@ -12,7 +12,20 @@ import torch
 
 from ..errors import ConfigError
 
-__all__ = ["Recommender", "config_value"]
+__all__ = ["Recommender", "config_value", "rows"]
+
+
+def rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``x[index]`` for a tensor of row ids (any shape), with a repeatable gradient.
+
+    On CPU the backward of ``x[index]`` (``index_put_`` with accumulation) adds repeated rows in
+    an order that varies between runs when torch uses several threads; ``index_select``'s
+    backward (``index_add_``) does not. On CUDA it is the other way round (``index_add_`` uses
+    atomics, the indexing backward sorts), so CUDA keeps ``x[index]``.
+    """
+    if x.device.type != "cpu":
+        return x[index]
+    return x.index_select(0, index.reshape(-1)).reshape(*index.shape, *x.shape[1:])
 
 
 def config_value(config: dict, key: str, kind=None, *, low=None, high=None, choices=None,

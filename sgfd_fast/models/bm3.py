@@ -32,7 +32,7 @@ from torch import nn
 
 from ..errors import DataError
 from ..graph import normalized_bipartite
-from .base import Recommender, config_value
+from .base import Recommender, config_value, rows
 from .sgfd import attach_item_features
 
 __all__ = ["BM3"]
@@ -103,12 +103,12 @@ class BM3(Recommender):
         u_o, i_o = self.forward()
         uniq_u, inv_u = torch.unique(users, return_inverse=True)
         uniq_i, inv_i = torch.unique(items, return_inverse=True)
-        u_rows, i_rows = u_o[uniq_u], i_o[uniq_i]
+        u_rows, i_rows = rows(u_o, uniq_u), rows(i_o, uniq_i)
         with torch.no_grad():
-            u_tgt = F.dropout(u_rows, self.dropout)[inv_u]
-            i_tgt = F.dropout(i_rows, self.dropout)[inv_i]
-        u_on = self.predictor(u_rows)[inv_u]
-        i_on = self.predictor(i_rows)[inv_i]
+            u_tgt = rows(F.dropout(u_rows, self.dropout), inv_u)
+            i_tgt = rows(F.dropout(i_rows, self.dropout), inv_i)
+        u_on = rows(self.predictor(u_rows), inv_u)
+        i_on = rows(self.predictor(i_rows), inv_i)
         bm3 = _neg_cos(u_on, i_tgt) + _neg_cos(i_on, u_tgt)
         reg = (u_o.norm() + i_o.norm()) / self.n_items
 
@@ -116,9 +116,9 @@ class BM3(Recommender):
         for j in range(len(self.modalities)):
             s = self.item_features(j, uniq_i)
             students.append(s)
-            q = self.predictor(s)[inv_i]
+            q = rows(self.predictor(s), inv_i)
             with torch.no_grad():
-                s_tgt = F.dropout(s, self.dropout)[inv_i]
+                s_tgt = rows(F.dropout(s, self.dropout), inv_i)
             cl = cl + _neg_cos(q, i_tgt) + _neg_cos(q, s_tgt)
 
         total = bm3 + self.reg_weight * reg + self.cl_weight * cl

@@ -59,7 +59,7 @@ from torch import nn
 from .. import ops
 from ..errors import DataError
 from ..graph import normalized_bipartite
-from .base import Recommender, config_value
+from .base import Recommender, config_value, rows
 from .sgfd import attach_item_features
 
 __all__ = ["GRCN"]
@@ -167,21 +167,21 @@ class GRCN(Recommender):
                 self.legacy_rep.copy_(rep)
                 self.legacy_rep_set.fill_(True)
         negatives = negatives.reshape(users.shape[0], -1)
-        u = rep[users]
-        pos = (u * rep[self.n_users + items]).sum(-1)
-        neg = (u.unsqueeze(1) * rep[self.n_users + negatives]).sum(-1)
+        u = rows(rep, users)
+        pos = (u * rows(rep, self.n_users + items)).sum(-1)
+        neg = (u.unsqueeze(1) * rows(rep, self.n_users + negatives)).sum(-1)
         bpr = -F.logsigmoid(pos.unsqueeze(1) - neg).mean()
 
         item_ids = torch.cat([items, negatives.reshape(-1)])
-        reg = self.id_embedding[users].pow(2).mean() \
-            + self.id_embedding[self.n_users + item_ids].pow(2).mean()
+        reg = rows(self.id_embedding, users).pow(2).mean() \
+            + rows(self.id_embedding, self.n_users + item_ids).pow(2).mean()
         for pref in self.preferences:
-            reg = reg + pref[users].pow(2).mean()
+            reg = reg + rows(pref, users).pow(2).mean()
         total = bpr + self.reg_weight * reg
         parts = {"bpr": bpr, "reg": reg}
         if self.sgfd is not None:
             uniq = torch.unique(item_ids)
-            sgfd = self.sgfd.losses(item_ids, students=[s[uniq] for s in raw])
+            sgfd = self.sgfd.losses(item_ids, students=[rows(s, uniq) for s in raw])
             total = total + sgfd["sgfd"]
             parts.update(sgfd)
         return {"loss": total, **{k: v.detach() for k, v in parts.items()}}

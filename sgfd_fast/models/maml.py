@@ -56,7 +56,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import DataError
-from .base import Recommender, config_value
+from .base import Recommender, config_value, rows
 from .sgfd import attach_item_features
 
 __all__ = ["MAML"]
@@ -162,9 +162,9 @@ class MAML(Recommender):
         f, students = self.item_projection()
         U, V = self.user_embedding, self.item_embedding
         negatives = negatives.reshape(users.shape[0], -1)
-        u = U[users]
-        d_pos = self.distance(u, V[items], f[items])
-        d_neg = self.distance(u.unsqueeze(1), V[negatives], f[negatives])
+        u = rows(U, users)
+        d_pos = self.distance(u, rows(V, items), rows(f, items))
+        d_neg = self.distance(u.unsqueeze(1), rows(V, negatives), rows(f, negatives))
         hinge = F.relu(d_pos - d_neg.min(dim=1).values + self.margin)
         if self.use_rank_weight:
             with torch.no_grad():  # WARP weight: estimated rank of the positive, a constant
@@ -184,7 +184,7 @@ class MAML(Recommender):
         if self.sgfd is not None:
             item_ids = torch.cat([items.unsqueeze(1), negatives], 1).reshape(-1)
             uniq = torch.unique(item_ids)
-            sgfd = self.sgfd.losses(item_ids, students=[s[uniq] for s in students])
+            sgfd = self.sgfd.losses(item_ids, students=[rows(s, uniq) for s in students])
             total = total + sgfd["sgfd"]
             parts.update(sgfd)
         return {"loss": total, **{k: v.detach() for k, v in parts.items()}}

@@ -50,7 +50,7 @@ from torch import nn
 
 from .. import ops
 from ..errors import ConfigError, DataError
-from .base import config_value
+from .base import config_value, rows
 
 __all__ = ["SGFD", "attach_item_features", "teacher_widths", "FLAVOURS", "SHRINK"]
 
@@ -173,13 +173,13 @@ class SGFD(nn.Module):
             f_s = students[j] if students is not None else self.student(j, uniq)
             teachers.append(f_t)
             c = self.classifiers[j]
-            ce_j, ld_j, fd_j = ops.sgfd_loss(f_t[inv], f_s[inv], c.weight, c.bias, y, self.tau,
+            ce_j, ld_j, fd_j = ops.sgfd_loss(rows(f_t, inv), rows(f_s, inv), c.weight, c.bias, y, self.tau,
                                              self.flavour, validate=False)
             ce, ld, fd = ce + ce_j, ld + ld_j, fd + fd_j
         n = len(self.modalities)
         ce, ld, fd = ce / n, ld / n, fd / n
         g = F.leaky_relu(self.fusion(torch.cat(teachers, dim=1)), NEGATIVE_SLOPE)
-        fusion = F.cross_entropy(self.fusion_classifier(g)[inv], y)
+        fusion = F.cross_entropy(rows(self.fusion_classifier(g), inv), y)
         total = self.ce_weight * (ce + fusion) + self.kd_weight * (ld + fd)
         return {"sgfd": total, "sgfd_ce": ce, "sgfd_fusion": fusion, "sgfd_ld": ld, "sgfd_fd": fd}
 
