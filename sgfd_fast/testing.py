@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 
 from .graph import CSR, normalized_bipartite_reference
+
+
+@contextlib.contextmanager
+def threads(n: int):
+    """Run the block with ``n`` torch threads — also the OpenMP team size of the C++ kernels,
+    which share torch's OpenMP runtime."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def random_csr(n_rows: int, n_cols: int, *, avg_degree: float = 4.0, hub_degree: int = 0,

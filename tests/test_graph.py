@@ -5,7 +5,7 @@ import torch
 import sgfd_fast
 from sgfd_fast.errors import InputError
 from sgfd_fast.graph import CSR, normalized_bipartite, normalized_bipartite_reference
-from sgfd_fast.testing import random_bipartite
+from sgfd_fast.testing import random_bipartite, threads
 
 
 def dense_normalized(n_users, n_items, pairs):
@@ -61,24 +61,15 @@ def _in_order(pairs, order, seed=0):
     return pairs[rng.permutation(len(pairs))] if order == "scattered" else pairs
 
 
-def _with_threads(threads, fn):
-    # torch.set_num_threads sets the OpenMP team size of the runtime the extension shares.
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(threads)
-        return fn()
-    finally:
-        torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("order", ["sorted", "grouped", "scattered"])
 def test_cpp_equals_reference_with_a_thread_team(order):
     # Enough pairs per thread for the builder to split the work (its kPairsPerThread is 8192).
     pairs = _in_order(random_bipartite(3000, 2000, 90_000, power=1.1, seed=5), order)
     want = normalized_bipartite_reference(3000, 2000, pairs)
-    for threads in (1, 2, 3):
-        got = _with_threads(threads, lambda: normalized_bipartite(3000, 2000, pairs))
-        assert torch.equal(got.rowptr, want.rowptr) and torch.equal(got.col, want.col), threads
+    for n in (1, 2, 3):
+        with threads(n):
+            got = normalized_bipartite(3000, 2000, pairs)
+        assert torch.equal(got.rowptr, want.rowptr) and torch.equal(got.col, want.col), n
         torch.testing.assert_close(got.val, want.val, rtol=2e-7, atol=0)
 
 
@@ -89,12 +80,12 @@ def test_bad_pairs_found_by_every_thread(order):
     duplicated = np.concatenate([pairs, pairs[late:late + 1]])
     out_of_range = pairs.copy()
     out_of_range[late, 1] = 2000
-    for threads in (1, 2, 3):
-        with pytest.raises(InputError, match="1 duplicate"):
-            _with_threads(threads, lambda: normalized_bipartite(3000, 2000, duplicated))
-        with pytest.raises(InputError, match=r"item ids must lie in \[0, 2000\), found range "
-                                             r"\[0, 2000\]"):
-            _with_threads(threads, lambda: normalized_bipartite(3000, 2000, out_of_range))
+    for n in (1, 2, 3):
+        with threads(n), pytest.raises(InputError, match="1 duplicate"):
+            normalized_bipartite(3000, 2000, duplicated)
+        with threads(n), pytest.raises(InputError, match=r"item ids must lie in \[0, 2000\), "
+                                                         r"found range \[0, 2000\]"):
+            normalized_bipartite(3000, 2000, out_of_range)
 
 
 def test_hub_user_and_tensor_input():

@@ -6,7 +6,7 @@ import sgfd_fast
 from sgfd_fast.errors import InputError
 from sgfd_fast.sampling import (NegativeSampler, positives_csr, sample_negatives,
                                 sample_negatives_reference)
-from sgfd_fast.testing import random_bipartite
+from sgfd_fast.testing import random_bipartite, threads
 
 
 def _positives(n_users=200, n_items=150, n_edges=3000, seed=0):
@@ -116,17 +116,12 @@ def test_reference_backend_switch_gives_same_items():
 
 
 def test_independent_of_thread_count():
-    # torch.set_num_threads sets the OpenMP team size of the runtime the extension shares.
     _, rowptr, items = _positives(300, 200, 5000, seed=5)
     users = torch.arange(300).repeat(60)  # 36,000 slots: above the parallel threshold
-    before = torch.get_num_threads()
     outs = []
-    try:
-        for threads in (1, 2, 3):
-            torch.set_num_threads(threads)
+    for n in (1, 2, 3):
+        with threads(n):
             outs.append(sample_negatives(users, 200, rowptr, items, 2, seed=11))
-    finally:
-        torch.set_num_threads(before)
     assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
 
 

@@ -7,7 +7,7 @@ from sgfd_fast import _backend
 from sgfd_fast.errors import InputError
 from sgfd_fast.graph import normalized_bipartite
 from sgfd_fast.ops import propagate, propagate_reference
-from sgfd_fast.testing import random_normalized_graph
+from sgfd_fast.testing import random_normalized_graph, threads
 
 
 def dense_adj(g):
@@ -145,18 +145,12 @@ def test_bitwise_deterministic(device):
 
 
 def test_cpp_independent_of_thread_count():
-    # torch.set_num_threads sets the OpenMP team size of the runtime the extension shares.
     g = random_normalized_graph(700, 500, 9000, seed=1)
     x = torch.randn(1200, 37)
-    before = torch.get_num_threads()
     outs = []
-    try:
-        for threads in (1, 2, 3):
-            torch.set_num_threads(threads)
-            with sgfd_fast.use_backend("cpp"):
-                outs.append(g.propagate(x, 2))
-    finally:
-        torch.set_num_threads(before)
+    for n in (1, 2, 3):
+        with threads(n), sgfd_fast.use_backend("cpp"):
+            outs.append(g.propagate(x, 2))
     assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
 
 
