@@ -41,6 +41,19 @@ def training_batch(ds, n_neg=1, seed=0):
     return torch.from_numpy(users.copy()), torch.from_numpy(items.copy()), torch.from_numpy(neg)
 
 
+def adam_steps(model, steps, lr, *batch):
+    """``steps`` Adam steps of ``model.calculate_loss(*batch)``; returns the losses."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss = model.calculate_loss(*batch)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    return losses
+
+
 def bm3_config(**overrides):
     cfg = dict(embedding_size=8, n_layers=2, dropout=0.5, reg_weight=0.1, cl_weight=2.0,
                sgfd=True, sgfd_loss="official", ce_weight=0.1, kd_weight=0.01, t_decay=5.0,
@@ -62,3 +75,8 @@ def config():
 @pytest.fixture
 def batch():
     return training_batch
+
+
+@pytest.fixture
+def train():
+    return adam_steps

@@ -127,20 +127,12 @@ def test_loss_matches_released_formula(tiny, batch):
 
 
 @pytest.mark.parametrize("sgfd", [True, False])
-def test_training_steps_change_parameters_and_lower_the_loss(tiny, sgfd, batch):
+def test_training_steps_change_parameters_and_lower_the_loss(tiny, sgfd, batch, train):
     ds = tiny()
     torch.manual_seed(3)
     m = GRCN(ds, grcn_config(sgfd=sgfd))
     before = {n: p.detach().clone() for n, p in m.named_parameters()}
-    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
-    users, items, neg = batch(ds)
-    losses = []
-    for _ in range(8):
-        loss = m.calculate_loss(users, items, neg)["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
+    losses = train(m, 8, 1e-2, *batch(ds))
     assert losses[-1] < losses[0]
     for n, p in m.named_parameters():
         assert not torch.equal(p, before[n]), n

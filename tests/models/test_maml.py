@@ -116,36 +116,23 @@ def test_loss_parts_and_what_is_trained(tiny, sgfd, protocol, batch):
 
 @pytest.mark.parametrize("sgfd", [True, False])
 @pytest.mark.parametrize("protocol", ["standard", "legacy"])
-def test_training_steps(tiny, sgfd, protocol, batch):
+def test_training_steps(tiny, sgfd, protocol, batch, train):
     ds = tiny()
     torch.manual_seed(3)
     m = MAML(ds, maml_config(sgfd=sgfd, protocol=protocol))
     before = {n: p.detach().clone() for n, p in m.named_parameters()}
-    opt = torch.optim.Adam(m.parameters(), lr=1e-3)
-    users, items, neg = batch(ds, 4)
-    losses = []
-    for _ in range(6):
-        loss = m.calculate_loss(users, items, neg)["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
+    losses = train(m, 6, 1e-3, *batch(ds, 4))
     assert losses[-1] < losses[0]
     for n, p in m.named_parameters():
         trained = protocol == "standard" or n in ("user_embedding", "item_embedding")
         assert torch.equal(p, before[n]) != trained, n
 
 
-def test_rows_are_clipped_to_unit_norm(tiny, batch):
+def test_rows_are_clipped_to_unit_norm(tiny, batch, train):
     ds = tiny()
     torch.manual_seed(4)
     m = MAML(ds, maml_config())
-    opt = torch.optim.Adam(m.parameters(), lr=0.5)  # large steps push rows past norm 1
-    users, items, neg = batch(ds, 4)
-    for _ in range(3):
-        m.calculate_loss(users, items, neg)["loss"].backward()
-        opt.step()
-        opt.zero_grad()
+    train(m, 3, 0.5, *batch(ds, 4))  # large steps push rows past norm 1
     assert m.user_embedding.norm(dim=1).max() > 1.01  # the step left long rows ...
     m.post_step()                                      # ... the hook clips them
     for emb in (m.user_embedding, m.item_embedding):

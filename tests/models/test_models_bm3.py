@@ -180,20 +180,13 @@ def test_dropout_masks_shared_by_duplicates(tiny, config):
     assert a.item() == pytest.approx(b.item(), rel=1e-6)
 
 
-def test_training_decreases_loss_and_evaluates(tiny, config):
+def test_training_decreases_loss_and_evaluates(tiny, config, train):
     ds = tiny(n_users=30, n_items=25)
     torch.manual_seed(0)
     cfg = config()
     model = BM3(ds, cfg)
-    opt = torch.optim.Adam(model.parameters(), lr=0.01)
     users, items = (torch.from_numpy(ds.train[:, c]) for c in (0, 1))
-    losses = []
-    for _ in range(40):
-        loss = model.calculate_loss(users, items)["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = train(model, 40, 0.01, users, items)
     assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.1
     metrics = evaluate(model, ds, "test", cfg)
     assert set(metrics) >= {"recall@5", "ndcg@5", "precision@1", "map@5", "hit@1"}
