@@ -9,7 +9,8 @@ and NumPy reference implementations return identical arrays. Item ids come from 
 each hash scaled to ``n_items`` (relative bias below ``n_items / 2**32``).
 
 Positives are given as a user → item CSR (``train_rowptr``, ``train_items``) with items ascending
-within each user, e.g. from :func:`positives_csr`; membership is a binary search.
+within each user, e.g. from :func:`positives_csr`; membership is a binary search (the C++ kernel
+scans rows of up to 32 positives instead).
 """
 
 from __future__ import annotations
