@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from . import formats
-from .formats import warn
+from .formats.common import read_table, remap_labels, select_modalities, warn
+from .formats.mmrec import read_mmrec
+from .formats.sgfd import read_sgfd
 from .splits import carve_valid, random_split
 
 __all__ = ["Dataset", "load_dataset", "load_interactions", "assemble"]
@@ -207,7 +208,7 @@ def assemble(parts: dict, *, name: str, valid_ratio: float = 0.1, seed: int = 20
         valid_source = (f"carved from train: valid_ratio={valid_ratio}, seed={seed}"
                         if splits["valid"].shape[0] else "none")
 
-    labels, n_labels, values = formats.remap_labels(np.asarray(parts["raw_labels"]),
+    labels, n_labels, values = remap_labels(np.asarray(parts["raw_labels"]),
                                                     source=parts.get("labels_source", "labels"))
     meta = {
         "n_train_total": int(n_train_total),
@@ -264,13 +265,13 @@ def load_dataset(name: str | None = None, *, path=None, format: str = "sgfd", la
             raise DataError(f"modalities={{name: file}} applies to datasets loaded with path=; for "
                             f"{name!r} pass a list of modality names to keep")
         ds = load_builtin(name, valid_ratio=valid_ratio, seed=seed, split=split)
-        ds.features = formats.select_modalities(ds.features, modalities, name)
+        ds.features = select_modalities(ds.features, modalities, name)
         return ds
     fmt = str(format).lower()
     if fmt == "sgfd":
-        parts = formats.read_sgfd(path, labels=labels, modalities=modalities)
+        parts = read_sgfd(path, labels=labels, modalities=modalities)
     elif fmt == "mmrec":
-        parts = formats.read_mmrec(path, labels=labels, modalities=modalities)
+        parts = read_mmrec(path, labels=labels, modalities=modalities)
     else:
         raise DataError(f"unknown format {format!r}; use 'sgfd' or 'mmrec'")
     root = Path(path).resolve()
@@ -289,7 +290,7 @@ def load_interactions(path, *, user_col: str = "userID", item_col: str = "itemID
     "8:1:1", seed)``.
     """
     path = Path(path)
-    columns, rows, numbers = formats.read_table(path, sep=sep, required=(user_col, item_col))
+    columns, rows, numbers = read_table(path, sep=sep, required=(user_col, item_col))
     ui, ii = columns.index(user_col), columns.index(item_col)
 
     def _remap(col):

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from . import formats
+from .formats.common import read_interactions, read_table, remap_labels
 
 RELATION_DIM = 64
 DEFAULT_SOURCE = Path("/work/shared/data/office")
@@ -36,7 +36,7 @@ TOYS_OUT = Path(__file__).resolve().parent / "toysgames"
 
 
 def _read_tsv(path: Path, what: str, required):
-    columns, rows, numbers = formats.read_table(path, sep="\t", required=required, what=what)
+    columns, rows, numbers = read_table(path, sep="\t", required=required, what=what)
     return columns, rows, numbers
 
 
@@ -103,7 +103,7 @@ def prepare_office(source=DEFAULT_SOURCE, out=DEFAULT_OUT, *, relation_dim: int 
     _require_prepare_deps()  # fail before the slow steps
     splits, extras = {}, {}
     for s in ("train", "test"):
-        splits[s], extras[s] = formats.read_interactions(src / f"{s}.csv", sep=",")
+        splits[s], extras[s] = read_interactions(src / f"{s}.csv", sep=",")
         for col in ("asin", "reviewerID"):
             if col not in extras[s]:
                 raise DataError(f"{src / (s + '.csv')}: column {col} is needed to join the Office "
@@ -134,7 +134,7 @@ def prepare_office(source=DEFAULT_SOURCE, out=DEFAULT_OUT, *, relation_dim: int 
         raise DataError(f"{src / 'Office.text'}: no text for ASIN {no_text[0]} "
                         f"({len(no_text)} items)")
     # LRD id <-> ASIN
-    _, rows, numbers = formats.read_table(src / "Office.item2index", sep="\t", header=False,
+    _, rows, numbers = read_table(src / "Office.item2index", sep="\t", header=False,
                                           what="item2index")
     lrd_of_asin = {r[0].strip(): int(r[1]) for r in rows}
     sgfd_of_lrd = {}
@@ -168,7 +168,7 @@ def prepare_office(source=DEFAULT_SOURCE, out=DEFAULT_OUT, *, relation_dim: int 
     if (category < 0).any():
         bad = int(np.flatnonzero(category < 0)[0])
         raise DataError(f"{src / 'item_meta.csv'}: no metadata row for itemID {bad} ({asin[bad]})")
-    labels, n_labels, values = formats.remap_labels(category)
+    labels, n_labels, values = remap_labels(category)
     log(f"labels: {n_labels} level-2 categories (value 0 = unknown on "
         f"{int((category == 0).sum())} items)")
     edges = np.asarray(edges, dtype=np.int64).reshape(-1, 2)
@@ -202,7 +202,7 @@ def prepare_office(source=DEFAULT_SOURCE, out=DEFAULT_OUT, *, relation_dim: int 
 
 def prepare_toysgames(source=TOYS_SOURCE, out=TOYS_OUT, *, log=print) -> dict:
     src = Path(source)
-    parts = {s: formats.read_interactions(src / f"{s}.csv", sep=",")[0] for s in ("train", "test")}
+    parts = {s: read_interactions(src / f"{s}.csv", sep=",")[0] for s in ("train", "test")}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     dest = out / "toysgames_graph.npz"

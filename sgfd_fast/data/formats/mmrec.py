@@ -1,0 +1,139 @@
+"""MMRec's format (a directory), read and written::
+
+    <name>.inter               TSV with columns userID, itemID, x_label (0/1/2 = train/valid/test)
+    image_feat.npy, text_feat.npy, <modality>_feat.npy
+    i_id_mapping.csv           optional TSV mapping an original id (e.g. asin) to itemID
+    labels                     not part of MMRec: pass a file (.npy of ints, or TSV itemID<TAB>label)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from ...errors import DataError
+from .common import (explicit_modalities, parse_ids, read_features, read_labels, read_table,
+                     require_dir, resolve_labels, select_modalities)
+
+__all__ = ["read_mmrec", "write_mmrec"]
+
+MMREC_FEATURE_RE = re.compile(r"^(.+)_feat\.npy$")
+
+
+def _find_inter(root: Path) -> Path:
+    inters = sorted(root.glob("*.inter"))
+    if not inters:
+        raise DataError(f"{root}: no <name>.inter file found; an MMRec dataset directory holds a "
+                        f"TSV <name>.inter with columns userID, itemID, x_label")
+    if len(inters) == 1:
+        return inters[0]
+    named = root / f"{root.name}.inter"
+    if named.exists():
+        return named
+    raise DataError(f"{root}: several .inter files ({', '.join(p.name for p in inters)}); keep one, "
+                    f"or name it {root.name}.inter")
+
+
+def read_mmrec(path, *, labels=None, modalities=None) -> dict:
+    """Read an MMRec-format directory. A labels file is required (MMRec has none)."""
+    root = require_dir(path)
+    inter = _find_inter(root)
+    columns, rows, numbers = read_table(inter, sep="\t", required=("userID", "itemID", "x_label"),
+                                        what="MMRec interaction")
+    ui, ii, xi = (columns.index(c) for c in ("userID", "itemID", "x_label"))
+    users = parse_ids([r[ui] for r in rows], path=inter, column="userID", line_numbers=numbers)
+    items = parse_ids([r[ii] for r in rows], path=inter, column="itemID", line_numbers=numbers)
+    xl = parse_ids([r[xi] for r in rows], path=inter, column="x_label", line_numbers=numbers)
+    bad = np.flatnonzero(xl > 2)
+    if bad.size:
+        k = int(bad[0])
+        raise DataError(f"{inter} line {numbers[k]}: x_label {int(xl[k])} is invalid; use 0 = train, "
+                        f"1 = valid, 2 = test")
+    pairs = np.stack([users, items], axis=1)
+    train, valid, test = pairs[xl == 0], pairs[xl == 1], pairs[xl == 2]
+    if train.shape[0] == 0:
+        raise DataError(f"{inter}: no training rows (x_label 0); MMRec marks train/valid/test with "
+                        f"x_label 0/1/2")
+    if test.shape[0] == 0:
+        raise DataError(f"{inter}: no test rows (x_label 2); MMRec marks train/valid/test with "
+                        f"x_label 0/1/2")
+    n_users = int(users.max()) + 1
+    n_items = int(items.max()) + 1
+    if labels is None:
+        raise DataError(f"{root}: MMRec data has no item labels, and SGFD needs one category label "
+                        f"per item: pass labels=FILE (CLI: --labels FILE), a .npy of ints (row = "
+                        f"itemID) or a TSV itemID<TAB>label")
+    lp = resolve_labels(root, labels)
+    raw_labels = read_labels(lp, n_items)
+    if isinstance(modalities, dict):
+        feats = explicit_modalities(root, modalities, n_items)
+    else:
+        feats = {}
+        names = sorted(os.listdir(root))
+        # image and text first, in MMRec's order, then any other <name>_feat.npy
+        ordered = [f for f in ("image_feat.npy", "text_feat.npy") if f in names]
+        ordered += [f for f in names if MMREC_FEATURE_RE.match(f) and f not in ordered]
+        for f in ordered:
+            name = MMREC_FEATURE_RE.match(f).group(1)
+            feats[name] = read_features(root / f, n_items, name)
+        if not feats:
+            raise DataError(f"{root}: no feature files found; expected image_feat.npy, text_feat.npy "
+                            f"or <modality>_feat.npy (rows = itemID), or pass modalities=")
+        feats = select_modalities(feats, modalities, str(root))
+    item_ids = None
+    mp = root / "i_id_mapping.csv"
+    if mp.exists():
+        item_ids = _read_id_mapping(mp, "itemID", n_items)
+    user_ids = None
+    mp = root / "u_id_mapping.csv"
+    if mp.exists():
+        user_ids = _read_id_mapping(mp, "userID", n_users)
+    return dict(train=train, valid=valid if valid.shape[0] else None, test=test, n_users=n_users,
+                n_items=n_items, features=feats, raw_labels=raw_labels, labels_source=str(lp),
+                user_ids=user_ids, item_ids=item_ids, source=str(root), files={"inter": str(inter)},
+                valid_present=bool(valid.shape[0]))
+
+
+def _read_id_mapping(path: Path, id_col: str, n: int):
+    columns, rows, numbers = read_table(path, required=(id_col,), what="id mapping")
+    j = columns.index(id_col)
+    others = [k for k in range(len(columns)) if k != j]
+    if not others:
+        raise DataError(f"{path}: id mapping needs an original-id column besides {id_col}")
+    ids = parse_ids([r[j] for r in rows], path=path, column=id_col, line_numbers=numbers)
+    out = np.full(n, "", dtype=object)
+    keep = ids < n
+    out[ids[keep]] = np.asarray([r[others[0]].strip() for r in rows], dtype=object)[keep]
+    return out.astype(str)
+
+
+
+def write_mmrec(dataset, path, *, name: str | None = None, labels_file: str = "labels.tsv") -> Path:
+    """Write a Dataset as an MMRec-format directory (``<name>.inter``, ``<modality>_feat.npy``,
+    ``i_id_mapping.csv`` when item ids are known) plus ``labels_file`` (TSV itemID<TAB>label; MMRec
+    itself has no labels, so readers must be given it: ``labels=<dir>/labels.tsv``).
+    Returns the path of the labels file."""
+    root = Path(path)
+    root.mkdir(parents=True, exist_ok=True)
+    name = name or root.name
+    with open(root / f"{name}.inter", "w", encoding="utf-8", newline="\n") as fh:
+        fh.write("userID\titemID\tx_label\n")
+        for xl, pairs in ((0, dataset.train), (1, dataset.valid), (2, dataset.test)):
+            for u, i in pairs.tolist():
+                fh.write(f"{u}\t{i}\t{xl}\n")
+    for m, arr in dataset.features.items():
+        np.save(root / f"{m}_feat.npy", np.ascontiguousarray(arr))
+    if dataset.item_ids is not None:
+        with open(root / "i_id_mapping.csv", "w", encoding="utf-8", newline="\n") as fh:
+            fh.write("asin\titemID\n")
+            for i, a in enumerate(np.asarray(dataset.item_ids).tolist()):
+                fh.write(f"{a}\t{i}\n")
+    lp = root / labels_file
+    with open(lp, "w", encoding="utf-8", newline="\n") as fh:
+        fh.write("itemID\tlabel\n")
+        for i, lab in enumerate(np.asarray(dataset.labels).tolist()):
+            fh.write(f"{i}\t{lab}\n")
+    return lp

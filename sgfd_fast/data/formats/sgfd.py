@@ -1,0 +1,135 @@
+"""The SGFD release's format (a directory), read and written::
+
+    train.csv, test.csv        columns by name: userID, itemID (optionally reviewerID, asin); CRLF ok
+    valid.csv                  optional, same columns
+    FeatureImage_normal.npy    modality "image"   (rows = itemID)
+    FeatureText_normal.npy     modality "text"
+    Feature<Name>_normal.npy   any further modality "<name>" (first letter lower-cased)
+    MetaData_normal.npy        one integer category label per item
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from ...errors import DataError
+from .common import (explicit_modalities, read_features, read_interactions, read_labels,
+                     require_dir, require_file, resolve_labels, select_modalities)
+
+__all__ = ["read_sgfd", "write_sgfd"]
+
+SGFD_FEATURE_RE = re.compile(r"^Feature(.+)_normal\.npy$")
+SGFD_LABELS = "MetaData_normal.npy"
+
+
+def _ids_from_extras(pairs_list, extras_list, col: str, key: str, n: int, source: str):
+    """Build an original-id array (e.g. asin per itemID) from optional string columns."""
+    if not all(col in e for e in extras_list):
+        return None
+    out = np.full(n, "", dtype=object)
+    for pairs, extras in zip(pairs_list, extras_list):
+        ids = pairs[:, 0 if key == "user" else 1]
+        names = np.asarray(extras[col], dtype=object)
+        out[ids] = names  # later rows win; consistency is not enforced (ids are authoritative)
+    return out.astype(str)
+
+
+
+def read_sgfd(path, *, labels=None, modalities=None) -> dict:
+    """Read an SGFD-format directory. Returns a dict of raw parts (see dataset.assemble)."""
+    root = require_dir(path)
+    fix = "an SGFD dataset directory holds train.csv and test.csv (columns userID,itemID)"
+    parts = {}
+    extras = {}
+    for split in ("train", "valid", "test"):
+        f = root / f"{split}.csv"
+        if split == "valid" and not f.exists():
+            continue
+        require_file(f, f"{split} interactions", fix)
+        parts[split], extras[split] = read_interactions(f, what=f"{split} interactions")
+    n_users = max(int(p[:, 0].max()) for p in parts.values()) + 1
+    n_items = max(int(p[:, 1].max()) for p in parts.values()) + 1
+
+    if isinstance(modalities, dict):
+        feats = explicit_modalities(root, modalities, n_items)
+    else:
+        feats = {}
+        for f in sorted(os.listdir(root)):
+            m = SGFD_FEATURE_RE.match(f)
+            if m:
+                name = m.group(1)
+                name = name[:1].lower() + name[1:]
+                feats[name] = read_features(root / f, n_items, name)
+        if not feats:
+            raise DataError(f"{root}: no feature files found; expected FeatureImage_normal.npy, "
+                            f"FeatureText_normal.npy or Feature<Name>_normal.npy (rows = itemID), "
+                            f"or pass modalities={{'name': 'file.npy'}} (CLI: --modality "
+                            f"NAME=FILE)")
+        feats = select_modalities(feats, modalities, str(root))
+    if labels is None:
+        lp = root / SGFD_LABELS
+        if not lp.exists():
+            raise DataError(f"{root}: labels file {SGFD_LABELS} not found; SGFD needs one integer "
+                            f"category label per item: add {SGFD_LABELS} or pass labels=FILE "
+                            f"(.npy of ints, or TSV itemID<TAB>label)")
+    else:
+        lp = resolve_labels(root, labels)
+    raw_labels = read_labels(lp, n_items)
+
+    split_names = list(parts)
+    item_ids = _ids_from_extras([parts[s] for s in split_names], [extras[s] for s in split_names],
+                                "asin", "item", n_items, str(root))
+    user_ids = _ids_from_extras([parts[s] for s in split_names], [extras[s] for s in split_names],
+                                "reviewerID", "user", n_users, str(root))
+    return dict(train=parts["train"], valid=parts.get("valid"), test=parts["test"],
+                n_users=n_users, n_items=n_items, features=feats, raw_labels=raw_labels,
+                labels_source=str(lp), user_ids=user_ids, item_ids=item_ids, source=str(root),
+                files={s: str(root / f"{s}.csv") for s in parts})
+
+
+
+def _write_csv(path: Path, pairs: np.ndarray, sep: str, header: list[str], extra_cols=()):
+    with open(path, "w", encoding="utf-8", newline="\n") as fh:
+        fh.write(sep.join(header) + "\n")
+        cols = [pairs[:, 0].tolist(), pairs[:, 1].tolist()] + [list(c) for c in extra_cols]
+        for row in zip(*cols):
+            fh.write(sep.join(str(v) for v in row) + "\n")
+
+
+def _sgfd_feature_name(modality: str) -> str:
+    return f"Feature{modality[:1].upper()}{modality[1:]}_normal.npy"
+
+
+def write_sgfd(dataset, path, *, write_valid: bool = True) -> Path:
+    """Write a Dataset as an SGFD-format directory (train/valid/test.csv, Feature*_normal.npy,
+    MetaData_normal.npy). Columns are ``itemID,userID`` (+ ``asin`` when item ids are known), as in
+    the SGFD release. ``write_valid=False`` folds the validation rows back into train.csv (the
+    release's layout, which has no valid.csv). Returns the directory."""
+    root = Path(path)
+    root.mkdir(parents=True, exist_ok=True)
+    if write_valid:
+        splits = [("train", dataset.train), ("test", dataset.test)]
+        if dataset.valid.shape[0]:
+            splits.insert(1, ("valid", dataset.valid))
+    else:
+        splits = [("train", np.concatenate([dataset.train, dataset.valid])), ("test", dataset.test)]
+        stale = root / "valid.csv"
+        if stale.exists():
+            stale.unlink()
+    for name, pairs in splits:
+        swapped = pairs[:, ::-1]  # itemID first, as in the release
+        header = ["itemID", "userID"]
+        extra = []
+        if dataset.item_ids is not None:
+            header.append("asin")
+            extra.append(np.asarray(dataset.item_ids)[pairs[:, 1]].tolist())
+        _write_csv(root / f"{name}.csv", swapped, ",", header, extra)
+    for m, arr in dataset.features.items():
+        np.save(root / _sgfd_feature_name(m), np.ascontiguousarray(arr))
+    np.save(root / SGFD_LABELS, np.asarray(dataset.labels, dtype=np.int64))
+    return root
+
