@@ -21,7 +21,7 @@ def _parser() -> argparse.ArgumentParser:
                "  python -m sgfd_fast.data inspect --path data/Office --format sgfd\n"
                "  python -m sgfd_fast.data inspect --path data/baby --format mmrec "
                "--labels baby_labels.tsv\n"
-               "  python -m sgfd_fast.data prepare-office",
+               "  python -m sgfd_fast.data prepare-office --source raw/Office",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -54,17 +54,20 @@ def _parser() -> argparse.ArgumentParser:
                     "text (embedded with all-MiniLM-L6-v2, offline), also-bought/also-viewed "
                     "relations (truncated SVD) and level-2 category labels. Needs "
                     "pip install 'sgfd_fast[prepare]'.")
-    po.add_argument("--source", default="/work/shared/data/office",
-                    help="directory with train.csv, test.csv, Office.text, item_meta.csv, "
-                         "Office.item2index (default: %(default)s)")
+    po.add_argument("--source", required=True, metavar="DIR",
+                    help="directory with the public raw files: train.csv, test.csv (SGFD release, "
+                         "github.com/HuilinChenJN/SGFD, Data/Office/) and Office.text, "
+                         "item_meta.csv, Office.item2index (github.com/ysh-1998/LRD, "
+                         "data/Office/)")
     po.add_argument("--out", default=None, help="output directory (default: the package's "
                                                  "sgfd_fast/data/office)")
     po.add_argument("--relation-dim", type=int, default=64, help="SVD width (default 64)")
 
     pt = sub.add_parser("prepare-toysgames",
                         help="rebuild the embedded Toys & Games graph (int32 npz)")
-    pt.add_argument("--source", default="/work/shared/data/toysgames",
-                    help="directory with train.csv, test.csv (default: %(default)s)")
+    pt.add_argument("--source", required=True, metavar="DIR",
+                    help="directory with train.csv, test.csv of github.com/liufancs/DMRL, "
+                         "Data/ToysGames/")
     pt.add_argument("--out", default=None, help="output directory (default: the package's "
                                                  "sgfd_fast/data/toysgames)")
     return p

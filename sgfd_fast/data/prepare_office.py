@@ -1,6 +1,7 @@
 """Rebuild the embedded datasets from the public source files.
 
-``python -m sgfd_fast.data prepare-office [--source DIR] [--out DIR]`` builds ``office.npz``:
+``python -m sgfd_fast.data prepare-office --source DIR [--out DIR]`` builds ``office.npz`` from
+the public raw files in DIR (``OFFICE_FILES`` says which file comes from where):
 
 * interactions: the SGFD authors' Office split (``train.csv``, ``test.csv``), ids kept as released;
 * ``text`` (384-d): all-MiniLM-L6-v2 sentence embeddings (unit-norm, the model's own Normalize
@@ -13,7 +14,8 @@
 * labels: LRD ``i_category`` (level-2 Amazon category), 40 distinct values on these items incl.
   0 = unknown, remapped to 0..39 sorted by value (so class 0 is "unknown").
 
-``python -m sgfd_fast.data prepare-toysgames`` packs the Toys & Games graph into an int32 npz.
+``python -m sgfd_fast.data prepare-toysgames --source DIR`` packs the Toys & Games graph
+(``TOYS_FILES``) into an int32 npz.
 """
 
 from __future__ import annotations
@@ -29,10 +31,47 @@ from ..errors import DataError
 from .formats.common import read_interactions, read_table, remap_labels
 
 RELATION_DIM = 64
-DEFAULT_SOURCE = Path("/work/shared/data/office")
 DEFAULT_OUT = Path(__file__).resolve().parent / "office"
-TOYS_SOURCE = Path("/work/shared/data/toysgames")
 TOYS_OUT = Path(__file__).resolve().parent / "toysgames"
+
+#: The raw files prepare-office reads from its source directory, and where each is published.
+OFFICE_FILES = {
+    "train.csv": "SGFD release (github.com/HuilinChenJN/SGFD), Data/Office/train.csv",
+    "test.csv": "SGFD release (github.com/HuilinChenJN/SGFD), Data/Office/test.csv",
+    "Office.text": "LRD (github.com/ysh-1998/LRD, MIT), data/Office/Office.text",
+    "item_meta.csv": "LRD (github.com/ysh-1998/LRD, MIT), data/Office/item_meta.csv",
+    "Office.item2index": "LRD (github.com/ysh-1998/LRD, MIT), data/Office/Office.item2index",
+}
+#: The raw files prepare-toysgames reads (CRLF line endings are accepted).
+TOYS_FILES = {
+    "train.csv": "DMRL (github.com/liufancs/DMRL), Data/ToysGames/train.csv",
+    "test.csv": "DMRL (github.com/liufancs/DMRL), Data/ToysGames/test.csv",
+}
+
+
+def source_dir(source, files: dict, command: str, what: str) -> Path:
+    """The raw-data directory ``source`` of ``command`` as a Path; raises DataError when it is not
+    given or is not a directory. ``files`` maps each raw file to where it is published."""
+    if source is None or str(source).strip() == "":
+        raise DataError(f"{command} needs --source DIR, a directory holding "
+                        f"{', '.join(files)} (see sgfd_fast/data/*/README.md for where they come "
+                        f"from)")
+    src = Path(source)
+    if not src.is_dir():
+        found = "; it is a file" if src.exists() else ""
+        raise DataError(f"{src}: {what} source directory not found{found}; pass --source DIR "
+                        f"holding {', '.join(files)}")
+    return src
+
+
+def check_files(src: Path, files: dict) -> None:
+    """Raise DataError naming every file of ``files`` missing from ``src`` and where it is
+    published."""
+    missing = [f for f in files if not (src / f).is_file()]
+    if missing:
+        where = "; ".join(f"{f}: {files[f]}" for f in missing)
+        raise DataError(f"{src}: missing {', '.join(missing)}; download them into this directory "
+                        f"({where})")
 
 
 def _read_tsv(path: Path, what: str, required):
@@ -93,14 +132,14 @@ def relation_embedding(n_items: int, edges: np.ndarray, dim: int = RELATION_DIM)
     return x.astype(np.float32)
 
 
-def prepare_office(source=DEFAULT_SOURCE, out=DEFAULT_OUT, *, relation_dim: int = RELATION_DIM,
+def prepare_office(source, out=DEFAULT_OUT, *, relation_dim: int = RELATION_DIM,
                    log=print) -> dict:
+    """Build ``office.npz`` in ``out`` from the raw files in ``source`` (``OFFICE_FILES``).
+    Returns a summary dict (counts, output path and size, seconds). Raises DataError."""
     t0 = time.perf_counter()
-    src = Path(source)
-    if not src.is_dir():
-        raise DataError(f"{src}: Office source directory not found; pass --source DIR holding "
-                        f"train.csv, test.csv, Office.text, item_meta.csv, Office.item2index")
+    src = source_dir(source, OFFICE_FILES, "prepare-office", "Office")
     _require_prepare_deps()  # fail before the slow steps
+    check_files(src, OFFICE_FILES)
     splits, extras = {}, {}
     for s in ("train", "test"):
         splits[s], extras[s] = read_interactions(src / f"{s}.csv", sep=",")
@@ -200,8 +239,11 @@ def prepare_office(source=DEFAULT_SOURCE, out=DEFAULT_OUT, *, relation_dim: int 
     return info
 
 
-def prepare_toysgames(source=TOYS_SOURCE, out=TOYS_OUT, *, log=print) -> dict:
-    src = Path(source)
+def prepare_toysgames(source, out=TOYS_OUT, *, log=print) -> dict:
+    """Pack the Toys & Games graph from ``source`` (``TOYS_FILES``) into
+    ``out/toysgames_graph.npz``. Raises DataError."""
+    src = source_dir(source, TOYS_FILES, "prepare-toysgames", "Toys & Games")
+    check_files(src, TOYS_FILES)
     parts = {s: read_interactions(src / f"{s}.csv", sep=",")[0] for s in ("train", "test")}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -270,3 +270,30 @@ def test_cli_modality_option(sgfd_dir, capsys):
     assert json.loads(capsys.readouterr().out)["modalities"] == {"vis": 4}
     assert main(["inspect", "--path", str(sgfd_dir), "--modality", "vis"]) == 2
     assert "expected NAME=FILE" in capsys.readouterr().err
+
+
+def test_prepare_needs_source(cli, tmp_path):
+    # the raw-data source is an explicit argument: no default path of some machine
+    for command in ("prepare-office", "prepare-toysgames"):
+        r = cli(command, "--out", tmp_path)
+        assert r.returncode == 2 and "Traceback" not in r.stderr
+        assert "the following arguments are required: --source" in r.stderr
+    r = cli("prepare-office", "--help")
+    assert "github.com/HuilinChenJN/SGFD" in r.stdout and "github.com/ysh-1998/LRD" in r.stdout
+
+
+def test_prepare_source_files_named(tmp_path, capsys):
+    from sgfd_fast.data import prepare_office as po
+
+    src = tmp_path / "raw"
+    src.mkdir()
+    (src / "train.csv").write_text("itemID,userID\n0,0\n")
+    assert main(["prepare-toysgames", "--source", str(src), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "missing test.csv" in err and "github.com/liufancs/DMRL" in err
+    with pytest.raises(DataError, match="missing test.csv, Office.text, item_meta.csv, "
+                                        "Office.item2index.*github.com/ysh-1998/LRD"):
+        po.check_files(src, po.OFFICE_FILES)
+    (src / "file").write_text("")
+    with pytest.raises(DataError, match="Office source directory not found; it is a file"):
+        po.prepare_office(src / "file", tmp_path)
