@@ -34,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument("--dataset", choices=sorted(DATASETS),
                      help="a built-in dataset: " + "; ".join(f"{k}: {v}" for k, v in DATASETS.items()))
     src.add_argument("--path", help="a dataset directory")
-    ins.add_argument("--format", default="sgfd", choices=["sgfd", "mmrec"],
+    ins.add_argument("--format", choices=["sgfd", "mmrec"],
                      help="format of --path (default: sgfd)")
     ins.add_argument("--labels", help="labels file: .npy of ints (row = itemID) or TSV "
                                       "itemID<TAB>label; required for mmrec")
@@ -96,11 +96,23 @@ def main(argv=None) -> int:
                                         f"--modality text=text_feat.npy")
                     modalities[name] = file
             if args.dataset:
+                # a built-in dataset brings its own files: options for --path are errors, not
+                # silently ignored
+                given = [f"--{k}" for k in ("labels", "format", "modality")
+                         if getattr(args, k) is not None]
+                if given:
+                    from ..errors import DataError
+
+                    raise DataError(f"{', '.join(given)} applies to --path datasets only; the "
+                                    f"built-in dataset {args.dataset!r} brings its own labels and "
+                                    f"features (drop {', '.join(given)}, or load your files with "
+                                    f"--path DIR)")
                 ds = load_dataset(args.dataset, valid_ratio=args.valid_ratio, seed=args.seed,
                                   split=args.split)
             else:
-                ds = load_dataset(path=args.path, format=args.format, labels=args.labels,
-                                  modalities=modalities, valid_ratio=args.valid_ratio, seed=args.seed, split=args.split)
+                ds = load_dataset(path=args.path, format=args.format or "sgfd",
+                                  labels=args.labels, modalities=modalities,
+                                  valid_ratio=args.valid_ratio, seed=args.seed, split=args.split)
             print(json.dumps(ds.stats(), indent=2))
         elif args.command == "prepare-office":
             from . import prepare_office as po

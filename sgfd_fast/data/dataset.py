@@ -168,6 +168,19 @@ def _dedupe(splits: dict, n_items: int, source: str) -> dict:
     return out, n_within + n_across
 
 
+_X_LABEL = {"train": 0, "valid": 1, "test": 2}
+
+
+def _split_file(parts: dict, split: str) -> str:
+    """The file a split's rows come from, for error messages."""
+    files = parts.get("files") or {}
+    if split in files:
+        return files[split]
+    if "inter" in files:
+        return f"{files['inter']} (x_label {_X_LABEL[split]})"
+    return f"{parts.get('source', 'dataset')} ({split} split)"
+
+
 def assemble(parts: dict, *, name: str, valid_ratio: float = 0.1, seed: int = 2023,
              split=None, synthetic=(), description: str = "") -> Dataset:
     """Turn raw parts (from a reader) into a validated Dataset."""
@@ -194,6 +207,12 @@ def assemble(parts: dict, *, name: str, valid_ratio: float = 0.1, seed: int = 20
         if arr is None or not arr.shape[0]:
             continue
         bad = ~has_train[arr[:, 0]]
+        if bad.all():
+            raise DataError(
+                f"{_split_file(parts, s)}: none of the {int(np.unique(arr[:, 0]).size)} users of "
+                f"the {s} split has a training interaction (first: userID {int(arr[0, 0])}), so "
+                f"no {s} row can be scored; the {s} rows must use the same user ids as "
+                f"{_split_file(parts, 'train')} (0-based, the same mapping)")
         if bad.any():
             first_user = int(arr[bad][0, 0])
             n_users_bad = int(np.unique(arr[bad][:, 0]).size)
@@ -205,6 +224,11 @@ def assemble(parts: dict, *, name: str, valid_ratio: float = 0.1, seed: int = 20
 
     if splits.get("valid") is None:
         splits["train"], splits["valid"] = carve_valid(splits["train"], n_users, valid_ratio, seed)
+        if valid_ratio > 0 and not splits["valid"].shape[0]:
+            raise DataError(
+                f"{source}: valid_ratio={valid_ratio} carves no validation rows, because no user "
+                f"has 2 or more training interactions (each user keeps one); give the dataset a "
+                f"validation split, or set valid_ratio=0 and validate on test (protocol=legacy)")
         valid_source = (f"carved from train: valid_ratio={valid_ratio}, seed={seed}"
                         if splits["valid"].shape[0] else "none")
 

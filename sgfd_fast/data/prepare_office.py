@@ -142,7 +142,7 @@ def prepare_office(source, out=DEFAULT_OUT, *, relation_dim: int = RELATION_DIM,
     check_files(src, OFFICE_FILES)
     splits, extras = {}, {}
     for s in ("train", "test"):
-        splits[s], extras[s] = read_interactions(src / f"{s}.csv", sep=",")
+        splits[s], extras[s], _ = read_interactions(src / f"{s}.csv", sep=",")
         for col in ("asin", "reviewerID"):
             if col not in extras[s]:
                 raise DataError(f"{src / (s + '.csv')}: column {col} is needed to join the Office "

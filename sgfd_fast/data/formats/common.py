@@ -18,8 +18,9 @@ from ...errors import DataError
 
 logger = logging.getLogger("sgfd_fast")
 
-__all__ = ["DataWarning", "read_table", "parse_ids", "read_interactions", "check_features",
-           "read_features", "remap_labels", "read_labels", "select_modalities"]
+__all__ = ["DataWarning", "ItemRefs", "read_table", "parse_ids", "read_interactions",
+           "check_features", "load_features", "read_features", "remap_labels", "load_labels",
+           "check_labels", "read_labels", "fit_to_items", "select_modalities"]
 
 
 class DataWarning(UserWarning):
@@ -27,7 +28,8 @@ class DataWarning(UserWarning):
 
 
 def warn(message: str) -> None:
-    logger.warning(message)
+    # One channel only: the caller decides how warnings show (CLIs print "warning: ..."); logging
+    # the message as well printed it twice wherever no log handler was set up.
     warnings.warn(message, DataWarning, stacklevel=3)
 
 
@@ -129,8 +131,9 @@ def parse_ids(values: list[str], *, path, column: str, line_numbers: list[int]) 
 def read_interactions(path, *, sep: str | None = None, what: str = "interaction"):
     """Read an interaction CSV/TSV with columns ``userID`` and ``itemID`` (any order).
 
-    Returns ``(pairs (n, 2) int64 [user, item], extras)`` where ``extras`` maps the optional
-    columns ``reviewerID`` / ``asin`` to lists of strings (for original-id lookup).
+    Returns ``(pairs (n, 2) int64 [user, item], extras, lines)`` where ``extras`` maps the optional
+    columns ``reviewerID`` / ``asin`` to lists of strings (for original-id lookup) and ``lines``
+    holds each row's line number in the file.
     """
     path = require_file(Path(path), what, "check the dataset directory")
     columns, rows, numbers = read_table(path, sep=sep, required=("userID", "itemID"), what=what)
@@ -142,12 +145,28 @@ def read_interactions(path, *, sep: str | None = None, what: str = "interaction"
         if name in columns:
             j = columns.index(name)
             extras[name] = [r[j].strip() for r in rows]
-    return np.stack([users, items], axis=1), extras
+    return np.stack([users, items], axis=1), extras, numbers
 
 
 # --------------------------------------------------------------------------------------------
 # features and labels
 # --------------------------------------------------------------------------------------------
+
+
+def _sniff(path: Path) -> str:
+    """What a file that numpy refused as .npy looks like, for the error message."""
+    with open(path, "rb") as fh:
+        head = fh.read(256)
+    if not head:
+        return "it is empty"
+    if head[:1] == b"\x80":
+        return "it is a Python pickle"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "it has no .npy header"
+    first = text.splitlines()[0] if text.splitlines() else text
+    return f"it is a text file (first line {first[:40]!r})"
 
 
 def load_npy(path: Path, what: str) -> np.ndarray:
@@ -160,18 +179,40 @@ def load_npy(path: Path, what: str) -> np.ndarray:
                 f"{path}: the {what} file holds a pickled object array, which is not loaded (it "
                 f"could run code); if you trust it, re-save it as numbers: np.save(path, "
                 f"np.load(path, allow_pickle=True).astype(np.float32))") from None
-        if "pickled data" in str(exc):
-            raise DataError(f"{path}: not a .npy file (no .npy header; it looks like a pickle or "
-                            f"another format); save the {what} with numpy.save(path, array) from "
-                            f"a numeric array") from None
+        if "pickled" in str(exc):  # numpy's words for "no .npy header" (it falls back to pickle)
+            kind = _sniff(path)
+            hint = (" (a labels table itemID<TAB>label is read from a .tsv, .csv or .txt file)"
+                    if what == "labels" and kind.startswith("it is a text") else "")
+            raise DataError(f"{path}: not a .npy file: {kind}; save the {what} with "
+                            f"numpy.save(path, array) from a numeric array{hint}") from None
         raise DataError(f"{path}: cannot read the {what} file as a numeric .npy array ({exc}); "
                         f"save it with numpy.save(path, array) from a numeric array") from None
     except (OSError, EOFError) as exc:
         raise DataError(f"{path}: not a valid .npy file ({exc}); save it with numpy.save") from None
 
 
-def check_features(arr, n_items: int, *, source: str, modality: str) -> np.ndarray:
-    """Validate a feature matrix: 2-D numeric, >= n_items rows (extra rows truncated), finite."""
+class ItemRefs:
+    """The interaction rows that reference item ids (file, line, itemID), so that a feature or
+    label file too short for them can name the row that needs the missing item."""
+
+    def __init__(self):
+        self._parts = []
+
+    def add(self, path, items: np.ndarray, lines: list[int]) -> None:
+        self._parts.append((str(path), np.asarray(items), list(lines)))
+
+    def first_beyond(self, count: int) -> str:
+        """``"<file> line <n> has itemID <i>"`` for the first row with itemID >= count."""
+        for path, items, lines in self._parts:
+            hit = np.flatnonzero(items >= count)
+            if hit.size:
+                k = int(hit[0])
+                return f"{path} line {lines[k]} has itemID {int(items[k])}"
+        return "no interaction row"
+
+
+def _feature_matrix(arr, source: str, modality: str) -> np.ndarray:
+    """Check a feature matrix's shape and dtype (2-D, numeric, width >= 1); any row count."""
     arr = np.asarray(arr)
     if arr.ndim != 2:
         raise DataError(f"{source}: features of modality {modality!r} must be a 2-D array "
@@ -181,14 +222,28 @@ def check_features(arr, n_items: int, *, source: str, modality: str) -> np.ndarr
                         f"expected a float array")
     if arr.shape[1] == 0:
         raise DataError(f"{source}: features of modality {modality!r} have width 0")
+    return arr
+
+
+def _warn_extra(source: str, what: str, n_rows: int, n_items: int) -> None:
+    warn(f"{source}: {n_rows} {what} for {n_items} items (itemID 0..{n_items - 1}); the last "
+         f"{n_rows - n_items}, for item ids no interaction references, are dropped")
+
+
+def check_features(arr, n_items: int, *, source: str, modality: str,
+                   refs: ItemRefs | None = None) -> np.ndarray:
+    """Validate a feature matrix: 2-D numeric, >= n_items rows, finite. Extra rows (items no
+    interaction references) are dropped with a DataWarning. Returns float32 (n_items, d).
+    ``refs`` lets a too-short matrix name the first interaction row beyond it."""
+    arr = _feature_matrix(arr, source, modality)
     if arr.shape[0] < n_items:
+        where = f" ({refs.first_beyond(arr.shape[0])})" if refs is not None else ""
         raise DataError(
             f"{source}: features of modality {modality!r} have {arr.shape[0]} rows but the "
-            f"interactions reference {n_items} items (itemID up to {n_items - 1}); row i must hold "
-            f"the features of itemID i, so provide at least {n_items} rows")
+            f"interactions reference {n_items} items{where}; row i must hold the features of "
+            f"itemID i, so provide at least {n_items} rows or fix that itemID")
     if arr.shape[0] > n_items:
-        logger.info("%s: %d feature rows for %d items; using the first %d", source,
-                    arr.shape[0], n_items, n_items)
+        _warn_extra(source, f"feature rows of modality {modality!r}", arr.shape[0], n_items)
         arr = arr[:n_items]
     arr = np.ascontiguousarray(arr, dtype=np.float32)
     finite = np.isfinite(arr)
@@ -203,10 +258,17 @@ def check_features(arr, n_items: int, *, source: str, modality: str) -> np.ndarr
     return arr
 
 
-def read_features(path, n_items: int, modality: str) -> np.ndarray:
+def load_features(path, modality: str) -> np.ndarray:
+    """A feature ``.npy`` as stored (shape and dtype checked; the row count is not)."""
     path = Path(path)
-    return check_features(load_npy(path, f"{modality} feature"), n_items, source=str(path),
-                          modality=modality)
+    return _feature_matrix(load_npy(path, f"{modality} feature"), str(path), modality)
+
+
+def read_features(path, n_items: int, modality: str, refs: ItemRefs | None = None) -> np.ndarray:
+    """A feature ``.npy`` checked against ``n_items`` (see :func:`check_features`)."""
+    path = Path(path)
+    return check_features(load_features(path, modality), n_items, source=str(path),
+                          modality=modality, refs=refs)
 
 
 def remap_labels(labels: np.ndarray, *, source: str = "labels") -> tuple[np.ndarray, int, np.ndarray]:
@@ -239,11 +301,14 @@ def _integral(arr: np.ndarray, source: str) -> np.ndarray:
                     f"category id per item")
 
 
-def read_labels(path, n_items: int) -> np.ndarray:
-    """Read per-item labels from a ``.npy`` (1-D ints, row = itemID) or a TSV ``itemID<TAB>label``.
+#: Marks an item a labels table gives no label (never a valid label: labels are checked first).
+NO_LABEL = np.iinfo(np.int64).min
 
-    Returns raw int64 labels of length ``n_items`` (not yet remapped).
-    """
+
+def load_labels(path) -> tuple[np.ndarray, bool]:
+    """Per-item labels as stored: a ``.npy`` (1-D ints, row = itemID) or a TSV ``itemID<TAB>label``
+    (header optional). Returns ``(int64 labels, is_table)``; a table's array runs to its largest
+    itemID, with :data:`NO_LABEL` where an item has no row."""
     path = Path(path)
     require_file(path, "labels", "pass labels=FILE with a .npy of ints or a TSV itemID<TAB>label")
     if path.suffix == ".npy":
@@ -253,13 +318,7 @@ def read_labels(path, n_items: int) -> np.ndarray:
         if arr.ndim != 1:
             raise DataError(f"{path}: labels must be a 1-D array with one integer per item, got "
                             f"shape {arr.shape}")
-        arr = _integral(arr, str(path))
-        if arr.shape[0] < n_items:
-            raise DataError(f"{path}: labels have length {arr.shape[0]} but the dataset has "
-                            f"{n_items} items; provide exactly one label per itemID 0..{n_items - 1}")
-        # like feature rows: trailing items that no interaction mentions are dropped
-        return arr[:n_items]
-    # TSV / CSV itemID<TAB>label, header optional
+        return _integral(arr, str(path)), False
     _, rows, numbers = read_table(path, header=False, what="labels")
     if len(rows[0]) < 2:
         raise DataError(f"{path} line {numbers[0]}: expected two columns itemID<TAB>label")
@@ -277,25 +336,52 @@ def read_labels(path, n_items: int) -> np.ndarray:
         except ValueError:
             raise DataError(f"{path} line {no}: label {v!r} of itemID {r[0].strip()} is not an "
                             f"integer; labels must be integer category ids") from None
-    vals = np.asarray(vals, dtype=np.int64)
-    out_of_range = np.flatnonzero(items >= n_items)
-    if out_of_range.size:
-        k = int(out_of_range[0])
-        raise DataError(f"{path} line {numbers[k]}: itemID {int(items[k])} is out of range; the "
-                        f"dataset has {n_items} items (0..{n_items - 1})")
-    labels = np.full(n_items, np.iinfo(np.int64).min, dtype=np.int64)
-    seen = np.zeros(n_items, dtype=bool)
-    for it, v, no in zip(items.tolist(), vals.tolist(), numbers):
-        if seen[it] and labels[it] != v:
+    labels = np.full(int(items.max()) + 1, NO_LABEL, dtype=np.int64)
+    for it, v, no in zip(items.tolist(), vals, numbers):
+        if labels[it] != NO_LABEL and labels[it] != v:
             raise DataError(f"{path} line {no}: itemID {it} is labelled twice with different "
                             f"labels ({int(labels[it])} and {v}); keep one label per item")
         labels[it] = v
-        seen[it] = True
-    if not seen.all():
-        miss = np.flatnonzero(~seen)
-        raise DataError(f"{path}: labels have the wrong length: {miss.size} of {n_items} items have "
-                        f"no label (first missing itemID {int(miss[0])}); give every item a label")
-    return labels
+    return labels, True
+
+
+def check_labels(labels: np.ndarray, n_items: int, *, source: str, table: bool = False,
+                 refs: ItemRefs | None = None) -> np.ndarray:
+    """Fit raw labels (from :func:`load_labels`) to ``n_items``: too few is a DataError (naming
+    the first interaction row beyond them when ``refs`` is given); labels of items no interaction
+    references are dropped, and negative labels kept as classes of their own, each with a
+    DataWarning. Returns int64 (n_items,), values not yet remapped."""
+    n = labels.shape[0]
+    where = f" ({refs.first_beyond(n)})" if refs is not None and n < n_items else ""
+    if table:
+        seen = labels[:n_items] != NO_LABEL
+        if n < n_items or not seen.all():
+            miss = np.concatenate([np.flatnonzero(~seen), np.arange(n, n_items)])
+            raise DataError(f"{source}: labels have the wrong length: {miss.size} of {n_items} "
+                            f"items have no label (first missing itemID {int(miss[0])}){where}; "
+                            f"give every item a label")
+    elif n < n_items:
+        raise DataError(f"{source}: labels have length {n} but the dataset has {n_items} "
+                        f"items{where}; provide exactly one label per itemID 0..{n_items - 1}")
+    if n > n_items:
+        _warn_extra(source, "labels", n, n_items)
+        labels = labels[:n_items]
+    negative = labels < 0
+    if negative.any():
+        values, counts = np.unique(labels[negative], return_counts=True)
+        listed = ", ".join(f"{int(v)} on {int(c)} item(s)" for v, c in zip(values, counts))
+        warn(f"{source}: negative labels ({listed}; first itemID "
+             f"{int(np.flatnonzero(negative)[0])}) are each kept as a class of their own; if a "
+             f"negative value marks 'unknown', give those items a real category, or a category "
+             f"id of its own on purpose")
+    return np.ascontiguousarray(labels, dtype=np.int64)
+
+
+def read_labels(path, n_items: int, refs: ItemRefs | None = None) -> np.ndarray:
+    """Per-item labels of length ``n_items`` from a ``.npy`` or TSV (see :func:`load_labels`,
+    :func:`check_labels`); raw values, not yet remapped."""
+    labels, table = load_labels(path)
+    return check_labels(labels, n_items, source=str(path), table=table, refs=refs)
 
 
 def require_dir(path) -> Path:
@@ -322,14 +408,32 @@ def select_modalities(feats: dict, modalities, source: str) -> dict:
     return {m: feats[m] for m in names}
 
 
-def explicit_modalities(root: Path, modalities, n_items: int) -> dict:
-    feats = {}
+def explicit_modalities(root: Path, modalities) -> dict:
+    """``{name: path}`` of ``modalities={name: file}``, files relative to ``root``."""
+    files = {}
     for name, file in modalities.items():
         p = Path(file)
-        if not p.is_absolute():
-            p = root / p
-        feats[str(name)] = read_features(p, n_items, str(name))
-    return feats
+        files[str(name)] = p if p.is_absolute() else root / p
+    return files
+
+
+def fit_to_items(feature_files: dict, labels_file: Path, n_items: int, refs: ItemRefs):
+    """Load every feature file (``{modality: path}``) and the labels, and fit them to the
+    ``n_items`` the interactions reference. When all of them stop at the same item count below
+    ``n_items``, the interaction row beyond them is at fault and the error names it; otherwise
+    the short file is named (with that row). Returns ``(features, raw labels)``."""
+    raw = {m: load_features(p, m) for m, p in feature_files.items()}
+    labels, table = load_labels(labels_file)
+    counts = {Path(p).name: raw[m].shape[0] for m, p in feature_files.items()}
+    counts[Path(labels_file).name] = labels.shape[0]
+    low = min(counts.values())
+    if low < n_items and len(set(counts.values())) == 1:
+        raise DataError(f"{refs.first_beyond(low)}, beyond the {low} items that every feature "
+                        f"and label file describes ({', '.join(counts)}: itemID 0..{low - 1}); "
+                        f"fix the itemID in that row, or add the missing items to every file")
+    feats = {m: check_features(raw[m], n_items, source=str(p), modality=m, refs=refs)
+             for m, p in feature_files.items()}
+    return feats, check_labels(labels, n_items, source=str(labels_file), table=table, refs=refs)
 
 
 def resolve_labels(root: Path, labels) -> Path:

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import DataError
-from .common import (explicit_modalities, parse_ids, read_features, read_labels, read_table,
-                     require_dir, resolve_labels, select_modalities)
+from .common import (ItemRefs, explicit_modalities, fit_to_items, parse_ids, read_table,
+                     require_dir, resolve_labels, select_modalities, warn)
 
 __all__ = ["read_mmrec", "write_mmrec"]
 
@@ -46,12 +46,15 @@ def read_mmrec(path, *, labels=None, modalities=None) -> dict:
     ui, ii, xi = (columns.index(c) for c in ("userID", "itemID", "x_label"))
     users = parse_ids([r[ui] for r in rows], path=inter, column="userID", line_numbers=numbers)
     items = parse_ids([r[ii] for r in rows], path=inter, column="itemID", line_numbers=numbers)
-    xl = parse_ids([r[xi] for r in rows], path=inter, column="x_label", line_numbers=numbers)
-    bad = np.flatnonzero(xl > 2)
-    if bad.size:
-        k = int(bad[0])
-        raise DataError(f"{inter} line {numbers[k]}: x_label {int(xl[k])} is invalid; use 0 = train, "
-                        f"1 = valid, 2 = test")
+    # x_label is a split code, not an id: anything but 0/1/2 gets the split hint
+    codes = {"0": 0, "1": 1, "2": 2}
+    xl = np.empty(len(rows), dtype=np.int64)
+    for k, (r, no) in enumerate(zip(rows, numbers)):
+        v = r[xi].strip()
+        if v not in codes:
+            raise DataError(f"{inter} line {no}: x_label {v or '(empty)'} is invalid; use 0 = "
+                            f"train, 1 = valid, 2 = test")
+        xl[k] = codes[v]
     pairs = np.stack([users, items], axis=1)
     train, valid, test = pairs[xl == 0], pairs[xl == 1], pairs[xl == 2]
     if train.shape[0] == 0:
@@ -67,22 +70,23 @@ def read_mmrec(path, *, labels=None, modalities=None) -> dict:
                         f"per item: pass labels=FILE (CLI: --labels FILE), a .npy of ints (row = "
                         f"itemID) or a TSV itemID<TAB>label")
     lp = resolve_labels(root, labels)
-    raw_labels = read_labels(lp, n_items)
     if isinstance(modalities, dict):
-        feats = explicit_modalities(root, modalities, n_items)
+        files = explicit_modalities(root, modalities)
     else:
-        feats = {}
+        files = {}
         names = sorted(os.listdir(root))
         # image and text first, in MMRec's order, then any other <name>_feat.npy
         ordered = [f for f in ("image_feat.npy", "text_feat.npy") if f in names]
         ordered += [f for f in names if MMREC_FEATURE_RE.match(f) and f not in ordered]
         for f in ordered:
-            name = MMREC_FEATURE_RE.match(f).group(1)
-            feats[name] = read_features(root / f, n_items, name)
-        if not feats:
+            files[MMREC_FEATURE_RE.match(f).group(1)] = root / f
+        if not files:
             raise DataError(f"{root}: no feature files found; expected image_feat.npy, text_feat.npy "
                             f"or <modality>_feat.npy (rows = itemID), or pass modalities=")
-        feats = select_modalities(feats, modalities, str(root))
+        files = select_modalities(files, modalities, str(root))
+    refs = ItemRefs()
+    refs.add(inter, items, numbers)
+    feats, raw_labels = fit_to_items(files, lp, n_items, refs)
     item_ids = None
     mp = root / "i_id_mapping.csv"
     if mp.exists():
@@ -106,6 +110,10 @@ def _read_id_mapping(path: Path, id_col: str, n: int):
     ids = parse_ids([r[j] for r in rows], path=path, column=id_col, line_numbers=numbers)
     out = np.full(n, "", dtype=object)
     keep = ids < n
+    if not keep.all():
+        warn(f"{path}: {int((~keep).sum())} row(s) map a {id_col} beyond the {n} in the "
+             f"interactions (first at line {numbers[int(np.flatnonzero(~keep)[0])]}); they are "
+             f"ignored")
     out[ids[keep]] = np.asarray([r[others[0]].strip() for r in rows], dtype=object)[keep]
     return out.astype(str)
 

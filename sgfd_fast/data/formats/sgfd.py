@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import DataError
-from .common import (explicit_modalities, read_features, read_interactions, read_labels,
+from .common import (ItemRefs, explicit_modalities, fit_to_items, read_interactions,
                      require_dir, require_file, resolve_labels, select_modalities)
 
 __all__ = ["read_sgfd", "write_sgfd"]
@@ -45,31 +45,32 @@ def read_sgfd(path, *, labels=None, modalities=None) -> dict:
     fix = "an SGFD dataset directory holds train.csv and test.csv (columns userID,itemID)"
     parts = {}
     extras = {}
+    refs = ItemRefs()
     for split in ("train", "valid", "test"):
         f = root / f"{split}.csv"
         if split == "valid" and not f.exists():
             continue
         require_file(f, f"{split} interactions", fix)
-        parts[split], extras[split] = read_interactions(f, what=f"{split} interactions")
+        parts[split], extras[split], lines = read_interactions(f, what=f"{split} interactions")
+        refs.add(f, parts[split][:, 1], lines)
     n_users = max(int(p[:, 0].max()) for p in parts.values()) + 1
     n_items = max(int(p[:, 1].max()) for p in parts.values()) + 1
 
     if isinstance(modalities, dict):
-        feats = explicit_modalities(root, modalities, n_items)
+        files = explicit_modalities(root, modalities)
     else:
-        feats = {}
+        files = {}
         for f in sorted(os.listdir(root)):
             m = SGFD_FEATURE_RE.match(f)
             if m:
                 name = m.group(1)
-                name = name[:1].lower() + name[1:]
-                feats[name] = read_features(root / f, n_items, name)
-        if not feats:
+                files[name[:1].lower() + name[1:]] = root / f
+        if not files:
             raise DataError(f"{root}: no feature files found; expected FeatureImage_normal.npy, "
                             f"FeatureText_normal.npy or Feature<Name>_normal.npy (rows = itemID), "
                             f"or pass modalities={{'name': 'file.npy'}} (CLI: --modality "
                             f"NAME=FILE)")
-        feats = select_modalities(feats, modalities, str(root))
+        files = select_modalities(files, modalities, str(root))
     if labels is None:
         lp = root / SGFD_LABELS
         if not lp.exists():
@@ -78,7 +79,7 @@ def read_sgfd(path, *, labels=None, modalities=None) -> dict:
                             f"(.npy of ints, or TSV itemID<TAB>label)")
     else:
         lp = resolve_labels(root, labels)
-    raw_labels = read_labels(lp, n_items)
+    feats, raw_labels = fit_to_items(files, lp, n_items, refs)
 
     split_names = list(parts)
     item_ids = _ids_from_extras([parts[s] for s in split_names], [extras[s] for s in split_names],
@@ -89,7 +90,6 @@ def read_sgfd(path, *, labels=None, modalities=None) -> dict:
                 n_users=n_users, n_items=n_items, features=feats, raw_labels=raw_labels,
                 labels_source=str(lp), user_ids=user_ids, item_ids=item_ids, source=str(root),
                 files={s: str(root / f"{s}.csv") for s in parts})
-
 
 
 def _write_csv(path: Path, pairs: np.ndarray, sep: str, header: list[str], extra_cols=()):

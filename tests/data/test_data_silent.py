@@ -1,0 +1,179 @@
+"""Data that used to be changed silently or blamed on the wrong file: extra rows and negative
+labels warn with counts, unscorable splits fail at load time naming the file, each error names
+the file and row at fault, and built-in datasets refuse options meant for --path."""
+
+import re
+
+import numpy as np
+import pytest
+
+from sgfd_fast.data import DataWarning, load_dataset
+from sgfd_fast.data.__main__ import main
+from sgfd_fast.errors import DataError
+
+
+# ---- extra rows and negative labels: kept or dropped, but never silently --------------------
+
+def test_extra_feature_rows_warn_with_counts(sgfd_dir):
+    np.save(sgfd_dir / "FeatureText_normal.npy", np.ones((12, 3), np.float32))
+    with pytest.warns(DataWarning, match=r"FeatureText_normal\.npy: 12 feature rows of modality "
+                                         r"'text' for 9 items .*the last 3.*dropped"):
+        ds = load_dataset(path=sgfd_dir)
+    assert ds.features["text"].shape == (9, 3)
+
+
+def test_extra_labels_warn_with_counts(sgfd_dir, mmrec_dir):
+    np.save(sgfd_dir / "MetaData_normal.npy", np.arange(11) % 3)
+    with pytest.warns(DataWarning, match=r"MetaData_normal\.npy: 11 labels for 9 items .*last 2"):
+        assert load_dataset(path=sgfd_dir).labels.shape == (9,)
+    d, lp = mmrec_dir  # a labels table naming items beyond the data: same rule
+    with open(lp, "a") as fh:
+        fh.write("9\t1\n10\t2\n")
+    with pytest.warns(DataWarning, match=r"labels\.tsv: 11 labels for 9 items .*last 2"):
+        assert load_dataset(path=d, format="mmrec", labels=lp).labels.shape == (9,)
+
+
+def test_extra_mmrec_features_warn(mmrec_dir):
+    d, lp = mmrec_dir
+    np.save(d / "image_feat.npy", np.ones((10, 5), np.float32))
+    with pytest.warns(DataWarning, match=r"image_feat\.npy: 10 feature rows of modality 'image'"):
+        load_dataset(path=d, format="mmrec", labels=lp)
+
+
+def test_negative_label_warns(sgfd_dir):
+    np.save(sgfd_dir / "MetaData_normal.npy", np.array([0, -1, 1, -1, 2, 0, 1, 2, 0]))
+    with pytest.warns(DataWarning, match=r"negative labels \(-1 on 2 item\(s\); first itemID 1\) "
+                                         r"are each kept as a class"):
+        ds = load_dataset(path=sgfd_dir)
+    assert ds.n_labels == 4 and ds.meta["label_values"].tolist() == [-1, 0, 1, 2]
+
+
+# ---- splits that cannot be scored fail at load time, naming the file -------------------------
+
+def _renumber_users(path, offset):
+    lines = path.read_text().splitlines()
+    out = [lines[0]]
+    for ln in lines[1:]:
+        item, user, *rest = ln.split(",")
+        out.append(",".join([item, str(int(user) + offset), *rest]))
+    path.write_text("\n".join(out) + "\n")
+
+
+def test_no_test_user_in_train(sgfd_dir, capsys):
+    _renumber_users(sgfd_dir / "test.csv", 100)
+    with pytest.raises(DataError, match=r"test\.csv: none of the 7 users of the test split has a "
+                                        r"training interaction \(first: userID 10\d\).*same user "
+                                        r"ids as .*train\.csv"):
+        load_dataset(path=sgfd_dir)
+    assert main(["inspect", "--path", str(sgfd_dir)]) == 2  # was: n_test 0, exit 0
+    assert "none of the 7 users of the test split" in capsys.readouterr().err
+
+
+def test_no_valid_user_in_train(sgfd_dir):
+    (sgfd_dir / "valid.csv").write_text("itemID,userID\n1,50\n2,51\n")
+    with pytest.raises(DataError, match=r"valid\.csv: none of the 2 users of the valid split"):
+        load_dataset(path=sgfd_dir)
+
+
+def test_no_mmrec_test_user_in_train(mmrec_dir):
+    d, lp = mmrec_dir
+    inter = d / "mm.inter"
+    lines = inter.read_text().splitlines()
+    out = [lines[0]] + [f"{int(u) + 100 if x == '2' else u}\t{i}\t{x}"
+                        for u, i, x in (ln.split("\t") for ln in lines[1:])]
+    inter.write_text("\n".join(out) + "\n")
+    with pytest.raises(DataError, match=r"mm\.inter \(x_label 2\): none of the 7 users"):
+        load_dataset(path=d, format="mmrec", labels=lp)
+
+
+def test_valid_ratio_that_carves_nothing(tmp_path):
+    from sgfd_fast.data import Dataset, write_sgfd
+
+    one = Dataset(name="one", n_users=3, n_items=4, train=[[0, 0], [1, 1], [2, 2]], valid=[],
+                  test=[[0, 3], [1, 3], [2, 0]], features={"t": np.ones((4, 2))},
+                  labels=[0, 1, 0, 1], n_labels=2)
+    d = write_sgfd(one, tmp_path / "one")
+    with pytest.raises(DataError, match=r"valid_ratio=0\.1 carves no validation rows, because no "
+                                        r"user has 2 or more training interactions"):
+        load_dataset(path=d, valid_ratio=0.1)
+    assert load_dataset(path=d, valid_ratio=0).valid.shape == (0, 2)
+
+
+# ---- each error names the right file, row and fix --------------------------------------------
+
+def test_mmrec_item_beyond_the_data_blames_the_inter_row(mmrec_dir):
+    d, lp = mmrec_dir
+    with open(d / "mm.inter", "a") as fh:
+        fh.write("3\t40\t0\n")
+    n = len((d / "mm.inter").read_text().splitlines())
+    with pytest.raises(DataError, match=rf"mm\.inter line {n} has itemID 40, beyond the 9 items "
+                                        r"that every feature and label file describes .*fix the "
+                                        r"itemID in that row") as exc:
+        load_dataset(path=d, format="mmrec", labels=lp)
+    assert not str(exc.value).startswith(str(lp))
+
+
+def test_sgfd_item_beyond_the_features_names_the_csv_row(sgfd_dir):
+    with open(sgfd_dir / "test.csv", "a") as fh:
+        fh.write("12,1,A012\n")
+    n = len((sgfd_dir / "test.csv").read_text().splitlines())
+    with pytest.raises(DataError, match=rf"test\.csv line {n} has itemID 12, beyond the 9 items"):
+        load_dataset(path=sgfd_dir)
+    # only one file short: that file is at fault, and the row that needs it is named too
+    np.save(sgfd_dir / "FeatureText_normal.npy", np.ones((13, 3), np.float32))
+    np.save(sgfd_dir / "MetaData_normal.npy", np.arange(13) % 3)
+    with pytest.raises(DataError, match=rf"FeatureImage_normal\.npy: .*9 rows but the interactions "
+                                        rf"reference 13 items \(.*test\.csv line {n} has itemID "
+                                        rf"12\).*fix that itemID"):
+        load_dataset(path=sgfd_dir)
+
+
+@pytest.mark.parametrize("value", ["test", "-1", "", "1.0"])
+def test_mmrec_x_label_gets_the_split_hint(mmrec_dir, value):
+    d, lp = mmrec_dir
+    lines = (d / "mm.inter").read_text().splitlines()
+    u, i, _ = lines[2].split("\t")
+    lines[2] = f"{u}\t{i}\t{value}"
+    (d / "mm.inter").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError) as exc:
+        load_dataset(path=d, format="mmrec", labels=lp)
+    msg = str(exc.value)
+    assert re.search(r"mm\.inter line 3: x_label .* is invalid; use 0 = train, 1 = valid, 2 = test",
+                     msg), msg
+    assert "ids must be" not in msg
+
+
+def test_text_saved_as_npy(sgfd_dir, tmp_path):
+    lab = tmp_path / "labels.npy"
+    lab.write_text("itemID\tlabel\n0\t1\n")
+    with pytest.raises(DataError, match=r"labels\.npy: not a \.npy file: it is a text file.*a "
+                                        r"labels table itemID<TAB>label is read from a \.tsv"):
+        load_dataset(path=sgfd_dir, labels=lab)
+    (sgfd_dir / "FeatureText_normal.npy").write_text("0.1,0.2,0.3\n0.4,0.5,0.6\n")
+    with pytest.raises(DataError, match=r"FeatureText_normal\.npy: not a \.npy file: it is a text "
+                                        r"file \(first line '0\.1,0\.2,0\.3'\); save the text "
+                                        r"feature with numpy\.save") as exc:
+        load_dataset(path=sgfd_dir)
+    assert "pickle" not in str(exc.value)
+
+
+# ---- options a built-in dataset cannot use are errors, not ignored ---------------------------
+
+@pytest.mark.parametrize("extra", [["--labels", "x.tsv"], ["--format", "mmrec"],
+                                   ["--modality", "v=v.npy"]])
+def test_inspect_builtin_refuses_path_options(extra, capsys):
+    assert main(["inspect", "--dataset", "office", *extra]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {extra[0]} applies to --path datasets only" in err
+
+
+# ---- a data warning is printed once ----------------------------------------------------------
+
+def test_cli_prints_each_data_warning_once(sgfd_dir, cli):
+    with open(sgfd_dir / "train.csv", "a") as fh:
+        fh.write("0,0,A000\n0,0,A000\n")
+    r = cli("inspect", "--path", sgfd_dir)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("duplicate interactions") == 1, r.stderr
+    assert r.stderr.startswith("warning: ")
+
