@@ -1,4 +1,4 @@
-"""GRCN: forward against a dense transcription of the released formulas (sgfd-official-code.md
+"""GRCN: forward against a dense transcription of the released formulas (docs/RELEASED_CODE.md
 §5.3), loss parts, gradient flow, training steps, and what the two protocols change."""
 
 import numpy as np

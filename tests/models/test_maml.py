@@ -1,4 +1,4 @@
-"""MAML (PyTorch port of the released TF1 code, sgfd-official-code.md §6): loss against a direct
+"""MAML (PyTorch port of the released TF1 code, docs/RELEASED_CODE.md §6): loss against a direct
 transcription of ``embedding_loss``/``feature_loss``/``covariance_loss``, what each protocol
 trains, row clipping, and batched scoring against the per-pair attentive distance."""
 

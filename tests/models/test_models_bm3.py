@@ -1,5 +1,5 @@
 """BM3 (+SGFD): one step equals a transcription of the released bm3.py, the gradient table of
-sgfd-official-code.md §3.7, the sgfd=false path, training, ranking, registry and config errors."""
+docs/RELEASED_CODE.md §3.7, the sgfd=false path, training, ranking, registry and config errors."""
 
 import numpy as np
 import pytest
@@ -104,7 +104,8 @@ def _grad_norms(model, users, items, seed=0):
 
 
 def test_gradient_table(tiny, config):
-    """Who receives gradient from what (§3.7), by switching loss weights off one at a time."""
+    """Who receives gradient from what (docs/RELEASED_CODE.md §3.7), by switching loss weights off
+    one at a time."""
     ds = tiny()
     users, items = _batch(ds)
 

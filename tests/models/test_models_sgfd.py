@@ -1,5 +1,5 @@
 """SGFD module: teacher layer rule, collapsed teacher, and both loss flavours against direct
-transcriptions of the formulas (sgfd-official-code.md §3.1-3.6; design.md §3.5)."""
+transcriptions of the formulas (docs/RELEASED_CODE.md §3.1-3.6; docs/DESIGN.md §3.5)."""
 
 import pytest
 import torch
@@ -106,7 +106,7 @@ def test_losses_equal_transcription(flavour, collapse, widths):
     got_g, want_g = _grads(s, out["sgfd"]), _grads(s, want)
     for name in want_g:
         assert torch.allclose(got_g[name], want_g[name], rtol=1e-7, atol=1e-12), name
-    # the gradient table of §3.7: every SGFD parameter receives gradient
+    # the gradient table of docs/RELEASED_CODE.md §3.7: every SGFD parameter receives gradient
     assert all(g.abs().sum() > 0 for g in got_g.values())
 
 
