@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError, InputError
+from .graph import CSR
 
 __all__ = ["load_run", "TrainedModel"]
 
@@ -41,10 +42,8 @@ class TrainedModel:
             np.asarray(dataset.item_ids).tolist()
         # items a user already has: training interactions and the validation ones carved from them
         known = np.concatenate([dataset.train, dataset.valid])
-        order = np.lexsort((known[:, 1], known[:, 0]))
-        self._known_items = known[order, 1]
-        self._known_ptr = np.zeros(dataset.n_users + 1, dtype=np.int64)
-        np.cumsum(np.bincount(known[:, 0], minlength=dataset.n_users), out=self._known_ptr[1:])
+        self._known = CSR.from_coo(known[:, 0], known[:, 1], None, dataset.n_users,
+                                   dataset.n_items, duplicates="drop")
 
     @property
     def device(self) -> torch.device:
@@ -99,8 +98,9 @@ class TrainedModel:
         for start in range(0, users.size, batch):
             chunk = users[start:start + batch]
             s = self.scores(chunk).float().cpu()
-            for row, u in enumerate(chunk):
-                s[row, self._known_items[self._known_ptr[u]:self._known_ptr[u + 1]]] = -torch.inf
+            known = self._known.select_rows(torch.from_numpy(chunk))
+            s[torch.repeat_interleave(torch.arange(chunk.size), known.rowptr.diff()),
+              known.col] = -torch.inf
             # stable sort: ties go to the lower item id, as in evaluation
             order = torch.sort(s, dim=1, descending=True, stable=True).indices[:, :k]
             for row in range(chunk.size):

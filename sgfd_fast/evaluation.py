@@ -27,6 +27,7 @@ import torch
 
 from . import ops
 from .errors import ConfigError, DataError, InputError
+from .graph import CSR
 from .models.base import config_value
 
 __all__ = ["ranking_metrics", "evaluate", "METRICS", "LEGACY_HIT_DEPTH"]
@@ -176,24 +177,6 @@ def _masked_topk_dense(scores: torch.Tensor, mask_rowptr: torch.Tensor, mask_col
     return values, indices.gather(1, order)
 
 
-def _rows_of_csr(rowptr: torch.Tensor, col: torch.Tensor, rows: torch.Tensor):
-    """The sub-CSR (rowptr, col) of the given rows, in their order."""
-    starts, counts = rowptr[rows], rowptr[rows + 1] - rowptr[rows]
-    sub_rowptr = torch.zeros(rows.numel() + 1, dtype=torch.long, device=rowptr.device)
-    sub_rowptr[1:] = counts.cumsum(0)
-    offsets = torch.arange(int(sub_rowptr[-1]), device=rowptr.device) \
-        - torch.repeat_interleave(sub_rowptr[:-1] - starts, counts)
-    return sub_rowptr, col[offsets]
-
-
-def _csr(pairs: np.ndarray, n_rows: int):
-    """(rowptr, col) numpy CSR of [row, col] pairs, columns sorted within a row."""
-    order = np.lexsort((pairs[:, 1], pairs[:, 0]))
-    rowptr = np.zeros(n_rows + 1, dtype=np.int64)
-    np.cumsum(np.bincount(pairs[:, 0], minlength=n_rows), out=rowptr[1:])
-    return rowptr, np.ascontiguousarray(pairs[order, 1], dtype=np.int64)
-
-
 def evaluate(model, dataset, split: str, config: dict) -> dict[str, float]:
     """Rank all items for the split's users and return the metrics (keys ``"recall@20"``, ...).
 
@@ -227,13 +210,12 @@ def evaluate(model, dataset, split: str, config: dict) -> dict[str, float]:
     users = users[has_train[users]]
     if users.size == 0:
         raise DataError(f"dataset {dataset.name!r}: no {split} user has a training interaction")
-    t_rowptr, t_col = _csr(truth, dataset.n_users)
-    m_rowptr, m_col = _csr(known, dataset.n_users)
-
-    device = model.device
-    as_t = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
-    users_t, t_rowptr, t_col, m_rowptr, m_col = map(as_t, (users, t_rowptr, t_col, m_rowptr, m_col))
-    truth_rowptr, truth_items = _rows_of_csr(t_rowptr, t_col, users_t)
+    # user -> item sets: a repeated pair (possible in a Dataset built by hand) counts once
+    truth_csr, known_csr = (
+        CSR.from_coo(p[:, 0], p[:, 1], None, dataset.n_users, dataset.n_items,
+                     duplicates="drop").to(model.device) for p in (truth, known))
+    users_t = torch.from_numpy(users).to(model.device)
+    truth_csr = truth_csr.select_rows(users_t)
     depth = max(ks)
     mask_value = model.legacy_mask_value if protocol == "legacy" else None
 
@@ -245,15 +227,15 @@ def evaluate(model, dataset, split: str, config: dict) -> dict[str, float]:
             tops = []
             for start in range(0, users_t.numel(), batch):
                 b = users_t[start:start + batch]
-                rowptr_b, col_b = _rows_of_csr(m_rowptr, m_col, b)
+                mask = known_csr.select_rows(b)
                 if emb is not None:   # the (batch x n_items) score block never exists
-                    top = ops.masked_topk(emb[0][b], emb[1], rowptr_b, col_b, depth, mask_value,
-                                          validate=False)[1]
+                    top = ops.masked_topk(emb[0][b], emb[1], mask.rowptr, mask.col, depth,
+                                          mask_value, validate=False)[1]
                 else:
-                    top = _masked_topk_dense(model.score_users(b), rowptr_b, col_b, depth,
+                    top = _masked_topk_dense(model.score_users(b), mask.rowptr, mask.col, depth,
                                              mask_value)[1]
                 tops.append(top)
     finally:
         model.train(was_training)
-    return ranking_metrics(torch.cat(tops), truth_rowptr, truth_items, ks, protocol,
+    return ranking_metrics(torch.cat(tops), truth_csr.rowptr, truth_csr.col, ks, protocol,
                            type(model).__name__)

@@ -22,10 +22,15 @@ class CSR:
     """An (n_rows, n_cols) sparse matrix in CSR form, validated once at construction.
 
     Attributes:
-        rowptr: (n_rows + 1,) int64 offsets; col: (nnz,) int64 column ids (sorted within a row);
-        val: (nnz,) float weights or None (unit weights); symmetric: whether A == Aᵀ.
+        rowptr: (n_rows + 1,) offsets; col: (nnz,) column ids (sorted within a row); both int64,
+            or both int32. val: (nnz,) float weights or None (unit weights); symmetric: whether
+            A == Aᵀ.
         validate: check offsets and column ranges (one pass over the indices); code that builds a
-            valid CSR itself (the graph builders, ``to``) passes False.
+            valid CSR itself (``from_coo``, ``select_rows``, ``apply``, the graph builders) passes
+            False.
+
+    Build one with :meth:`from_coo` (or :func:`normalized_bipartite` for the model graph) and take
+    a subset of rows with :meth:`select_rows`; nothing else assembles CSR arrays by hand.
     """
 
     rowptr: torch.Tensor
@@ -55,36 +60,95 @@ class CSR:
         return self.col.device
 
     @classmethod
-    def from_coo(cls, rows, cols, vals, n_rows: int, n_cols: int, symmetric: bool = False):
-        """Build from COO triplets (any order, no duplicates), sorting by (row, col)."""
-        rows, cols = torch.as_tensor(rows).long(), torch.as_tensor(cols).long()
-        if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= n_rows):
-            raise InputError(f"row ids must lie in [0, {n_rows})")
-        order = torch.argsort(rows * max(n_cols, 1) + cols)
+    def from_coo(cls, rows, cols, vals, n_rows: int, n_cols: int, symmetric: bool = False, *,
+                 duplicates: str = "error", index_dtype: torch.dtype = torch.int64) -> "CSR":
+        """Build from COO triplets in any order, sorting by (row, col): the one CSR builder.
+
+        Args:
+            rows, cols: (nnz,) integer ids (tensors, arrays or lists) in ``[0, n_rows)`` and
+                ``[0, n_cols)``; e.g. ``pairs[:, 0], pairs[:, 1]`` of [user, item] interactions.
+            vals: (nnz,) values or None (unit weights), reordered with the indices.
+            n_rows, n_cols: the matrix shape; symmetric: see the class.
+            duplicates: ``"error"`` rejects a repeated (row, col); ``"drop"`` keeps its first
+                occurrence (for sets, such as a user's known items).
+            index_dtype: ``torch.int64`` or ``torch.int32`` for ``rowptr`` and ``col``.
+
+        Returns:
+            A CSR on the CPU (``.to(device)`` moves it), columns ascending within every row.
+
+        Raises:
+            InputError: rows and cols differ in length or are not integers, an id is out of
+                range, or (``duplicates="error"``) a (row, col) repeats.
+        """
+        rows, cols = torch.as_tensor(rows).reshape(-1), torch.as_tensor(cols).reshape(-1)
+        if rows.numel() != cols.numel():
+            raise InputError(f"CSR.from_coo: rows ({rows.numel()}) and cols ({cols.numel()}) "
+                             "must have one entry per nonzero")
+        if any(t.is_floating_point() or t.is_complex() or t.dtype == torch.bool
+               for t in (rows, cols)):
+            raise InputError(f"CSR.from_coo: rows and cols must hold integer ids, got "
+                             f"{rows.dtype} and {cols.dtype}")
+        if duplicates not in ("error", "drop"):
+            raise InputError(f"CSR.from_coo: duplicates must be 'error' or 'drop', got "
+                             f"{duplicates!r}")
+        if index_dtype not in (torch.int32, torch.int64):
+            raise InputError(f"CSR.from_coo: index_dtype must be torch.int32 or torch.int64, got "
+                             f"{index_dtype}")
+        rows, cols = rows.long(), cols.long()
+        for name, ids, bound in (("row", rows, n_rows), ("column", cols, n_cols)):
+            if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= bound):
+                raise InputError(f"CSR.from_coo: {name} ids must lie in [0, {bound}), found range "
+                                 f"[{int(ids.min())}, {int(ids.max())}]")
+        # one stable sort of the (row, col) keys: "first occurrence" means first in the input
+        keys, order = torch.sort(rows * max(n_cols, 1) + cols, stable=True)
+        repeated = keys[1:] == keys[:-1]
+        n_repeated = int(repeated.sum())
+        if n_repeated and duplicates == "error":
+            raise InputError(f"CSR.from_coo: {n_repeated} repeated (row, col) entries; drop them "
+                             "first (duplicates='drop' keeps the first of each)")
+        if n_repeated:
+            order = order[torch.cat([torch.ones(1, dtype=torch.bool), ~repeated])]
         rows, cols = rows[order], cols[order]
         rowptr = torch.zeros(n_rows + 1, dtype=torch.long)
         rowptr[1:] = torch.bincount(rows, minlength=n_rows).cumsum(0)
-        val = None if vals is None else torch.as_tensor(vals)[order].contiguous()
-        return cls(rowptr, cols.contiguous(), val, n_cols, symmetric)
+        val = None if vals is None else torch.as_tensor(vals).reshape(-1)[order].contiguous()
+        return cls(rowptr.to(index_dtype), cols.to(index_dtype).contiguous(), val, n_cols,
+                   symmetric, validate=False)
+
+    def apply(self, fn) -> "CSR":
+        """A copy with ``fn`` applied to every tensor (indices, values, the cached transpose), as
+        ``nn.Module._apply`` applies it to buffers: how a model's graphs follow ``model.to(...)``
+        (see ``models.base.Recommender``)."""
+        val = None if self.val is None else fn(self.val)
+        transpose = None if self._transpose is None else tuple(map(fn, self._transpose))
+        return CSR(fn(self.rowptr), fn(self.col), val, self.n_cols, self.symmetric, transpose,
+                   validate=False)
 
     def to(self, device=None, dtype=None) -> "CSR":
         """Move the graph (indices keep their dtype; ``dtype`` casts the values)."""
-        val = None if self.val is None else self.val.to(device=device, dtype=dtype)
-        return CSR(self.rowptr.to(device), self.col.to(device), val, self.n_cols, self.symmetric,
-                   validate=False)
+        return self.apply(lambda t: t.to(device, dtype if t.is_floating_point() else None))
+
+    def select_rows(self, rows: torch.Tensor) -> "CSR":
+        """The (len(rows), n_cols) sub-matrix of the given rows, in their order (repeats allowed).
+
+        ``rows``: (k,) int64 row ids in ``[0, n_rows)`` on the graph's device (not checked). The
+        result lives on that device (one host sync: its nnz) and has no values when A has none.
+        """
+        starts = self.rowptr[rows]
+        counts = self.rowptr[rows + 1] - starts
+        rowptr = torch.zeros(rows.numel() + 1, dtype=self.rowptr.dtype, device=self.device)
+        rowptr[1:] = counts.cumsum(0)
+        # the k-th entry of the result, in its row r, is entry starts[r] + k - rowptr[r] of A
+        offsets = torch.arange(int(rowptr[-1]), device=self.device) \
+            - torch.repeat_interleave(rowptr[:-1] - starts, counts)
+        val = None if self.val is None else self.val[offsets]
+        return CSR(rowptr, self.col[offsets], val, self.n_cols, validate=False)
 
     def transpose(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(t_rowptr, t_col, t_perm) of Aᵀ, computed once and cached."""
         if self._transpose is None:
             self._transpose = ops.csr_transpose(self.rowptr, self.col, self.n_cols)
         return self._transpose
-
-    def spmm(self, x: torch.Tensor) -> torch.Tensor:
-        """``A @ x``, differentiable in x and in val."""
-        transpose = (self.rowptr, self.col, torch.arange(self.nnz, device=self.device)) \
-            if self.symmetric else self.transpose()
-        return ops.spmm_csr(self.rowptr, self.col, self.val, x, transpose=transpose,
-                            validate=False)
 
     def propagate(self, x: torch.Tensor, n_layers: int) -> torch.Tensor:
         """Mean of ``x, A x, ..., A^L x`` (A must be symmetric)."""

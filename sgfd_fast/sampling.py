@@ -20,6 +20,7 @@ import torch
 
 from . import _backend, _ext
 from .errors import InputError
+from .graph import CSR
 
 __all__ = ["NegativeSampler", "positives_csr", "sample_negatives", "sample_negatives_reference"]
 
@@ -42,18 +43,16 @@ def _mix64_int(z: int) -> int:
 
 def positives_csr(n_users: int, n_items: int, pairs) -> tuple[torch.Tensor, torch.Tensor]:
     """User → item CSR ``(rowptr (n_users + 1,), items (nnz,))`` of int64, items ascending and
-    distinct within each user, from (n, 2) [user, item] pairs (duplicates are dropped)."""
+    distinct within each user, from (n, 2) [user, item] pairs (duplicates are dropped).
+
+    Raises:
+        InputError: an id outside ``[0, n_users) x [0, n_items)`` (from :meth:`CSR.from_coo`).
+    """
     if isinstance(pairs, torch.Tensor):
         pairs = pairs.detach().cpu().numpy()
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
-    if pairs.size and (pairs[:, 0].min() < 0 or pairs[:, 0].max() >= n_users
-                       or pairs[:, 1].min() < 0 or pairs[:, 1].max() >= n_items):
-        raise InputError(f"positives_csr: ids must lie in [0, {n_users}) x [0, {n_items})")
-    keys = np.unique(pairs[:, 0] * max(n_items, 1) + pairs[:, 1])
-    users, items = np.divmod(keys, max(n_items, 1))
-    rowptr = np.zeros(n_users + 1, dtype=np.int64)
-    rowptr[1:] = np.cumsum(np.bincount(users, minlength=n_users))
-    return torch.from_numpy(rowptr), torch.from_numpy(np.ascontiguousarray(items))
+    csr = CSR.from_coo(pairs[:, 0], pairs[:, 1], None, n_users, n_items, duplicates="drop")
+    return csr.rowptr, csr.col
 
 
 def sample_negatives_reference(user_ids, n_items: int, train_rowptr, train_items, n_neg: int = 1,

@@ -40,9 +40,8 @@ def random_csr(n_rows: int, n_cols: int, *, avg_degree: float = 4.0, hub_degree:
     cols = np.concatenate([rng.choice(n_cols, k, replace=False) for k in degrees]) \
         if n_rows else np.zeros(0, np.int64)
     vals = rng.standard_normal(rows.size)
-    csr = CSR.from_coo(torch.from_numpy(rows), torch.from_numpy(cols.astype(np.int64)),
-                       torch.from_numpy(vals).to(dtype), n_rows, n_cols)
-    return CSR(csr.rowptr.to(index_dtype), csr.col.to(index_dtype), csr.val, n_cols)
+    return CSR.from_coo(rows, cols, torch.from_numpy(vals).to(dtype), n_rows, n_cols,
+                        index_dtype=index_dtype)
 
 
 def random_bipartite(n_users: int, n_items: int, n_edges: int, *, isolated: int = 2,

@@ -5,7 +5,7 @@ import torch
 import sgfd_fast
 from sgfd_fast.errors import InputError
 from sgfd_fast.graph import CSR, normalized_bipartite, normalized_bipartite_reference
-from sgfd_fast.testing import random_bipartite, threads
+from sgfd_fast.testing import random_bipartite, random_csr, threads
 
 
 def dense_normalized(n_users, n_items, pairs):
@@ -130,3 +130,74 @@ def test_bad_pairs(backend, pairs, message):
 def test_device_argument_and_csr_dtype():
     g = normalized_bipartite(5, 4, np.array([[0, 1], [3, 2]]), device="cpu")
     assert isinstance(g, CSR) and g.rowptr.dtype == g.col.dtype == torch.int64
+
+
+# ---------------------------------------------------------------------------------------------
+# CSR.from_coo (the one builder) and CSR.select_rows (the one row slicer)
+# ---------------------------------------------------------------------------------------------
+
+
+def _dense(g):
+    a = torch.zeros(g.n_rows, g.n_cols, dtype=torch.float64)
+    rows = torch.repeat_interleave(torch.arange(g.n_rows), g.rowptr.diff().long())
+    a[rows, g.col.long()] = 1.0 if g.val is None else g.val.double()
+    return a
+
+
+@pytest.mark.parametrize("index_dtype", [torch.int64, torch.int32])
+def test_from_coo_sorts_any_order_and_keeps_values_with_their_entries(index_dtype):
+    rows, cols = np.array([2, 0, 2, 0, 3]), np.array([4, 3, 1, 0, 2])
+    vals = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0])
+    g = CSR.from_coo(rows, cols, vals, 5, 6, index_dtype=index_dtype)
+    assert g.rowptr.dtype == g.col.dtype == index_dtype
+    assert g.rowptr.tolist() == [0, 2, 2, 4, 5, 5] and g.col.tolist() == [0, 3, 1, 4, 2]
+    assert g.val.tolist() == [4.0, 2.0, 3.0, 1.0, 5.0]
+    want = torch.zeros(5, 6, dtype=torch.float64)
+    want[rows, cols] = vals.double()
+    assert torch.equal(_dense(g), want)
+
+
+def test_from_coo_duplicates_are_rejected_or_the_first_kept():
+    rows, cols, vals = [1, 0, 1, 1], [2, 0, 2, 0], torch.tensor([1.0, 2.0, 3.0, 4.0])
+    with pytest.raises(InputError, match=r"1 repeated \(row, col\)"):
+        CSR.from_coo(rows, cols, vals, 2, 3)
+    g = CSR.from_coo(rows, cols, vals, 2, 3, duplicates="drop")
+    assert g.rowptr.tolist() == [0, 1, 3] and g.col.tolist() == [0, 0, 2]
+    assert g.val.tolist() == [2.0, 4.0, 1.0]   # (1, 2) keeps its first value
+
+
+def test_from_coo_empty():
+    g = CSR.from_coo(np.zeros(0, np.int64), np.zeros(0, np.int64), None, 3, 4)
+    assert g.nnz == 0 and g.rowptr.tolist() == [0, 0, 0, 0] and g.val is None
+
+
+@pytest.mark.parametrize("args, kwargs, message", [
+    (([0, 3], [0, 1], None, 3, 2), {}, r"row ids must lie in \[0, 3\), found range \[0, 3\]"),
+    (([0, 1], [0, -1], None, 3, 2), {}, r"column ids must lie in \[0, 2\), found range \[-1, 0\]"),
+    (([0, 1], [0], None, 3, 2), {}, "one entry per nonzero"),
+    (([0.0], [1.0], None, 3, 2), {}, "integer ids"),
+    (([0], [1], None, 3, 2), {"duplicates": "sum"}, "'error' or 'drop'"),
+    (([0], [1], None, 3, 2), {"index_dtype": torch.int16}, "int32 or torch.int64"),
+])
+def test_from_coo_bad_input(args, kwargs, message):
+    with pytest.raises(InputError, match=message):
+        CSR.from_coo(*args, **kwargs)
+
+
+@pytest.mark.parametrize("index_dtype", [torch.int64, torch.int32])
+def test_select_rows_in_the_given_order_with_repeats_and_empty_rows(index_dtype):
+    g = random_csr(12, 9, hub_degree=7, seed=2, index_dtype=index_dtype)
+    pick = torch.tensor([5, 1, 11, 1, 0, 6])   # rows 6 and 11 are empty (middle and last)
+    sub = g.select_rows(pick)
+    assert sub.n_rows == 6 and sub.n_cols == 9 and sub.rowptr.dtype == index_dtype
+    assert torch.equal(_dense(sub), _dense(g)[pick])
+    assert g.select_rows(torch.zeros(0, dtype=torch.long)).nnz == 0
+
+
+def test_to_and_apply_carry_the_cached_transpose():
+    g = random_csr(10, 8, seed=1)
+    t = g.transpose()
+    moved = g.to(dtype=torch.float64)
+    assert moved.val.dtype == torch.float64 and moved.col.dtype == torch.int64
+    assert moved._transpose is not None and all(torch.equal(a, b)
+                                                for a, b in zip(moved.transpose(), t))

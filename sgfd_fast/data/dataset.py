@@ -83,15 +83,6 @@ class Dataset:
         self.labels = labels
 
     # ------------------------------------------------------------------------------------------
-    def train_csr(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(indptr (n_users + 1,), indices)`` of the training matrix, items sorted per user."""
-        tr = self.train
-        order = np.lexsort((tr[:, 1], tr[:, 0]))
-        indices = np.ascontiguousarray(tr[order, 1], dtype=np.int64)
-        indptr = np.zeros(self.n_users + 1, dtype=np.int64)
-        np.cumsum(np.bincount(tr[:, 0], minlength=self.n_users), out=indptr[1:])
-        return indptr, indices
-
     def stats(self) -> dict:
         n_train, n_valid, n_test = (int(a.shape[0]) for a in (self.train, self.valid, self.test))
         total = n_train + n_valid + n_test

@@ -9,7 +9,7 @@ from .grcn import GRCN
 from .maml import MAML
 from .sgfd import SGFD
 
-__all__ = ["MODELS", "Recommender", "SGFD", "BM3", "build_model"]
+__all__ = ["BM3", "GRCN", "MAML", "MODELS", "Recommender", "SGFD", "build_model"]
 
 MODELS: dict[str, type[Recommender]] = {"BM3": BM3}
 MODELS["GRCN"] = GRCN

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import ConfigError
+from ..graph import CSR
 
 __all__ = ["Recommender", "config_value", "rows"]
 
@@ -79,6 +80,16 @@ class Recommender(torch.nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+    def _apply(self, fn, recurse=True):
+        # A model's graphs (CSR attributes) are constants of the dataset: rebuilt with the model,
+        # never checkpointed, and moved or cast by ``.to()``/``.double()`` like non-persistent
+        # buffers (index tensors keep their dtype, as ``fn`` leaves integer buffers alone).
+        super()._apply(fn, recurse)
+        for name, value in list(vars(self).items()):
+            if isinstance(value, CSR):
+                setattr(self, name, value.apply(fn))
+        return self
 
     def calculate_loss(self, users: torch.Tensor, items: torch.Tensor,
                        negatives: torch.Tensor | None = None) -> dict[str, torch.Tensor]:

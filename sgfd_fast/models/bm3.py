@@ -77,13 +77,8 @@ class BM3(Recommender):
             self.extractors = nn.ModuleList(nn.Linear(a.shape[1], dim) for a in features.values())
             for layer in self.extractors:
                 nn.init.xavier_normal_(layer.weight)
-        # the graph is a constant of the dataset: rebuilt, not checkpointed; moved lazily
-        self._graph = normalized_bipartite(self.n_users, self.n_items, dataset.train)
-
-    def _graph_on(self, like: torch.Tensor):
-        if self._graph.device != like.device or self._graph.val.dtype != like.dtype:
-            self._graph = self._graph.to(like.device, like.dtype)
-        return self._graph
+        # the graph is a constant of the dataset: rebuilt, not checkpointed; ``.to()`` moves it
+        self.graph = normalized_bipartite(self.n_users, self.n_items, dataset.train)
 
     def item_features(self, j: int, items: torch.Tensor | None = None) -> torch.Tensor:
         """Modality j's features as the backbone consumes them (SGFD student or BM3 extractor)."""
@@ -95,7 +90,7 @@ class BM3(Recommender):
     def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(u_o (n_users, D), i_o (n_items, D))``: propagated embeddings, item-ID residual."""
         ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
-        out = self._graph_on(ego).propagate(ego, self.n_layers)
+        out = self.graph.propagate(ego, self.n_layers)
         u_g, i_g = out.split([self.n_users, self.n_items])
         return u_g, i_g + self.item_embedding.weight
 

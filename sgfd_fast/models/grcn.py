@@ -58,7 +58,7 @@ from torch import nn
 
 from .. import ops
 from ..errors import DataError
-from ..graph import normalized_bipartite
+from ..graph import CSR, normalized_bipartite
 from .base import Recommender, config_value, rows
 from .sgfd import attach_item_features
 
@@ -102,23 +102,14 @@ class GRCN(Recommender):
         if self.sgfd is None:  # original GRCN's CGCN.MLP: default nn.Linear initialisation
             self.extractors = nn.ModuleList(nn.Linear(a.shape[1], dim) for a in features.values())
 
-        # Graph structure (constants of the dataset: rebuilt, not checkpointed). Both directions
-        # of the training interactions; the edge order is the CSR order, shared by the attention
-        # weights and the EGCN's edge weights. The transpose is computed once for spmm's backward.
-        graph = normalized_bipartite(self.n_users, self.n_items, dataset.train)
-        self.register_buffer("rowptr", graph.rowptr, persistent=False)
-        self.register_buffer("col", graph.col, persistent=False)
-        for name, t in zip(("t_rowptr", "t_col", "t_perm"),
-                           ops.csr_transpose(graph.rowptr, graph.col, n_nodes)):
-            self.register_buffer(name, t, persistent=False)
+        # Graphs (constants of the dataset: rebuilt, not checkpointed; ``.to()`` moves them). Both
+        # directions of the training interactions; the edge order is the CSR order, shared by the
+        # attention weights and the EGCN's edge weights (the normalized values go unused). Each
+        # graph caches its transpose (the backward passes') on first use.
+        self.graph = normalized_bipartite(self.n_users, self.n_items, dataset.train)
         # item -> user routing graph: rows users, columns item ids (0-based)
-        user_rows = graph.rowptr[:self.n_users + 1].clone()
-        route_col = graph.col[:int(user_rows[-1])] - self.n_users
-        self.register_buffer("route_rowptr", user_rows, persistent=False)
-        self.register_buffer("route_col", route_col, persistent=False)
-        for name, t in zip(("route_t_rowptr", "route_t_col", "route_t_perm"),
-                           ops.csr_transpose(user_rows, route_col, self.n_items)):
-            self.register_buffer(name, t, persistent=False)
+        self.route = CSR.from_coo(dataset.train[:, 0], dataset.train[:, 1], None, self.n_users,
+                                  self.n_items)
         if self.legacy:
             # the released evaluation's ``self.result``; filled by every training forward
             self.register_buffer("legacy_rep", torch.zeros(n_nodes, dim * (n_mod + 1)))
@@ -136,28 +127,28 @@ class GRCN(Recommender):
             return pref
         for _ in range(self.num_routing):
             msg, _ = ops.edge_softmax_aggregate(
-                self.route_rowptr, self.route_col, pref, content, content, validate=False,
-                transpose=(self.route_t_rowptr, self.route_t_col, self.route_t_perm))
+                self.route.rowptr, self.route.col, pref, content, content, validate=False,
+                transpose=self.route.transpose())
             pref = F.normalize(pref + msg)
         return pref
 
     def forward(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """``(rep (n_users + n_items, D * (M + 1)), [pre-graph item features per modality])``."""
         raw = [self._raw_features(j) for j in range(len(self.modalities))]
-        transpose = (self.t_rowptr, self.t_col, self.t_perm)
+        rowptr, col, transpose = self.graph.rowptr, self.graph.col, self.graph.transpose()
         reps, alphas = [], []
         for j, s in enumerate(raw):
             content = F.normalize(F.leaky_relu(s))
             x = torch.cat([self._routed_preference(j, content), content])
-            msg, alpha = ops.edge_softmax_aggregate(self.rowptr, self.col, x, x, x,
-                                                    transpose=transpose, validate=False)
+            msg, alpha = ops.edge_softmax_aggregate(rowptr, col, x, x, x, transpose=transpose,
+                                                    validate=False)
             reps.append(x + msg)
             alphas.append(alpha)
         # confidence of each edge's source node (released: edge_index[0] for u->i, [1] for i->u)
-        weight = (torch.stack(alphas, 1) * self.confidence[self.col]).max(dim=1).values
+        weight = (torch.stack(alphas, 1) * self.confidence[col]).max(dim=1).values
         x0 = F.normalize(self.id_embedding)
-        x1 = ops.spmm_csr(self.rowptr, self.col, weight, x0, transpose=transpose, validate=False)
-        x2 = ops.spmm_csr(self.rowptr, self.col, weight, x1, transpose=transpose, validate=False)
+        x1 = ops.spmm_csr(rowptr, col, weight, x0, transpose=transpose, validate=False)
+        x2 = ops.spmm_csr(rowptr, col, weight, x1, transpose=transpose, validate=False)
         return torch.cat([x0 + x1 + x2] + reps, dim=1), raw
 
     def calculate_loss(self, users, items, negatives=None):

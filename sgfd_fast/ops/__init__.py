@@ -10,8 +10,13 @@ from .masked_topk import masked_topk, masked_topk_reference
 from .sgfd_loss import sgfd_loss, sgfd_loss_reference
 from .feature_head import collapse_linear_stack, feature_head, feature_head_reference
 
-__all__ = ["csr_transpose", "propagate", "propagate_reference", "spmm_csr", "spmm_csr_reference"]
-__all__ += ["masked_topk", "masked_topk_reference"]
-__all__ += ["sddmm_csr", "sddmm_csr_reference"]
-__all__ += ["sgfd_loss", "sgfd_loss_reference"]
-__all__ += ["collapse_linear_stack", "feature_head", "feature_head_reference"]
+__all__ = [
+    "collapse_linear_stack", "csr_transpose",
+    "edge_softmax_aggregate", "edge_softmax_aggregate_reference",
+    "feature_head", "feature_head_reference",
+    "masked_topk", "masked_topk_reference",
+    "propagate", "propagate_reference",
+    "sddmm_csr", "sddmm_csr_reference",
+    "sgfd_loss", "sgfd_loss_reference",
+    "spmm_csr", "spmm_csr_reference",
+]

@@ -3,6 +3,7 @@ import time
 import numpy as np
 
 from sgfd_fast.data import DATASETS, load_dataset
+from sgfd_fast.graph import CSR
 
 
 def test_office_stats_exact():
@@ -37,7 +38,8 @@ def test_office_deterministic_and_csr():
     assert np.array_equal(a.valid, b.valid) and np.array_equal(a.train, b.train)
     c = load_dataset("office", seed=7)
     assert not np.array_equal(a.valid, c.valid)
-    indptr, idx = a.train_csr()
+    g = CSR.from_coo(a.train[:, 0], a.train[:, 1], None, a.n_users, a.n_items)
+    indptr, idx = g.rowptr.numpy(), g.col.numpy()
     assert indptr.shape == (a.n_users + 1,) and indptr[-1] == a.train.shape[0]
     assert idx.dtype == np.int64 and indptr.dtype == np.int64
     for u in (0, 1, 100):

@@ -179,6 +179,19 @@ def test_legacy_evaluation_uses_last_training_forward(tiny, batch):
     torch.testing.assert_close(torch.cat(other.ranking_embeddings()), stale)
 
 
+def test_graphs_move_with_the_model_and_stay_out_of_checkpoints(tiny, batch):
+    ds = tiny()
+    torch.manual_seed(0)
+    m = GRCN(ds, grcn_config())
+    m.calculate_loss(*batch(ds))           # routes, so it fills both graphs' transpose caches
+    assert m.graph.n_rows == ds.n_users + ds.n_items and m.route.n_cols == ds.n_items
+    assert set(m.state_dict()) == {n for n, _ in m.named_parameters()}
+    m.to("meta")
+    for g in (m.graph, m.route):
+        assert g.device.type == "meta" and g.rowptr.dtype == torch.int64
+        assert all(t.device.type == "meta" for t in g.transpose())
+
+
 def test_student_features_are_what_the_graph_consumes(tiny):
     ds = tiny()
     m = GRCN(ds, grcn_config())

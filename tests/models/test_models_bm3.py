@@ -167,6 +167,17 @@ def test_forward_matches_dense_propagation(tiny, config):
     assert torch.allclose(i[iso], model.item_embedding.weight[iso] * (1 + 1 / 4))
 
 
+def test_graph_moves_and_casts_with_the_model(tiny, config):
+    ds = tiny()
+    model = BM3(ds, config())
+    assert model.graph.symmetric and model.graph.n_rows == ds.n_users + ds.n_items
+    assert not any(t is model.graph.val for t in model.state_dict().values())
+    model.double()
+    assert model.graph.val.dtype == torch.float64 and model.graph.col.dtype == torch.int64
+    model.to("meta")
+    assert model.graph.device.type == "meta"
+
+
 def test_dropout_masks_shared_by_duplicates(tiny, config):
     ds = tiny()
     model = BM3(ds, config(cl_weight=0.0, reg_weight=0.0, ce_weight=0.0, kd_weight=0.0))
