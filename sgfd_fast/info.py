@@ -15,6 +15,7 @@ import sys
 import torch
 
 from . import _backend, _ext
+from ._cli import quiet_on_closed_stdout
 
 
 def _version(package: str) -> str | None:
@@ -81,6 +82,7 @@ def _print(info: dict) -> None:
         print(f"{op:<{width}}  {devices['cpu']:<12}  {devices['cuda']}")
 
 
+@quiet_on_closed_stdout
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sgfd_fast.info", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
