@@ -119,7 +119,8 @@ class CMakeBuild(build_ext):
             f"-DSGFD_FAST_WITH_CUDA={'ON' if nvcc else 'OFF'}",
         ]
         if nvcc:
-            args += [f"-DCMAKE_CUDA_COMPILER={nvcc}", f"-DCMAKE_CUDA_ARCHITECTURES={self.cuda_archs}"]
+            args += [f"-DCMAKE_CUDA_COMPILER={nvcc}",
+                     f"-DCMAKE_CUDA_ARCHITECTURES={self.cuda_archs}"]
         if shutil.which("ninja"):
             args.append("-GNinja")
         # A persistent build tree keyed by interpreter makes rebuilds (editable installs) incremental.

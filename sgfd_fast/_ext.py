@@ -74,13 +74,13 @@ def _from_install(full: str, name: str):
     here = f"importing the source tree at {PACKAGE_DIR}, which has no {name} build"
     installed = _installed_package()
     if installed is None:
-        return None, (f"{here}, and no installed sgfd_fast was found: `pip install .`, or build in "
-                      "place (docs/DEVELOPING.md)"), False
+        return None, (f"{here}, and no installed sgfd_fast was found: `pip install .`, or build "
+                      "in place (docs/DEVELOPING.md)"), False
     record = read_record(installed)
     spec = _find_in(installed, full)
     if spec is None:
-        return None, f"{here}; the installed sgfd_fast at {installed} is {_not_built(record, name)}", \
-            False
+        return None, (f"{here}; the installed sgfd_fast at {installed} is "
+                      f"{_not_built(record, name)}"), False
     if _digest is None:
         _digest = source_digest(CHECKOUT)
     if record is None or record.get("sources") != _digest:
