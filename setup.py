@@ -16,6 +16,7 @@ Builds degrade, never break (design §3.3): without a compiler or CMake the pack
 pure-PyTorch references and ``python -m sgfd_fast.info`` says so.
 """
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -26,6 +27,18 @@ from setuptools import Extension, find_namespace_packages, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
+
+
+def _buildinfo():
+    """sgfd_fast/_buildinfo.py, loaded by path: the package itself needs torch to import."""
+    spec = importlib.util.spec_from_file_location("_sgfd_fast_buildinfo",
+                                                  ROOT / "sgfd_fast" / "_buildinfo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+BUILDINFO = _buildinfo()
 
 
 def find_nvcc():
@@ -53,21 +66,36 @@ class CMakeBuild(build_ext):
     def run(self):
         cuda_mode = os.environ.get("SGFD_FAST_CUDA", "auto").lower()
         self.nvcc = find_nvcc() if cuda_mode != "0" else None
+        self.cuda_archs = os.environ.get("SGFD_FAST_CUDA_ARCHS", "80;90")
         if cuda_mode == "1" and self.nvcc is None:
             raise RuntimeError("SGFD_FAST_CUDA=1 but nvcc was not found (set CUDA_HOME)")
         if self.nvcc is None:
             self.extensions = [e for e in self.extensions if e.name != "sgfd_fast._C_cuda"]
+            cuda = ("SGFD_FAST_CUDA=0 at install" if cuda_mode == "0" else
+                    "nvcc was not found at install (set CUDA_HOME and reinstall)")
+        else:
+            cuda = "built"
+        # Beside the modules: what they were compiled from, so that a checkout without a build of
+        # its own can tell whether this build matches its sources (sgfd_fast/_ext.py).
+        record = {"sources": BUILDINFO.source_digest(ROOT), "cuda": cuda}
+        what = (f"the C++ and CUDA (archs {self.cuda_archs}) extensions: minutes, the CUDA part "
+                "is most of it" if self.nvcc else "the C++ extension")
+        print(f"sgfd_fast: compiling {what} (set SGFD_FAST_CUDA=0 to skip CUDA); the compiler's "
+              "progress follows", file=sys.stderr, flush=True)
         try:
             super().run()
         except Exception as exc:  # noqa: BLE001 - any build failure degrades to references
             if os.environ.get("SGFD_FAST_REQUIRE_EXTENSION", "0") == "1":
                 raise
+            record = {"error": f"the build failed ({exc}); see pip's output (pip install -v .)",
+                      "cuda": f"the build failed ({exc})"}
             bar = "!" * 78
             print(f"\n{bar}\nsgfd_fast: the compiled extension failed to build ({exc}).\n"
                   "Installing with the pure-PyTorch references only. Run "
                   "`python -m sgfd_fast.info` after installing to see what serves each op.\n"
                   f"{bar}\n", file=sys.stderr)
             self.extensions = []
+        BUILDINFO.write_record(Path(self.get_ext_fullpath("sgfd_fast._C")).parent, record)
 
     def build_extension(self, ext):
         if ext.name != "sgfd_fast._C":
@@ -92,7 +120,7 @@ class CMakeBuild(build_ext):
         ]
         if nvcc:
             args += [f"-DCMAKE_CUDA_COMPILER={nvcc}",
-                     f"-DCMAKE_CUDA_ARCHITECTURES={os.environ.get('SGFD_FAST_CUDA_ARCHS', '80;90')}"]
+                     f"-DCMAKE_CUDA_ARCHITECTURES={self.cuda_archs}"]
         if shutil.which("ninja"):
             args.append("-GNinja")
         # A persistent build tree keyed by interpreter makes rebuilds (editable installs) incremental.

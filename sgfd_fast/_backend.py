@@ -137,6 +137,11 @@ def ops() -> list[str]:
     return sorted(_OPS)
 
 
+def summary(device: str) -> str:
+    """``op=backend, ...``: what serves each registered op on ``device`` now (for a run's log)."""
+    return ", ".join(f"{op}={serving(op, device)}" for op in ops())
+
+
 @contextlib.contextmanager
 def use_backend(spec: str):
     """Serve ops with ``spec`` (same syntax as ``SGFD_FAST_BACKEND``) inside the block."""

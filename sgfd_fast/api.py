@@ -35,11 +35,11 @@ class TrainedModel:
         self.dataset = dataset
         self.config = config
         self.results = results
-        ids = dataset.user_ids
-        self._user_index = None if ids is None else \
-            {_key(v): i for i, v in enumerate(np.asarray(ids).tolist())}
-        self._item_ids = None if dataset.item_ids is None else \
-            np.asarray(dataset.item_ids).tolist()
+        self._user_index, self._user_shared = _index(dataset.user_ids)
+        item_index, _ = _index(dataset.item_ids)
+        self._item_names = list(range(dataset.n_items))
+        for name, i in item_index.items():
+            self._item_names[i] = name
         # items a user already has: training interactions and the validation ones carved from them
         known = np.concatenate([dataset.train, dataset.valid])
         self._known = CSR.from_coo(known[:, 0], known[:, 1], None, dataset.n_users,
@@ -50,21 +50,29 @@ class TrainedModel:
         return next(self.model.parameters()).device
 
     def _internal_users(self, user_ids) -> np.ndarray:
+        n = self.dataset.n_users
         out = []
         for u in user_ids:
-            if self._user_index is not None:
-                i = self._user_index.get(_key(u))
+            if isinstance(u, (int, np.integer)) and not isinstance(u, (bool, np.bool_)):
+                if not 0 <= int(u) < n:
+                    raise InputError(f"user {u!r}: an int is an internal user index, and this "
+                                     f"dataset has users 0 to {n - 1}")
+                out.append(int(u))
+            elif isinstance(u, str):
+                i = self._user_index.get(u)
                 if i is None:
-                    raise InputError(f"unknown user id {u!r} (not among the dataset's "
-                                     f"{self.dataset.n_users} users)")
+                    shared = self._user_shared.get(u)
+                    if shared:
+                        raise InputError(f"user id {u!r} is the original id of {len(shared)} "
+                                         f"users (internal {shared[:5]}); pass the internal "
+                                         f"index (an int) instead")
+                    raise InputError(f"unknown user id {u!r}: no user of the dataset's {n} has "
+                                     "that original id (users without one are addressed by "
+                                     f"their internal index, an int in [0, {n}))")
+                out.append(i)
             else:
-                if isinstance(u, bool) or not isinstance(u, (int, np.integer)) or \
-                        not 0 <= int(u) < self.dataset.n_users:
-                    raise InputError(f"user id {u!r} is not an int in [0, "
-                                     f"{self.dataset.n_users}) (this dataset has no original "
-                                     f"ids)")
-                i = int(u)
-            out.append(i)
+                raise InputError(f"user {u!r}: expected an original id (str) or an internal "
+                                 f"index (int), got {type(u).__name__}")
         return np.asarray(out, dtype=np.int64)
 
     @torch.no_grad()
@@ -77,37 +85,45 @@ class TrainedModel:
             return u[idx] @ i.T
         return self.model.score_users(idx)
 
-    def recommend(self, user_ids, k: int = 10) -> list[list]:
+    def recommend(self, user_ids, k: int = 10, *, batch_size: int | None = None) -> list[list]:
         """The top ``k`` items for each user, best first, never an item the user interacted with
         in training (or validation).
 
+        Users and items are named alike: by the dataset's original id (a str) when it has one
+        that no other user (item) shares, otherwise by the internal index (an int, the row of
+        :meth:`export`'s arrays). An int always addresses a user by internal index.
+
+        Ranking follows evaluation (:func:`sgfd_fast.evaluation.top_k_items`): ties to the lower
+        item id; an item scoring NaN or -inf is never returned. Memory is bounded by
+        ``batch_size``: dot-product models rank with ``ops.masked_topk`` and form no score
+        matrix; models that score with ``score_users`` (MAML) form one (batch_size, n_items)
+        block at a time.
+
         Args:
-            user_ids: the dataset's original user ids (``Dataset.user_ids``; internal indices when
-                the dataset has none).
+            user_ids: original ids (str) or internal indices (int).
             k: items per user.
+            batch_size: users ranked at once (default: the config's ``eval_batch_size``).
         Returns:
-            one list per user of original item ids (fewer than ``k`` when fewer items remain).
+            one list per user of item names (fewer than ``k`` when fewer items remain).
+        Raises:
+            InputError: an unknown, empty or shared original id, an index out of range, k < 1.
         """
+        from .evaluation import top_k_items
+
         if isinstance(user_ids, (str, bytes)) or np.ndim(user_ids) == 0:
             raise InputError("recommend() takes a list of user ids")
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise InputError(f"k must be a positive int, got {k!r}")
+        if batch_size is None:
+            batch_size = int(self.config.get("eval_batch_size", 4096))
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or \
+                batch_size < 1:
+            raise InputError(f"batch_size must be a positive int, got {batch_size!r}")
         users = self._internal_users(user_ids)
-        out = []
-        batch = int(self.config.get("eval_batch_size", 4096))
-        for start in range(0, users.size, batch):
-            chunk = users[start:start + batch]
-            s = self.scores(chunk).float().cpu()
-            known = self._known.select_rows(torch.from_numpy(chunk))
-            s[torch.repeat_interleave(torch.arange(chunk.size), known.rowptr.diff()),
-              known.col] = -torch.inf
-            # stable sort: ties go to the lower item id, as in evaluation
-            order = torch.sort(s, dim=1, descending=True, stable=True).indices[:, :k]
-            for row in range(chunk.size):
-                top = order[row][torch.isfinite(s[row, order[row]])].tolist()
-                out.append([self._item_ids[i] for i in top] if self._item_ids is not None
-                           else top)
-        return out
+        dev = self.device
+        indices = top_k_items(self.model, torch.from_numpy(users).to(dev), self._known.to(dev),
+                              int(k), int(batch_size))[1]
+        return [[self._item_names[i] for i in row if i >= 0] for row in indices.cpu().tolist()]
 
     @torch.no_grad()
     def export(self, out_dir) -> dict[str, Path]:
@@ -139,9 +155,17 @@ class TrainedModel:
         return written
 
 
-def _key(v):
-    # original ids may come back from NumPy as str or int; compare as text
-    return str(v.item() if isinstance(v, np.generic) else v)
+def _index(ids) -> tuple[dict, dict]:
+    """``({original id: internal index}, {shared id: [indices]})`` over the ids that name exactly
+    one row (non-empty, unshared), and the ids that several rows share. No ids: two empty dicts."""
+    if ids is None:
+        return {}, {}
+    rows: dict[str, list[int]] = {}
+    for i, v in enumerate(np.asarray(ids).tolist()):
+        if str(v) != "":  # the loaders write "" for a row without an original id
+            rows.setdefault(str(v), []).append(i)
+    return ({v: r[0] for v, r in rows.items() if len(r) == 1},
+            {v: r for v, r in rows.items() if len(r) > 1})
 
 
 def load_run(run_dir, device: str = "cpu", dataset=None) -> TrainedModel:

@@ -14,8 +14,13 @@ Two protocols (design.md §3.6):
   training items 1e-5 instead of excluding them (``Recommender.legacy_mask_value``).
 
 Everything runs as batched tensor code on the model's device: never a per-user Python loop, never
-the full users x items score matrix. Dot-product models rank with ``ops.masked_topk`` (no score
-block at all); other models score ``eval_batch_size`` users at a time via ``score_users``.
+the full users x items score matrix. :func:`top_k_items` ranks (evaluation and ``api.recommend``
+share it): dot-product models with ``ops.masked_topk`` (no score block at all); other models score
+``eval_batch_size`` users at a time via ``score_users``.
+
+One ranking rule on every path (``ops.masked_topk``'s contract): higher scores first, ties to the
+lower item id; a NaN score counts as -inf, and an item scoring -inf (or NaN, or masked out) is never
+returned, so a user's trailing slots hold index -1 / value -inf when fewer than k items remain.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from .errors import ConfigError, DataError, InputError
 from .graph import CSR
 from .models.base import config_value
 
-__all__ = ["ranking_metrics", "evaluate", "METRICS", "LEGACY_HIT_DEPTH"]
+__all__ = ["ranking_metrics", "evaluate", "top_k_items", "METRICS", "LEGACY_HIT_DEPTH"]
 
 METRICS = ("recall", "ndcg", "precision", "map", "hit")
 # the released BM3 ``hk_`` looks at the first 20 positions whatever K is
@@ -136,7 +141,8 @@ def ranking_metrics(topk_indices: torch.Tensor, truth_rowptr: torch.Tensor,
 def _masked_topk_dense(scores: torch.Tensor, mask_rowptr: torch.Tensor, mask_col: torch.Tensor,
                        k: int, mask_value: float | None):
     """Top-k of a dense (U, n_items) score block with each row's masked items excluded (or set to
-    ``mask_value``); ties go to the lower item id; missing slots are (-inf, -1).
+    ``mask_value``), by the module's ranking rule: ties go to the lower item id, NaN counts as
+    -inf and -inf is never returned; missing slots are (-inf, -1).
 
     ``torch.topk`` breaks ties arbitrarily, so it only gives the k-th value t: the result is every
     item scoring above t plus the lowest-id items scoring exactly t, ordered by a stable sort of
@@ -145,13 +151,10 @@ def _masked_topk_dense(scores: torch.Tensor, mask_rowptr: torch.Tensor, mask_col
     n_rows, n_items = scores.shape
     dev = scores.device
     rows = torch.repeat_interleave(torch.arange(n_rows, device=dev), mask_rowptr.diff())
-    scores = scores.clone()
-    available = torch.ones_like(scores, dtype=torch.bool)
-    if mask_value is None:
-        scores[rows, mask_col] = -math.inf
-        available[rows, mask_col] = False
-    else:
-        scores[rows, mask_col] = mask_value
+    # torch.topk ranks NaN above everything: a NaN k-th value would select nothing
+    scores = torch.where(scores.isnan(), -math.inf, scores)
+    scores[rows, mask_col] = -math.inf if mask_value is None else mask_value
+    available = scores > -math.inf
     kk = min(k, n_items)
     indices = torch.full((n_rows, k), -1, dtype=torch.long, device=dev)
     values = torch.full((n_rows, k), -math.inf, dtype=scores.dtype, device=dev)
@@ -175,6 +178,40 @@ def _masked_topk_dense(scores: torch.Tensor, mask_rowptr: torch.Tensor, mask_col
     # stable: among equal scores the lower id (earlier slot) stays first; empty slots stay last
     values, order = torch.sort(values, dim=1, descending=True, stable=True)
     return values, indices.gather(1, order)
+
+
+def top_k_items(model, users: torch.Tensor, mask: CSR, k: int, batch_size: int,
+                mask_value: float | None = None):
+    """The k best items of each user, ``batch_size`` users at a time, by the module's ranking rule.
+
+    Args:
+        model: a :class:`~sgfd_fast.models.Recommender` (put it in eval mode first).
+        users: (U,) int64 internal user ids on the model's device.
+        mask: a :class:`~sgfd_fast.graph.CSR` over all users (``n_users`` rows) of the items to
+            exclude per user (or score ``mask_value``), columns ascending within a row.
+        k: items per user; batch_size: users ranked at once (memory: dot-product models never
+            form a score block; ``score_users`` models form one (batch_size, n_items) block).
+    Returns:
+        ``(values, indices)``: (U, k) float32 scores and int64 item ids, best first, (-inf, -1)
+        in slots beyond the rankable items.
+    """
+    values, indices = [], []
+    with torch.no_grad():
+        emb = model.ranking_embeddings()
+        for start in range(0, users.numel(), batch_size):
+            b = users[start:start + batch_size]
+            m = mask.select_rows(b)
+            if emb is not None:   # the (batch x n_items) score block never exists
+                v, i = ops.masked_topk(emb[0][b], emb[1], m.rowptr, m.col, k, mask_value,
+                                       validate=False)
+            else:
+                v, i = _masked_topk_dense(model.score_users(b), m.rowptr, m.col, k, mask_value)
+            values.append(v.float())
+            indices.append(i)
+    if not indices:
+        return (torch.empty(0, k, device=users.device),
+                torch.empty(0, k, dtype=torch.long, device=users.device))
+    return torch.cat(values), torch.cat(indices)
 
 
 def evaluate(model, dataset, split: str, config: dict) -> dict[str, float]:
@@ -222,20 +259,8 @@ def evaluate(model, dataset, split: str, config: dict) -> dict[str, float]:
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
-            emb = model.ranking_embeddings()
-            tops = []
-            for start in range(0, users_t.numel(), batch):
-                b = users_t[start:start + batch]
-                mask = known_csr.select_rows(b)
-                if emb is not None:   # the (batch x n_items) score block never exists
-                    top = ops.masked_topk(emb[0][b], emb[1], mask.rowptr, mask.col, depth,
-                                          mask_value, validate=False)[1]
-                else:
-                    top = _masked_topk_dense(model.score_users(b), mask.rowptr, mask.col, depth,
-                                             mask_value)[1]
-                tops.append(top)
+        top = top_k_items(model, users_t, known_csr, depth, batch, mask_value)[1]
     finally:
         model.train(was_training)
-    return ranking_metrics(torch.cat(tops), truth_csr.rowptr, truth_csr.col, ks, protocol,
+    return ranking_metrics(top, truth_csr.rowptr, truth_csr.col, ks, protocol,
                            type(model).__name__)

@@ -15,6 +15,7 @@ import sys
 import torch
 
 from . import _backend, _ext
+from ._cli import quiet_on_closed_stdout
 
 
 def _version(package: str) -> str | None:
@@ -42,6 +43,8 @@ def collect() -> dict:
             "built": _ext.cpu is not None,
             "error": _ext.cpu_error,
             "cpu": dict(_ext.cpu.build_info) if _ext.cpu is not None else None,
+            "cpu_path": _ext.cpu_path,
+            "cuda_path": _ext.cuda_path,
             "cuda_compiled": _ext.cuda is not None,
             "cuda_error": _ext.cuda_error,
             "cuda_archs": cuda_info.get("cuda_archs"),
@@ -65,12 +68,13 @@ def _print(info: dict) -> None:
     if ext["built"]:
         cpu = ext["cpu"]
         print(f"CPU extension: built ({cpu['compiler']}, OpenMP {cpu['openmp']}, "
-              f"{cpu.get('max_threads', 1)} threads)")
+              f"{cpu.get('max_threads', 1)} threads) from {ext['cpu_path']}")
     else:
         print(f"CPU extension: NOT available: {ext['error']}")
     if ext["cuda_compiled"]:
         print(f"CUDA extension: built ({ext['cuda_compiler']}, archs {ext['cuda_archs']}, "
-              f"runtime {ext['cuda_runtime']}, {ext['cuda_devices']} device(s) visible)")
+              f"runtime {ext['cuda_runtime']}, {ext['cuda_devices']} device(s) visible) from "
+              f"{ext['cuda_path']}")
     else:
         print(f"CUDA extension: NOT available: {ext['cuda_error']}")
     print(f"Triton interpreter on CPU: {info['triton_interpreter']}   "
@@ -81,6 +85,7 @@ def _print(info: dict) -> None:
         print(f"{op:<{width}}  {devices['cpu']:<12}  {devices['cuda']}")
 
 
+@quiet_on_closed_stdout
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sgfd_fast.info", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

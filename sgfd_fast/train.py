@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from ._cli import quiet_on_closed_stdout
 from .config import CONFIG_DIR, key_docs, load_config
 from .errors import SGFDError
 
@@ -111,6 +112,7 @@ def _print_results(results: dict, run_dir: Path) -> None:
     print(f"  run directory: {run_dir}")
 
 
+@quiet_on_closed_stdout
 def main(argv=None) -> int:
     """Entry point of ``python -m sgfd_fast.train`` and ``sgfd-fast-train``."""
     from . import trainer

@@ -493,6 +493,16 @@ def _point_dir(run_dir: Path, i: int, n_points: int) -> Path:
     return run_dir if n_points == 1 else run_dir / f"grid-{i}"
 
 
+def _log_kernels(log, device: torch.device) -> None:
+    """Which backend serves each op, and why no compiled module does when none is loaded."""
+    from . import _backend, _ext, ops  # noqa: F401 - ops registers every op
+
+    log.info(f"kernels on {device.type}: {_backend.summary(device.type)}")
+    missing = _ext.cpu_error if device.type == "cpu" else _ext.cuda_error
+    if missing:
+        log.warning(f"compiled {device.type.upper()} kernels unavailable: {missing}")
+
+
 def _run(run: dict, run_dir: Path, dataset, *, resuming: bool, progress, console) -> dict:
     from . import __version__
 
@@ -511,6 +521,7 @@ def _run(run: dict, run_dir: Path, dataset, *, resuming: bool, progress, console
                 log.warning(f"dataset {run['dataset']}: SYNTHETIC {', '.join(dataset.synthetic)}")
         else:
             log.info(f"resuming {run_dir}")
+        _log_kernels(log, device)
         summaries = []
         try:
             for i, point in enumerate(points):

@@ -10,7 +10,8 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ["SGFD_FAST_POISON"] = "1"
 # `python -m sgfd_fast...` subprocesses must import the installed package, not the checkout that
-# is the working directory (it has no compiled modules): Python >= 3.11 honours this.
+# is the working directory: Python >= 3.11 honours this. (test_quickstart.py drops it to run
+# README's commands as a user does.)
 os.environ["PYTHONSAFEPATH"] = "1"
 os.environ.setdefault("SGFD_FAST_BACKEND", "auto")
 

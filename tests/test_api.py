@@ -100,3 +100,86 @@ def test_loaded_model_matches_training(run_dir):
     res = json.loads((run_dir / "results.json").read_text())
     with torch.no_grad():
         assert evaluate(tm.model, tm.dataset, "test", tm.config) == res["test"]
+
+
+def _trained(tmp_path, ds):
+    out = tmp_path / "mem"
+    trainer_mod.train("TinyMF", load_config("TinyMF", None, overrides=OVERRIDES), run_dir=out,
+                      dataset=ds, progress=False, console=False)
+    return load_run(out, dataset=ds)
+
+
+def expected_top(scores, ds, u, k, drop=()):
+    """Brute force: items not known to user u nor in ``drop``, by (-score, id)."""
+    cands = sorted((-float(scores[i]), i) for i in range(ds.n_items)
+                   if i not in known_items(ds, u) and i not in drop)
+    return [i for _, i in cands[:k]]
+
+
+def test_recommend_names_every_item_and_user_uniquely(tmp_path, tiny_model):  # noqa: F811
+    ds = tiny_dataset()
+    ds.user_ids = ds.user_ids.astype(object)
+    ds.item_ids[:3] = ""                 # no original id
+    ds.item_ids[5] = ds.item_ids[6]      # two items share one
+    ds.user_ids[1] = ""
+    ds.user_ids[3] = ds.user_ids[4] = "twin"
+    tm = _trained(tmp_path, ds)
+    unique = {v: i for i, v in enumerate(ds.item_ids.tolist()) if i not in (0, 1, 2, 5, 6)}
+    recs = tm.recommend([0, 1, "u2", 3], k=ds.n_items)
+    for u, rec in zip((0, 1, 2, 3), recs):
+        internal = [unique[x] if isinstance(x, str) else x for x in rec]
+        assert len(set(internal)) == len(rec)
+        assert set(internal) == set(range(ds.n_items)) - known_items(ds, u)
+        assert all(isinstance(x, int) for x, i in zip(rec, internal) if i in (0, 1, 2, 5, 6))
+    assert recs[2] == tm.recommend(["u2"], k=ds.n_items)[0]
+    with pytest.raises(InputError, match="unknown user id ''"):
+        tm.recommend([""], k=3)
+    with pytest.raises(InputError, match="'twin' is the original id of 2 users"):
+        tm.recommend(["twin"], k=3)
+    with pytest.raises(InputError, match="internal user index"):
+        tm.recommend([ds.n_users], k=3)
+    with pytest.raises(InputError, match="expected an original id"):
+        tm.recommend([1.0], k=3)
+
+
+def test_recommend_ranks_in_bounded_batches_with_masked_topk(run_dir, monkeypatch):
+    from sgfd_fast import evaluation
+
+    tm = load_run(run_dir)
+    users = list(range(tm.dataset.n_users))
+    want = tm.recommend(users, k=7)
+    seen = []
+    real = evaluation.ops.masked_topk
+
+    def spy(users_b, *args, **kwargs):
+        seen.append(users_b.shape[0])
+        return real(users_b, *args, **kwargs)
+
+    monkeypatch.setattr(evaluation.ops, "masked_topk", spy)
+    assert tm.recommend(users, k=7, batch_size=6) == want
+    assert max(seen) <= 6 and sum(seen) == len(users)
+    with pytest.raises(InputError, match="batch_size must be a positive int"):
+        tm.recommend(users, k=7, batch_size=0)
+
+
+@pytest.mark.parametrize("scorer", ["embeddings", "score_users"])
+def test_recommend_skips_nan_scores_on_every_path(tmp_path, tiny_model, monkeypatch,  # noqa: F811
+                                                  scorer):
+    ds = tiny_dataset(with_ids=False)
+    tm = _trained(tmp_path, ds)
+    nan_item = 4
+    with torch.no_grad():
+        tm.model.item.weight[nan_item] = float("nan")
+    scores = (tm.model.user.weight @ tm.model.item.weight.T).detach()
+    batches = []
+    if scorer == "score_users":   # the path MAML takes: a dense score block per batch
+        def score_users(users):
+            batches.append(users.numel())
+            return scores[users]
+        monkeypatch.setattr(tm.model, "ranking_embeddings", lambda: None)
+        monkeypatch.setattr(tm.model, "score_users", score_users)
+    users = list(range(ds.n_users))
+    for k in (5, ds.n_items):
+        recs = tm.recommend(users, k=k, batch_size=8)
+        assert recs == [expected_top(scores[u], ds, u, k, drop={nan_item}) for u in users]
+    assert all(b <= 8 for b in batches)

@@ -233,3 +233,27 @@ def test_evaluate_legacy_grcn_mask_value(dot):
             per_user[k].append(sum(i in truth for i in order[:k]) / len(truth))
     for k, values in per_user.items():
         assert got[f"recall@{k}"] == pytest.approx(np.mean(values), abs=1e-9)
+
+
+@pytest.mark.parametrize("mask_value", [None, 1e-5])
+def test_dense_topk_nan_counts_as_minus_inf(mask_value):
+    """The score_users path (MAML) follows masked_topk's rule: NaN and -inf are never returned,
+    ties to the lower id; a NaN once made torch.topk's k-th value NaN and dropped valid items."""
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randint(-3, 4, (6, 9), generator=g).float()
+    scores[0, 2] = scores[1, :4] = scores[3, :] = float("nan")
+    scores[2, 5] = float("-inf")
+    rowptr = torch.tensor([0, 1, 1, 3, 3, 4, 4])
+    col = torch.tensor([7, 0, 8, 1])
+    for k in (1, 3, 9, 12):
+        values, indices = _masked_topk_dense(scores, rowptr, col, k, mask_value)
+        for u in range(6):
+            masked = set(col[rowptr[u]:rowptr[u + 1]].tolist())
+            row = [mask_value if i in masked and mask_value is not None else float(s)
+                   for i, s in enumerate(scores[u])]
+            cands = sorted((-s, i) for i, s in enumerate(row)
+                           if not (i in masked and mask_value is None) and s == s
+                           and s != float("-inf"))[:k]
+            want = [i for _, i in cands] + [-1] * (k - len(cands))
+            assert indices[u].tolist() == want, (u, k)
+            assert values[u, len(cands):].eq(float("-inf")).all()

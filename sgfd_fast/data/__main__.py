@@ -7,6 +7,7 @@ import json
 import sys
 import warnings
 
+from .._cli import quiet_on_closed_stdout
 from ..errors import SGFDError
 
 
@@ -77,6 +78,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
     print(f"warning: {message}", file=sys.stderr)
 
 
+@quiet_on_closed_stdout
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     warnings.showwarning = _show_warning

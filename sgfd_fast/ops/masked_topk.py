@@ -11,8 +11,10 @@ Shapes: users (U, d), items (I, d) sharing float32 or float64; mask_rowptr (U + 
 
 Contract (every backend): scores are computed in the input dtype and ranked as float32 (the
 values returned); ties are broken by the lower item id; an excluded item, and any score of -inf
-or NaN, is absent; when fewer than k candidates remain, the trailing slots hold index -1 and value
--inf. Not differentiable (indices are discrete; use the scores themselves for training).
+or NaN (NaN counts as -inf), is absent and never displaces a valid item; when fewer than k
+candidates remain, the trailing slots hold index -1 and value -inf. Every ranking path of the
+package follows this rule (``evaluation.top_k_items``, ``api.TrainedModel.recommend``). Not
+differentiable (indices are discrete; use the scores themselves for training).
 
 Backends: reference (dense scores, mask, stable descending sort: the tie rule made exact), cpp
 (OpenMP over user blocks, register-blocked score tiles, a heap of k per user; the U×I score

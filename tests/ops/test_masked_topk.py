@@ -184,3 +184,22 @@ def test_bad_input_is_one_clear_error(make, message):
 def test_cpu_default_backend():
     assert _backend.serving("masked_topk", "cpu") == ("cpp" if _ext.cpu is not None
                                                      else "reference")
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_nan_scores_are_never_returned(device):
+    """NaN counts as -inf: an item scoring NaN (or -inf) is absent on every backend, and never
+    displaces a valid item (the rule evaluation and api.recommend follow on every path)."""
+    users, items, rowptr, col = _case(7, 23, 4, seed=3, integer=True, device=device)
+    items[5] = float("nan")                  # NaN for every user
+    users[2, 0] = float("nan")               # user 2: NaN everywhere, nothing to return
+    items[9] = 0.0
+    items[9, 0] = float("-inf")              # -inf or NaN, depending on the user's sign
+    for k in (1, 5, 23):
+        want = brute_force(users.cpu(), items.cpu(), rowptr.cpu(), col.cpu(), k, None)
+        assert torch.equal(masked_topk_reference(users, items, rowptr, col, k)[1].cpu(), want[1])
+        for backend in backends(device):
+            with sgfd_fast.use_backend(backend):
+                got = masked_topk(users, items, rowptr, col, k)
+            assert torch.equal(got[1].cpu(), want[1]), (backend, k)
+            assert torch.equal(got[0].cpu(), want[0]), (backend, k)

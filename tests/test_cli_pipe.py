@@ -1,0 +1,29 @@
+"""Every command-line tool ends quietly when its reader closes stdout (``... | head``)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from sgfd_fast._cli import CLOSED_STDOUT_STATUS
+
+
+@pytest.mark.parametrize("argv", [
+    ["sgfd_fast.info", "--json"],
+    ["sgfd_fast.info"],
+    ["sgfd_fast", "--json"],
+    ["sgfd_fast.train", "--help"],
+    ["sgfd_fast.data", "--help"],
+    ["sgfd_fast.data", "inspect", "--dataset", "office"],
+])
+def test_closed_stdout_exits_without_traceback(argv):
+    # the read end is closed before the tool writes: its first write or flush meets EPIPE
+    proc = subprocess.Popen([sys.executable, "-m", *argv], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    status = proc.wait(timeout=120)
+    assert err == ""
+    # argparse's --help swallows its own write error and exits 0
+    assert status in ((0, CLOSED_STDOUT_STATUS) if "--help" in argv else (CLOSED_STDOUT_STATUS,))
