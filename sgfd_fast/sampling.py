@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from . import _backend, _ext
+from ._tensors import INDEX_NAMES, cuda_stream
 from .errors import InputError
 
 __all__ = ["NegativeSampler", "positives_csr", "sample_negatives", "sample_negatives_reference"]
@@ -136,26 +137,21 @@ def sample_negatives(user_ids, n_items: int, train_rowptr: torch.Tensor,
         # The kernel checks every user itself (range, a possible negative) at no extra pass.
         bad = _ext.cpu.sample_negatives(users.data_ptr(), users.numel(), n_neg, n_users, n_items,
                                         train_rowptr.data_ptr(), train_items.data_ptr(),
-                                        _INDEX[train_rowptr.dtype], seed, out.data_ptr())
+                                        INDEX_NAMES[train_rowptr.dtype], seed, out.data_ptr())
         if bad >= 0:
             _validate(users[bad:bad + 1], n_users, n_items, train_rowptr)
         return out
     if validate:
         _validate(users, n_users, n_items, train_rowptr)
     if users.is_cuda and _ext.cuda is not None and backend != "reference":
-        from .ops._common import cuda_stream
-
         with torch.cuda.device(users.device):
             _ext.cuda.sample_negatives(users.data_ptr(), users.numel(), n_neg, n_items,
                                        train_rowptr.data_ptr(), train_items.data_ptr(),
-                                       _INDEX[train_rowptr.dtype], seed, out.data_ptr(),
+                                       INDEX_NAMES[train_rowptr.dtype], seed, out.data_ptr(),
                                        cuda_stream(users))
         return out
     return sample_negatives_reference(users, n_items, train_rowptr, train_items, n_neg,
                                       seed).to(users.device)
-
-
-_INDEX = {torch.int32: "int32", torch.int64: "int64"}
 
 
 def _validate(users: torch.Tensor, n_users: int, n_items: int, rowptr: torch.Tensor) -> None:

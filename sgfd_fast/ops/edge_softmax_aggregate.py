@@ -37,7 +37,8 @@ from typing import Optional
 import torch
 
 from .. import _backend, _ext
-from ._common import FLOAT_NAMES, INDEX_NAMES, addr, check, check_csr, dense, new_output
+from .._tensors import FLOAT_NAMES, INDEX_NAMES, addr, dense, new_output
+from ._common import check, check_csr
 from .spmm_csr import _spmm_csr, csr_transpose
 
 __all__ = ["edge_softmax_aggregate", "edge_softmax_aggregate_reference",

@@ -28,7 +28,8 @@ from typing import Optional
 import torch
 
 from .. import _backend, _ext
-from ._common import FLOAT_NAMES, INDEX_NAMES, check, check_csr, dense, new_output
+from .._tensors import FLOAT_NAMES, INDEX_NAMES, dense, new_output
+from ._common import check, check_csr
 
 __all__ = ["masked_topk", "masked_topk_reference"]
 

@@ -24,8 +24,8 @@ from __future__ import annotations
 import torch
 
 from .. import _backend, _ext
-from ._common import (FLOAT_NAMES, INDEX_NAMES, addr, check, check_csr, cuda_stream, dense,
-                      new_output)
+from .._tensors import FLOAT_NAMES, INDEX_NAMES, addr, cuda_stream, dense, new_output
+from ._common import check, check_csr
 from .spmm_csr import spmm_csr_reference
 
 __all__ = ["propagate", "propagate_reference"]

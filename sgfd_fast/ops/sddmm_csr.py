@@ -22,8 +22,8 @@ from typing import Optional
 import torch
 
 from .. import _backend, _ext
-from ._common import (FLOAT_NAMES, INDEX_NAMES, check, check_csr, cuda_stream, dense,
-                      new_output)
+from .._tensors import FLOAT_NAMES, INDEX_NAMES, cuda_stream, dense, new_output
+from ._common import check, check_csr
 
 __all__ = ["sddmm_csr", "sddmm_csr_reference"]
 

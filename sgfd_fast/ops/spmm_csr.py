@@ -22,8 +22,8 @@ from typing import Optional
 import torch
 
 from .. import _backend, _ext
-from ._common import (FLOAT_NAMES, INDEX_NAMES, addr, check, check_csr, cuda_stream, dense,
-                      new_output)
+from .._tensors import FLOAT_NAMES, INDEX_NAMES, addr, cuda_stream, dense, new_output
+from ._common import check, check_csr
 from .sddmm_csr import _sddmm_csr
 
 __all__ = ["spmm_csr", "spmm_csr_reference", "csr_transpose"]
