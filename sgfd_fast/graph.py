@@ -167,9 +167,10 @@ def normalized_bipartite(n_users: int, n_items: int, pairs, device=None) -> CSR:
         col = torch.empty(nnz, dtype=torch.int64)
         val = torch.empty(nnz, dtype=torch.float32)
         # The kernel checks the ids as it counts (-1: one is out of range; say which).
-        duplicates = _ext.cpu.bipartite_adj(pairs.ctypes.data, pairs.shape[0], n_users, n_items,
-                                            rowptr.data_ptr(), col.data_ptr(), val.data_ptr(),
-                                            "float32")
+        duplicates = _ext.cpu.bipartite_adj(pairs=pairs.ctypes.data, n_pairs=pairs.shape[0],
+                                            n_users=n_users, n_items=n_items,
+                                            rowptr=rowptr.data_ptr(), col=col.data_ptr(),
+                                            val=val.data_ptr(), dtype="float32")
         if duplicates < 0:
             _check_ids(n_users, n_items, pairs)
     else:

@@ -135,9 +135,12 @@ def sample_negatives(user_ids, n_items: int, train_rowptr: torch.Tensor,
         return out
     if not users.is_cuda and _ext.cpu is not None and backend != "reference":
         # The kernel checks every user itself (range, a possible negative) at no extra pass.
-        bad = _ext.cpu.sample_negatives(users.data_ptr(), users.numel(), n_neg, n_users, n_items,
-                                        train_rowptr.data_ptr(), train_items.data_ptr(),
-                                        INDEX_NAMES[train_rowptr.dtype], seed, out.data_ptr())
+        bad = _ext.cpu.sample_negatives(users=users.data_ptr(), n_batch=users.numel(),
+                                        n_neg=n_neg, n_users=n_users, n_items=n_items,
+                                        rowptr=train_rowptr.data_ptr(),
+                                        items=train_items.data_ptr(),
+                                        index_dtype=INDEX_NAMES[train_rowptr.dtype], seed=seed,
+                                        out=out.data_ptr())
         if bad >= 0:
             _validate(users[bad:bad + 1], n_users, n_items, train_rowptr)
         return out
@@ -145,10 +148,12 @@ def sample_negatives(user_ids, n_items: int, train_rowptr: torch.Tensor,
         _validate(users, n_users, n_items, train_rowptr)
     if users.is_cuda and _ext.cuda is not None and backend != "reference":
         with torch.cuda.device(users.device):
-            _ext.cuda.sample_negatives(users.data_ptr(), users.numel(), n_neg, n_items,
-                                       train_rowptr.data_ptr(), train_items.data_ptr(),
-                                       INDEX_NAMES[train_rowptr.dtype], seed, out.data_ptr(),
-                                       cuda_stream(users))
+            _ext.cuda.sample_negatives(users=users.data_ptr(), n_batch=users.numel(),
+                                       n_neg=n_neg, n_items=n_items,
+                                       rowptr=train_rowptr.data_ptr(),
+                                       items=train_items.data_ptr(),
+                                       index_dtype=INDEX_NAMES[train_rowptr.dtype], seed=seed,
+                                       out=out.data_ptr(), stream=cuda_stream(users))
         return out
     return sample_negatives_reference(users, n_items, train_rowptr, train_items, n_neg,
                                       seed).to(users.device)
