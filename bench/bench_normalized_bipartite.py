@@ -15,6 +15,7 @@ import torch
 
 from benchlib import Case, device_name
 
+from sgfd_fast import _backend
 from sgfd_fast.graph import normalized_bipartite, normalized_bipartite_reference
 
 PROVIDERS = ("reference", "sgfd_fast")
@@ -45,8 +46,6 @@ def case(size_graph):
 
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_normalized_bipartite(bench, case, provider):
-    from sgfd_fast import _ext
-
-    backend = ("cpp" if _ext.cpu is not None else "reference") if provider == "sgfd_fast" else None
+    backend = _backend.serving("bipartite_adj", "cpu") if provider == "sgfd_fast" else None
     bench.run(case, provider, "forward", case.providers[provider], backend=backend,
               extra={"device": device_name("cpu"), "device_type": "cpu"})

@@ -13,6 +13,7 @@ import torch
 
 from benchlib import Case
 
+from sgfd_fast import _backend
 from sgfd_fast.sampling import positives_csr, sample_negatives, sample_negatives_reference
 
 N_NEG = 4
@@ -44,10 +45,6 @@ def case(size_graph, device):
 
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_sample_negatives(bench, case, provider):
-    backend = None
-    if provider == "sgfd_fast":
-        from sgfd_fast import _ext
-
-        backend = ("cuda" if _ext.cuda is not None else "reference") if bench.device.type == "cuda" \
-            else ("cpp" if _ext.cpu is not None else "reference")
+    backend = _backend.serving("sample_negatives", bench.device.type) \
+        if provider == "sgfd_fast" else None
     bench.run(case, provider, "forward", case.providers[provider], backend=backend)

@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..ops._common import new_output
+from .._tensors import new_output
 
 EPS = tl.constexpr(1e-12)  # F.normalize's clamp; a constexpr so kernels may read it
 

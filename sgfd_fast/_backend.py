@@ -14,6 +14,12 @@ are dispatch closures that pick, at call time, the first available backend in th
 A named backend that is not available for an op on a device falls back to the automatic order;
 ``reference`` is always available. Triton serves CPU tensors only when forced and only inside
 Triton's interpreter (``TRITON_INTERPRET=1``), which is how CI executes the Triton kernels.
+
+Functions that are not autograd ops (``sample_negatives``, and ``bipartite_adj``, the builder
+behind ``graph.normalized_bipartite``) are entered with :func:`declare` instead of :func:`define`
+and call ``implementation(op, device)`` themselves, so the same switches and
+``python -m sgfd_fast.info`` cover them. A host op builds on the CPU whatever the device of its
+result: it is served by its CPU backend on both devices.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ _override: contextvars.ContextVar[str | None] = contextvars.ContextVar("sgfd_fas
 @dataclass
 class _Op:
     reference: Callable
+    host: bool = False  # runs on the CPU for either device
     impls: dict = field(default_factory=dict)  # (device, backend) -> callable
     ranked: dict = field(default_factory=dict)  # device -> [(priority, backend)], sorted
 
@@ -98,6 +105,7 @@ def requested(op: str) -> str | None:
 def serving(op: str, device: str) -> str:
     """Name of the backend that serves ``op`` on ``device`` right now."""
     table = _OPS[op]
+    device = "cpu" if table.host else device
     wanted = requested(op)
     candidates = ([wanted] if wanted else []) + [b for _, b in table.ranked.get(device, ())] + ["reference"]
     for backend in candidates:
@@ -110,12 +118,20 @@ def serving(op: str, device: str) -> str:
 def implementation(op: str, device: str) -> Callable:
     backend = serving(op, device)
     table = _OPS[op]
+    device = "cpu" if table.host else device
     return table.reference if backend == "reference" else table.impls[(device, backend)]
+
+
+def declare(op_name: str, reference: Callable, *, host: bool = False) -> None:
+    """Enter ``op_name``, served by ``reference`` until backends are registered, without a custom
+    op: for functions that are not autograd ops and call :func:`implementation` themselves.
+    ``host=True``: it always runs on the CPU (its CPU backends serve either device)."""
+    _OPS[op_name] = _Op(reference=reference, host=host)
 
 
 def define(op_name: str, custom_op, reference: Callable) -> None:
     """Register ``custom_op`` (whose default is ``reference``) with per-device dispatch."""
-    _OPS[op_name] = _Op(reference=reference)
+    declare(op_name, reference)
     for device in DEVICES:
         def kernel(*args, _device=device, **kwargs):
             return implementation(op_name, _device)(*args, **kwargs)

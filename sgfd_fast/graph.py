@@ -212,8 +212,10 @@ def normalized_bipartite(n_users: int, n_items: int, pairs, device=None) -> CSR:
     ``1 / sqrt(deg(u) * deg(i))`` (float32, computed in float64 and rounded once). Isolated nodes
     get empty rows (never NaN). Indices are int64 and sorted within every row, the result is
     deterministic and equal to :func:`normalized_bipartite_reference` (which it replaces on the hot
-    path; the reference serves when the extension is missing or ``SGFD_FAST_BACKEND=reference``).
-    Pairs grouped by user (any order within a user) build fastest.
+    path; the reference serves when the extension is missing or under
+    ``SGFD_FAST_BACKEND=bipartite_adj=reference``, the op's name in ``python -m sgfd_fast.info``).
+    The graph is built on the host for either device. Pairs grouped by user (any order within a
+    user) build fastest.
 
     Args:
         n_users, n_items: node counts (ids in ``pairs`` must be below them).
@@ -224,25 +226,40 @@ def normalized_bipartite(n_users: int, n_items: int, pairs, device=None) -> CSR:
         InputError: wrong shape or dtype, ids out of range, or duplicate pairs.
     """
     pairs = _check_pairs(n_users, n_items, pairs)
-    use_cpp = _ext.cpu is not None and _backend.requested("bipartite_adj") != "reference"
-    if use_cpp:
-        n, nnz = n_users + n_items, 2 * pairs.shape[0]
-        rowptr = torch.empty(n + 1, dtype=torch.int64)
-        col = torch.empty(nnz, dtype=torch.int64)
-        val = torch.empty(nnz, dtype=torch.float32)
-        # The kernel checks the ids as it counts (-1: one is out of range; say which).
-        duplicates = _ext.cpu.bipartite_adj(pairs.ctypes.data, pairs.shape[0], n_users, n_items,
-                                            rowptr.data_ptr(), col.data_ptr(), val.data_ptr(),
-                                            "float32")
-        if duplicates < 0:
-            _check_ids(n_users, n_items, pairs)
-    else:
+    graph = _backend.implementation("bipartite_adj", "cpu")(n_users, n_items, pairs)
+    return graph if device is None else graph.to(device)
+
+
+def _bipartite_adj_numpy(n_users: int, n_items: int, pairs: np.ndarray) -> CSR:
+    """The ``reference`` backend: the checks, then :func:`normalized_bipartite_reference`."""
+    _check_ids(n_users, n_items, pairs)
+    keys = pairs[:, 0] * max(n_items, 1) + pairs[:, 1]
+    _check_duplicates(keys.size - np.unique(keys).size)
+    return normalized_bipartite_reference(n_users, n_items, pairs)
+
+
+def _bipartite_adj_cpp(n_users: int, n_items: int, pairs: np.ndarray) -> CSR:
+    n, nnz = n_users + n_items, 2 * pairs.shape[0]
+    rowptr = torch.empty(n + 1, dtype=torch.int64)
+    col = torch.empty(nnz, dtype=torch.int64)
+    val = torch.empty(nnz, dtype=torch.float32)
+    # The kernel checks the ids as it counts (-1: one is out of range; say which).
+    duplicates = _ext.cpu.bipartite_adj(pairs=pairs.ctypes.data, n_pairs=pairs.shape[0],
+                                        n_users=n_users, n_items=n_items,
+                                        rowptr=rowptr.data_ptr(), col=col.data_ptr(),
+                                        val=val.data_ptr(), dtype="float32")
+    if duplicates < 0:
         _check_ids(n_users, n_items, pairs)
-        keys = pairs[:, 0] * max(n_items, 1) + pairs[:, 1]
-        duplicates = keys.size - np.unique(keys).size
+    _check_duplicates(duplicates)
+    return CSR(rowptr, col, val, n, symmetric=True, validate=False)
+
+
+def _check_duplicates(duplicates: int) -> None:
     if duplicates:
         raise InputError(f"normalized_bipartite: pairs contain {duplicates} duplicate "
                          "[user, item] row(s); drop them first (e.g. np.unique(pairs, axis=0))")
-    graph = CSR(rowptr, col, val, n, symmetric=True, validate=False) if use_cpp else \
-        normalized_bipartite_reference(n_users, n_items, pairs)
-    return graph if device is None else graph.to(device)
+
+
+# A host op: graphs for either device are built on the CPU, then moved.
+_backend.declare("bipartite_adj", _bipartite_adj_numpy, host=True)
+_backend.register("bipartite_adj", "cpu", "cpp", _bipartite_adj_cpp)

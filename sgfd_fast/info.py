@@ -27,7 +27,9 @@ def _version(package: str) -> str | None:
 
 def collect() -> dict:
     import sgfd_fast
+    import sgfd_fast.graph  # noqa: F401 - registers bipartite_adj
     import sgfd_fast.ops  # noqa: F401 - registers every op
+    import sgfd_fast.sampling  # noqa: F401 - registers sample_negatives
 
     cuda_info = dict(_ext.cuda.build_info) if _ext.cuda is not None else {}
     return {

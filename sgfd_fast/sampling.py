@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from . import _backend, _ext
+from ._tensors import INDEX_NAMES, cuda_stream
 from .errors import InputError
 from .graph import CSR
 
@@ -92,7 +93,9 @@ def sample_negatives(user_ids, n_items: int, train_rowptr: torch.Tensor,
 
     Args:
         user_ids: (B,) user ids (tensor, array or list); the result is on its device (CUDA
-            tensors are served by the CUDA kernel, CPU ones by C++/OpenMP).
+            tensors are served by the CUDA kernel, CPU ones by C++/OpenMP, as
+            ``python -m sgfd_fast.info`` lists; ``use_backend("sample_negatives=reference")``
+            selects the NumPy reference).
         n_items: number of items (ids drawn from ``[0, n_items)``, n_items < 2**32).
         train_rowptr, train_items: user → item CSR of the training positives (int32 or int64,
             items ascending within a user), e.g. from :func:`positives_csr`; on the device of
@@ -100,8 +103,8 @@ def sample_negatives(user_ids, n_items: int, train_rowptr: torch.Tensor,
         n_neg: negatives per user id.
         seed: any integer; the same seed and inputs give the same items on every backend,
             device and thread count.
-        validate: on CUDA, check id ranges and that no requested user has every item as a
-            positive (a host sync; :class:`NegativeSampler` checks all users once and skips it).
+        validate: check id ranges and that no requested user has every item as a positive
+            (a host sync on CUDA; :class:`NegativeSampler` checks all users once and skips it).
             The C++ kernel always checks, at no extra cost.
 
     Raises:
@@ -125,36 +128,50 @@ def sample_negatives(user_ids, n_items: int, train_rowptr: torch.Tensor,
     _check(int(n_neg) >= 0, f"n_neg must be >= 0, got {n_neg}")
     n_items, n_neg, seed = int(n_items), int(n_neg), int(seed) & _MASK
     train_rowptr, train_items = train_rowptr.contiguous(), train_items.contiguous()
-    out = torch.empty(users.numel(), n_neg, dtype=torch.int64, device=users.device)
-    backend = _backend.requested("sample_negatives")
-    if out.numel() == 0:
+    sample = _backend.implementation("sample_negatives", users.device.type)
+    if users.numel() == 0 or n_neg == 0:
         if validate:
             _validate(users, n_users, n_items, train_rowptr)
-        return out
-    if not users.is_cuda and _ext.cpu is not None and backend != "reference":
-        # The kernel checks every user itself (range, a possible negative) at no extra pass.
-        bad = _ext.cpu.sample_negatives(users.data_ptr(), users.numel(), n_neg, n_users, n_items,
-                                        train_rowptr.data_ptr(), train_items.data_ptr(),
-                                        _INDEX[train_rowptr.dtype], seed, out.data_ptr())
-        if bad >= 0:
-            _validate(users[bad:bad + 1], n_users, n_items, train_rowptr)
-        return out
+        return torch.empty(users.numel(), n_neg, dtype=torch.int64, device=users.device)
+    return sample(users, n_items, train_rowptr, train_items, n_neg, seed, validate)
+
+
+def _sample_negatives_numpy(users, n_items, rowptr, items, n_neg, seed, validate):
+    """The ``reference`` backend: the checks asked for, then :func:`sample_negatives_reference`."""
     if validate:
-        _validate(users, n_users, n_items, train_rowptr)
-    if users.is_cuda and _ext.cuda is not None and backend != "reference":
-        from .ops._common import cuda_stream
-
-        with torch.cuda.device(users.device):
-            _ext.cuda.sample_negatives(users.data_ptr(), users.numel(), n_neg, n_items,
-                                       train_rowptr.data_ptr(), train_items.data_ptr(),
-                                       _INDEX[train_rowptr.dtype], seed, out.data_ptr(),
-                                       cuda_stream(users))
-        return out
-    return sample_negatives_reference(users, n_items, train_rowptr, train_items, n_neg,
-                                      seed).to(users.device)
+        _validate(users, rowptr.numel() - 1, n_items, rowptr)
+    return sample_negatives_reference(users, n_items, rowptr, items, n_neg, seed).to(users.device)
 
 
-_INDEX = {torch.int32: "int32", torch.int64: "int64"}
+def _sample_negatives_cpp(users, n_items, rowptr, items, n_neg, seed, validate):
+    # The kernel checks every user itself (range, a possible negative) at no extra pass, whatever
+    # ``validate`` says.
+    n_users = rowptr.numel() - 1
+    out = torch.empty(users.numel(), n_neg, dtype=torch.int64, device=users.device)
+    bad = _ext.cpu.sample_negatives(users=users.data_ptr(), n_batch=users.numel(), n_neg=n_neg,
+                                    n_users=n_users, n_items=n_items, rowptr=rowptr.data_ptr(),
+                                    items=items.data_ptr(), index_dtype=INDEX_NAMES[rowptr.dtype],
+                                    seed=seed, out=out.data_ptr())
+    if bad >= 0:
+        _validate(users[bad:bad + 1], n_users, n_items, rowptr)
+    return out
+
+
+def _sample_negatives_cuda(users, n_items, rowptr, items, n_neg, seed, validate):
+    if validate:
+        _validate(users, rowptr.numel() - 1, n_items, rowptr)
+    out = torch.empty(users.numel(), n_neg, dtype=torch.int64, device=users.device)
+    with torch.cuda.device(users.device):
+        _ext.cuda.sample_negatives(users=users.data_ptr(), n_batch=users.numel(), n_neg=n_neg,
+                                   n_items=n_items, rowptr=rowptr.data_ptr(),
+                                   items=items.data_ptr(), index_dtype=INDEX_NAMES[rowptr.dtype],
+                                   seed=seed, out=out.data_ptr(), stream=cuda_stream(users))
+    return out
+
+
+_backend.declare("sample_negatives", _sample_negatives_numpy)
+_backend.register("sample_negatives", "cpu", "cpp", _sample_negatives_cpp)
+_backend.register("sample_negatives", "cuda", "cuda", _sample_negatives_cuda)
 
 
 def _validate(users: torch.Tensor, n_users: int, n_items: int, rowptr: torch.Tensor) -> None:

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import sgfd_fast
+from sgfd_fast import _backend, _ext, graph
 from sgfd_fast.errors import InputError
 from sgfd_fast.graph import CSR, normalized_bipartite, normalized_bipartite_reference
 from sgfd_fast.testing import random_bipartite, random_csr, threads
@@ -112,6 +113,30 @@ def test_reference_backend_switch_gives_same_graph():
     got = normalized_bipartite(40, 30, pairs)
     assert torch.equal(ref.col, got.col)
     torch.testing.assert_close(ref.val, got.val, rtol=2e-7, atol=0)
+
+
+@pytest.mark.parametrize("spec", ["reference", "bipartite_adj=reference"])
+def test_backend_switch_routes_through_the_backend_table(monkeypatch, spec):
+    calls = []
+
+    def counted(*args):
+        calls.append(args)
+        return normalized_bipartite_reference(*args)
+
+    monkeypatch.setattr(graph, "normalized_bipartite_reference", counted)
+    pairs = random_bipartite(40, 30, 200, seed=4)
+    compiled = _ext.cpu is not None
+    # Built on the host: the CPU backend serves graphs for either device.
+    for device in ("cpu", "cuda"):
+        assert _backend.serving("bipartite_adj", device) == ("cpp" if compiled else "reference")
+    auto = normalized_bipartite(40, 30, pairs)
+    assert len(calls) == (0 if compiled else 1)
+    with sgfd_fast.use_backend(spec):
+        assert _backend.serving("bipartite_adj", "cpu") == "reference"
+        ref = normalized_bipartite(40, 30, pairs)
+    assert len(calls) == (1 if compiled else 2)
+    assert torch.equal(ref.rowptr, auto.rowptr) and torch.equal(ref.col, auto.col)
+    torch.testing.assert_close(ref.val, auto.val, rtol=2e-7, atol=0)
 
 
 @pytest.mark.parametrize("backend", ["auto", "reference"])

@@ -18,9 +18,21 @@ def test_info_json_keys_and_backends():
     ext = info["extension"]
     assert {"built", "cuda_compiled", "error"} <= set(ext)
     assert ext["built"] == (_ext.cpu is not None)
-    for op in ("spmm_csr", "propagate"):
+    for op in ("spmm_csr", "propagate", "sample_negatives", "bipartite_adj"):
         assert {"cpu", "cuda"} <= set(info["ops"][op])
     if ext["built"]:
+        assert info["ops"]["spmm_csr"]["cpu"] == "cpp"
+        assert info["ops"]["sample_negatives"]["cpu"] == "cpp"
+        # A host op: graphs for either device are built by the CPU backend.
+        assert info["ops"]["bipartite_adj"] == {"cpu": "cpp", "cuda": "cpp"}
+
+
+def test_per_op_env_entry_switches_that_op_only():
+    spec = "sample_negatives=reference,bipartite_adj=reference"
+    info = json.loads(run_info("--json", env={"SGFD_FAST_BACKEND": spec}))
+    assert info["ops"]["sample_negatives"] == {"cpu": "reference", "cuda": "reference"}
+    assert info["ops"]["bipartite_adj"] == {"cpu": "reference", "cuda": "reference"}
+    if info["extension"]["built"]:
         assert info["ops"]["spmm_csr"]["cpu"] == "cpp"
 
 

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import sgfd_fast
+from sgfd_fast import _backend, _ext, sampling
 from sgfd_fast.errors import InputError
 from sgfd_fast.sampling import (NegativeSampler, positives_csr, sample_negatives,
                                 sample_negatives_reference)
@@ -113,6 +114,28 @@ def test_reference_backend_switch_gives_same_items():
     with sgfd_fast.use_backend("reference"):
         ref = sample_negatives(users, 150, rowptr, items, 2, seed=9)
     assert torch.equal(ref, sample_negatives(users, 150, rowptr, items, 2, seed=9))
+
+
+@pytest.mark.parametrize("spec", ["reference", "sample_negatives=reference"])
+def test_backend_switch_routes_through_the_backend_table(monkeypatch, spec):
+    calls = []
+
+    def counted(*args):
+        calls.append(args)
+        return sample_negatives_reference(*args)
+
+    monkeypatch.setattr(sampling, "sample_negatives_reference", counted)
+    _, rowptr, items = _positives()
+    users = torch.arange(200)
+    compiled = _ext.cpu is not None
+    with sgfd_fast.use_backend("spmm_csr=reference"):  # another op's entry changes nothing here
+        assert _backend.serving("sample_negatives", "cpu") == ("cpp" if compiled else "reference")
+        auto = sample_negatives(users, 150, rowptr, items, 2, seed=9)
+    assert len(calls) == (0 if compiled else 1)
+    with sgfd_fast.use_backend(spec):
+        assert _backend.serving("sample_negatives", "cpu") == "reference"
+        assert torch.equal(sample_negatives(users, 150, rowptr, items, 2, seed=9), auto)
+    assert len(calls) == (1 if compiled else 2)
 
 
 def test_independent_of_thread_count():

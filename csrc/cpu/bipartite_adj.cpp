@@ -174,17 +174,16 @@ SGFD_BIND(bipartite_adj) {
       "bipartite_adj",
       [](std::uintptr_t pairs, std::int64_t n_pairs, std::int64_t n_users, std::int64_t n_items,
          std::uintptr_t rowptr, std::uintptr_t col, std::uintptr_t val, const std::string& dtype) {
+        // The per-thread counts are int32 whenever every count fits.
         const bool narrow = 2 * n_pairs <= std::numeric_limits<std::int32_t>::max();
+        const std::string count_dtype = narrow ? "int32" : "int64";
         std::int64_t status = 0;
-        dispatch_float(dtype, [&](auto scalar_tag) {
+        dispatch_float_index(dtype, count_dtype, [&](auto scalar_tag, auto index_tag) {
           using scalar_t = decltype(scalar_tag);
-          auto run = [&](auto index_tag) {
-            using index_t = decltype(index_tag);
-            status = bipartite_adj_kernel<scalar_t, index_t>(
-                ptr<const std::int64_t>(pairs), n_pairs, n_users, n_items,
-                ptr<std::int64_t>(rowptr), ptr<std::int64_t>(col), ptr<scalar_t>(val));
-          };
-          narrow ? run(std::int32_t{}) : run(std::int64_t{});
+          using index_t = decltype(index_tag);
+          status = bipartite_adj_kernel<scalar_t, index_t>(
+              ptr<const std::int64_t>(pairs), n_pairs, n_users, n_items, ptr<std::int64_t>(rowptr),
+              ptr<std::int64_t>(col), ptr<scalar_t>(val));
         });
         return status;
       },

@@ -95,15 +95,13 @@ SGFD_BIND(edge_softmax_aggregate) {
          std::uintptr_t value, std::uintptr_t out, std::uintptr_t alpha, std::int64_t n_rows,
          std::int64_t d, std::int64_t dv, const std::string& index_dtype,
          const std::string& dtype) {
-        dispatch_index(index_dtype, [&](auto index_tag) {
+        dispatch_float_index(dtype, index_dtype, [&](auto scalar_tag, auto index_tag) {
+          using scalar_t = decltype(scalar_tag);
           using index_t = decltype(index_tag);
-          dispatch_float(dtype, [&](auto scalar_tag) {
-            using scalar_t = decltype(scalar_tag);
-            forward_kernel<scalar_t, index_t>(
-                ptr<const index_t>(rowptr), ptr<const index_t>(col), ptr<const scalar_t>(query),
-                ptr<const scalar_t>(key), ptr<const scalar_t>(value), ptr<scalar_t>(out),
-                ptr<scalar_t>(alpha), n_rows, d, dv);
-          });
+          forward_kernel<scalar_t, index_t>(
+              ptr<const index_t>(rowptr), ptr<const index_t>(col), ptr<const scalar_t>(query),
+              ptr<const scalar_t>(key), ptr<const scalar_t>(value), ptr<scalar_t>(out),
+              ptr<scalar_t>(alpha), n_rows, d, dv);
         });
       },
       "(out, alpha) of row-wise softmax attention over CSR edges", py::arg("rowptr"),
@@ -117,16 +115,14 @@ SGFD_BIND(edge_softmax_aggregate) {
          std::uintptr_t grad_score, std::uintptr_t grad_query, std::int64_t n_rows,
          std::int64_t d, std::int64_t dv, const std::string& index_dtype,
          const std::string& dtype) {
-        dispatch_index(index_dtype, [&](auto index_tag) {
+        dispatch_float_index(dtype, index_dtype, [&](auto scalar_tag, auto index_tag) {
+          using scalar_t = decltype(scalar_tag);
           using index_t = decltype(index_tag);
-          dispatch_float(dtype, [&](auto scalar_tag) {
-            using scalar_t = decltype(scalar_tag);
-            backward_kernel<scalar_t, index_t>(
-                ptr<const index_t>(rowptr), ptr<const index_t>(col), ptr<const scalar_t>(key),
-                ptr<const scalar_t>(value), ptr<const scalar_t>(alpha),
-                ptr<const scalar_t>(grad_out), ptr<const scalar_t>(grad_alpha),
-                ptr<scalar_t>(grad_score), ptr<scalar_t>(grad_query), n_rows, d, dv);
-          });
+          backward_kernel<scalar_t, index_t>(
+              ptr<const index_t>(rowptr), ptr<const index_t>(col), ptr<const scalar_t>(key),
+              ptr<const scalar_t>(value), ptr<const scalar_t>(alpha),
+              ptr<const scalar_t>(grad_out), ptr<const scalar_t>(grad_alpha),
+              ptr<scalar_t>(grad_score), ptr<scalar_t>(grad_query), n_rows, d, dv);
         });
       },
       "(dscore, dquery) of edge_softmax_aggregate (grad_alpha may be 0 for none)",

@@ -32,15 +32,13 @@ SGFD_BIND(sddmm_csr) {
       [](std::uintptr_t rowptr, std::uintptr_t col, std::uintptr_t a, std::uintptr_t b,
          std::uintptr_t out, std::int64_t n_rows, std::int64_t d, const std::string& index_dtype,
          const std::string& dtype) {
-        dispatch_index(index_dtype, [&](auto index_tag) {
+        dispatch_float_index(dtype, index_dtype, [&](auto scalar_tag, auto index_tag) {
+          using scalar_t = decltype(scalar_tag);
           using index_t = decltype(index_tag);
-          dispatch_float(dtype, [&](auto scalar_tag) {
-            using scalar_t = decltype(scalar_tag);
-            sddmm_csr_kernel<scalar_t, index_t>(ptr<const index_t>(rowptr),
-                                                ptr<const index_t>(col), ptr<const scalar_t>(a),
-                                                ptr<const scalar_t>(b), ptr<scalar_t>(out),
-                                                n_rows, d);
-          });
+          sddmm_csr_kernel<scalar_t, index_t>(ptr<const index_t>(rowptr),
+                                              ptr<const index_t>(col), ptr<const scalar_t>(a),
+                                              ptr<const scalar_t>(b), ptr<scalar_t>(out),
+                                              n_rows, d);
         });
       },
       "out[e] = <a[row e], b[col e]> over the edges of a CSR pattern (row-major a, b)",

@@ -36,14 +36,12 @@ SGFD_BIND(spmm_csr) {
       [](std::uintptr_t rowptr, std::uintptr_t col, std::uintptr_t val, std::uintptr_t x,
          std::uintptr_t out, std::int64_t n_rows, std::int64_t d, std::int64_t ld_x,
          std::int64_t ld_out, const std::string& index_dtype, const std::string& dtype) {
-        dispatch_index(index_dtype, [&](auto index_tag) {
+        dispatch_float_index(dtype, index_dtype, [&](auto scalar_tag, auto index_tag) {
+          using scalar_t = decltype(scalar_tag);
           using index_t = decltype(index_tag);
-          dispatch_float(dtype, [&](auto scalar_tag) {
-            using scalar_t = decltype(scalar_tag);
-            spmm_csr_kernel<scalar_t, index_t>(ptr<const index_t>(rowptr), ptr<const index_t>(col),
-                                               ptr<const scalar_t>(val), ptr<const scalar_t>(x),
-                                               ptr<scalar_t>(out), n_rows, d, ld_x, ld_out);
-          });
+          spmm_csr_kernel<scalar_t, index_t>(ptr<const index_t>(rowptr), ptr<const index_t>(col),
+                                             ptr<const scalar_t>(val), ptr<const scalar_t>(x),
+                                             ptr<scalar_t>(out), n_rows, d, ld_x, ld_out);
         });
       },
       "out = A @ x for CSR A (val may be 0 for unit weights)", py::arg("rowptr"), py::arg("col"),

@@ -127,23 +127,21 @@ SGFD_BIND(propagate) {
   m.def(
       "propagate",
       [](std::uintptr_t rowptr, std::uintptr_t col, std::uintptr_t val, std::uintptr_t x,
-         std::uintptr_t out, std::uintptr_t buf0, std::uintptr_t buf1, std::int64_t n,
+         std::uintptr_t out, std::uintptr_t buf0, std::uintptr_t buf1, std::int64_t n_rows,
          std::int64_t d, std::int64_t n_layers, const std::string& index_dtype,
          const std::string& dtype, std::uintptr_t stream) {
         if (n_layers < 1) throw std::invalid_argument("sgfd_fast propagate: n_layers must be >= 1");
-        dispatch_index(index_dtype, [&](auto index_tag) {
+        dispatch_float_index(dtype, index_dtype, [&](auto scalar_tag, auto index_tag) {
+          using scalar_t = decltype(scalar_tag);
           using index_t = decltype(index_tag);
-          dispatch_float(dtype, [&](auto scalar_tag) {
-            using scalar_t = decltype(scalar_tag);
-            launch<scalar_t, index_t>(rowptr, col, val, x, out, buf0, buf1, n, d, n_layers,
-                                      stream);
-          });
+          launch<scalar_t, index_t>(rowptr, col, val, x, out, buf0, buf1, n_rows, d, n_layers,
+                                    stream);
         });
       },
       "out = mean of x, A x, ..., A^L x for CSR A on a CUDA stream (buf0 is needed when L >= 2 "
       "and buf1 when L >= 3)",
       py::arg("rowptr"), py::arg("col"), py::arg("val"), py::arg("x"), py::arg("out"),
-      py::arg("buf0"), py::arg("buf1"), py::arg("n"), py::arg("d"), py::arg("n_layers"),
+      py::arg("buf0"), py::arg("buf1"), py::arg("n_rows"), py::arg("d"), py::arg("n_layers"),
       py::arg("index_dtype"), py::arg("dtype"), py::arg("stream"),
       py::call_guard<py::gil_scoped_release>());
 }

@@ -86,12 +86,10 @@ SGFD_BIND(spmm_csr) {
          std::uintptr_t out, std::int64_t n_rows, std::int64_t d, std::int64_t ld_x,
          std::int64_t ld_out, const std::string& index_dtype, const std::string& dtype,
          std::uintptr_t stream) {
-        dispatch_index(index_dtype, [&](auto index_tag) {
+        dispatch_float_index(dtype, index_dtype, [&](auto scalar_tag, auto index_tag) {
+          using scalar_t = decltype(scalar_tag);
           using index_t = decltype(index_tag);
-          dispatch_float(dtype, [&](auto scalar_tag) {
-            using scalar_t = decltype(scalar_tag);
-            launch<scalar_t, index_t>(rowptr, col, val, x, out, n_rows, d, ld_x, ld_out, stream);
-          });
+          launch<scalar_t, index_t>(rowptr, col, val, x, out, n_rows, d, ld_x, ld_out, stream);
         });
       },
       "out = A @ x for CSR A on the given CUDA stream (val may be 0 for unit weights)",

@@ -1,15 +1,13 @@
-"""Helpers shared by op files: argument checks and raw-pointer plumbing for the C++/CUDA modules."""
+"""Argument checks shared by op files; each failure is one :class:`InputError` naming the op.
+
+Raw-buffer plumbing (dtype names, addresses, outputs) lives in :mod:`sgfd_fast._tensors`."""
 
 from __future__ import annotations
 
-import os
-
 import torch
 
+from .._tensors import INDEX_NAMES
 from ..errors import InputError
-
-FLOAT_NAMES = {torch.float32: "float32", torch.float64: "float64"}
-INDEX_NAMES = {torch.int32: "int32", torch.int64: "int64"}
 
 
 def check(condition: bool, op: str, message: str) -> None:
@@ -40,29 +38,3 @@ def check_csr(op: str, rowptr: torch.Tensor, col: torch.Tensor, val: torch.Tenso
             lo, hi = int(col.min()), int(col.max())
             check(lo >= 0 and hi < n_cols, op,
                   f"column indices must lie in [0, {n_cols}), found range [{lo}, {hi}]")
-
-
-def dense(x: torch.Tensor) -> torch.Tensor:
-    """Kernels read row-major buffers: views (transposes, expands, slices) are copied once."""
-    return x if x.is_contiguous() else x.contiguous()
-
-
-def addr(t: torch.Tensor | None) -> int:
-    return 0 if t is None else t.data_ptr()
-
-
-def cuda_stream(t: torch.Tensor) -> int:
-    return torch.cuda.current_stream(t.device).cuda_stream
-
-
-def new_output(*shape: int, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Uninitialised output for a kernel to fill.
-
-    With ``SGFD_FAST_POISON=1`` (the test suite sets it) outputs start as NaN (or -1 for integer
-    outputs) so that an element a kernel forgets to write fails the comparison.
-    """
-    dtype = dtype or like.dtype
-    if os.environ.get("SGFD_FAST_POISON") == "1":
-        fill = float("nan") if dtype.is_floating_point else -1
-        return torch.full(shape, fill, dtype=dtype, device=like.device)
-    return torch.empty(shape, dtype=dtype, device=like.device)

@@ -37,7 +37,8 @@ from typing import Optional
 import torch
 
 from .. import _backend, _ext
-from ._common import FLOAT_NAMES, INDEX_NAMES, addr, check, check_csr, dense, new_output
+from .._tensors import FLOAT_NAMES, INDEX_NAMES, addr, dense, new_output
+from ._common import check, check_csr
 from .spmm_csr import _spmm_csr, csr_transpose
 
 __all__ = ["edge_softmax_aggregate", "edge_softmax_aggregate_reference",
@@ -88,11 +89,13 @@ def _edge_softmax_aggregate_cpp(rowptr, col, query, key, value, t_rowptr, t_col,
     query, key, value = dense(query), dense(key), dense(value)
     out = new_output(rowptr.numel() - 1, value.shape[1], like=value)
     alpha = new_output(col.numel(), like=query)
-    _ext.cpu.edge_softmax_aggregate(rowptr.data_ptr(), col.data_ptr(), query.data_ptr(),
-                                    key.data_ptr(), value.data_ptr(), out.data_ptr(),
-                                    alpha.data_ptr(), out.shape[0], query.shape[1],
-                                    value.shape[1], INDEX_NAMES[rowptr.dtype],
-                                    FLOAT_NAMES[query.dtype])
+    _ext.cpu.edge_softmax_aggregate(rowptr=rowptr.data_ptr(), col=col.data_ptr(),
+                                    query=query.data_ptr(), key=key.data_ptr(),
+                                    value=value.data_ptr(), out=out.data_ptr(),
+                                    alpha=alpha.data_ptr(), n_rows=out.shape[0],
+                                    d=query.shape[1], dv=value.shape[1],
+                                    index_dtype=INDEX_NAMES[rowptr.dtype],
+                                    dtype=FLOAT_NAMES[query.dtype])
     return out, alpha
 
 
@@ -133,10 +136,11 @@ def _edge_softmax_aggregate_backward_cpp(rowptr, col, key, value, alpha, grad_ou
     dscore = new_output(col.numel(), like=alpha)
     dquery = new_output(rowptr.numel() - 1, key.shape[1], like=key)
     _ext.cpu.edge_softmax_aggregate_backward(
-        rowptr.data_ptr(), col.data_ptr(), key.data_ptr(), value.data_ptr(), alpha.data_ptr(),
-        grad_out.data_ptr(), addr(grad_alpha), dscore.data_ptr(), dquery.data_ptr(),
-        dquery.shape[0], key.shape[1], value.shape[1], INDEX_NAMES[rowptr.dtype],
-        FLOAT_NAMES[key.dtype])
+        rowptr=rowptr.data_ptr(), col=col.data_ptr(), key=key.data_ptr(), value=value.data_ptr(),
+        alpha=alpha.data_ptr(), grad_out=grad_out.data_ptr(), grad_alpha=addr(grad_alpha),
+        grad_score=dscore.data_ptr(), grad_query=dquery.data_ptr(), n_rows=dquery.shape[0],
+        d=key.shape[1], dv=value.shape[1], index_dtype=INDEX_NAMES[rowptr.dtype],
+        dtype=FLOAT_NAMES[key.dtype])
     return dscore, dquery
 
 

@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 
 from .. import _backend
-from ._common import FLOAT_NAMES, check
+from .._tensors import FLOAT_NAMES
+from ._common import check
 
 __all__ = ["feature_head", "feature_head_reference", "collapse_linear_stack"]
 

@@ -30,7 +30,8 @@ from typing import Optional
 import torch
 
 from .. import _backend, _ext
-from ._common import FLOAT_NAMES, INDEX_NAMES, check, check_csr, dense, new_output
+from .._tensors import FLOAT_NAMES, INDEX_NAMES, dense, new_output
+from ._common import check, check_csr
 
 __all__ = ["masked_topk", "masked_topk_reference"]
 
@@ -70,11 +71,14 @@ def _masked_topk_cpp(users, items, mask_rowptr, mask_col, k, mask_value):
     users, items = dense(users), dense(items)
     values = new_output(users.shape[0], k, like=users, dtype=torch.float32)
     indices = new_output(users.shape[0], k, like=users, dtype=torch.int64)
-    _ext.cpu.masked_topk(users.data_ptr(), items.data_ptr(), mask_rowptr.data_ptr(),
-                         mask_col.data_ptr(), users.shape[0], items.shape[0], users.shape[1], k,
-                         mask_value is not None, 0.0 if mask_value is None else float(mask_value),
-                         values.data_ptr(), indices.data_ptr(), INDEX_NAMES[mask_rowptr.dtype],
-                         FLOAT_NAMES[users.dtype])
+    _ext.cpu.masked_topk(users=users.data_ptr(), items=items.data_ptr(),
+                         rowptr=mask_rowptr.data_ptr(), col=mask_col.data_ptr(),
+                         n_users=users.shape[0], n_items=items.shape[0], d=users.shape[1], k=k,
+                         has_mask_value=mask_value is not None,
+                         mask_value=0.0 if mask_value is None else float(mask_value),
+                         out_values=values.data_ptr(), out_indices=indices.data_ptr(),
+                         index_dtype=INDEX_NAMES[mask_rowptr.dtype],
+                         dtype=FLOAT_NAMES[users.dtype])
     return values, indices
 
 

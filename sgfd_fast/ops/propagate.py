@@ -24,8 +24,8 @@ from __future__ import annotations
 import torch
 
 from .. import _backend, _ext
-from ._common import (FLOAT_NAMES, INDEX_NAMES, addr, check, check_csr, cuda_stream, dense,
-                      new_output)
+from .._tensors import FLOAT_NAMES, INDEX_NAMES, addr, cuda_stream, dense, new_output
+from ._common import check, check_csr
 from .spmm_csr import spmm_csr_reference
 
 __all__ = ["propagate", "propagate_reference"]
@@ -64,9 +64,10 @@ def _propagate_cpp(rowptr, col, val, x, n_layers):
         return x.clone()
     out = new_output(*x.shape, like=x)
     buf0, buf1 = _buffers(x, n_layers)
-    _ext.cpu.propagate(rowptr.data_ptr(), col.data_ptr(), val.data_ptr(), x.data_ptr(),
-                       out.data_ptr(), addr(buf0), addr(buf1), x.shape[0], x.shape[1], n_layers,
-                       INDEX_NAMES[rowptr.dtype], FLOAT_NAMES[x.dtype])
+    _ext.cpu.propagate(rowptr=rowptr.data_ptr(), col=col.data_ptr(), val=val.data_ptr(),
+                       x=x.data_ptr(), out=out.data_ptr(), buf0=addr(buf0), buf1=addr(buf1),
+                       n_rows=x.shape[0], d=x.shape[1], n_layers=n_layers,
+                       index_dtype=INDEX_NAMES[rowptr.dtype], dtype=FLOAT_NAMES[x.dtype])
     return out
 
 
@@ -77,10 +78,11 @@ def _propagate_cuda(rowptr, col, val, x, n_layers):
     out = new_output(*x.shape, like=x)
     buf0, buf1 = _buffers(x, n_layers)
     with torch.cuda.device(x.device):
-        _ext.cuda.propagate(rowptr.data_ptr(), col.data_ptr(), val.data_ptr(), x.data_ptr(),
-                            out.data_ptr(), addr(buf0), addr(buf1), x.shape[0], x.shape[1],
-                            n_layers, INDEX_NAMES[rowptr.dtype], FLOAT_NAMES[x.dtype],
-                            cuda_stream(x))
+        _ext.cuda.propagate(rowptr=rowptr.data_ptr(), col=col.data_ptr(), val=val.data_ptr(),
+                            x=x.data_ptr(), out=out.data_ptr(), buf0=addr(buf0), buf1=addr(buf1),
+                            n_rows=x.shape[0], d=x.shape[1], n_layers=n_layers,
+                            index_dtype=INDEX_NAMES[rowptr.dtype], dtype=FLOAT_NAMES[x.dtype],
+                            stream=cuda_stream(x))
     return out
 
 

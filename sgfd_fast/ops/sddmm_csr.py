@@ -22,8 +22,8 @@ from typing import Optional
 import torch
 
 from .. import _backend, _ext
-from ._common import (FLOAT_NAMES, INDEX_NAMES, check, check_csr, cuda_stream, dense,
-                      new_output)
+from .._tensors import FLOAT_NAMES, INDEX_NAMES, cuda_stream, dense, new_output
+from ._common import check, check_csr
 
 __all__ = ["sddmm_csr", "sddmm_csr_reference"]
 
@@ -54,9 +54,9 @@ def _sddmm_csr_fake(rowptr, col, a, b, t_rowptr, t_col, t_perm):
 def _sddmm_csr_cpp(rowptr, col, a, b, t_rowptr, t_col, t_perm):
     a, b = dense(a), dense(b)
     out = new_output(col.numel(), like=a)
-    _ext.cpu.sddmm_csr(rowptr.data_ptr(), col.data_ptr(), a.data_ptr(), b.data_ptr(),
-                       out.data_ptr(), a.shape[0], a.shape[1], INDEX_NAMES[rowptr.dtype],
-                       FLOAT_NAMES[a.dtype])
+    _ext.cpu.sddmm_csr(rowptr=rowptr.data_ptr(), col=col.data_ptr(), a=a.data_ptr(),
+                       b=b.data_ptr(), out=out.data_ptr(), n_rows=a.shape[0], d=a.shape[1],
+                       index_dtype=INDEX_NAMES[rowptr.dtype], dtype=FLOAT_NAMES[a.dtype])
     return out
 
 
@@ -64,9 +64,10 @@ def _sddmm_csr_cuda(rowptr, col, a, b, t_rowptr, t_col, t_perm):
     a, b = dense(a), dense(b)
     out = new_output(col.numel(), like=a)
     with torch.cuda.device(a.device):
-        _ext.cuda.sddmm_csr(rowptr.data_ptr(), col.data_ptr(), a.data_ptr(), b.data_ptr(),
-                            out.data_ptr(), a.shape[0], a.shape[1], INDEX_NAMES[rowptr.dtype],
-                            FLOAT_NAMES[a.dtype], cuda_stream(a))
+        _ext.cuda.sddmm_csr(rowptr=rowptr.data_ptr(), col=col.data_ptr(), a=a.data_ptr(),
+                            b=b.data_ptr(), out=out.data_ptr(), n_rows=a.shape[0], d=a.shape[1],
+                            index_dtype=INDEX_NAMES[rowptr.dtype], dtype=FLOAT_NAMES[a.dtype],
+                            stream=cuda_stream(a))
     return out
 
 

@@ -37,7 +37,8 @@ import torch
 import torch.nn.functional as F
 
 from .. import _backend
-from ._common import FLOAT_NAMES, check
+from .._tensors import FLOAT_NAMES
+from ._common import check
 
 __all__ = ["sgfd_loss", "sgfd_loss_reference", "FLAVOURS"]
 

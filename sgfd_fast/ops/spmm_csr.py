@@ -22,8 +22,8 @@ from typing import Optional
 import torch
 
 from .. import _backend, _ext
-from ._common import (FLOAT_NAMES, INDEX_NAMES, addr, check, check_csr, cuda_stream, dense,
-                      new_output)
+from .._tensors import FLOAT_NAMES, INDEX_NAMES, addr, cuda_stream, dense, new_output
+from ._common import check, check_csr
 from .sddmm_csr import _sddmm_csr
 
 __all__ = ["spmm_csr", "spmm_csr_reference", "csr_transpose"]
@@ -71,9 +71,10 @@ def _spmm_csr_fake(rowptr, col, val, x, t_rowptr, t_col, t_perm):
 def _spmm_csr_cpp(rowptr, col, val, x, t_rowptr, t_col, t_perm):
     x, val = dense(x), None if val is None else dense(val)  # a backward may pass expanded grads
     out = new_output(rowptr.numel() - 1, x.shape[1], like=x)
-    _ext.cpu.spmm_csr(rowptr.data_ptr(), col.data_ptr(), addr(val), x.data_ptr(), out.data_ptr(),
-                      out.shape[0], out.shape[1], x.shape[1], out.shape[1],
-                      INDEX_NAMES[rowptr.dtype], FLOAT_NAMES[x.dtype])
+    _ext.cpu.spmm_csr(rowptr=rowptr.data_ptr(), col=col.data_ptr(), val=addr(val), x=x.data_ptr(),
+                      out=out.data_ptr(), n_rows=out.shape[0], d=out.shape[1], ld_x=x.shape[1],
+                      ld_out=out.shape[1], index_dtype=INDEX_NAMES[rowptr.dtype],
+                      dtype=FLOAT_NAMES[x.dtype])
     return out
 
 
@@ -81,9 +82,11 @@ def _spmm_csr_cuda(rowptr, col, val, x, t_rowptr, t_col, t_perm):
     x, val = dense(x), None if val is None else dense(val)  # a backward may pass expanded grads
     out = new_output(rowptr.numel() - 1, x.shape[1], like=x)
     with torch.cuda.device(x.device):
-        _ext.cuda.spmm_csr(rowptr.data_ptr(), col.data_ptr(), addr(val), x.data_ptr(),
-                           out.data_ptr(), out.shape[0], out.shape[1], x.shape[1], out.shape[1],
-                           INDEX_NAMES[rowptr.dtype], FLOAT_NAMES[x.dtype], cuda_stream(x))
+        _ext.cuda.spmm_csr(rowptr=rowptr.data_ptr(), col=col.data_ptr(), val=addr(val),
+                           x=x.data_ptr(), out=out.data_ptr(), n_rows=out.shape[0],
+                           d=out.shape[1], ld_x=x.shape[1], ld_out=out.shape[1],
+                           index_dtype=INDEX_NAMES[rowptr.dtype], dtype=FLOAT_NAMES[x.dtype],
+                           stream=cuda_stream(x))
     return out
 
 

@@ -1,0 +1,46 @@
+"""Raw-buffer plumbing between torch tensors and the compiled kernels (C++, CUDA, Triton).
+
+The bottom of the import graph: it imports only torch, so ``sgfd_fast.ops``, ``sgfd_fast.kernels``
+(the Triton launchers), ``sampling`` and ``graph`` all share it without importing each other.
+Kernels never see a torch type: callers pass row-major buffers (:func:`dense`), their addresses
+(:func:`addr`), dtype names (:data:`FLOAT_NAMES`, :data:`INDEX_NAMES`) and, on CUDA, the stream
+handle (:func:`cuda_stream`), and allocate outputs with :func:`new_output`.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+# Dtype names the compiled modules dispatch on (csrc/common.h).
+FLOAT_NAMES = {torch.float32: "float32", torch.float64: "float64"}
+INDEX_NAMES = {torch.int32: "int32", torch.int64: "int64"}
+
+
+def dense(x: torch.Tensor) -> torch.Tensor:
+    """Kernels read row-major buffers: views (transposes, expands, slices) are copied once."""
+    return x if x.is_contiguous() else x.contiguous()
+
+
+def addr(t: torch.Tensor | None) -> int:
+    """Address of ``t``'s first element, or 0 (a null pointer) for an absent optional input."""
+    return 0 if t is None else t.data_ptr()
+
+
+def cuda_stream(t: torch.Tensor) -> int:
+    """Handle of the current CUDA stream on ``t``'s device, for kernels that launch on it."""
+    return torch.cuda.current_stream(t.device).cuda_stream
+
+
+def new_output(*shape: int, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Uninitialised output for a kernel to fill.
+
+    With ``SGFD_FAST_POISON=1`` (the test suite sets it) outputs start as NaN (or -1 for integer
+    outputs) so that an element a kernel forgets to write fails the comparison.
+    """
+    dtype = dtype or like.dtype
+    if os.environ.get("SGFD_FAST_POISON") == "1":
+        fill = float("nan") if dtype.is_floating_point else -1
+        return torch.full(shape, fill, dtype=dtype, device=like.device)
+    return torch.empty(shape, dtype=dtype, device=like.device)
