@@ -3,8 +3,11 @@ once registered in ``sgfd_fast.models.MODELS``), ``sgfd_fast`` (automatic backen
 ``reference`` backend (``sgfd_fast.use_backend("reference")``: every op on its PyTorch reference).
 
 Models: ``--e2e-models`` (default: all on CUDA, BM3 only on a CPU). Datasets: office at
-``--bench-size small``; office and toysgames-synthetic at ``paper``; none at
-``large`` (no large built-in dataset). Config: the package defaults for the model and dataset
+``--bench-size small``; office, office-synthetic (the office graph with SYNTHETIC seeded
+stand-ins of the paper's shapes: 4096-d image, 384-d text; office's labels) and
+toysgames-synthetic at ``paper``; none at ``large`` (no large built-in dataset). Providers:
+``reference``, ``sgfd_fast`` and, for BM3+SGFD, ``released`` (:class:`ReleasedBM3`). Epoch rows of
+BM3+SGFD record the GEMM floor (:func:`gemm_floor`) and the epoch's fraction of it. Config: the package defaults for the model and dataset
 (``sgfd_fast.config.load_config``), so the batch size, width and layers are those a user gets.
 
 * ``epoch``: the trainer's step loop (shuffled positive pairs in batches of ``train_batch_size``,
@@ -412,11 +415,5 @@ def test_end_to_end(bench, request, device, model_name, dataset_name, step, prov
         median = bench.run_timed(group=f"end_to_end:{model_name} | {step} | {dataset_name}",
                                  provider=provider, fn=timed, info=info, rounds=rounds)
     bench.benchmark.extra_info.update(peak_memory_bytes=mem.peak, peak_memory_kind=mem.kind)
-    if floor and median:
-        fraction = floor["floor_s"] / median
-        bench.benchmark.extra_info["floor_fraction"] = fraction
-        request.config.pluginmanager.get_plugin("terminalreporter").write_line(
-            f"\n{model_name} epoch on {dataset_name} [{provider}]: {median:.2f} s; GEMM floor "
-            f"{floor['floor_flops'] / 1e9:.1f} GFLOP = {floor['floor_s']:.2f} s at this process's "
-            f"{floor['gemm_flop_per_s'] / 1e9:.0f} GFLOP/s mm rate; fraction of floor "
-            f"{fraction:.2f}; peak RSS {mem.peak / 2**20:.0f} MiB")
+    if floor and median:  # printed by conftest's end-of-run summary
+        bench.benchmark.extra_info["floor_fraction"] = floor["floor_s"] / median
