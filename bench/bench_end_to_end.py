@@ -3,8 +3,11 @@ once registered in ``sgfd_fast.models.MODELS``), ``sgfd_fast`` (automatic backen
 ``reference`` backend (``sgfd_fast.use_backend("reference")``: every op on its PyTorch reference).
 
 Models: ``--e2e-models`` (default: all on CUDA, BM3 only on a CPU). Datasets: office at
-``--bench-size small``; office and toysgames-synthetic at ``paper``; none at
-``large`` (no large built-in dataset). Config: the package defaults for the model and dataset
+``--bench-size small``; office, office-synthetic (the office graph with SYNTHETIC seeded
+stand-ins of the paper's shapes: 4096-d image, 384-d text; office's labels) and
+toysgames-synthetic at ``paper``; none at ``large`` (no large built-in dataset). Providers:
+``reference``, ``sgfd_fast`` and, for BM3+SGFD, ``released`` (:class:`ReleasedBM3`). Epoch rows of
+BM3+SGFD record the GEMM floor (:func:`gemm_floor`) and the epoch's fraction of it. Config: the package defaults for the model and dataset
 (``sgfd_fast.config.load_config``), so the batch size, width and layers are those a user gets.
 
 * ``epoch``: the trainer's step loop (shuffled positive pairs in batches of ``train_batch_size``,
@@ -30,8 +33,12 @@ import pytest
 import torch
 
 MODEL_NAMES = ("BM3", "GRCN", "MAML")
-DATASETS = {"small": ("office",), "paper": ("office", "toysgames-synthetic"), "large": ()}
-PROVIDERS = ("reference", "sgfd_fast")
+# office-synthetic: the office graph with SYNTHETIC stand-in features of the paper's shapes
+# (toysgames-synthetic has them built in); generated from a seed in _dataset
+OFFICE_STANDIN = "office-synthetic"
+DATASETS = {"small": ("office",),
+            "paper": ("office", OFFICE_STANDIN, "toysgames-synthetic"), "large": ()}
+PROVIDERS = ("reference", "released", "sgfd_fast")
 STEPS = ("epoch", "evaluation")
 
 
@@ -58,6 +65,16 @@ def _api():
 
 @functools.lru_cache(maxsize=2)
 def _dataset(load_data, name: str, valid_ratio, split_seed, modalities):
+    if name == OFFICE_STANDIN:
+        import dataclasses
+
+        from sgfd_fast.data.builtin import synthetic_features
+
+        ds = load_data({"name": "office"}, {"valid_ratio": valid_ratio, "split_seed": split_seed,
+                                            "modalities": None})
+        features, _ = synthetic_features(ds.n_items)  # image 4096-d, text 384-d; real labels kept
+        return dataclasses.replace(ds, name=name, features=features,
+                                   synthetic=("image", "text"))
     return load_data({"name": name}, {"valid_ratio": valid_ratio, "split_seed": split_seed,
                                       "modalities": modalities and list(modalities)})
 
@@ -70,8 +87,9 @@ class Run:
         if model_name.upper() not in {k.upper() for k in models}:
             pytest.skip(f"{model_name} is not registered in sgfd_fast.models.MODELS yet")
         self.use_backend, self.evaluate = use_backend, evaluate
-        self.config = cfg = load_config(model_name, dataset_name).points()[0]
-        modalities = cfg.get("modalities")
+        config_name = "office" if dataset_name == OFFICE_STANDIN else dataset_name
+        self.config = cfg = load_config(model_name, config_name).points()[0]
+        modalities = None if dataset_name == OFFICE_STANDIN else cfg.get("modalities")
         self.dataset = _dataset(load_data, dataset_name, cfg["valid_ratio"], cfg["split_seed"],
                                 tuple(modalities) if modalities else None)
         torch.manual_seed(self.config["seed"])
@@ -89,6 +107,7 @@ class Run:
         self.pairs = torch.as_tensor(self.dataset.train, dtype=torch.long)
         self.batch_size = self.config["train_batch_size"]
         self.order = torch.Generator().manual_seed(self.config["seed"])
+        self.stepper = self.model  # what computes the loss: the model, or ReleasedBM3 over it
 
     @property
     def n_batches(self) -> int:
@@ -102,7 +121,7 @@ class Run:
         perm = torch.randperm(self.pairs.shape[0], generator=self.order)
         starts = range(0, perm.numel(), self.batch_size)
         for start in starts[:max_batches]:
-            parts = self.model.calculate_loss(*self.batch(perm[start:start + self.batch_size]))
+            parts = self.stepper.calculate_loss(*self.batch(perm[start:start + self.batch_size]))
             self.optimizer.zero_grad(set_to_none=True)
             parts["loss"].backward()
             self.optimizer.step()
@@ -124,6 +143,130 @@ class Run:
                  if p.grad is not None}
         self.optimizer.zero_grad(set_to_none=True)
         return {k: v.detach() for k, v in parts.items()}, grads
+
+
+class ReleasedBM3:
+    """The released SGFD-BM3 step and evaluation, on the weights of one of our BM3 models (so both
+    formulations train the same parameters from the same start).
+
+    Step, as released: COO ``torch.sparse.mm`` per layer on a never-coalesced adjacency, layer
+    mean; predictor and dropout on every user and item row; each student over ALL items (its
+    output feeds the BM3 contrastive terms) and again on the batch's items with duplicates inside
+    the feature extractor, next to the layer-by-layer (uncollapsed) teacher; SGFD losses per row.
+    Evaluation, as released: per user batch the whole graph forward again, dense scores of every
+    item, train items set to -1e10 by a scatter, ``torch.topk``.
+    """
+
+    def __init__(self, model, dataset, config):
+        import torch.nn.functional as F  # noqa: N812
+
+        from sgfd_fast.ops import sgfd_loss_reference
+
+        self.m, self.F, self.sgfd_loss = model, F, sgfd_loss_reference
+        g = model._graph
+        rows = torch.repeat_interleave(torch.arange(g.rowptr.numel() - 1), g.rowptr.diff())
+        self.adj = torch.sparse_coo_tensor(torch.stack([rows, g.col]), g.val,
+                                           (g.rowptr.numel() - 1,) * 2)  # never coalesced
+        known = torch.as_tensor(dataset.train, dtype=torch.long)
+        self.known, self.topk = known, max(config["topk"])
+        self.eval_batch = config["eval_batch_size"]
+        self.test_users = torch.unique(torch.as_tensor(dataset.test[:, 0], dtype=torch.long))
+
+    def _forward(self):
+        m = self.m
+        ego = torch.cat([m.user_embedding.weight, m.item_embedding.weight])
+        layers = [ego]
+        for _ in range(m.n_layers):
+            ego = torch.sparse.mm(self.adj, ego)
+            layers.append(ego)
+        u_g, i_g = torch.stack(layers, dim=1).mean(dim=1).split([m.n_users, m.n_items])
+        return u_g, i_g + m.item_embedding.weight
+
+    def _head(self, x, layers):
+        for layer in layers:
+            x = layer(x)
+        return self.F.normalize(self.F.leaky_relu(x), dim=1)
+
+    def calculate_loss(self, users, items, negatives=None):
+        m, F, s = self.m, self.F, self.m.sgfd
+        neg_cos = lambda a, b: 1.0 - F.cosine_similarity(a, b, dim=-1).mean()  # noqa: E731
+        u_o, i_o = self._forward()
+        u_on, i_on = m.predictor(u_o), m.predictor(i_o)
+        with torch.no_grad():
+            u_tgt, i_tgt = F.dropout(u_o, m.dropout), F.dropout(i_o, m.dropout)
+        bm3 = neg_cos(u_on[users], i_tgt[items]) + neg_cos(i_on[items], u_tgt[users])
+        reg = (u_o.norm() + i_o.norm()) / m.n_items
+        cl, ce, ld, fd, teachers = 0.0, 0.0, 0.0, 0.0, []
+        y = s.labels[items]
+        for j in range(len(m.modalities)):
+            feat = s.feature(j)
+            s_all = self._head(feat, [s.students[j]])  # the student over ALL items
+            q = m.predictor(s_all)
+            with torch.no_grad():
+                s_tgt = F.dropout(s_all, m.dropout)
+            cl = cl + neg_cos(q[items], i_tgt[items]) + neg_cos(q[items], s_tgt[items])
+            x = feat[items]  # the extractor: batch rows with duplicates
+            f_t = self._head(x, list(s.teachers[j]))
+            f_s = self._head(x, [s.students[j]])
+            teachers.append(f_t)
+            c = s.classifiers[j]
+            ce_j, ld_j, fd_j = self.sgfd_loss(f_t, f_s, c.weight, c.bias, y, s.tau, s.flavour)
+            ce, ld, fd = ce + ce_j, ld + ld_j, fd + fd_j
+        n = len(m.modalities)
+        g = F.leaky_relu(s.fusion(torch.cat(teachers, dim=1)))
+        fusion = F.cross_entropy(s.fusion_classifier(g), y)
+        sgfd = s.ce_weight * (ce / n + fusion) + s.kd_weight * (ld / n + fd / n)
+        total = bm3 + m.reg_weight * reg + m.cl_weight * cl + sgfd
+        return {"loss": total, "bm3": bm3.detach(), "sgfd": sgfd.detach()}
+
+    def evaluation(self):
+        m = self.m
+        with torch.no_grad():
+            tops = []
+            for start in range(0, self.test_users.numel(), self.eval_batch):
+                users = self.test_users[start:start + self.eval_batch]
+                u_g, i_o = self._forward()  # recomputed per batch, as released
+                scores = m.predictor(u_g)[users] @ m.predictor(i_o).T
+                sel = torch.isin(self.known[:, 0], users)
+                rows = torch.searchsorted(users, self.known[sel, 0].contiguous())  # users are sorted
+                scores[rows, self.known[sel, 1]] = -1e10
+                tops.append(torch.topk(scores, self.topk, dim=1)[1])
+        return torch.cat(tops)
+
+
+def gemm_floor(run) -> dict | None:
+    """FLOPs of one epoch's necessary dense GEMMs for BM3+SGFD, and this machine's GEMM rate.
+
+    Per batch with n distinct items and per modality m (width d_m, teacher weight shapes S_m):
+    ``2 · (min(teacher_costs(S_m, n)) + 2·n·D·d_m)`` — the teacher in its cheaper GEMM order,
+    forward + weight gradient, and the student's forward + weight gradient (raw features are
+    constants: no input gradient). Everything else (propagation, predictor, classifiers, losses)
+    is left out, so this is a floor. The GEMM rate is the median of a 2048³ float32 ``torch.mm``
+    in this process (the same threads); floor seconds = floor FLOPs / that rate.
+    """
+    import time
+
+    from sgfd_fast.models.sgfd import teacher_costs
+
+    model = run.model
+    if type(model).__name__ != "BM3" or getattr(model, "sgfd", None) is None:
+        return None
+    dim, sgfd = model.sgfd.dim, model.sgfd
+    shapes = [([tuple(l.weight.shape) for l in sgfd.teachers[j]], sgfd.feature(j).shape[1])
+              for j in range(len(sgfd.modalities))]
+    perm = torch.randperm(run.pairs.shape[0], generator=torch.Generator().manual_seed(0))
+    macs = 0
+    for start in range(0, perm.numel(), run.batch_size):
+        n = int(torch.unique(run.pairs[perm[start:start + run.batch_size], 1]).numel())
+        macs += sum(min(teacher_costs(sh, n)) + 2 * n * dim * d for sh, d in shapes)
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - start)
+    rate = 2 * 2048 ** 3 / sorted(times)[2]
+    return {"floor_flops": 2 * macs, "gemm_flop_per_s": rate, "floor_s": 2 * macs / rate}
 
 
 def _rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
@@ -159,6 +302,32 @@ def check_backends_agree(model_name: str, dataset_name: str, device_type: str) -
     if problems:
         pytest.fail(f"{model_name} on {dataset_name}: sgfd_fast and reference backends disagree:\n"
                     + "\n".join(problems))
+    return "ok"
+
+
+@functools.lru_cache(maxsize=None)
+def check_released_agrees(model_name: str, dataset_name: str, device_type: str) -> str:
+    """The released formulation computes our step's loss (dropout 0: the two draw their masks
+    over different rows) and the same top-k lists; skips models it does not cover."""
+    run = Run(model_name, dataset_name, torch.device(device_type))
+    if model_name.upper() != "BM3" or run.model.sgfd is None:
+        pytest.skip("the released formulation is transcribed for BM3+SGFD only")
+    released = ReleasedBM3(run.model, run.dataset, run.config)
+    users, items, _ = run.batch(torch.arange(min(run.batch_size, run.pairs.shape[0])))
+    run.model.dropout = 0.0
+    want = float(run.model.calculate_loss(users, items)["loss"])
+    got = float(released.calculate_loss(users, items)["loss"])
+    if abs(got - want) > 1e-4 * abs(want):
+        pytest.fail(f"released BM3 step on {dataset_name}: loss {got} vs sgfd_fast {want}")
+    with torch.no_grad():
+        u, i = run.model.ranking_embeddings()
+        scores = u[released.test_users] @ i.T
+    known = released.known[torch.isin(released.known[:, 0], released.test_users)]
+    scores[torch.searchsorted(released.test_users, known[:, 0].contiguous()), known[:, 1]] = -1e10
+    top = torch.topk(scores, released.topk, dim=1)[1]
+    agree = float((released.evaluation() == top).float().mean())
+    if agree < 0.99:  # float ties may swap a few ranks
+        pytest.fail(f"released evaluation on {dataset_name}: top-k agrees on {agree:.3f}")
     return "ok"
 
 
@@ -211,9 +380,12 @@ def test_end_to_end(bench, request, device, model_name, dataset_name, step, prov
     check_backends_agree(model_name, dataset_name, device.type)
     run = Run(model_name, dataset_name, device)
     backend = "reference" if provider == "reference" else "auto"
-    if step == "evaluation":
-        action = run.evaluation
-    else:  # the --benchmark-disable smoke runs 2 batches of the epoch, not all of them
+    action = run.evaluation
+    if provider == "released":
+        check_released_agrees(model_name, dataset_name, device.type)
+        run.stepper = ReleasedBM3(run.model, run.dataset, run.config)
+        action = run.stepper.evaluation
+    if step == "epoch":  # the --benchmark-disable smoke runs 2 batches of the epoch, not all
         action = functools.partial(run.epoch, 2 if bench.benchmark.disabled else None)
 
     def timed():
@@ -234,7 +406,14 @@ def test_end_to_end(bench, request, device, model_name, dataset_name, step, prov
                       "embedding_size": run.config["embedding_size"],
                       "modalities": sorted(ds.features)},
             "backends": backend}
+    floor = gemm_floor(run) if step == "epoch" and not bench.benchmark.disabled else None
+    if floor:
+        info.update(floor)
+    if ds.synthetic:
+        info["synthetic"] = list(ds.synthetic)
     with PeakMemory(device) as mem:
-        bench.run_timed(group=f"end_to_end:{model_name} | {step} | {dataset_name}",
-                        provider=provider, fn=timed, info=info, rounds=rounds)
+        median = bench.run_timed(group=f"end_to_end:{model_name} | {step} | {dataset_name}",
+                                 provider=provider, fn=timed, info=info, rounds=rounds)
     bench.benchmark.extra_info.update(peak_memory_bytes=mem.peak, peak_memory_kind=mem.kind)
+    if floor and median:  # printed by conftest's end-of-run summary
+        bench.benchmark.extra_info["floor_fraction"] = floor["floor_s"] / median

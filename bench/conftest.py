@@ -116,3 +116,15 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     terminalreporter.write_sep("-", "sgfd_fast speedups (median time of the other provider / "
                                     "median time of sgfd_fast; > 1 means sgfd_fast is faster)")
     terminalreporter.write_line(report.speedup_text(RESULTS))
+    floors = [r for r in RESULTS if "floor_fraction" in r["extra_info"]]
+    if floors:
+        terminalreporter.write_sep("-", "end-to-end epochs against the GEMM floor (necessary "
+                                        "dense GEMM FLOPs / this process's torch.mm rate)")
+    for r in floors:
+        info = r["extra_info"]
+        terminalreporter.write_line(
+            f"{r['group']} [{info['provider']}]: {r['stats']['median']:.2f} s; floor "
+            f"{info['floor_flops'] / 1e9:.1f} GFLOP = {info['floor_s']:.2f} s at "
+            f"{info['gemm_flop_per_s'] / 1e9:.0f} GFLOP/s; fraction {info['floor_fraction']:.2f}; "
+            f"peak RSS {info.get('peak_memory_bytes', 0) / 2**20:.0f} MiB")
+

@@ -22,6 +22,28 @@ def threads(n: int):
         torch.set_num_threads(before)
 
 
+@contextlib.contextmanager
+def products():
+    """Record the output shape of every matrix product (``aten.mm``/``addmm``/``bmm``) torch
+    runs inside the block: ``with products() as shapes: ...`` then ``shapes`` lists them. Tests
+    use it to check that no gradient is formed for an input that does not require one."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    aten = torch.ops.aten
+    wanted = {aten.mm.default, aten.addmm.default, aten.bmm.default}
+    shapes: list[tuple[int, ...]] = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func in wanted:
+                shapes.append(tuple(out.shape))
+            return out
+
+    with Record():
+        yield shapes
+
+
 def random_csr(n_rows: int, n_cols: int, *, avg_degree: float = 4.0, hub_degree: int = 0,
                empty_fraction: float = 0.2, seed: int = 0, dtype=torch.float32,
                index_dtype=torch.int64) -> CSR:

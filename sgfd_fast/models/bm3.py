@@ -80,12 +80,19 @@ class BM3(Recommender):
         # the graph is a constant of the dataset: rebuilt, not checkpointed; ``.to()`` moves it
         self.graph = normalized_bipartite(self.n_users, self.n_items, dataset.train)
 
-    def item_features(self, j: int, items: torch.Tensor | None = None) -> torch.Tensor:
-        """Modality j's features as the backbone consumes them (SGFD student or BM3 extractor)."""
+    def feature_rows(self, j: int, items: torch.Tensor | None = None) -> torch.Tensor:
+        """Modality j's raw feature rows for ``items`` (all items when None)."""
+        x = self.sgfd.feature(j) if self.sgfd is not None else getattr(self, f"feature{j}")
+        return x if items is None else x.index_select(0, items)
+
+    def item_features(self, j: int, items: torch.Tensor | None = None, *,
+                      x: torch.Tensor | None = None) -> torch.Tensor:
+        """Modality j's features as the backbone consumes them (SGFD student or BM3 extractor);
+        ``x``: the rows of ``items`` already gathered by :meth:`feature_rows`."""
+        x = self.feature_rows(j, items) if x is None else x
         if self.sgfd is not None:
-            return self.sgfd.student(j, items)
-        x = getattr(self, f"feature{j}")
-        return self.extractors[j](x if items is None else x[items])
+            return self.sgfd.student(j, x=x)
+        return self.extractors[j](x)
 
     def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(u_o (n_users, D), i_o (n_items, D))``: propagated embeddings, item-ID residual."""
@@ -107,10 +114,12 @@ class BM3(Recommender):
         bm3 = _neg_cos(u_on, i_tgt) + _neg_cos(i_on, u_tgt)
         reg = (u_o.norm() + i_o.norm()) / self.n_items
 
-        students, cl = [], 0.0
+        students, gathered, cl = [], [], 0.0
         for j in range(len(self.modalities)):
-            s = self.item_features(j, uniq_i)
+            x = self.feature_rows(j, uniq_i)  # once, for the student here and SGFD's teacher
+            s = self.item_features(j, x=x)
             students.append(s)
+            gathered.append(x)
             q = rows(self.predictor(s), inv_i)
             with torch.no_grad():
                 s_tgt = rows(F.dropout(s, self.dropout), inv_i)
@@ -119,7 +128,7 @@ class BM3(Recommender):
         total = bm3 + self.reg_weight * reg + self.cl_weight * cl
         parts = {"bm3": bm3, "reg": reg, "cl": cl}
         if self.sgfd is not None:
-            sgfd = self.sgfd.losses(items, students=students)
+            sgfd = self.sgfd.losses(items, students=students, features=gathered)
             total = total + sgfd["sgfd"]
             parts.update(sgfd)
         return {"loss": total, **{k: v.detach() for k, v in parts.items()}}

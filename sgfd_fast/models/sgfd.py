@@ -33,7 +33,8 @@ bias/leaky-ReLU/L2 epilogue).
 
 ``collapse_teacher``: the teacher is linear up to its activation, so ``W_L ... W_1 x + b`` is
 evaluated as one product ``W x + b`` with ``(W, b) = ops.collapse_linear_stack(...)`` formed from
-the layer parameters every step.
+the layer parameters every step, whenever that costs fewer multiply-adds than the stack for the
+batch's row count (``teacher_costs``; 4096->1024->256->128 collapses from ~210 rows up).
 The parameters, the function and (up to rounding) the gradients are those of the stack; the cost
 drops from ~d*d/4 to ~D*d multiply-adds per item (the 4096->1024 layer was 47% of a released
 epoch, performance-anchors.md), hence ``collapse_teacher: true`` by default.
@@ -52,7 +53,8 @@ from .. import ops
 from ..errors import ConfigError, DataError
 from .base import config_value, rows
 
-__all__ = ["SGFD", "attach_item_features", "teacher_widths", "FLAVOURS", "SHRINK"]
+__all__ = ["SGFD", "attach_item_features", "teacher_widths", "teacher_costs", "FLAVOURS",
+           "SHRINK"]
 
 FLAVOURS = ("official", "standard")
 SHRINK = 4              # the released ``decay_ration``
@@ -70,6 +72,23 @@ def teacher_widths(d: int, dim: int, shrink: int = SHRINK) -> list[int]:
         widths.append(f)
         f //= shrink
     return widths + [dim]
+
+
+def teacher_costs(shapes, n_rows: int) -> tuple[int, int]:
+    """Multiply-adds of one training step (forward + backward, inputs constant) of a linear stack
+    with weight shapes ``shapes`` (application order, ``(out, in)``) on ``n_rows`` rows:
+    ``(layer by layer, collapsed)``.
+
+    Layer by layer: each layer's forward and weight gradient cost ``n·out·in``; every layer but
+    the first also passes its input gradient on (``n·out·in``). Collapsed: the chain
+    ``W_L ⋯ W_1`` multiplied from the output side (``Σ_k D·F_k·F_{k-1}``) and twice that in its
+    backward, plus the head's forward and weight gradient, ``2·n·D·F_0``.
+    """
+    shapes = [tuple(map(int, s)) for s in shapes]
+    stacked = sum((2 if k == 0 else 3) * n_rows * o * i for k, (o, i) in enumerate(shapes))
+    dim = shapes[-1][0]
+    chain = sum(dim * o * i for o, i in shapes[:-1])
+    return stacked, 3 * chain + 2 * n_rows * dim * shapes[0][1]
 
 
 class SGFD(nn.Module):
@@ -132,24 +151,42 @@ class SGFD(nn.Module):
     def feature(self, j: int) -> torch.Tensor:
         return getattr(self, f"feature{j}")
 
-    def student(self, j: int, items: torch.Tensor | None = None) -> torch.Tensor:
-        """Student features of modality j for ``items`` (all items when None), (n, D)."""
-        x = self.feature(j) if items is None else self.feature(j)[items]
+    def rows(self, j: int, items: torch.Tensor | None = None) -> torch.Tensor:
+        """Raw feature rows of modality j for ``items`` (all items when None), (n, d_j): gathered
+        once per batch and shared by teacher and student."""
+        x = self.feature(j)
+        return x if items is None else x.index_select(0, items)
+
+    def student(self, j: int, items: torch.Tensor | None = None, *,
+                x: torch.Tensor | None = None) -> torch.Tensor:
+        """Student features of modality j for ``items`` (all items when None), (n, D); ``x``:
+        the rows already gathered by :meth:`rows`."""
+        x = self.rows(j, items) if x is None else x
         layer = self.students[j]
         return ops.feature_head(x, layer.weight, layer.bias, self.slope)
 
-    def teacher(self, j: int, items: torch.Tensor | None = None) -> torch.Tensor:
-        """Teacher features of modality j for ``items`` (all items when None), (n, D)."""
-        x = self.feature(j) if items is None else self.feature(j)[items]
+    def teacher(self, j: int, items: torch.Tensor | None = None, *,
+                x: torch.Tensor | None = None) -> torch.Tensor:
+        """Teacher features of modality j for ``items`` (all items when None), (n, D); ``x``:
+        the rows already gathered by :meth:`rows`.
+
+        With ``collapse_teacher`` the stack runs in whichever GEMM order costs fewer
+        multiply-adds for these n rows (:func:`teacher_costs`): collapsed for a batch's ~10³
+        rows, layer by layer for a few rows."""
+        x = self.rows(j, items) if x is None else x
         layers = list(self.teachers[j])
         if self.collapse_teacher and len(layers) > 1:
-            w, b = ops.collapse_linear_stack([l.weight for l in layers], [l.bias for l in layers])
-            return ops.feature_head(x, w, b, self.slope)
+            stacked, collapsed = teacher_costs([l.weight.shape for l in layers], x.shape[0])
+            if collapsed < stacked:
+                w, b = ops.collapse_linear_stack([l.weight for l in layers],
+                                                 [l.bias for l in layers])
+                return ops.feature_head(x, w, b, self.slope)
         for layer in layers[:-1]:
             x = layer(x)
         return ops.feature_head(x, layers[-1].weight, layers[-1].bias, self.slope)
 
-    def losses(self, item_ids: torch.Tensor, students: list | None = None) -> dict:
+    def losses(self, item_ids: torch.Tensor, students: list | None = None,
+               features: list | None = None) -> dict:
         """SGFD losses on a batch of item ids (duplicates count).
 
         Teacher, student and fusion are computed once per distinct item; the per-row losses see
@@ -159,6 +196,8 @@ class SGFD(nn.Module):
             item_ids: (B,) int64.
             students: optional per-modality student features of ``torch.unique(item_ids)``
                 (sorted), when the backbone has computed them already.
+            features: optional per-modality raw feature rows of the same items
+                (:meth:`rows`), when the backbone has gathered them already.
 
         Returns:
             ``{"sgfd": weighted total, "sgfd_ce": mean_m CE_m, "sgfd_fusion": L_F,
@@ -169,8 +208,9 @@ class SGFD(nn.Module):
         ce = ld = fd = 0.0
         teachers = []
         for j in range(len(self.modalities)):
-            f_t = self.teacher(j, uniq)
-            f_s = students[j] if students is not None else self.student(j, uniq)
+            x = features[j] if features is not None else self.rows(j, uniq)
+            f_t = self.teacher(j, x=x)
+            f_s = students[j] if students is not None else self.student(j, x=x)
             teachers.append(f_t)
             c = self.classifiers[j]
             ce_j, ld_j, fd_j = ops.sgfd_loss(rows(f_t, inv), rows(f_s, inv), c.weight, c.bias, y, self.tau,

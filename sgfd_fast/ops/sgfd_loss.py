@@ -146,12 +146,18 @@ def _sgfd_loss_backward(ctx, grad_losses, *_):
         g_zt = g_zt + g_zt_ld * g_ld
     g_zs = g_zs_ld * g_ld
     g_fd_s = g_fs_fd * g_fd
-    grad_ft = g_zt @ weight
-    if ctx.official:
-        grad_ft = grad_ft - g_fd_s
-    grad_fs = torch.addmm(g_fd_s, g_zs, weight)
-    grad_w = torch.addmm(g_zt.T @ f_t, g_zs.T, f_s)
-    grad_b = g_zt.sum(0) + g_zs.sum(0)
+    need_ft, need_fs, need_w, need_b = ctx.needs_input_grad[:4]
+    grad_ft = grad_fs = grad_w = grad_b = None
+    if need_ft:
+        grad_ft = g_zt @ weight
+        if ctx.official:
+            grad_ft = grad_ft - g_fd_s
+    if need_fs:
+        grad_fs = torch.addmm(g_fd_s, g_zs, weight)
+    if need_w:
+        grad_w = torch.addmm(g_zt.T @ f_t, g_zs.T, f_s)
+    if need_b:
+        grad_b = g_zt.sum(0) + g_zs.sum(0)
     return grad_ft, grad_fs, grad_w, grad_b, None, None, None, None
 
 

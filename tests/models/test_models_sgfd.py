@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from sgfd_fast.errors import ConfigError, DataError
-from sgfd_fast.models.sgfd import SGFD, teacher_widths
+from sgfd_fast.models.sgfd import SGFD, teacher_costs, teacher_widths
+from sgfd_fast.testing import products
 
 
 @pytest.mark.parametrize("d,widths", [
@@ -145,6 +146,41 @@ def test_collapsed_teacher_matches_stack(d):
     assert torch.allclose(stacked, collapsed, atol=1e-5)
     for a, b in zip(g_stack, g_coll):
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_teacher_costs_pick_the_cheaper_order():
+    shapes = [(1024, 4096), (256, 1024), (128, 256)]
+    few, many = teacher_costs(shapes, 8), teacher_costs(shapes, 1060)
+    assert few[0] < few[1] and many[1] < many[0]
+    # 1,060 rows: forward, weight gradient and the chain's backward, counted by hand
+    assert many[1] == 3 * (128 * 1024 * 4096 + 128 * 256 * 1024) + 2 * 1060 * 128 * 4096
+    assert teacher_costs([(128, 384)], 5)[0] == 2 * 5 * 128 * 384
+
+
+@pytest.mark.parametrize("n_rows, collapsed", [(6, False), (300, True)])
+def test_step_in_the_cheaper_order_equals_the_stack(n_rows, collapsed):
+    """One SGFD step (losses and every gradient) with ``collapse_teacher`` (GEMM order by row
+    count) against the layer-by-layer stack of the released code, at a row count on each side of
+    the break-even; float32 rounding only."""
+    g = torch.Generator().manual_seed(5)
+    feats = {"image": torch.randn(n_rows, 4096, generator=g).relu(),
+             "text": torch.randn(n_rows, 384, generator=g)}
+    labels = torch.randint(0, 4, (n_rows,), generator=g)
+    items = torch.cat([torch.arange(n_rows), torch.randint(0, n_rows, (50,), generator=g)])
+    torch.manual_seed(0)
+    s = SGFD(feats, labels, 4, 128, collapse_teacher=False)
+    want = s.losses(items)
+    want_g = _grads(s, want["sgfd"])
+    s.collapse_teacher = True
+    with products() as shapes:
+        got = s.losses(items)
+    assert ((128, 4096) in shapes) == collapsed  # the collapsed weight is formed, or not
+    got_g = _grads(s, got["sgfd"])
+    for k in want:
+        assert got[k].item() == pytest.approx(want[k].item(), rel=1e-5), k
+    for name in want_g:
+        torch.testing.assert_close(got_g[name], want_g[name], rtol=1e-4,
+                                   atol=1e-6 * float(want_g[name].abs().max()), msg=name)
 
 
 def test_no_leaky_variant_is_linear_then_normalised():

@@ -8,6 +8,7 @@ import sgfd_fast
 from sgfd_fast import _backend
 from sgfd_fast.errors import InputError
 from sgfd_fast.ops import collapse_linear_stack, feature_head, feature_head_reference
+from sgfd_fast.testing import products
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 TOL = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.float64: dict(atol=1e-10, rtol=1e-10)}
@@ -77,6 +78,33 @@ def test_gradcheck(slope, normalize):
     leaves = [t.requires_grad_() for t in _case(5, 4, 3, seed=4, zero_row=False)]
     with sgfd_fast.use_backend("reference"):
         assert torch.autograd.gradcheck(lambda *a: feature_head(*a, slope, normalize), leaves)
+
+
+@pytest.mark.parametrize("backend", backends())
+def test_no_gradient_for_constant_features(backend):
+    """Raw item features are constants: the backward never forms their (N, F) gradient."""
+    x, w, b = _case(40, 64, 8, seed=9, dtype=torch.float32, zero_row=False)
+    w.requires_grad_()
+    b.requires_grad_()
+    with sgfd_fast.use_backend(backend):
+        out = feature_head(x, w, b)
+        with products() as shapes:
+            gw, gb = torch.autograd.grad(out.square().sum(), (w, b))
+    assert (40, 64) not in shapes and shapes == [(8, 64)]
+    want = torch.autograd.grad(feature_head_reference(x, w, b).square().sum(), (w, b))
+    torch.testing.assert_close(gw, want[0])
+    torch.testing.assert_close(gb, want[1])
+
+
+def test_cpu_reference_is_torch_composite():
+    """On CPU the automatic choice runs torch's linear/leaky_relu/normalize directly (faster than
+    the custom op there); forced backends still go through the custom op."""
+    x, w, b = _case(6, 5, 4, seed=10, dtype=torch.float32)
+    w.requires_grad_()
+    assert "feature_head" not in type(feature_head(x, w, b).grad_fn).__name__.lower()
+    if HAS_TRITON:
+        with sgfd_fast.use_backend("triton"):
+            assert "feature_head" in type(feature_head(x, w, b).grad_fn).__name__.lower()
 
 
 def test_bias_none_is_zero_bias():

@@ -9,6 +9,7 @@ import sgfd_fast
 from sgfd_fast import _backend
 from sgfd_fast.errors import InputError
 from sgfd_fast.ops import sgfd_loss, sgfd_loss_reference
+from sgfd_fast.testing import products
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 TOL = {torch.float32: dict(atol=2e-5, rtol=1e-4), torch.float64: dict(atol=1e-7, rtol=1e-7)}
@@ -104,6 +105,23 @@ def test_cuda_triton_matches_reference(flavour):
         got = _losses_and_grads(sgfd_loss, case, 5.0, flavour, (1.0, 2.0, 3.0))
     torch.testing.assert_close(got[0], want[0], **TOL[torch.float32])
     for g, h in zip(got[1], want[1]):
+        torch.testing.assert_close(g, h, **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("backend", backends("cpu"))
+def test_gradients_only_for_inputs_that_require_them(backend):
+    """With a frozen classifier the backward forms no (K, D) weight gradient product."""
+    f_t, f_s, weight, bias, labels = _case(30, 16, 5, seed=11, dtype=torch.float32)
+    f_t.requires_grad_()
+    f_s.requires_grad_()
+    with sgfd_fast.use_backend(backend):
+        ce, ld, fd = sgfd_loss(f_t, f_s, weight, bias, labels, 5.0)
+        with products() as shapes:
+            got = torch.autograd.grad(ce + ld + fd, (f_t, f_s))
+    assert (5, 16) not in shapes
+    want = torch.autograd.grad(sum(sgfd_loss_reference(f_t, f_s, weight, bias, labels, 5.0)),
+                               (f_t, f_s))
+    for g, h in zip(got, want):
         torch.testing.assert_close(g, h, **TOL[torch.float32])
 
 
