@@ -33,7 +33,7 @@ def _sgfd_loss_fwd_kernel(
     fs_ptr,  # (B, D) student features, row-major
     row_loss_ptr,  # (B, 3) per-row shares of (ce, ld, fd)
     g_zt_ce_ptr,  # (B, K) ∂ce/∂z_t            (written when WITH_GRAD)
-    g_zt_ld_ptr,  # (B, K) ∂ld/∂z_t            (written when WITH_GRAD and OFFICIAL)
+    g_zt_ld_ptr,  # (B, K) ∂ld/∂z_t            (written when WITH_GRAD, official)
     g_zs_ld_ptr,  # (B, K) ∂ld/∂z_s            (written when WITH_GRAD)
     g_fs_fd_ptr,  # (B, D) ∂fd/∂f_s            (written when WITH_GRAD)
     n_rows,
@@ -41,7 +41,7 @@ def _sgfd_loss_fwd_kernel(
     d,
     stride_z_row,
     tau_value,
-    OFFICIAL: tl.constexpr,
+    FLAVOUR: tl.constexpr,  # sgfd_loss's flavour string, "official" or "standard"
     WITH_GRAD: tl.constexpr,
     BLOCK_K: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -73,7 +73,7 @@ def _sgfd_loss_fwd_kernel(
     e1 = tl.exp(a1)
     s1 = tl.sum(e1, axis=0)
     p = e1 / s1
-    if OFFICIAL:
+    if FLAVOUR == "official":
         # CE on probabilities: p lies in [0, 1], so exp(p) cannot overflow
         e2 = tl.where(k_ok, tl.exp(p), 0.0)
         s2 = tl.sum(e2, axis=0)
@@ -99,7 +99,7 @@ def _sgfd_loss_fwd_kernel(
 
     if WITH_GRAD:
         out_z = row * n_classes + offs_k
-        if OFFICIAL:
+        if FLAVOUR == "official":
             g = (e2 / s2 - onehot) * inv_b
             g_zt_ce = p * (g - tl.sum(g * p, axis=0))
             sgn = tl.where(r > 0, 1.0, tl.where(r < 0, -1.0, 0.0)) * inv_bk
@@ -121,10 +121,9 @@ def sgfd_loss_triton(z_t: torch.Tensor, z_s: torch.Tensor, f_t: torch.Tensor, f_
     z_t and z_s are row slices of one (2B, K) logit buffer (they share a row stride)."""
     n_rows, n_classes = z_t.shape
     d = f_t.shape[1]
-    official = flavour == "official"
     row_loss = new_output(n_rows, 3, like=f_t)
     g_zt_ce = new_output(n_rows if with_grad else 0, n_classes, like=f_t)
-    g_zt_ld = new_output(n_rows if with_grad and official else 0, n_classes, like=f_t)
+    g_zt_ld = new_output(n_rows if with_grad and flavour == "official" else 0, n_classes, like=f_t)
     g_zs_ld = new_output(n_rows if with_grad else 0, n_classes, like=f_t)
     g_fs_fd = new_output(n_rows if with_grad else 0, d, like=f_t)
     block_k = triton.next_power_of_2(n_classes)
@@ -132,6 +131,6 @@ def sgfd_loss_triton(z_t: torch.Tensor, z_s: torch.Tensor, f_t: torch.Tensor, f_
         z_t, z_s, labels, f_t, f_s, row_loss,
         g_zt_ce, g_zt_ld, g_zs_ld, g_fs_fd,
         n_rows, n_classes, d, z_t.stride(0), float(tau),
-        OFFICIAL=official, WITH_GRAD=with_grad, BLOCK_K=block_k,
+        FLAVOUR=flavour, WITH_GRAD=with_grad, BLOCK_K=block_k,
         BLOCK_D=triton.next_power_of_2(d), num_warps=4 if block_k <= 1024 else 8)
     return row_loss.sum(0), g_zt_ce, g_zt_ld, g_zs_ld, g_fs_fd

@@ -175,7 +175,7 @@ def load_run(run_dir, device: str = "cpu", dataset=None) -> TrainedModel:
     stored in the run); a run trained on a Dataset passed in memory needs it as ``dataset``.
     """
     from .models import build_model
-    from .trainer import load_checkpoint, load_data, resolve_device
+    from .training import load_checkpoint, load_data, resolve_device
 
     run_dir = Path(run_dir)
     rpath = run_dir / "results.json"

@@ -7,9 +7,11 @@ and are found relative to it, never to the current directory. Every key a user m
 and documented inline, in one of the default files: a key that none of them defines is an error
 that names the key, where it came from and the closest known keys.
 
-Values are checked against the type of their default (int, float, bool, str, list; an int is
-accepted where a float is expected) and against the allowed values of a few keys (``protocol``,
-``sgfd_loss``, ``device``, ``valid_metric`` = ``metric@k`` with k in ``topk``, positive sizes).
+Values are checked once, here, for every grid point: against the type of their default (int,
+float, bool, str, list; an int is accepted where a float is expected), against the allowed values
+of :mod:`sgfd_fast.choices` (``protocol``, ``sgfd_loss``, ``device``, ``valid_metric`` =
+``metric@k`` with k in ``topk``) and against the ranges of :data:`RANGES`. The models, the
+evaluation and the trainer read the resolved values without checking them again.
 Command-line values are parsed with ``yaml.safe_load`` (``n_layers=[1,2]``, ``sgfd=false``),
 never evaluated.
 
@@ -24,20 +26,63 @@ import difflib
 import itertools
 import re
 from pathlib import Path
+from typing import NamedTuple
 
 import yaml
 
+from .choices import DEVICES, METRICS, PROTOCOLS, SGFD_LOSSES
 from .errors import ConfigError
 
 __all__ = ["Config", "load_config", "parse_override", "CONFIG_DIR", "dataset_config_file",
-           "model_config_file", "key_docs", "check_point", "DATA_KEYS"]
+           "model_config_file", "key_docs", "check_point", "DATA_KEYS", "CHOICES", "RANGES",
+           "Range"]
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
-PROTOCOLS = ("standard", "legacy")
-SGFD_LOSSES = ("official", "standard")
-DEVICES = ("auto", "cpu", "cuda")
-METRICS = ("recall", "ndcg", "precision", "map", "hit")
+#: Keys whose value is one of a fixed set.
+CHOICES = {"protocol": PROTOCOLS, "sgfd_loss": SGFD_LOSSES, "device": DEVICES}
+
+
+class Range(NamedTuple):
+    """``[low, high]``; an open end excludes its bound; ``high=None``: unbounded above."""
+
+    low: float
+    high: float | None = None
+    open_low: bool = False
+    open_high: bool = False
+
+    def __contains__(self, value) -> bool:
+        above = value > self.low if self.open_low else value >= self.low
+        below = self.high is None or (value < self.high if self.open_high else value <= self.high)
+        return above and below
+
+    def requirement(self) -> str:
+        if self.high is None:
+            if self.low == 0:
+                return "must be positive" if self.open_low else "must not be negative"
+            return f"must be at least {self.low}"
+        high = "2**63" if self.high == 2**63 else self.high
+        return (f"must lie in {'(' if self.open_low else '['}{self.low}, {high}"
+                f"{')' if self.open_high else ']'}")
+
+
+#: The range of every numeric key a model or the trainer relies on. A key absent from a run
+#: (another model's key) is not checked.
+RANGES = {
+    **dict.fromkeys(("epochs", "train_batch_size", "eval_batch_size", "eval_step",
+                     "stopping_step", "embedding_size"), Range(1)),
+    **dict.fromkeys(("n_layers", "num_routing"), Range(0)),  # 0: no propagation / routing
+    "hidden_layer_dim": Range(2),                              # MAML's next layers have H/2
+    **dict.fromkeys(("weight_decay", "ce_weight", "kd_weight", "reg_weight", "cl_weight",
+                     "margin", "feature_l2_reg", "cov_loss_weight"), Range(0)),
+    "learning_rate": Range(0, open_low=True),
+    "t_decay": Range(1e-6),      # divides the logits
+    "clip_norm": Range(1e-12),   # divides the row norms
+    "dropout": Range(0, 0.99),
+    "valid_ratio": Range(0, 1, open_high=True),
+    **dict.fromkeys(("seed", "split_seed"), Range(0, 2**63, open_high=True)),  # torch's seed range
+}
+
 #: Keys that shape the loaded dataset; they are read once per run, so they cannot be grid keys.
 DATA_KEYS = ("valid_ratio", "split_seed", "modalities")
 
@@ -210,21 +255,11 @@ def check_point(values: dict, where=lambda k: "config") -> None:
         if key in values and values[key] not in allowed:
             bad(key, f"is not one of {', '.join(allowed)}")
 
-    choice("protocol", PROTOCOLS)
-    choice("sgfd_loss", SGFD_LOSSES)
-    choice("device", DEVICES)
-    for key in ("epochs", "train_batch_size", "eval_batch_size", "eval_step", "stopping_step",
-                "embedding_size"):
-        if key in values and values[key] < 1:
-            bad(key, "must be at least 1")
-    for key in ("weight_decay", "ce_weight", "kd_weight"):
-        if key in values and values[key] < 0:
-            bad(key, "must not be negative")
-    for key in ("learning_rate", "t_decay"):
-        if key in values and not values[key] > 0:
-            bad(key, "must be positive")
-    if "valid_ratio" in values and not 0 <= values["valid_ratio"] < 1:
-        bad("valid_ratio", "must lie in [0, 1)")
+    for key, allowed in CHOICES.items():
+        choice(key, allowed)
+    for key, allowed in RANGES.items():
+        if key in values and values[key] not in allowed:
+            bad(key, allowed.requirement())
     topk = values.get("topk")
     if topk is not None:
         if not topk or not all(isinstance(k, int) and not isinstance(k, bool) and k > 0

@@ -24,3 +24,7 @@ class BuildError(SGFDError, RuntimeError):
 
 class InputError(SGFDError, ValueError):
     """A tensor passed to an op has the wrong shape, dtype, device or values."""
+
+
+class TrainingError(SGFDError, RuntimeError):
+    """Training failed numerically (a non-finite loss, no finite validation metric)."""

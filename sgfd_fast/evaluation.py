@@ -31,13 +31,12 @@ import numpy as np
 import torch
 
 from . import ops
+from .choices import METRICS, PROTOCOLS
 from .errors import ConfigError, DataError, InputError
 from .graph import CSR
-from .models.base import config_value
 
 __all__ = ["ranking_metrics", "evaluate", "top_k_items", "METRICS", "LEGACY_HIT_DEPTH"]
 
-METRICS = ("recall", "ndcg", "precision", "map", "hit")
 # the released BM3 ``hk_`` looks at the first 20 positions whatever K is
 LEGACY_HIT_DEPTH = 20
 
@@ -86,8 +85,8 @@ def ranking_metrics(topk_indices: torch.Tensor, truth_rowptr: torch.Tensor,
     if truth_rowptr.numel() != n_users + 1:
         raise InputError(f"ranking_metrics: truth_rowptr must have {n_users + 1} entries, got "
                          f"{truth_rowptr.numel()}")
-    if protocol not in ("standard", "legacy"):
-        raise InputError(f"ranking_metrics: protocol must be 'standard' or 'legacy', got "
+    if protocol not in PROTOCOLS:
+        raise InputError(f"ranking_metrics: protocol must be one of {', '.join(PROTOCOLS)}, got "
                          f"{protocol!r}")
     if n_users == 0:
         raise InputError("ranking_metrics: no users to evaluate")
@@ -221,15 +220,11 @@ def evaluate(model, dataset, split: str, config: dict) -> dict[str, float]:
         model: a :class:`~sgfd_fast.models.Recommender`; evaluated in eval mode, restored after.
         dataset: the :class:`~sgfd_fast.data.Dataset` it was trained on.
         split: ``"valid"`` or ``"test"`` (legacy protocol: both mean test).
-        config: reads ``topk``, ``eval_batch_size`` and ``protocol``; the legacy metric
-            definitions follow the model's class name (BM3 vs GRCN/MAML).
+        config: a resolved config (checked by :func:`sgfd_fast.config.load_config`); reads
+            ``topk``, ``eval_batch_size`` and ``protocol``. The legacy metric definitions follow
+            the model's class name (BM3 vs GRCN/MAML).
     """
-    ks = config_value(config, "topk", list, model="evaluation")
-    if not ks or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in ks):
-        raise ConfigError(f"evaluation: topk must be a non-empty list of positive ints, got {ks!r}")
-    batch = config_value(config, "eval_batch_size", int, low=1, model="evaluation")
-    protocol = config_value(config, "protocol", str, choices=("standard", "legacy"),
-                            model="evaluation")
+    ks, batch, protocol = config["topk"], config["eval_batch_size"], config["protocol"]
     if split not in ("valid", "test"):
         raise ConfigError(f"evaluation: split must be 'valid' or 'test', got {split!r}")
     if protocol == "legacy":

@@ -115,7 +115,7 @@ def _print_results(results: dict, run_dir: Path) -> None:
 @quiet_on_closed_stdout
 def main(argv=None) -> int:
     """Entry point of ``python -m sgfd_fast.train`` and ``sgfd-fast-train``."""
-    from . import trainer
+    from . import training
 
     try:
         args = build_parser().parse_args(argv)
@@ -131,7 +131,7 @@ def main(argv=None) -> int:
                                 "key=value overrides of epochs, stopping_step, eval_batch_size "
                                 "and --device")
             run_dir = Path(args.resume)
-            results = trainer.resume(run_dir, overrides)
+            results = training.resume(run_dir, overrides)
         else:
             if args.data_path is None and (args.format or args.labels):
                 raise SGFDError("--format and --labels describe a --data-path directory; "
@@ -161,7 +161,7 @@ def main(argv=None) -> int:
                 cfg = load_config(args.model, name, args.config, overrides)
             run_dir = Path(args.out) if args.out else \
                 Path("runs") / f"{args.model}-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-            results = trainer.train(args.model, cfg, run_dir=run_dir, data=data)
+            results = training.train(args.model, cfg, run_dir=run_dir, data=data)
     except SGFDError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

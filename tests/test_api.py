@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from sgfd_fast import trainer as trainer_mod
+from sgfd_fast import training
 from sgfd_fast.api import load_run
 from sgfd_fast.config import load_config
 from sgfd_fast.data import write_sgfd
@@ -18,8 +18,8 @@ OVERRIDES = ["epochs=2", "train_batch_size=32", "embedding_size=8", "device=cpu"
 def run_dir(tmp_path, tiny_model):  # noqa: F811
     data = write_sgfd(tiny_dataset(), tmp_path / "data")
     out = tmp_path / "run"
-    trainer_mod.train("TinyMF", load_config("TinyMF", None, overrides=OVERRIDES), run_dir=out,
-                      data={"path": data, "format": "sgfd"}, progress=False, console=False)
+    training.train("TinyMF", load_config("TinyMF", None, overrides=OVERRIDES), run_dir=out,
+                   data={"path": data, "format": "sgfd"}, progress=False, console=False)
     return out
 
 
@@ -57,8 +57,8 @@ def test_recommend_more_than_available(run_dir):
 def test_recommend_with_original_user_ids(tmp_path, tiny_model):  # noqa: F811
     ds = tiny_dataset()
     out = tmp_path / "mem"
-    trainer_mod.train("TinyMF", load_config("TinyMF", None, overrides=OVERRIDES), run_dir=out,
-                      dataset=ds, progress=False, console=False)
+    training.train("TinyMF", load_config("TinyMF", None, overrides=OVERRIDES), run_dir=out,
+                   dataset=ds, progress=False, console=False)
     with pytest.raises(ConfigError, match="in-memory dataset 'tiny'; pass that Dataset"):
         load_run(out)
     tm = load_run(out, dataset=ds)
@@ -104,7 +104,7 @@ def test_loaded_model_matches_training(run_dir):
 
 def _trained(tmp_path, ds):
     out = tmp_path / "mem"
-    trainer_mod.train("TinyMF", load_config("TinyMF", None, overrides=OVERRIDES), run_dir=out,
+    training.train("TinyMF", load_config("TinyMF", None, overrides=OVERRIDES), run_dir=out,
                       dataset=ds, progress=False, console=False)
     return load_run(out, dataset=ds)
 

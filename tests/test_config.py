@@ -129,6 +129,31 @@ def test_bad_values(item, match):
         load_config("Fake", "office", overrides=[item])
 
 
+@pytest.mark.parametrize("model, item, match", [
+    ("BM3", "dropout=1.5", r"dropout=1.5 \(from the command line\) must lie in \[0, 0.99\]"),
+    ("BM3", "n_layers=-1", "n_layers=-1 .* must not be negative"),
+    ("BM3", "n_layers=1.5", "n_layers .* must be an int"),
+    ("BM3", "seed=100000000000000000000", r"seed=100000000000000000000 .* \[0, 2\*\*63\)"),
+    ("BM3", "sgfd_loss=foo", "sgfd_loss='foo' .* is not one of official, standard"),
+    ("BM3", "protocol=foo", "protocol='foo' .* is not one of standard, legacy"),
+    ("BM3", "collapse_teacher=1", "collapse_teacher .* must be a bool"),
+    ("BM3", "t_decay=0", "t_decay=0.0 .* at least 1e-06"),
+    ("GRCN", "num_routing=-1", "num_routing=-1 .* must not be negative"),
+    ("MAML", "hidden_layer_dim=1", "hidden_layer_dim=1 .* at least 2"),
+    ("MAML", "clip_norm=0", "clip_norm=0.0 .* at least 1e-12"),
+    ("MAML", "use_rank_weight=2", "use_rank_weight .* must be a bool"),
+])
+def test_model_values_are_checked_at_load(model, item, match):
+    """The models read config[key] unchecked: every range they rely on is checked here."""
+    with pytest.raises(ConfigError, match=match):
+        load_config(model, "office", overrides=[item])
+
+
+def test_every_grid_point_is_checked():
+    with pytest.raises(ConfigError, match="dropout=1.5 .* must lie in"):
+        load_config("BM3", "office", overrides=["hyper_parameters=[dropout]", "dropout=[0.1,1.5]"])
+
+
 def test_values_parsed_as_yaml_never_evaluated():
     assert parse_override("x=[1, 2]") == ("x", [1, 2])
     assert parse_override("x=__import__('os')") == ("x", "__import__('os')")

@@ -29,6 +29,17 @@ def assert_error(proc_or_rc, err, match):
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize("item, match", [
+    ("dropout=1.5", "dropout=1.5"), ("n_layers=-1", "n_layers=-1"),
+    ("seed=100000000000000000000", "seed=100000000000000000000"),
+    ("sgfd_loss=foo", "sgfd_loss='foo'"), ("protocol=foo", "protocol='foo'"),
+])
+def test_bad_value_exits_2_before_the_run_directory(tmp_path, capsys, item, match):
+    out = tmp_path / "run"
+    assert_error(main(["--out", str(out), item]), capsys.readouterr().err, match)
+    assert not out.exists()
+
+
 def test_help():
     p = cli("--help")
     assert p.returncode == 0

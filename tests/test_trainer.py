@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from sgfd_fast import trainer as trainer_mod
+from sgfd_fast import training
+from sgfd_fast.training import runtime
 from sgfd_fast.config import load_config
 from sgfd_fast.data import Dataset
-from sgfd_fast.errors import ConfigError
+from sgfd_fast.errors import ConfigError, TrainingError
 from sgfd_fast.models import MODELS
 from sgfd_fast.models.base import Recommender
 
@@ -82,8 +83,8 @@ def cfg(*overrides):
 
 
 def run(tmp_path, name, *overrides, dataset=None):
-    return trainer_mod.train("TinyMF", cfg(*overrides), run_dir=tmp_path / name,
-                             dataset=dataset or tiny_dataset(), progress=False, console=False)
+    return training.train("TinyMF", cfg(*overrides), run_dir=tmp_path / name,
+                          dataset=dataset or tiny_dataset(), progress=False, console=False)
 
 
 def metric_lines(run_dir):
@@ -135,8 +136,8 @@ def test_resume_between_epochs_is_exact(tmp_path, tiny_model):
     run(tmp_path, "part", "epochs=2")
     with open(tmp_path / "part" / "metrics.jsonl", "a") as f:
         f.write('{"epoch": 3, "losses": {"lo')  # a line cut short by a crash
-    resumed = trainer_mod.resume(tmp_path / "part", ["epochs=5"], dataset=tiny_dataset(),
-                                 progress=False, console=False)
+    resumed = training.resume(tmp_path / "part", ["epochs=5"], dataset=tiny_dataset(),
+                              progress=False, console=False)
     assert resumed["test"] == full["test"] and resumed["valid"] == full["valid"]
     assert resumed["best_epoch"] == full["best_epoch"]
     assert metric_lines(tmp_path / "part") == metric_lines(tmp_path / "full")
@@ -151,8 +152,8 @@ def test_interrupt_mid_epoch_then_resume_is_exact(tmp_path, tiny_model):
     assert (ck["epoch"], ck["batch"]) == (1, 3)
     assert not (tmp_path / "cut" / "results.json").exists()
     assert "--resume" in (tmp_path / "cut" / "train.log").read_text()
-    resumed = trainer_mod.resume(tmp_path / "cut", dataset=tiny_dataset(), progress=False,
-                                 console=False)
+    resumed = training.resume(tmp_path / "cut", dataset=tiny_dataset(), progress=False,
+                              console=False)
     assert resumed["test"] == full["test"] and resumed["valid"] == full["valid"]
     assert metric_lines(tmp_path / "cut") == metric_lines(tmp_path / "full")
 
@@ -160,9 +161,9 @@ def test_interrupt_mid_epoch_then_resume_is_exact(tmp_path, tiny_model):
 def test_resume_rejects_changes(tmp_path, tiny_model):
     run(tmp_path, "r", "epochs=1")
     with pytest.raises(ConfigError, match="learning_rate cannot be changed when resuming"):
-        trainer_mod.resume(tmp_path / "r", ["learning_rate=0.1"])
+        training.resume(tmp_path / "r", ["learning_rate=0.1"])
     with pytest.raises(ConfigError, match="not a run directory"):
-        trainer_mod.resume(tmp_path / "nothing")
+        training.resume(tmp_path / "nothing")
 
 
 def test_post_step_hook_runs_after_every_step(tmp_path, tiny_model, monkeypatch):
@@ -231,7 +232,7 @@ def test_legacy_protocol_validates_on_test(tmp_path, tiny_model, monkeypatch):
 def test_nan_loss_is_a_clear_error(tmp_path, tiny_model, monkeypatch):
     monkeypatch.setattr(TinyMF, "calculate_loss", lambda self, u, i, n=None: {
         "loss": (self.user(u).sum() * float("nan"))})
-    with pytest.raises(ConfigError, match="loss became nan in epoch 1; lower learning_rate"):
+    with pytest.raises(TrainingError, match="loss became nan in epoch 1; lower learning_rate"):
         run(tmp_path, "n", "epochs=1")
 
 
@@ -271,7 +272,7 @@ def test_negatives_are_never_training_positives(tmp_path, tiny_model, monkeypatc
 
 def test_only_rank0_writes(tmp_path, tiny_model, monkeypatch):
     ref = run(tmp_path, "r0", "epochs=2")
-    monkeypatch.setattr(trainer_mod, "rank", lambda: 1)
+    monkeypatch.setattr(runtime, "rank", lambda: 1)
     res = run(tmp_path, "r1", "epochs=2")
     assert not (tmp_path / "r1").exists() and res["test"] == ref["test"]
 
@@ -283,12 +284,12 @@ def test_bm3_resume_is_exact(tmp_path):
     def bm3(name, epochs):
         c = load_config("BM3", None, overrides=[f"epochs={epochs}", "train_batch_size=32",
                                                 "embedding_size=16", "device=cpu"])
-        return trainer_mod.train("BM3", c, run_dir=tmp_path / name, dataset=ds,
-                                 progress=False, console=False)
+        return training.train("BM3", c, run_dir=tmp_path / name, dataset=ds,
+                              progress=False, console=False)
 
     full = bm3("full", 3)
     bm3("part", 1)
-    resumed = trainer_mod.resume(tmp_path / "part", ["epochs=3"], dataset=ds, progress=False,
-                                 console=False)
+    resumed = training.resume(tmp_path / "part", ["epochs=3"], dataset=ds, progress=False,
+                              console=False)
     assert resumed["test"] == full["test"] and resumed["valid"] == full["valid"]
     assert metric_lines(tmp_path / "part") == metric_lines(tmp_path / "full")

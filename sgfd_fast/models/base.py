@@ -1,19 +1,20 @@
-"""The interface every recommender implements, and the config helpers models share.
+"""The interface every recommender implements, and the row gather models share.
 
-A model receives the loaded :class:`~sgfd_fast.data.Dataset` and the resolved flat config dict.
-The trainer calls :meth:`Recommender.calculate_loss` per batch of positive (user, item) pairs (plus
-``n_negatives`` sampled negatives per pair) and :mod:`sgfd_fast.evaluation` ranks with
-:meth:`Recommender.ranking_embeddings` (dot-product scorers) or :meth:`Recommender.score_users`.
+A model receives the loaded :class:`~sgfd_fast.data.Dataset` and the resolved flat config dict,
+whose types and ranges :func:`sgfd_fast.config.load_config` has checked: models read
+``config[key]`` as it is. The trainer calls :meth:`Recommender.calculate_loss` per batch of
+positive (user, item) pairs (plus ``n_negatives`` sampled negatives per pair) and
+:mod:`sgfd_fast.evaluation` ranks with :meth:`Recommender.ranking_embeddings` (dot-product
+scorers) or :meth:`Recommender.score_users`.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..errors import ConfigError
 from ..graph import CSR
 
-__all__ = ["Recommender", "config_value", "rows"]
+__all__ = ["Recommender", "rows"]
 
 
 def rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -27,37 +28,6 @@ def rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     if x.device.type != "cpu":
         return x[index]
     return x.index_select(0, index.reshape(-1)).reshape(*index.shape, *x.shape[1:])
-
-
-def config_value(config: dict, key: str, kind=None, *, low=None, high=None, choices=None,
-                 model: str = "model"):
-    """Read ``config[key]``, check its type and range, and raise a clear ConfigError otherwise.
-
-    Args:
-        kind: expected Python type (``int``, ``float``, ``bool``, ``str``); ints are accepted
-            where floats are expected, bools never pass as numbers.
-        low, high: inclusive bounds; choices: the allowed values.
-    """
-    if key not in config:
-        raise ConfigError(f"{model}: missing config key {key!r} (its default lives in "
-                          "sgfd_fast/configs/overall.yaml or configs/model/<MODEL>.yaml)")
-    value = config[key]
-    ok = True
-    if kind is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        value = float(value) if ok else value
-    elif kind is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif kind is not None:
-        ok = isinstance(value, kind)
-    if not ok:
-        raise ConfigError(f"{model}: {key} must be a {kind.__name__}, got {value!r}")
-    if choices is not None and value not in choices:
-        raise ConfigError(f"{model}: {key} must be one of {list(choices)}, got {value!r}")
-    if (low is not None and value < low) or (high is not None and value > high):
-        bounds = f"[{'-inf' if low is None else low}, {'inf' if high is None else high}]"
-        raise ConfigError(f"{model}: {key} must lie in {bounds}, got {value!r}")
-    return value
 
 
 class Recommender(torch.nn.Module):

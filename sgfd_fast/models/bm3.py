@@ -32,7 +32,7 @@ from torch import nn
 
 from ..errors import DataError
 from ..graph import normalized_bipartite
-from .base import Recommender, config_value, rows
+from .base import Recommender, rows
 from .sgfd import attach_item_features
 
 __all__ = ["BM3"]
@@ -53,12 +53,11 @@ class BM3(Recommender):
 
     def __init__(self, dataset, config: dict):
         super().__init__(dataset, config)
-        get = lambda key, *a, **kw: config_value(config, key, *a, model="BM3", **kw)  # noqa: E731
-        dim = get("embedding_size", int, low=1)
-        self.n_layers = get("n_layers", int, low=0)
-        self.dropout = get("dropout", float, low=0.0, high=0.99)
-        self.reg_weight = get("reg_weight", float, low=0.0)
-        self.cl_weight = get("cl_weight", float, low=0.0)
+        dim = config["embedding_size"]
+        self.n_layers = config["n_layers"]
+        self.dropout = config["dropout"]
+        self.reg_weight = config["reg_weight"]
+        self.cl_weight = config["cl_weight"]
         if not dataset.features:
             raise DataError(f"BM3 needs at least one item feature modality; dataset "
                             f"{dataset.name!r} has none")
@@ -71,7 +70,7 @@ class BM3(Recommender):
         self.predictor = nn.Linear(dim, dim)
         nn.init.xavier_normal_(self.predictor.weight)
 
-        features = attach_item_features(self, dataset, config, leaky=True, name="BM3")
+        features = attach_item_features(self, dataset, config, leaky=True)
         self.extractors = None
         if self.sgfd is None:
             self.extractors = nn.ModuleList(nn.Linear(a.shape[1], dim) for a in features.values())

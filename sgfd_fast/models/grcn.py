@@ -59,12 +59,10 @@ from torch import nn
 from .. import ops
 from ..errors import DataError
 from ..graph import CSR, normalized_bipartite
-from .base import Recommender, config_value, rows
+from .base import Recommender, rows
 from .sgfd import attach_item_features
 
 __all__ = ["GRCN"]
-
-PROTOCOLS = ("standard", "legacy")
 
 
 class GRCN(Recommender):
@@ -79,11 +77,10 @@ class GRCN(Recommender):
 
     def __init__(self, dataset, config: dict):
         super().__init__(dataset, config)
-        get = lambda key, *a, **kw: config_value(config, key, *a, model="GRCN", **kw)  # noqa: E731
-        dim = get("embedding_size", int, low=1)
-        self.num_routing = get("num_routing", int, low=0)
-        self.reg_weight = get("reg_weight", float, low=0.0)
-        self.legacy = get("protocol", str, choices=PROTOCOLS) == "legacy"
+        dim = config["embedding_size"]
+        self.num_routing = config["num_routing"]
+        self.reg_weight = config["reg_weight"]
+        self.legacy = config["protocol"] == "legacy"
         if not dataset.features:
             raise DataError(f"GRCN needs at least one item feature modality; dataset "
                             f"{dataset.name!r} has none")
@@ -97,7 +94,7 @@ class GRCN(Recommender):
             for _ in range(n_mod))
         self.confidence = nn.Parameter(nn.init.xavier_normal_(torch.empty(n_nodes, n_mod)))
 
-        features = attach_item_features(self, dataset, config, leaky=False, name="GRCN")
+        features = attach_item_features(self, dataset, config, leaky=False)
         self.extractors = None
         if self.sgfd is None:  # original GRCN's CGCN.MLP: default nn.Linear initialisation
             self.extractors = nn.ModuleList(nn.Linear(a.shape[1], dim) for a in features.values())

@@ -56,12 +56,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import DataError
-from .base import Recommender, config_value, rows
+from .base import Recommender, rows
 from .sgfd import attach_item_features
 
 __all__ = ["MAML"]
 
-PROTOCOLS = ("standard", "legacy")
 # elements of one (users x items x 5D) attention block in score_users (float32: 16 MiB; larger
 # blocks measured slower on a 2-core CPU)
 _SCORE_BLOCK = 1 << 22
@@ -93,22 +92,21 @@ class MAML(Recommender):
 
     def __init__(self, dataset, config: dict):
         super().__init__(dataset, config)
-        get = lambda key, *a, **kw: config_value(config, key, *a, model="MAML", **kw)  # noqa: E731
-        dim = get("embedding_size", int, low=1)
-        hidden = get("hidden_layer_dim", int, low=2)
-        self.margin = get("margin", float, low=0.0)
-        self.clip_norm = get("clip_norm", float, low=1e-12)
-        self.feature_l2_reg = get("feature_l2_reg", float, low=0.0)
-        self.scaling = get("feature_projection_scaling_factor", float)
-        self.use_rank_weight = get("use_rank_weight", bool)
-        self.cov_loss_weight = get("cov_loss_weight", float, low=0.0)
-        self.legacy = get("protocol", str, choices=PROTOCOLS) == "legacy"
+        dim = config["embedding_size"]
+        hidden = config["hidden_layer_dim"]
+        self.margin = config["margin"]
+        self.clip_norm = config["clip_norm"]
+        self.feature_l2_reg = config["feature_l2_reg"]
+        self.scaling = config["feature_projection_scaling_factor"]
+        self.use_rank_weight = config["use_rank_weight"]
+        self.cov_loss_weight = config["cov_loss_weight"]
+        self.legacy = config["protocol"] == "legacy"
         if not dataset.features:
             raise DataError(f"MAML needs at least one item feature modality; dataset "
                             f"{dataset.name!r} has none")
         self.modalities = list(dataset.features)
 
-        features = attach_item_features(self, dataset, config, leaky=True, name="MAML")
+        features = attach_item_features(self, dataset, config, leaky=True)
         width = (dim * len(self.modalities) if self.sgfd is not None
                  else sum(a.shape[1] for a in features.values()))
         self.projection = nn.ModuleList([_dense(width, hidden), _dense(hidden, hidden // 2),

@@ -50,13 +50,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
+from ..choices import SGFD_LOSSES
 from ..errors import ConfigError, DataError
-from .base import config_value, rows
+from .base import rows
 
-__all__ = ["SGFD", "attach_item_features", "teacher_widths", "teacher_costs", "FLAVOURS",
-           "SHRINK"]
+__all__ = ["SGFD", "attach_item_features", "teacher_widths", "teacher_costs", "SHRINK"]
 
-FLAVOURS = ("official", "standard")
 SHRINK = 4              # the released ``decay_ration``
 NEGATIVE_SLOPE = 0.01   # F.leaky_relu's default, used by the released code
 
@@ -109,8 +108,8 @@ class SGFD(nn.Module):
         super().__init__()
         if not features:
             raise DataError("SGFD needs at least one item feature modality")
-        if flavour not in FLAVOURS:
-            raise ConfigError(f"sgfd_loss must be one of {list(FLAVOURS)}, got {flavour!r}")
+        if flavour not in SGFD_LOSSES:
+            raise ConfigError(f"sgfd_loss must be one of {list(SGFD_LOSSES)}, got {flavour!r}")
         if n_labels < 1:
             raise DataError("SGFD needs item category labels (n_labels >= 1)")
         self.modalities = list(features)
@@ -137,16 +136,14 @@ class SGFD(nn.Module):
         self.fusion_classifier = nn.Linear(self.dim, self.n_labels)
 
     @classmethod
-    def from_config(cls, features: dict, labels, n_labels: int, config: dict, *, leaky: bool,
-                    model: str = "model") -> "SGFD":
-        """Build from the flat config (``embedding_size``, ``t_decay``, ``ce_weight``,
+    def from_config(cls, features: dict, labels, n_labels: int, config: dict, *,
+                    leaky: bool) -> "SGFD":
+        """Build from the resolved flat config (``embedding_size``, ``t_decay``, ``ce_weight``,
         ``kd_weight``, ``sgfd_loss``, ``collapse_teacher``)."""
-        get = lambda key, *a, **kw: config_value(config, key, *a, model=model, **kw)  # noqa: E731
-        return cls(features, labels, n_labels, get("embedding_size", int, low=1), leaky=leaky,
-                   tau=get("t_decay", float, low=1e-6), ce_weight=get("ce_weight", float, low=0),
-                   kd_weight=get("kd_weight", float, low=0),
-                   flavour=get("sgfd_loss", str, choices=FLAVOURS),
-                   collapse_teacher=get("collapse_teacher", bool))
+        return cls(features, labels, n_labels, config["embedding_size"], leaky=leaky,
+                   tau=config["t_decay"], ce_weight=config["ce_weight"],
+                   kd_weight=config["kd_weight"], flavour=config["sgfd_loss"],
+                   collapse_teacher=config["collapse_teacher"])
 
     def feature(self, j: int) -> torch.Tensor:
         return getattr(self, f"feature{j}")
@@ -224,8 +221,7 @@ class SGFD(nn.Module):
         return {"sgfd": total, "sgfd_ce": ce, "sgfd_fusion": fusion, "sgfd_ld": ld, "sgfd_fd": fd}
 
 
-def attach_item_features(model: nn.Module, dataset, config: dict, *, leaky: bool,
-                         name: str) -> dict:
+def attach_item_features(model: nn.Module, dataset, config: dict, *, leaky: bool) -> dict:
     """Give a backbone its item features, the one interface every backbone consumes (design §3.8).
 
     ``sgfd: true`` sets ``model.sgfd`` to an :class:`SGFD` whose students produce the features;
@@ -234,9 +230,9 @@ def attach_item_features(model: nn.Module, dataset, config: dict, *, leaky: bool
     extractor. Returns the raw feature tensors by modality.
     """
     features = {m: torch.from_numpy(a) for m, a in dataset.features.items()}
-    if config_value(config, "sgfd", bool, model=name):
+    if config["sgfd"]:
         model.sgfd = SGFD.from_config(features, torch.from_numpy(dataset.labels),
-                                      dataset.n_labels, config, leaky=leaky, model=name)
+                                      dataset.n_labels, config, leaky=leaky)
     else:
         model.sgfd = None
         for j, m in enumerate(features):

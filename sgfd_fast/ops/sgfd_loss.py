@@ -38,11 +38,10 @@ import torch.nn.functional as F
 
 from .. import _backend
 from .._tensors import FLOAT_NAMES
+from ..choices import SGFD_LOSSES
 from ._common import check
 
-__all__ = ["sgfd_loss", "sgfd_loss_reference", "FLAVOURS"]
-
-FLAVOURS = ("official", "standard")
+__all__ = ["sgfd_loss", "sgfd_loss_reference"]
 
 
 def sgfd_loss_reference(f_t: torch.Tensor, f_s: torch.Tensor, weight: torch.Tensor,
@@ -134,7 +133,7 @@ def _setup_context(ctx, inputs, output):
     f_t, f_s, weight, _, _, _, flavour, _ = inputs
     _, g_zt_ce, g_zt_ld, g_zs_ld, g_fs_fd = output
     ctx.mark_non_differentiable(*output[1:])
-    ctx.official = flavour == "official"
+    ctx.flavour = flavour
     ctx.save_for_backward(f_t, f_s, weight, g_zt_ce, g_zt_ld, g_zs_ld, g_fs_fd)
 
 
@@ -142,7 +141,7 @@ def _sgfd_loss_backward(ctx, grad_losses, *_):
     f_t, f_s, weight, g_zt_ce, g_zt_ld, g_zs_ld, g_fs_fd = ctx.saved_tensors
     g_ce, g_ld, g_fd = grad_losses[0], grad_losses[1], grad_losses[2]
     g_zt = g_zt_ce * g_ce
-    if ctx.official:
+    if ctx.flavour == "official":
         g_zt = g_zt + g_zt_ld * g_ld
     g_zs = g_zs_ld * g_ld
     g_fd_s = g_fs_fd * g_fd
@@ -150,7 +149,7 @@ def _sgfd_loss_backward(ctx, grad_losses, *_):
     grad_ft = grad_fs = grad_w = grad_b = None
     if need_ft:
         grad_ft = g_zt @ weight
-        if ctx.official:
+        if ctx.flavour == "official":
             grad_ft = grad_ft - g_fd_s
     if need_fs:
         grad_fs = torch.addmm(g_fd_s, g_zs, weight)
@@ -187,7 +186,7 @@ def sgfd_loss(f_t: torch.Tensor, f_s: torch.Tensor, weight: torch.Tensor, bias: 
         ``(ce, ld, fd)``, three scalar tensors.
     """
     op = "sgfd_loss"
-    check(flavour in FLAVOURS, op, f"flavour must be one of {FLAVOURS}, got {flavour!r}")
+    check(flavour in SGFD_LOSSES, op, f"flavour must be one of {SGFD_LOSSES}, got {flavour!r}")
     check(f_t.dim() == 2 and f_t.shape == f_s.shape, op,
           f"f_t and f_s must be (B, D) of one shape, got {tuple(f_t.shape)} and {tuple(f_s.shape)}")
     check(f_t.shape[0] >= 1, op, "needs at least one row")

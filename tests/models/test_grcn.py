@@ -211,7 +211,7 @@ def cli_one_epoch_sgfd_on_and_off(tmp_path, dataset, model, *overrides):
     import subprocess
     import sys
 
-    from sgfd_fast import trainer
+    from sgfd_fast.training import load_data, seed_everything
     from sgfd_fast.config import load_config
     from sgfd_fast.data import write_sgfd
     from sgfd_fast.evaluation import METRICS
@@ -236,9 +236,9 @@ def cli_one_epoch_sgfd_on_and_off(tmp_path, dataset, model, *overrides):
         assert line["losses"] and all(math.isfinite(v) for v in line["losses"].values())
         assert ("sgfd" in line["losses"]) == point["sgfd"]
         trained = torch.load(run / "last.pt", weights_only=True)["model"]
-        trainer.seed_everything(point["seed"])  # the trainer seeds, then builds the model
-        initial = build_model(model, trainer.load_data(
-            {"path": str(data), "format": "sgfd"}, point), point)
+        seed_everything(point["seed"])  # the trainer seeds, then builds the model
+        initial = build_model(model, load_data({"path": str(data), "format": "sgfd"}, point),
+                              point)
         for name, p in initial.named_parameters():
             assert not torch.equal(p, trained[name]), f"{name} unchanged, sgfd={point['sgfd']}"
 

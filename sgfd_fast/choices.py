@@ -1,0 +1,17 @@
+"""Allowed values of the config keys that take one of a fixed set, declared once.
+
+:mod:`sgfd_fast.config` checks every run's values against them at load time; the few lower
+modules that check their own arguments (``ops.sgfd_loss``'s ``flavour``) import from here, so
+neither side imports upwards. A value travels unchanged from the config to the kernel.
+"""
+
+__all__ = ["PROTOCOLS", "SGFD_LOSSES", "DEVICES", "METRICS"]
+
+#: ``protocol``: ``standard`` selects on the validation split; ``legacy`` as the released code.
+PROTOCOLS = ("standard", "legacy")
+#: ``sgfd_loss`` (and the ``flavour`` of ``ops.sgfd_loss``): the released or the textbook formulas.
+SGFD_LOSSES = ("official", "standard")
+#: ``device``.
+DEVICES = ("auto", "cpu", "cuda")
+#: The ranking metrics ``evaluation`` reports; ``valid_metric`` is one of them at a ``topk`` cut.
+METRICS = ("recall", "ndcg", "precision", "map", "hit")

@@ -1,0 +1,18 @@
+"""Training: the loop, its checkpoints, whole runs (grid, results, resume) and the runtime.
+
+* :mod:`.runtime`: device, process identity (rank), seeding and RNG state, the run's log.
+* :mod:`.checkpoint`: atomic JSON/checkpoint writes, reading checkpoints, trimming metrics.
+* :mod:`.loop`: :class:`Trainer`, one model (one grid point) from its first epoch to its test
+  metrics.
+* :mod:`.runner`: :func:`train` and :func:`resume`, the run directory, the grid, ``results.json``.
+"""
+
+from .checkpoint import CHECKPOINT_VERSION, load_checkpoint, write_json
+from .loop import Trainer
+from .runner import RESUMABLE_KEYS, load_data, resume, train
+from .runtime import (LOGGER_NAME, device_name, is_main, rank, resolve_device, run_logging,
+                      seed_everything, world_size)
+
+__all__ = ["train", "resume", "Trainer", "load_data", "RESUMABLE_KEYS", "LOGGER_NAME",
+           "CHECKPOINT_VERSION", "load_checkpoint", "write_json", "resolve_device", "device_name",
+           "rank", "world_size", "is_main", "seed_everything", "run_logging"]

@@ -1,0 +1,75 @@
+"""Files a run writes, written so that none is ever partial: JSON and checkpoints go to a
+temporary file that is then renamed over the target (``os.replace`` is atomic on one file
+system), and a resumed run drops the ``metrics.jsonl`` lines its checkpoint does not cover.
+
+Checkpoints hold plain tensors and containers only, so they load with
+``torch.load(weights_only=True)``; :data:`CHECKPOINT_VERSION` is stored in each ``last.pt``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import torch
+
+from ..errors import ConfigError
+
+__all__ = ["CHECKPOINT_VERSION", "write_json", "save_checkpoint", "load_checkpoint",
+           "trim_metrics"]
+
+CHECKPOINT_VERSION = 1
+
+
+def _replace_atomically(path: Path, write) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_json(path: Path, obj) -> None:
+    """Write JSON through a temporary file and a rename (never a partial file)."""
+    _replace_atomically(path, lambda t: t.write_text(json.dumps(obj, indent=2) + "\n",
+                                                     encoding="utf-8"))
+
+
+def save_checkpoint(obj: dict, path: Path) -> None:
+    """``torch.save`` through a temporary file and a rename."""
+    _replace_atomically(path, lambda t: torch.save(obj, t))
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Read a checkpoint written by the trainer (plain tensors and containers only)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ConfigError(f"checkpoint {path} does not exist") from None
+    except Exception as e:  # a truncated or foreign file: say which and why
+        raise ConfigError(f"cannot read checkpoint {path}: {e}") from None
+
+
+def _epoch_of_line(line: str) -> float:
+    """Epoch of a metrics.jsonl line; +inf for a line cut short by a crash (dropped on resume)."""
+    try:
+        return json.loads(line)["epoch"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf
+
+
+def trim_metrics(path: Path, epoch: int) -> None:
+    """Keep only the lines of the ``metrics.jsonl`` at ``path`` up to ``epoch`` (a resumed run
+    writes the later epochs again); a missing file is left missing."""
+    path = Path(path)
+    if not path.exists():
+        return
+    keep = [ln for ln in path.read_text(encoding="utf-8").splitlines()
+            if _epoch_of_line(ln) <= epoch]
+    _replace_atomically(path, lambda t: t.write_text("".join(ln + "\n" for ln in keep),
+                                                     encoding="utf-8"))

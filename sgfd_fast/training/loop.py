@@ -1,0 +1,286 @@
+"""The training loop every backbone shares: Adam, shuffled positive pairs (plus sampled negatives
+when the model asks for them), validation every ``eval_step`` epochs, early stopping on
+``valid_metric``, and checkpoints that resume exactly.
+
+Exact resume: the epoch's permutation comes from a generator seeded by ``(seed, epoch)``, and
+``last.pt`` stores the model, optimizer, Python/NumPy/torch RNG states, the sampler state, the
+position inside the epoch and the stopping state. ``last.pt`` is written after every epoch and, on
+Ctrl-C, at the next batch boundary; resuming from it ends, on a CPU, with the same metrics as an
+uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import signal
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError, TrainingError
+from ..sampling import NegativeSampler
+from .checkpoint import CHECKPOINT_VERSION, load_checkpoint, save_checkpoint, trim_metrics
+from .runtime import is_main, rng_state, seed_everything, set_rng_state
+
+__all__ = ["Trainer"]
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch) % (2**63 - 1)
+
+
+class Trainer:
+    """Trains one model (one grid point) in ``point_dir``.
+
+    Args:
+        model_name: a key of ``sgfd_fast.models.MODELS``.
+        dataset: the loaded Dataset.
+        config: the flat resolved config of this point.
+        point_dir: where ``last.pt``, ``best.pt`` and ``metrics.jsonl`` go.
+        device: a torch.device.
+        logger: a ``logging.Logger``.
+        progress: show a tqdm bar (None: only when stderr is a terminal).
+    """
+
+    def __init__(self, model_name: str, dataset, config: dict, point_dir: Path,
+                 device: torch.device, logger: logging.Logger, progress: bool | None = None):
+        from ..models import build_model
+
+        self.model_name = model_name
+        self.dataset = dataset
+        self.config = dict(config)
+        self.point_dir = Path(point_dir)
+        self.device = device
+        self.log = logger
+        self.write_files = is_main()
+        self.progress = (sys.stderr.isatty() if progress is None else progress) and \
+            self.write_files
+        self._stop_requested = False
+
+        seed_everything(self.config["seed"])
+        self.model = build_model(model_name, dataset, self.config).to(device)
+        self.optimizer = torch.optim.Adam([p for p in self.model.parameters() if p.requires_grad],
+                                          lr=self.config["learning_rate"],
+                                          weight_decay=self.config["weight_decay"])
+        self.n_negatives = int(getattr(self.model, "n_negatives", 0) or 0)
+        # optional per-model hook after each optimizer step (MAML clips embedding rows there)
+        self._post_step = getattr(self.model, "post_step", None)
+        self.sampler = NegativeSampler.from_pairs(
+            dataset.n_users, dataset.n_items, dataset.train, n_neg=self.n_negatives,
+            seed=self.config["seed"] + 1, device=device) if self.n_negatives else None
+        self.train_pairs = torch.as_tensor(dataset.train, dtype=torch.long)
+        # legacy protocol: the released code validates on the test split (design §3.6)
+        self.eval_split = "test" if self.config["protocol"] == "legacy" else "valid"
+        self.metric = self.config["valid_metric"].lower()
+
+        self.epoch = 0            # completed epochs
+        self.batch = 0            # next batch inside the current epoch (non-zero after Ctrl-C)
+        self.partial = {"losses": {}, "time": 0.0}
+        self.best_score = -math.inf
+        self.best_epoch = None
+        self.best_valid = None
+        self.best_model = None    # the best epoch's weights (kept in memory: every rank has them)
+        self.patience = 0         # evaluations since the last improvement
+        self.stopped = False      # early stopping triggered
+        self.epoch_times: list[float] = []
+        self.eval_times: list[float] = []
+
+    # --- checkpoints -----------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "version": CHECKPOINT_VERSION,
+            "model_name": self.model_name,
+            "config": self.config,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": rng_state(),
+            "sampler": self.sampler.state_dict() if self.sampler else None,
+            "epoch": self.epoch, "batch": self.batch, "partial": self.partial,
+            "best_score": self.best_score, "best_epoch": self.best_epoch,
+            "best_valid": self.best_valid, "patience": self.patience, "stopped": self.stopped,
+            "epoch_times": self.epoch_times, "eval_times": self.eval_times,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.sampler is not None and state.get("sampler") is not None:
+            self.sampler.load_state_dict(state["sampler"])
+        for k in ("epoch", "batch", "partial", "best_score", "best_epoch", "best_valid",
+                  "patience", "stopped", "epoch_times", "eval_times"):
+            setattr(self, k, state[k])
+        set_rng_state(state["rng"])
+
+    def _save(self, name: str) -> None:
+        if self.write_files:
+            save_checkpoint(self.state_dict(), self.point_dir / name)
+
+    def resume_from(self, path: Path) -> None:
+        """Continue from a ``last.pt``; metrics lines after its epoch are dropped."""
+        self.load_state_dict(load_checkpoint(path))
+        if self.best_epoch is not None:
+            self.best_model = load_checkpoint(self.point_dir / "best.pt")["model"]
+        if self.write_files:
+            trim_metrics(self.point_dir / "metrics.jsonl", self.epoch)
+
+    # --- the loop --------------------------------------------------------------------------
+    @contextmanager
+    def _sigint_stops(self):
+        """First Ctrl-C: finish the batch, save, stop. Second: interrupt at once."""
+        if threading.current_thread() is not threading.main_thread() or \
+                signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+            yield
+            return
+
+        def handler(signum, frame):
+            if self._stop_requested:
+                raise KeyboardInterrupt
+            self.log.warning("interrupt: stopping after this batch to save last.pt "
+                             "(press Ctrl-C again to stop at once)")
+            self._stop_requested = True
+
+        signal.signal(signal.SIGINT, handler)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def _check_stop(self) -> None:
+        if self._stop_requested:
+            self._save("last.pt")
+            where = f"epoch {self.epoch + 1}, batch {self.batch}" if self.batch else \
+                f"the end of epoch {self.epoch}"
+            self.log.warning(f"stopped at {where}; last.pt saved in {self.point_dir}")
+            raise KeyboardInterrupt
+
+    def _evaluate(self, split: str) -> dict:
+        from ..evaluation import evaluate
+
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                return evaluate(self.model, self.dataset, split, self.config)
+        finally:
+            self.model.train()
+
+    def fit(self) -> dict:
+        """Train until ``epochs`` or early stopping; returns this point's summary (best epoch,
+        validation and test metrics at the best epoch, mean epoch/eval times)."""
+        cfg = self.config
+        if self.eval_split == "test" and self.epoch == 0 and self.batch == 0:
+            self.log.warning("protocol=legacy: validation uses the TEST split, as the released "
+                             "code does (model selection on test; for paper parity only)")
+        n = self.train_pairs.shape[0]
+        bs = cfg["train_batch_size"]
+        n_batches = max(1, math.ceil(n / bs))
+        self.model.train()
+        with self._sigint_stops():
+            while self.epoch < cfg["epochs"] and not self.stopped:
+                self._train_epoch(n, bs, n_batches)
+                self._end_epoch()
+        return self._finish()
+
+    def _train_epoch(self, n: int, bs: int, n_batches: int) -> None:
+        from tqdm import tqdm
+
+        cfg = self.config
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(
+            _epoch_seed(cfg["seed"], self.epoch)))
+        sums = dict(self.partial["losses"])
+        start = time.perf_counter() - self.partial["time"]
+        bar = tqdm(total=n_batches, initial=self.batch, leave=False, disable=not self.progress,
+                   desc=f"epoch {self.epoch + 1}/{cfg['epochs']}", unit="batch", file=sys.stderr)
+        try:
+            while self.batch < n_batches:
+                idx = perm[self.batch * bs:(self.batch + 1) * bs]
+                users = self.train_pairs[idx, 0].to(self.device)
+                items = self.train_pairs[idx, 1].to(self.device)
+                negatives = self.sampler.sample(users) if self.sampler else None
+                parts = self.model.calculate_loss(users, items, negatives)
+                self.optimizer.zero_grad(set_to_none=True)
+                parts["loss"].backward()
+                self.optimizer.step()
+                if self._post_step is not None:
+                    self._post_step()
+                for k, v in parts.items():
+                    # float64 sums on the device: no host sync per step, same sums after resume
+                    sums[k] = sums.get(k, 0.0) + v.detach().double()
+                self.batch += 1
+                bar.update(1)
+                if self._stop_requested:
+                    self.partial = {"losses": {k: float(v) for k, v in sums.items()},
+                                    "time": time.perf_counter() - start}
+                    self._check_stop()
+        finally:
+            bar.close()
+        self._epoch_losses = {k: float(v) / n_batches for k, v in sums.items()}
+        self._epoch_time = time.perf_counter() - start
+
+    def _end_epoch(self) -> None:
+        cfg = self.config
+        self.epoch += 1
+        self.batch = 0
+        self.partial = {"losses": {}, "time": 0.0}
+        losses = self._epoch_losses
+        if not all(math.isfinite(v) for v in losses.values()):
+            raise TrainingError(f"the training loss became {losses.get('loss')} in epoch "
+                              f"{self.epoch}; lower learning_rate (now {cfg['learning_rate']}) "
+                              f"or check the input features")
+        self.epoch_times.append(self._epoch_time)
+        line = {"epoch": self.epoch, "losses": losses, "epoch_time_s": self._epoch_time}
+        msg = f"epoch {self.epoch}: loss {losses['loss']:.5f} ({self._epoch_time:.2f}s)"
+        if self.epoch % cfg["eval_step"] == 0 or self.epoch == cfg["epochs"]:
+            t0 = time.perf_counter()
+            metrics = self._evaluate(self.eval_split)
+            eval_time = time.perf_counter() - t0
+            self.eval_times.append(eval_time)
+            if self.metric not in metrics:
+                raise ConfigError(f"valid_metric={self.metric} is not among the evaluated metrics "
+                                  f"({', '.join(sorted(metrics))})")
+            score = float(metrics[self.metric])
+            improved = score > self.best_score  # strict, as the released code: ties keep the first
+            if improved:
+                self.best_score, self.best_epoch, self.best_valid = score, self.epoch, metrics
+                self.best_model = {k: v.detach().clone()
+                                   for k, v in self.model.state_dict().items()}
+                self.patience = 0
+            else:
+                self.patience += 1
+                if self.patience >= cfg["stopping_step"]:
+                    self.stopped = True
+            line.update({"valid": metrics, "eval_time_s": eval_time})
+            msg += (f"; valid {self.metric} {score:.5f} ({eval_time:.2f}s)"
+                    f"{' *best*' if improved else ''}")
+            if improved:
+                self._save("best.pt")
+            if self.stopped:
+                msg += (f"; early stop: no improvement in {cfg['stopping_step']} evaluations, "
+                        f"best epoch {self.best_epoch}")
+        self.log.info(msg)
+        if self.write_files:
+            with open(self.point_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps(line) + "\n")
+        self._save("last.pt")
+        self._check_stop()
+
+    def _finish(self) -> dict:
+        if self.best_epoch is None:
+            raise TrainingError(f"no evaluation produced a finite {self.metric}; nothing to report "
+                              f"(run more epochs or check eval_step)")
+        self.model.load_state_dict(self.best_model)
+        t0 = time.perf_counter()
+        test = self._evaluate("test")
+        test_time = time.perf_counter() - t0
+        return {"best_epoch": self.best_epoch, "valid": self.best_valid, "test": test,
+                "valid_score": self.best_score, "epochs_trained": self.epoch,
+                "early_stopped": self.stopped,
+                "epoch_time_s": float(np.mean(self.epoch_times)) if self.epoch_times else None,
+                "eval_time_s": float(np.mean(self.eval_times)) if self.eval_times else None,
+                "test_eval_time_s": test_time}
