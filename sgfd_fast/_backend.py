@@ -1,7 +1,7 @@
 """Which implementation serves each op on each device.
 
 Every op is a ``torch.library.custom_op`` whose default implementation is its pure-PyTorch
-reference (design §3.2). Compiled backends register here per device; the op's CPU and CUDA kernels
+reference (docs/DESIGN.md §3.2). Compiled backends register here per device; the op's CPU and CUDA kernels
 are dispatch closures that pick, at call time, the first available backend in this order:
 
 * the backend named by ``use_backend(...)`` (a context manager, e.g. in tests and benchmarks) or

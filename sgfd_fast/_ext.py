@@ -14,7 +14,7 @@ Where a module is looked for:
   ``_build.json`` records the same digest of ``csrc/`` and ``CMakeLists.txt`` as the checkout has;
   otherwise it refuses, with a warning that says why (no silent fallback).
 
-A module that exists but fails to load is reported once, loudly (design §3.3); a build without it
+A module that exists but fails to load is reported once, loudly (docs/DESIGN.md §3.3); a build without it
 is reported by ``python -m sgfd_fast.info``.
 """
 

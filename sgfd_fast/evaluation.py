@@ -1,12 +1,12 @@
 """Full-ranking evaluation: top-K per user with known items masked, then ranking metrics.
 
-Two protocols (design.md §3.6):
+Two protocols (docs/DESIGN.md §3.6):
 
 * ``standard``: users with >= 1 item in the split and >= 1 training item; the user's training
   items (and, for ``split="test"``, validation items) are excluded from the ranking; per-user
   Recall, NDCG (ideal DCG over ``min(|truth|, K)`` positions), Precision, MAP (normalised by
   ``min(|truth|, K)``) and Hit, averaged over users.
-* ``legacy``: the released code's choices (sgfd-official-code.md §4.6-4.7, §5.5, §6.3):
+* ``legacy``: the released code's choices (docs/RELEASED_CODE.md §4.6-4.7, §5.5, §6.3):
   validation = test; BM3 reports micro-averaged Recall (all hits / all test pairs) and ``ndcg2_``
   (IDCG from the hits in the first K-1 positions, DCG over the whole top-``max(topk)`` list;
   the released config uses ``topk: [10, 20]``), Hit = any hit in the first 20 positions for every

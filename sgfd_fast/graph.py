@@ -1,7 +1,7 @@
 """Graph objects: a CSR matrix that owns its index/value tensors and caches its transpose.
 
 Ops take plain dense tensors (rowptr, col, val), never torch sparse tensors: views into a
-sparse tensor break ``torch.compile``'s fake-tensor tracing (../shared/docs/build-notes.md).
+sparse tensor break ``torch.compile``'s fake-tensor tracing (docs/DEVELOPING.md, "Rules the pattern relies on").
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""BM3 (Zhou et al., WWW 2023) as the released SGFD-BM3 runs it (sgfd-official-code.md §4).
+"""BM3 (Zhou et al., WWW 2023) as the released SGFD-BM3 runs it (docs/RELEASED_CODE.md §4).
 
 * ID embeddings E_u, E_i (xavier_uniform); LightGCN-style propagation over the normalised
   training graph with the mean of layers 0..L, plus the raw item-ID embedding as a residual:
@@ -12,7 +12,7 @@
   + SGFD losses on the batch's positive items`` (cosines averaged over the batch rows).
 * Ranking: ``score(u, i) = P(u_g)[u] . P(i_g + E_i)[i]``.
 
-``sgfd: true``: s_m is the SGFD student (leaky-ReLU + L2 normalisation, §3.2). ``sgfd: false``:
+``sgfd: true``: s_m is the SGFD student (leaky-ReLU + L2 normalisation, docs/RELEASED_CODE.md §3.2). ``sgfd: false``:
 s_m comes from original BM3's extractor, one Linear(d_m, D) per modality (xavier_normal, no
 activation), on the same frozen features (original BM3 fine-tuned the raw features; we keep them
 constant in both variants so the comparison isolates SGFD).

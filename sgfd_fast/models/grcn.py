@@ -1,4 +1,4 @@
-"""GRCN (Wei et al., MM 2020) as the released SGFD-GRCN runs it (sgfd-official-code.md §5).
+"""GRCN (Wei et al., MM 2020) as the released SGFD-GRCN runs it (docs/RELEASED_CODE.md §5).
 
 Node space: users ``[0, n_users)`` then items ``[n_users, n_users + n_items)``; the graph is the
 training interactions in both directions (CSR rows = message targets, columns = sources).
@@ -32,7 +32,7 @@ Protocols (config ``protocol``), what differs:
 
 * ``standard`` (correct behaviour): routing messages run item -> user, the direction that reaches
   users. The released code routes over the one-directional user -> item edge list, where no user is
-  a message target, so its routing only re-normalises the preferences (§8 #10); ours actually
+  a message target, so its routing only re-normalises the preferences (docs/RELEASED_CODE.md §8 #10); ours actually
   routes. Evaluation recomputes ``rep`` from the current parameters, and training items are excluded
   from the ranking.
 * ``legacy`` (paper parity): routing is the released no-op (``p_m = normalize(P_m)``); evaluation
@@ -40,7 +40,7 @@ Protocols (config ``protocol``), what differs:
   before that batch's optimizer step; kept in the checkpointed buffer ``legacy_rep`` so that the
   selected epoch's copy is the one evaluated); ``legacy_mask_value = 1e-5`` makes
   :mod:`sgfd_fast.evaluation` score training items 1e-5 instead of excluding them, and the
-  evaluation module reports the hit-normalised NDCG (§5.5).
+  evaluation module reports the hit-normalised NDCG (docs/RELEASED_CODE.md §5.5).
 
 Other deviations from the released code, in both protocols: ``log sigmoid`` is computed stably
 (``F.logsigmoid``; same value where the released form is finite); edge dropout (released default 0)

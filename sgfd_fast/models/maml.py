@@ -1,5 +1,5 @@
 """MAML (Liu et al., MM 2019) as the released SGFD-MAML runs it, ported from TensorFlow 1.x
-(``MAML/MAML.py``; sgfd-official-code.md §6).
+(``MAML/MAML.py``; docs/RELEASED_CODE.md §6).
 
 Parameters: user embeddings U (n_users, D) ~ N(0, 1/D); item embeddings V (n_items, D),
 initialised to the item feature projection f; a feature projection MLP and an attention MLP.
@@ -38,7 +38,7 @@ Deviations from the released code, in both protocols: the SGFD module is the sha
 outputs and students, one classifier per modality with K = the dataset's label count, mean-reduced
 CE/LD/FD) instead of the TF variant (decay 2, no L2 normalisation, one classifier shared by all
 modalities with K hard-coded to 25, batch-summed CE and vector-valued LD/FD); the released
-``kd_loss = (visual_kd + visual_kd) / 2`` (only the textual LD, §8 #19) is not reproduced: in the
+``kd_loss = (visual_kd + visual_kd) / 2`` (only the textual LD, docs/RELEASED_CODE.md §8 #19) is not reproduced: in the
 standard protocol both modalities' LD count, and under ``legacy`` SGFD trains nothing, so the bug
 could only change the logged value. The ``l2_regularizer(100)`` of the attention layers is not
 applied (TF1 only collects it; the released loss never adds it). One epoch is one pass over the

@@ -12,12 +12,12 @@ Per modality m with raw item features F_m (n_items, d_m) (constants, never train
 Fusion head over all M modalities' teacher features (in ``modalities`` order):
 ``g = leaky_relu(Linear(M*D, D)([f^t_1; ...; f^t_M]))``, ``L_F = CE(Linear(D, K)(g), y)``.
 
-Losses on a batch of item ids (a multiset: duplicates weigh more, as released), §3.4-3.6 of
-sgfd-official-code.md::
+Losses on a batch of item ids (a multiset: duplicates weigh more, as released), docs/RELEASED_CODE.md
+§3.4-3.6::
 
     L = ce_weight * (mean_m CE_m + L_F) + kd_weight * (mean_m LD_m + mean_m FD_m)
 
-with (CE_m, LD_m, FD_m) from ``sgfd_fast.ops.sgfd_loss`` in one of two flavours (design.md §3.5):
+with (CE_m, LD_m, FD_m) from ``sgfd_fast.ops.sgfd_loss`` in one of two flavours (docs/DESIGN.md §3.5):
 ``official`` = the released formulas (CE on softmax probabilities, L1 between tempered softmaxes,
 MSE of unit features, nothing detached); ``standard`` = CE on logits, KL(teacher||student) of the
 tempered softmaxes times tau^2 and feature MSE, both with the teacher detached.
@@ -37,7 +37,7 @@ the layer parameters every step, whenever that costs fewer multiply-adds than th
 batch's row count (``teacher_costs``; 4096->1024->256->128 collapses from ~210 rows up).
 The parameters, the function and (up to rounding) the gradients are those of the stack; the cost
 drops from ~d*d/4 to ~D*d multiply-adds per item (the 4096->1024 layer was 47% of a released
-epoch, performance-anchors.md), hence ``collapse_teacher: true`` by default.
+epoch, docs/RELEASED_CODE.md §12), hence ``collapse_teacher: true`` by default.
 
 ``t_decay`` (tau) is used as a float; the released BM3 casts it to int (same value for its
 integer settings 5, 50, 100).
@@ -222,7 +222,7 @@ class SGFD(nn.Module):
 
 
 def attach_item_features(model: nn.Module, dataset, config: dict, *, leaky: bool) -> dict:
-    """Give a backbone its item features, the one interface every backbone consumes (design §3.8).
+    """Give a backbone its item features, the one interface every backbone consumes (docs/DESIGN.md §3.8).
 
     ``sgfd: true`` sets ``model.sgfd`` to an :class:`SGFD` whose students produce the features;
     ``sgfd: false`` sets ``model.sgfd = None`` and keeps the raw features as non-persistent

@@ -3,7 +3,7 @@
 With a shared classifier (weight (K, D), bias (K,)), logits z_t = f_t Wᵀ + b, z_s = f_s Wᵀ + b,
 p = softmax(z), p^τ = softmax(z / τ):
 
-``flavour="official"`` (the released code, sgfd-official-code.md §3.4; nothing detached)::
+``flavour="official"`` (the released code, docs/RELEASED_CODE.md §3.4; nothing detached)::
 
     ce = F.cross_entropy(softmax(z_t), y)            # CE applied to probabilities (double softmax)
     ld = F.l1_loss(softmax(z_t/τ), softmax(z_s/τ))   # mean over B·K

@@ -76,7 +76,7 @@ class Trainer:
             dataset.n_users, dataset.n_items, dataset.train, n_neg=self.n_negatives,
             seed=self.config["seed"] + 1, device=device) if self.n_negatives else None
         self.train_pairs = torch.as_tensor(dataset.train, dtype=torch.long)
-        # legacy protocol: the released code validates on the test split (design §3.6)
+        # legacy protocol: the released code validates on the test split (docs/DESIGN.md §3.6)
         self.eval_split = "test" if self.config["protocol"] == "legacy" else "valid"
         self.metric = self.config["valid_metric"].lower()
 
