@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import DataError
 
-__all__ = ["DATASETS", "load_builtin", "OFFICE_NPZ", "TOYSGAMES_NPZ"]
+__all__ = ["DATASETS", "builtin_parts", "OFFICE_NPZ", "TOYSGAMES_NPZ"]
 
 _HERE = Path(__file__).resolve().parent
 OFFICE_NPZ = _HERE / "office" / "office.npz"
@@ -45,27 +45,25 @@ def _npz(path: Path, what: str):
     return np.load(path, allow_pickle=False)
 
 
-def load_builtin(name: str, *, valid_ratio: float = 0.1, seed: int = 2023, split=None):
-    from .dataset import assemble
-
+def builtin_parts(name: str) -> dict:
+    """The raw parts of a built-in dataset, as a reader returns them, plus ``description``,
+    ``synthetic`` (the generated parts' names) and ``meta``, for ``dataset.assemble``."""
     if name == "office":
         z = _npz(OFFICE_NPZ, "office")
         n_items = int(z["labels"].shape[0])
         train = z["train"].astype(np.int64)
         test = z["test"].astype(np.int64)
         n_users = int(max(train[:, 0].max(), test[:, 0].max())) + 1
-        parts = dict(
+        return dict(
             train=train, valid=None, test=test, n_users=n_users, n_items=n_items,
             features={"text": z["text"].astype(np.float32), "relation": z["relation"].astype(np.float32)},
             raw_labels=z["labels"].astype(np.int64), labels_source="office labels",
-            user_ids=z["user_ids"], item_ids=z["item_ids"], source="office")
-        desc = ("Amazon Office (SGFD authors' split, 2,406 items): real interactions, real item "
-                "text embedded with all-MiniLM-L6-v2, real also-bought/also-viewed relation "
-                "embedding, real level-2 category labels (40 incl. 0 = unknown, not the paper's 54)")
-        ds = assemble(parts, name="office", valid_ratio=valid_ratio, seed=seed, split=split,
-                      synthetic=(), description=desc)
-        ds.meta["label_values"] = z["label_values"].astype(np.int64)
-        return ds
+            user_ids=z["user_ids"], item_ids=z["item_ids"], source="office", synthetic=(),
+            description=("Amazon Office (SGFD authors' split, 2,406 items): real interactions, "
+                         "real item text embedded with all-MiniLM-L6-v2, real also-bought/"
+                         "also-viewed relation embedding, real level-2 category labels (40 incl. "
+                         "0 = unknown, not the paper's 54)"),
+            meta={"label_values": z["label_values"].astype(np.int64)})
     if name == "toysgames-synthetic":
         z = _npz(TOYSGAMES_NPZ, "toysgames graph")
         train = z["train"].astype(np.int64)
@@ -73,13 +71,13 @@ def load_builtin(name: str, *, valid_ratio: float = 0.1, seed: int = 2023, split
         n_users = int(max(train[:, 0].max(), test[:, 0].max())) + 1
         n_items = int(max(train[:, 1].max(), test[:, 1].max())) + 1
         features, labels = synthetic_features(n_items)
-        parts = dict(train=train, valid=None, test=test, n_users=n_users, n_items=n_items,
-                     features=features, raw_labels=labels, labels_source="synthetic labels",
-                     source="toysgames-synthetic")
-        desc = ("Amazon Toys & Games (liufancs/DMRL split): real graph, synthetic features and "
-                "labels (generated from a fixed seed; image 4096-d, text 384-d, 19 classes)")
-        return assemble(parts, name="toysgames-synthetic", valid_ratio=valid_ratio, seed=seed,
-                        split=split, synthetic=("image", "text", "labels"), description=desc)
+        return dict(train=train, valid=None, test=test, n_users=n_users, n_items=n_items,
+                    features=features, raw_labels=labels, labels_source="synthetic labels",
+                    source="toysgames-synthetic", synthetic=("image", "text", "labels"),
+                    description=("Amazon Toys & Games (liufancs/DMRL split): real graph, "
+                                 "synthetic features and labels (generated from a fixed seed; "
+                                 "image 4096-d, text 384-d, 19 classes)"),
+                    meta={})
     raise DataError(f"unknown dataset {name!r}; built-in datasets are {', '.join(DATASETS)}")
 
 

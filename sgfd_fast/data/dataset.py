@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
+from .builtin import DATASETS, builtin_parts
 from .formats.common import read_table, remap_labels, select_modalities, warn
 from .formats.mmrec import read_mmrec
 from .formats.sgfd import read_sgfd
@@ -261,8 +262,6 @@ def load_dataset(name: str | None = None, *, path=None, format: str = "sgfd", la
     items (``valid_ratio``, ``seed``; see :mod:`sgfd_fast.data.splits`). ``split="8:1:1"``
     pools every interaction and re-splits it per user at random.
     """
-    from .builtin import DATASETS, load_builtin
-
     if (name is None) == (path is None):
         raise DataError("load_dataset needs exactly one of name (a built-in dataset: "
                         f"{', '.join(DATASETS)}) or path= (a dataset directory)")
@@ -279,7 +278,11 @@ def load_dataset(name: str | None = None, *, path=None, format: str = "sgfd", la
         if isinstance(modalities, dict):
             raise DataError(f"modalities={{name: file}} applies to datasets loaded with path=; for "
                             f"{name!r} pass a list of modality names to keep")
-        ds = load_builtin(name, valid_ratio=valid_ratio, seed=seed, split=split)
+        parts = builtin_parts(name)
+        synthetic, description, meta = (parts.pop(k) for k in ("synthetic", "description", "meta"))
+        ds = assemble(parts, name=name, valid_ratio=valid_ratio, seed=seed, split=split,
+                      synthetic=synthetic, description=description)
+        ds.meta.update(meta)
         ds.features = select_modalities(ds.features, modalities, name)
         return ds
     fmt = str(format).lower()

@@ -2,10 +2,11 @@
 with a pure-PyTorch reference, a fake, an autograd formula and per-device compiled backends
 (see ``sgfd_fast._backend`` and ``python -m sgfd_fast.info``)."""
 
+from ._common import csr_transpose
 from .edge_softmax_aggregate import edge_softmax_aggregate, edge_softmax_aggregate_reference
 from .propagate import propagate, propagate_reference
 from .sddmm_csr import sddmm_csr, sddmm_csr_reference
-from .spmm_csr import csr_transpose, spmm_csr, spmm_csr_reference
+from .spmm_csr import spmm_csr, spmm_csr_reference
 from .masked_topk import masked_topk, masked_topk_reference
 from .sgfd_loss import sgfd_loss, sgfd_loss_reference
 from .feature_head import collapse_linear_stack, feature_head, feature_head_reference

@@ -1,4 +1,5 @@
-"""Argument checks shared by op files; each failure is one :class:`InputError` naming the op.
+"""Argument checks shared by op files (each failure is one :class:`InputError` naming the op), and
+the CSR transpose the sparse ops' backwards share.
 
 Raw-buffer plumbing (dtype names, addresses, outputs) lives in :mod:`sgfd_fast._tensors`."""
 
@@ -38,3 +39,15 @@ def check_csr(op: str, rowptr: torch.Tensor, col: torch.Tensor, val: torch.Tenso
             lo, hi = int(col.min()), int(col.max())
             check(lo >= 0 and hi < n_cols, op,
                   f"column indices must lie in [0, {n_cols}), found range [{lo}, {hi}]")
+
+
+def csr_transpose(rowptr: torch.Tensor, col: torch.Tensor, n_cols: int):
+    """(t_rowptr, t_col, t_perm) of Aᵀ: edge k of Aᵀ is edge t_perm[k] of A."""
+    n_rows = rowptr.numel() - 1
+    row = torch.repeat_interleave(torch.arange(n_rows, device=col.device, dtype=col.dtype),
+                                  rowptr.diff().long(), output_size=col.numel())
+    t_perm = torch.argsort(col, stable=True)  # stable: rows stay ascending inside each column
+    counts = torch.bincount(col.long(), minlength=n_cols)
+    t_rowptr = torch.zeros(n_cols + 1, dtype=rowptr.dtype, device=rowptr.device)
+    t_rowptr[1:] = counts.cumsum(0)
+    return t_rowptr, row[t_perm].contiguous(), t_perm

@@ -38,8 +38,8 @@ import torch
 
 from .. import _backend, _ext
 from .._tensors import FLOAT_NAMES, INDEX_NAMES, addr, dense, new_output
-from ._common import check, check_csr
-from .spmm_csr import _spmm_csr, csr_transpose
+from ._common import check, check_csr, csr_transpose
+from .spmm_csr import _spmm_csr
 
 __all__ = ["edge_softmax_aggregate", "edge_softmax_aggregate_reference",
            "edge_softmax_aggregate_backward_reference"]

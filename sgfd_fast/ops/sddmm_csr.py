@@ -23,7 +23,7 @@ import torch
 
 from .. import _backend, _ext
 from .._tensors import FLOAT_NAMES, INDEX_NAMES, cuda_stream, dense, new_output
-from ._common import check, check_csr
+from ._common import check, check_csr, csr_transpose
 
 __all__ = ["sddmm_csr", "sddmm_csr_reference"]
 
@@ -76,8 +76,9 @@ def _setup_context(ctx, inputs, output):
 
 
 def _sddmm_csr_backward(ctx, grad):
-    from .spmm_csr import _spmm_csr, csr_transpose
-
+    # spmm_csr's backward calls this op and this backward calls spmm_csr: the pair is reached
+    # through the dispatcher (both are registered once sgfd_fast.ops is imported), not by import
+    _spmm_csr = torch.ops.sgfd_fast.spmm_csr
     rowptr, col, a, b, t_rowptr, t_col, t_perm = ctx.saved_tensors
     grad = grad.contiguous()  # e.g. the expanded ones of a .sum()
     grad_a = grad_b = None

@@ -23,10 +23,10 @@ import torch
 
 from .. import _backend, _ext
 from .._tensors import FLOAT_NAMES, INDEX_NAMES, addr, cuda_stream, dense, new_output
-from ._common import check, check_csr
+from ._common import check, check_csr, csr_transpose
 from .sddmm_csr import _sddmm_csr
 
-__all__ = ["spmm_csr", "spmm_csr_reference", "csr_transpose"]
+__all__ = ["spmm_csr", "spmm_csr_reference"]
 
 
 def spmm_csr_reference(rowptr: torch.Tensor, col: torch.Tensor, val: Optional[torch.Tensor],
@@ -38,18 +38,6 @@ def spmm_csr_reference(rowptr: torch.Tensor, col: torch.Tensor, val: Optional[to
     if val is not None:
         msg = msg * val.unsqueeze(1)
     return x.new_zeros(n_rows, x.shape[1]).index_add_(0, row, msg)
-
-
-def csr_transpose(rowptr: torch.Tensor, col: torch.Tensor, n_cols: int):
-    """(t_rowptr, t_col, t_perm) of Aᵀ: edge k of Aᵀ is edge t_perm[k] of A."""
-    n_rows = rowptr.numel() - 1
-    row = torch.repeat_interleave(torch.arange(n_rows, device=col.device, dtype=col.dtype),
-                                  rowptr.diff().long(), output_size=col.numel())
-    t_perm = torch.argsort(col, stable=True)  # stable: rows stay ascending inside each column
-    counts = torch.bincount(col.long(), minlength=n_cols)
-    t_rowptr = torch.zeros(n_cols + 1, dtype=rowptr.dtype, device=rowptr.device)
-    t_rowptr[1:] = counts.cumsum(0)
-    return t_rowptr, row[t_perm].contiguous(), t_perm
 
 
 @torch.library.custom_op("sgfd_fast::spmm_csr", mutates_args=())
