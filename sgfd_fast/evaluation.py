@@ -14,8 +14,9 @@ Two protocols (design.md §3.6):
   training items 1e-5 instead of excluding them (``Recommender.legacy_mask_value``).
 
 Everything runs as batched tensor code on the model's device: never a per-user Python loop, never
-the full users x items score matrix. Dot-product models rank with ``ops.masked_topk`` (no score
-block at all); other models score ``eval_batch_size`` users at a time via ``score_users``.
+the full users x items score matrix. Dot-product models rank with ``ops.masked_topk`` and models
+with a fused ranking op through ``ranking_topk`` (MAML: ``ops.attentive_distance_topk``), neither
+with a score block; other models score ``eval_batch_size`` users at a time via ``score_users``.
 """
 
 from __future__ import annotations
@@ -249,6 +250,9 @@ def evaluate(model, dataset, split: str, config: dict) -> dict[str, float]:
                 if emb is not None:   # the (batch x n_items) score block never exists
                     top = ops.masked_topk(emb[0][b], emb[1], rowptr_b, col_b, depth, mask_value,
                                           validate=False)[1]
+                elif (fused := model.ranking_topk(b, rowptr_b, col_b, depth,
+                                                  mask_value)) is not None:
+                    top = fused[1]    # nor here (e.g. MAML's attentive_distance_topk)
                 else:
                     top = _masked_topk_dense(model.score_users(b), rowptr_b, col_b, depth,
                                              mask_value)[1]
