@@ -15,8 +15,9 @@ Two protocols (docs/DESIGN.md §3.6):
 
 Everything runs as batched tensor code on the model's device: never a per-user Python loop, never
 the full users x items score matrix. :func:`top_k_items` ranks (evaluation and ``api.recommend``
-share it): dot-product models with ``ops.masked_topk`` (no score block at all); other models score
-``eval_batch_size`` users at a time via ``score_users``.
+share it): dot-product models with ``ops.masked_topk`` and models with a fused ranking op through
+``ranking_topk`` (MAML: ``ops.attentive_distance_topk``), neither with a score block; other models
+score ``eval_batch_size`` users at a time via ``score_users``.
 
 One ranking rule on every path (``ops.masked_topk``'s contract): higher scores first, ties to the
 lower item id; a NaN score counts as -inf, and an item scoring -inf (or NaN, or masked out) is never
@@ -203,6 +204,8 @@ def top_k_items(model, users: torch.Tensor, mask: CSR, k: int, batch_size: int,
             if emb is not None:   # the (batch x n_items) score block never exists
                 v, i = ops.masked_topk(emb[0][b], emb[1], m.rowptr, m.col, k, mask_value,
                                        validate=False)
+            elif (fused := model.ranking_topk(b, m.rowptr, m.col, k, mask_value)) is not None:
+                v, i = fused      # nor here (e.g. MAML's attentive_distance_topk)
             else:
                 v, i = _masked_topk_dense(model.score_users(b), m.rowptr, m.col, k, mask_value)
             values.append(v.float())

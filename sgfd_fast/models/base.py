@@ -79,6 +79,13 @@ class Recommender(torch.nn.Module):
         does not score by a dot product. Called once per evaluation under ``torch.no_grad()``."""
         return None
 
+    def ranking_topk(self, users: torch.Tensor, mask_rowptr: torch.Tensor, mask_col: torch.Tensor,
+                     k: int, mask_value: float | None):
+        """``(values, indices)`` (len(users), k) of a fused ranking op (masking as in
+        ``ops.masked_topk``), or None when the model has none; evaluation then ranks
+        :meth:`score_users` blocks. Called per user batch under ``torch.no_grad()``."""
+        return None
+
     def score_users(self, users: torch.Tensor) -> torch.Tensor:
         """(len(users), n_items) scores of every item for the given users."""
         emb = self.ranking_embeddings()

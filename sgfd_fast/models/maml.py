@@ -42,9 +42,10 @@ modalities with K hard-coded to 25, batch-summed CE and vector-valued LD/FD); th
 standard protocol both modalities' LD count, and under ``legacy`` SGFD trains nothing, so the bug
 could only change the logged value. The ``l2_regularizer(100)`` of the attention layers is not
 applied (TF1 only collects it; the released loss never adds it). One epoch is one pass over the
-training pairs (released: 100 batches of 256 per "epoch"). ``ranking_embeddings`` is None: scores
-come from :meth:`score_users`, batched over users x items (the first attention layer is split into
-user and item parts so that no (users x items x 3D) input is materialised).
+training pairs (released: 100 batches of 256 per "epoch"). ``ranking_embeddings`` is None:
+evaluation ranks with :meth:`ranking_topk` (``ops.attentive_distance_topk``: fused and tiled, top-k
+inside, no users x items block); :meth:`score_users` gives the same scores as dense blocks (the
+first attention layer split into user and item parts, so no (users x items x 3D) input exists).
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import ops
 from ..errors import DataError
 from .base import Recommender, rows
 from .sgfd import attach_item_features
@@ -188,6 +190,16 @@ class MAML(Recommender):
         return {"loss": total, **{k: v.detach() for k, v in parts.items()}}
 
     # -- ranking ------------------------------------------------------------------------------
+
+    def ranking_topk(self, users, mask_rowptr, mask_col, k, mask_value):
+        """Top-k by ``-d(u, i)`` through ``ops.attentive_distance_topk``: the same function as
+        :meth:`score_users`, fused and tiled, with no (users x items) block."""
+        self.post_step()
+        f, _ = self.item_projection()
+        a1, a2 = self.attention
+        return ops.attentive_distance_topk(self.user_embedding[users], self.item_embedding, f,
+                                           a1.weight, a1.bias, a2.weight, a2.bias, mask_rowptr,
+                                           mask_col, k, mask_value, validate=False)
 
     def score_users(self, users: torch.Tensor) -> torch.Tensor:
         """(len(users), n_items) scores ``-d(u, i)``, in blocks of users.

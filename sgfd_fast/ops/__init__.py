@@ -8,10 +8,12 @@ from .propagate import propagate, propagate_reference
 from .sddmm_csr import sddmm_csr, sddmm_csr_reference
 from .spmm_csr import spmm_csr, spmm_csr_reference
 from .masked_topk import masked_topk, masked_topk_reference
+from .attentive_distance_topk import attentive_distance_topk, attentive_distance_topk_reference
 from .sgfd_loss import sgfd_loss, sgfd_loss_reference
 from .feature_head import collapse_linear_stack, feature_head, feature_head_reference
 
 __all__ = [
+    "attentive_distance_topk", "attentive_distance_topk_reference",
     "collapse_linear_stack", "csr_transpose",
     "edge_softmax_aggregate", "edge_softmax_aggregate_reference",
     "feature_head", "feature_head_reference",

@@ -164,6 +164,30 @@ def test_score_users_matches_per_pair_distance(tiny, monkeypatch, block):
     assert math.isclose(float(one), float(want[0, 0]), rel_tol=1e-9)
 
 
+@pytest.mark.parametrize("backend", ["reference", "cpp"])
+def test_ranking_topk_is_the_topk_of_score_users(tiny, monkeypatch, backend):
+    import sgfd_fast
+    from sgfd_fast.evaluation import _masked_topk_dense, evaluate
+    from sgfd_fast.models.base import Recommender
+
+    ds = tiny()
+    torch.manual_seed(5)
+    m = MAML(ds, maml_config())
+    users = torch.tensor([3, 0, 7, 11])
+    rowptr, col = torch.tensor([0, 2, 2, 5, 6]), torch.tensor([1, 4, 0, 2, 3, 5])
+    with torch.no_grad(), sgfd_fast.use_backend(backend):
+        values, indices = m.ranking_topk(users, rowptr, col, 6, None)
+        want_values, want_indices = _masked_topk_dense(m.score_users(users), rowptr, col, 6, None)
+        config = dict(topk=[2, 5], eval_batch_size=3, protocol="standard")
+        fused = evaluate(m, ds, "test", config)
+    torch.testing.assert_close(values, want_values, atol=1e-6, rtol=1e-5)
+    assert torch.equal(indices, want_indices)
+    # evaluate() through ranking_topk and through score_users blocks: the same metrics
+    monkeypatch.setattr(MAML, "ranking_topk", Recommender.ranking_topk)
+    with sgfd_fast.use_backend(backend):
+        assert evaluate(m, ds, "test", config) == fused
+
+
 def test_cli_one_epoch_sgfd_on_and_off(tmp_path):
     from test_grcn import cli_dataset, cli_one_epoch_sgfd_on_and_off
 
