@@ -4,7 +4,9 @@ the ``--bench-size`` (both directions, as GRCN's last GAT layer), d = 64. Both o
 aggregate and the per-edge attention) are differentiable; gradients flow to query, key and value.
 
 Providers: ``reference`` (gathers, scatter max/sum, index_add), ``compiled`` (``torch.compile``
-of it), ``sgfd_fast`` (``sgfd_fast.ops.edge_softmax_aggregate`` with the graph's cached transpose).
+of it), ``sgfd_fast`` (``sgfd_fast.ops.edge_softmax_aggregate`` with the graph's cached
+transpose; automatic backend: cpp on CPU, triton on CUDA, the only compiled backend there;
+``extra_info.backend`` records which).
 """
 
 import pytest

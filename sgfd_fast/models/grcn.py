@@ -155,9 +155,14 @@ class GRCN(Recommender):
                 self.legacy_rep.copy_(rep)
                 self.legacy_rep_set.fill_(True)
         negatives = negatives.reshape(users.shape[0], -1)
-        u = rows(rep, users)
-        pos = (u * rows(rep, self.n_users + items)).sum(-1)
-        neg = (u.unsqueeze(1) * rows(rep, self.n_users + negatives)).sum(-1)
+        # one gather of the batch's rows of rep: its backward is one zero-filled (n_nodes, width)
+        # gradient and one index_add, not one per gathered group (3 of each, ~7% of a CPU step)
+        n, k = users.shape[0], negatives.shape[1]
+        picked = rows(rep, torch.cat([users, self.n_users + items,
+                                      self.n_users + negatives.reshape(-1)]))
+        u, p, q = picked.split([n, n, n * k])
+        pos = (u * p).sum(-1)
+        neg = (u.unsqueeze(1) * q.view(n, k, -1)).sum(-1)
         bpr = -F.logsigmoid(pos.unsqueeze(1) - neg).mean()
 
         item_ids = torch.cat([items, negatives.reshape(-1)])

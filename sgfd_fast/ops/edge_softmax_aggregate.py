@@ -24,7 +24,9 @@ The row-local part of the backward (``dscore``, ``dquery``) is its own op,
 
 Backends: reference (PyTorch: gathers, segment max/sum via scatter, index_add; materialises
 (nnz, d) products), cpp (OpenMP, one thread per row: scores, softmax and the weighted sum in one
-pass over the row's edges, no (nnz, d) intermediate; bitwise reproducible for any thread count).
+pass over the row's edges, no (nnz, d) intermediate; bitwise reproducible for any thread count),
+triton (CUDA; one program per row and block of output columns, two passes over the row's edges
+for a numerically safe softmax without an (nnz, d) intermediate; deterministic, no atomics).
 Contract: an empty row gives a zero output row and owns no alpha; the row maximum is subtracted
 before ``exp`` so large scores do not overflow; duplicates of a column in one row are separate
 edges.
@@ -99,6 +101,12 @@ def _edge_softmax_aggregate_cpp(rowptr, col, query, key, value, t_rowptr, t_col,
     return out, alpha
 
 
+def _edge_softmax_aggregate_triton(rowptr, col, query, key, value, t_rowptr, t_col, t_perm):
+    from ..kernels.edge_softmax_aggregate import edge_softmax_aggregate_triton
+
+    return edge_softmax_aggregate_triton(rowptr, col, dense(query), dense(key), dense(value))
+
+
 def edge_softmax_aggregate_backward_reference(rowptr, col, key, value, alpha, grad_out,
                                               grad_alpha):
     """``(dscore (nnz,), dquery (n_rows, d))``: the row-local part of the backward."""
@@ -144,6 +152,14 @@ def _edge_softmax_aggregate_backward_cpp(rowptr, col, key, value, alpha, grad_ou
     return dscore, dquery
 
 
+def _edge_softmax_aggregate_backward_triton(rowptr, col, key, value, alpha, grad_out, grad_alpha):
+    from ..kernels.edge_softmax_aggregate import edge_softmax_aggregate_backward_triton
+
+    return edge_softmax_aggregate_backward_triton(
+        rowptr, col, dense(key), dense(value), dense(alpha), dense(grad_out),
+        None if grad_alpha is None else dense(grad_alpha))
+
+
 def _setup_context(ctx, inputs, output):
     rowptr, col, query, key, value, t_rowptr, t_col, t_perm = inputs
     ctx.save_for_backward(rowptr, col, query, key, value, t_rowptr, t_col, t_perm, output[1])
@@ -171,10 +187,16 @@ _edge_softmax_aggregate.register_autograd(_edge_softmax_aggregate_backward,
                                           setup_context=_setup_context)
 _backend.define("edge_softmax_aggregate", _edge_softmax_aggregate, _reference)
 _backend.register("edge_softmax_aggregate", "cpu", "cpp", _edge_softmax_aggregate_cpp)
+_backend.register("edge_softmax_aggregate", "cuda", "triton", _edge_softmax_aggregate_triton)
+_backend.register("edge_softmax_aggregate", "cpu", "triton", _edge_softmax_aggregate_triton)
 _backend.define("edge_softmax_aggregate_backward", _edge_softmax_aggregate_backward_op,
                 edge_softmax_aggregate_backward_reference)
 _backend.register("edge_softmax_aggregate_backward", "cpu", "cpp",
                   _edge_softmax_aggregate_backward_cpp)
+_backend.register("edge_softmax_aggregate_backward", "cuda", "triton",
+                  _edge_softmax_aggregate_backward_triton)
+_backend.register("edge_softmax_aggregate_backward", "cpu", "triton",
+                  _edge_softmax_aggregate_backward_triton)
 
 
 def edge_softmax_aggregate(rowptr: torch.Tensor, col: torch.Tensor, query: torch.Tensor,

@@ -126,6 +126,32 @@ def test_loss_matches_released_formula(tiny, batch):
     torch.testing.assert_close(parts["loss"].detach(), (bpr + 1e-3 * reg).detach())
 
 
+def test_gradients_match_released_formula(tiny, batch):
+    # calculate_loss gathers the batch's rows of rep once; the released loss indexes per group
+    ds = tiny()
+    torch.manual_seed(3)
+    m = GRCN(ds, grcn_config(sgfd=False)).double()
+    users, items, neg = batch(ds)
+    nu = ds.n_users
+    ut = torch.stack([users, users], 1).reshape(-1)
+    it = torch.stack([items, neg[:, 0]], 1).reshape(-1) + nu
+    rep, _ = m.forward()
+    score = (rep[ut] * rep[it]).sum(1).view(-1, 2)
+    bpr = -torch.mean(torch.log(torch.sigmoid(score @ torch.tensor([[1.0], [-1.0]]).double())))
+    reg = (m.id_embedding[ut] ** 2 + m.id_embedding[it] ** 2).mean()
+    for p in m.preferences:
+        reg = reg + (p[ut] ** 2).mean()
+    params = [p for p in m.parameters() if p.requires_grad]
+    want = torch.autograd.grad(bpr + 1e-3 * reg, params, allow_unused=True)
+    got = torch.autograd.grad(m.calculate_loss(users, items, neg)["loss"], params,
+                              allow_unused=True)
+    assert sum(w is not None for w in want) >= 4
+    for g, w in zip(got, want):
+        assert (g is None) == (w is None)
+        if w is not None:
+            torch.testing.assert_close(g, w)
+
+
 @pytest.mark.parametrize("sgfd", [True, False])
 def test_training_steps_change_parameters_and_lower_the_loss(tiny, sgfd, batch, train):
     ds = tiny()

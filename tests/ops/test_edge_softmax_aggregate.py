@@ -1,3 +1,5 @@
+import importlib.util
+
 import pytest
 import torch
 
@@ -5,9 +7,15 @@ import sgfd_fast
 from sgfd_fast import _backend, _ext
 from sgfd_fast.errors import InputError
 from sgfd_fast.ops import csr_transpose, edge_softmax_aggregate, edge_softmax_aggregate_reference
+from sgfd_fast.ops.edge_softmax_aggregate import edge_softmax_aggregate_backward_reference
 from sgfd_fast.testing import random_csr
 
 needs_cpp = pytest.mark.skipif(_ext.cpu is None, reason="CPU extension not built")
+needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
+                                  reason="Triton not installed")
+# every backend that serves CPU tensors here (Triton in its interpreter, as tests/conftest.py sets)
+BACKENDS = ["reference", pytest.param("cpp", marks=needs_cpp),
+            pytest.param("triton", marks=needs_triton)]
 TOL = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.float64: dict(atol=1e-12, rtol=1e-12)}
 
 
@@ -47,10 +55,10 @@ def test_reference_matches_row_loop(d, dv):
     assert bool(empty.any()) and torch.equal(out[empty], torch.zeros_like(out[empty]))
 
 
-@pytest.mark.parametrize("backend", ["reference", pytest.param("cpp", marks=needs_cpp)])
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
-@pytest.mark.parametrize("d,dv", [(1, 1), (3, 4), (64, 64), (128, 7)])
+@pytest.mark.parametrize("d,dv", [(1, 1), (3, 4), (64, 64), (128, 7), (130, 200)])
 def test_backends_match_reference(backend, dtype, index_dtype, d, dv):
     csr, q, k, v = _case(dtype=dtype, index_dtype=index_dtype, d=d, dv=dv, seed=d + dv)
     want_out, want_alpha = edge_softmax_aggregate_reference(csr.rowptr, csr.col, q, k, v)
@@ -72,7 +80,7 @@ def test_cpp_is_bitwise_deterministic():
             assert all(torch.equal(a, b) for a, b in zip(first, again))
 
 
-@pytest.mark.parametrize("backend", ["reference", pytest.param("cpp", marks=needs_cpp)])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_large_scores_hub_row_and_all_empty(backend):
     # scores of ~1e4 would overflow exp without the row maximum; one row of 10^4 neighbours
     csr, q, k, v = _case(n_rows=20, n_cols=12000, d=4, dv=2, hub=10000, dtype=torch.float32)
@@ -93,7 +101,7 @@ def test_large_scores_hub_row_and_all_empty(backend):
     assert torch.equal(out, torch.zeros(6, 2)) and alpha.numel() == 0
 
 
-@pytest.mark.parametrize("backend", ["reference", pytest.param("cpp", marks=needs_cpp)])
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("cached_transpose", [False, True])
 def test_gradcheck_both_outputs(backend, cached_transpose):
     csr, q, k, v = _case(n_rows=12, n_cols=9, d=3, dv=2, hub=8, seed=2)
@@ -109,7 +117,7 @@ def test_gradcheck_both_outputs(backend, cached_transpose):
         assert torch.autograd.gradcheck(f, (q, k, v), fast_mode=True)
 
 
-@pytest.mark.parametrize("backend", ["reference", pytest.param("cpp", marks=needs_cpp)])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_gradcheck_shared_node_matrix(backend):
     # GRCN passes one node matrix as query, key and value on a square graph
     csr = random_csr(10, 10, hub_degree=7, seed=3)
@@ -119,7 +127,7 @@ def test_gradcheck_shared_node_matrix(backend):
             lambda x: edge_softmax_aggregate(csr.rowptr, csr.col, x, x, x), (x,), fast_mode=True)
 
 
-@pytest.mark.parametrize("backend", ["reference", pytest.param("cpp", marks=needs_cpp)])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_gradients_match_autograd_of_reference(backend):
     csr, q, k, v = _case(d=6, dv=5, seed=4, dtype=torch.float32, index_dtype=torch.int32)
     grads = []
@@ -133,22 +141,25 @@ def test_gradients_match_autograd_of_reference(backend):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
 
 
-@needs_cpp
-def test_backward_op_backends_agree():
-    csr, q, k, v = _case(d=5, dv=3, seed=7)
+@pytest.mark.parametrize("backend", [pytest.param("cpp", marks=needs_cpp),
+                                     pytest.param("triton", marks=needs_triton)])
+@pytest.mark.parametrize("d,dv", [(5, 3), (130, 200)])
+def test_backward_op_backends_agree(backend, d, dv):
+    csr, q, k, v = _case(d=d, dv=dv, seed=7)
     out, alpha = edge_softmax_aggregate_reference(csr.rowptr, csr.col, q, k, v)
     grad_out = torch.randn_like(out)
     op = torch.ops.sgfd_fast.edge_softmax_aggregate_backward
     for grad_alpha in (None, torch.randn_like(alpha)):
-        results = {}
-        for backend in ("reference", "cpp"):
-            with sgfd_fast.use_backend(backend):
-                results[backend] = op(csr.rowptr, csr.col, k, v, alpha, grad_out, grad_alpha)
-        for got, want in zip(results["cpp"], results["reference"]):
-            torch.testing.assert_close(got, want, **TOL[torch.float64])
+        want = edge_softmax_aggregate_backward_reference(csr.rowptr, csr.col, k, v, alpha,
+                                                         grad_out, grad_alpha)
+        with sgfd_fast.use_backend(backend):
+            assert _backend.serving("edge_softmax_aggregate_backward", "cpu") == backend
+            got = op(csr.rowptr, csr.col, k, v, alpha, grad_out, grad_alpha)
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, **TOL[torch.float64])
 
 
-@pytest.mark.parametrize("backend", ["reference", pytest.param("cpp", marks=needs_cpp)])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_opcheck(backend):
     csr, q, k, v = _case(n_rows=10, n_cols=8, d=3, dv=2, hub=6, seed=5, dtype=torch.float32)
     t_rowptr, t_col, t_perm = csr_transpose(csr.rowptr, csr.col, csr.n_cols)
@@ -188,6 +199,25 @@ def test_backend_selection():
     want = "cpp" if _ext.cpu is not None else "reference"
     assert _backend.serving("edge_softmax_aggregate", "cpu") == want
     assert _backend.serving("edge_softmax_aggregate_backward", "cpu") == want
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("d,dv", [(3, 4), (64, 64), (130, 200)])
+def test_cuda_triton_matches_reference(dtype, d, dv):
+    assert _backend.serving("edge_softmax_aggregate", "cuda") == "triton"
+    assert _backend.serving("edge_softmax_aggregate_backward", "cuda") == "triton"
+    csr, q, k, v = _case(n_rows=300, n_cols=200, d=d, dv=dv, hub=150, seed=d, dtype=dtype)
+    results = []
+    for device, fn in (("cuda", edge_softmax_aggregate), ("cpu", edge_softmax_aggregate_reference)):
+        g = csr.to(device)
+        qq, kk, vv = (t.to(device).requires_grad_() for t in (q, k, v))
+        out, alpha = fn(g.rowptr, g.col, qq, kk, vv)
+        w = torch.linspace(-1, 1, alpha.numel(), dtype=dtype, device=device)
+        (out.sin().sum() + (alpha * w).sum()).backward()
+        results.append([t.detach().cpu() for t in (out, alpha, qq.grad, kk.grad, vv.grad)])
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, **TOL[dtype])
 
 
 @pytest.mark.parametrize("make, message", [
