@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..ops._common import new_output
+from .._tensors import new_output
 from .masked_topk import _bitonic_sort
 
 

@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..ops._common import new_output
+from .._tensors import new_output
 
 
 @triton.jit

@@ -290,18 +290,16 @@ SGFD_BIND(attentive_distance_topk) {
          std::int64_t n_items, std::int64_t d, std::int64_t hidden, std::int64_t k,
          bool has_mask_value, double mask_value, std::uintptr_t out_values,
          std::uintptr_t out_indices, const std::string& index_dtype, const std::string& dtype) {
-        dispatch_index(index_dtype, [&](auto index_tag) {
+        dispatch_float_index(dtype, index_dtype, [&](auto scalar_tag, auto index_tag) {
+          using scalar_t = decltype(scalar_tag);
           using index_t = decltype(index_tag);
-          dispatch_float(dtype, [&](auto scalar_tag) {
-            using scalar_t = decltype(scalar_tag);
-            attentive_distance_topk_kernel<scalar_t, index_t>(
-                ptr<const scalar_t>(users), ptr<const scalar_t>(items), ptr<const scalar_t>(p),
-                ptr<const scalar_t>(q), ptr<const scalar_t>(user_sq), ptr<const scalar_t>(item_sq),
-                ptr<const scalar_t>(b1), ptr<const scalar_t>(w2t), ptr<const scalar_t>(b2),
-                ptr<const index_t>(rowptr), ptr<const index_t>(col), n_users, n_items, d, hidden,
-                k, has_mask_value, static_cast<float>(mask_value), ptr<float>(out_values),
-                ptr<std::int64_t>(out_indices));
-          });
+          attentive_distance_topk_kernel<scalar_t, index_t>(
+              ptr<const scalar_t>(users), ptr<const scalar_t>(items), ptr<const scalar_t>(p),
+              ptr<const scalar_t>(q), ptr<const scalar_t>(user_sq), ptr<const scalar_t>(item_sq),
+              ptr<const scalar_t>(b1), ptr<const scalar_t>(w2t), ptr<const scalar_t>(b2),
+              ptr<const index_t>(rowptr), ptr<const index_t>(col), n_users, n_items, d, hidden, k,
+              has_mask_value, static_cast<float>(mask_value), ptr<float>(out_values),
+              ptr<std::int64_t>(out_indices));
         });
       },
       "per-user top-k of MAML's attentive score -d(u, i) with the CSR mask applied",

@@ -42,7 +42,8 @@ from typing import Optional
 import torch
 
 from .. import _backend, _ext
-from ._common import FLOAT_NAMES, INDEX_NAMES, check, check_csr, dense, new_output
+from .._tensors import FLOAT_NAMES, INDEX_NAMES, dense, new_output
+from ._common import check, check_csr
 
 __all__ = ["attentive_distance_topk", "attentive_distance_topk_reference"]
 
@@ -114,12 +115,14 @@ def _attentive_distance_topk_cpp(users, items, item_features, w1, b1, w2, b2, ma
     values = new_output(users.shape[0], k, like=users, dtype=torch.float32)
     indices = new_output(users.shape[0], k, like=users, dtype=torch.int64)
     _ext.cpu.attentive_distance_topk(
-        users.data_ptr(), items.data_ptr(), p.data_ptr(), q.data_ptr(), user_sq.data_ptr(),
-        item_sq.data_ptr(), b1.data_ptr(), w2t.data_ptr(), b2.data_ptr(), mask_rowptr.data_ptr(),
-        mask_col.data_ptr(), users.shape[0], items.shape[0], users.shape[1], w1.shape[0], k,
-        mask_value is not None, 0.0 if mask_value is None else float(mask_value),
-        values.data_ptr(), indices.data_ptr(), INDEX_NAMES[mask_rowptr.dtype],
-        FLOAT_NAMES[users.dtype])
+        users=users.data_ptr(), items=items.data_ptr(), p=p.data_ptr(), q=q.data_ptr(),
+        user_sq=user_sq.data_ptr(), item_sq=item_sq.data_ptr(), b1=b1.data_ptr(),
+        w2t=w2t.data_ptr(), b2=b2.data_ptr(), rowptr=mask_rowptr.data_ptr(),
+        col=mask_col.data_ptr(), n_users=users.shape[0], n_items=items.shape[0],
+        d=users.shape[1], hidden=w1.shape[0], k=k, has_mask_value=mask_value is not None,
+        mask_value=0.0 if mask_value is None else float(mask_value),
+        out_values=values.data_ptr(), out_indices=indices.data_ptr(),
+        index_dtype=INDEX_NAMES[mask_rowptr.dtype], dtype=FLOAT_NAMES[users.dtype])
     return values, indices
 
 
