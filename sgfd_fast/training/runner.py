@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from ..config import Config, check_point
-from ..errors import ConfigError, DataError, RunDirectoryError
+from ..errors import ConfigError, DataError, RunDirectoryError, SGFDError
 from .checkpoint import write_json
 from .loop import Trainer
 from .rundir import (RunDirectory, data_fingerprint, describe_fingerprint, point_states,
@@ -262,6 +262,8 @@ def train(model: str, config: Config, *, run_dir, dataset=None, data: dict | Non
         _show_held(held)
         if rd is not None and not rd.has_checkpoint():
             rd.discard()  # nothing to resume: leave --out as it was before
+            if isinstance(e, SGFDError):
+                e.args = (f"{e} ({run_dir} was removed: nothing was saved yet)",)
         elif isinstance(e, RunDirectoryError):
             raise _resume_hint(e, run_dir) from None
         raise
@@ -325,9 +327,13 @@ def resume(run_dir, overrides=(), *, dataset=None, allow_data_change: bool = Fal
         results_path = run_dir / "results.json"
         if all(st.done(p["epochs"]) for st, p in zip(states, points)) and \
                 results_path.exists():
-            with run_logging(None, console) as log:
-                log.info(_finished_message(run_dir, states, points))
-            return read_json(results_path)
+            results = read_json(results_path)
+            # results.json of this epochs (not one left by an earlier, shorter run)
+            if results.get("config", {}).get("epochs") == \
+                    points[results.get("selected_point", 0)]["epochs"]:
+                with run_logging(None, console) as log:
+                    log.info(_finished_message(run_dir, states, points))
+                return results
         if dataset is None:
             dataset = _load_holding_warnings(run["data"], values, held)
         notes = []
