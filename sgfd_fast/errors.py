@@ -28,3 +28,8 @@ class InputError(SGFDError, ValueError):
 
 class TrainingError(SGFDError, RuntimeError):
     """Training failed numerically (a non-finite loss, no finite validation metric)."""
+
+
+class RunDirectoryError(SGFDError):
+    """A run directory cannot be created, locked, read or written (a file in the way, no
+    permission, a full disk, another process using it), or holds what a run cannot continue."""

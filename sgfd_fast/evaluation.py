@@ -234,8 +234,9 @@ def evaluate(model, dataset, split: str, config: dict) -> dict[str, float]:
         split = "test"
     truth = dataset.test if split == "test" else dataset.valid
     if truth.shape[0] == 0:
-        raise DataError(f"dataset {dataset.name!r} has no {split} interactions to evaluate "
-                        f"(give it a validation split: valid_ratio > 0 or a valid file)")
+        raise DataError(f"dataset {dataset.name!r} has no {split} interactions to evaluate"
+                        + ("" if split == "test" else " (give it a validation split: a valid "
+                           "file, or valid_ratio > 0 when loading it)"))
     known = dataset.train
     if split == "test" and dataset.valid.shape[0]:
         known = np.concatenate([known, dataset.valid])

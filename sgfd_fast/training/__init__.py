@@ -2,6 +2,8 @@
 
 * :mod:`.runtime`: device, process identity (rank), seeding and RNG state, the run's log.
 * :mod:`.checkpoint`: atomic JSON/checkpoint writes, reading checkpoints, trimming metrics.
+* :mod:`.rundir`: the run directory's life: creation, lock, ``run.json``, resume cases, data
+  fingerprint.
 * :mod:`.loop`: :class:`Trainer`, one model (one grid point) from its first epoch to its test
   metrics.
 * :mod:`.runner`: :func:`train` and :func:`resume`, the run directory, the grid, ``results.json``.

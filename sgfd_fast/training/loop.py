@@ -26,7 +26,8 @@ import torch
 
 from ..errors import ConfigError, TrainingError
 from ..sampling import NegativeSampler
-from .checkpoint import CHECKPOINT_VERSION, load_checkpoint, save_checkpoint, trim_metrics
+from .checkpoint import (CHECKPOINT_VERSION, append_line, load_checkpoint, save_checkpoint,
+                         trim_metrics)
 from .runtime import is_main, rng_state, seed_everything, set_rng_state
 
 __all__ = ["Trainer"]
@@ -265,8 +266,7 @@ class Trainer:
                         f"best epoch {self.best_epoch}")
         self.log.info(msg)
         if self.write_files:
-            with open(self.point_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-                f.write(json.dumps(line) + "\n")
+            append_line(self.point_dir / "metrics.jsonl", json.dumps(line))
         self._save("last.pt")
         self._check_stop()
 

@@ -1,9 +1,11 @@
 """A whole run: the run directory, the grid of configurations, ``results.json`` and ``--resume``.
 
 A run directory holds ``run.json`` (what was asked: model, dataset, resolved config, grid),
-``train.log``, and per grid point (the run directory itself when there is no grid, else
-``grid-<i>/``) ``metrics.jsonl``, ``last.pt`` and ``best.pt``; ``results.json`` is written at the
-end. Every JSON file is written to a temporary file and renamed, so none is ever partial.
+``train.log``, ``run.lock``, and per grid point (the run directory itself when there is no grid,
+else ``grid-<i>/``) ``metrics.jsonl``, ``last.pt`` and ``best.pt``; ``results.json`` is written at
+the end. Every JSON file is written to a temporary file and renamed, so none is ever partial.
+What happens to the directory in each case (creation, locking, failures, resume) is
+:mod:`.rundir`'s to decide.
 Each grid point is trained by a :class:`~sgfd_fast.training.loop.Trainer` from the same seed; the
 point with the best ``valid_metric`` is reported.
 """
@@ -11,14 +13,17 @@ point with the best ``valid_metric`` is reported.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import torch
 
 from ..config import Config, check_point
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError, RunDirectoryError, SGFDError
 from .checkpoint import write_json
 from .loop import Trainer
+from .rundir import (RunDirectory, data_fingerprint, describe_fingerprint, point_states,
+                     read_json, read_run)
 from .runtime import device_name, is_main, resolve_device, run_logging
 
 __all__ = ["train", "resume", "load_data", "RESUMABLE_KEYS"]
@@ -45,8 +50,43 @@ def load_data(spec: dict, config: dict):
                         labels=spec.get("labels"), **kw)
 
 
+def _load_holding_warnings(spec: dict, config: dict, held: list):
+    """:func:`load_data`, with its DataWarnings appended to ``held`` (as ``warnings`` records)
+    so that the run can log them to ``train.log`` once the log exists; the caller shows what it
+    could not log (see :func:`_show_held`)."""
+    from ..data import DataWarning
+
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", DataWarning)
+            return load_data(spec, config)
+    finally:
+        for w in caught:
+            if issubclass(w.category, DataWarning):
+                held.append(w)
+            else:
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+
+
+def _show_held(held: list) -> None:
+    """Show the data warnings a run ended before logging."""
+    while held:
+        w = held.pop(0)
+        warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+
+
+def _model_label(model: str, values: dict, grid_keys) -> str:
+    if "sgfd" in grid_keys:
+        return f"{model} with and without SGFD"
+    return f"{model}+SGFD" if values.get("sgfd") else model
+
+
 def _point_dir(run_dir: Path, i: int, n_points: int) -> Path:
     return run_dir if n_points == 1 else run_dir / f"grid-{i}"
+
+
+def _params(params: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in params.items())
 
 
 def _log_kernels(log, device: torch.device) -> None:
@@ -59,7 +99,10 @@ def _log_kernels(log, device: torch.device) -> None:
         log.warning(f"compiled {device.type.upper()} kernels unavailable: {missing}")
 
 
-def _run(run: dict, run_dir: Path, dataset, *, resuming: bool, progress, console) -> dict:
+def _run(run: dict, run_dir: Path, dataset, *, states=None, notes=(), held=(), progress,
+         console) -> dict:
+    """Train every grid point (``states``: where each stands, on a resume) and write
+    ``results.json``; ``notes`` and the ``held`` data warnings are logged first."""
     from .. import __version__
 
     values = run["config"]
@@ -67,8 +110,9 @@ def _run(run: dict, run_dir: Path, dataset, *, resuming: bool, progress, console
     points = cfg.points()
     device = resolve_device(values["device"])
     with run_logging(run_dir if is_main() else None, console) as log:
-        if not resuming:
-            log.info(f"sgfd_fast {__version__}: {run['model']} on {run['dataset']} "
+        if states is None:
+            log.info(f"sgfd_fast {__version__}: "
+                     f"{_model_label(run['model'], values, cfg.grid_keys)} on {run['dataset']} "
                      f"({dataset.n_users} users, {dataset.n_items} items, "
                      f"{dataset.train.shape[0]} train / {dataset.valid.shape[0]} valid / "
                      f"{dataset.test.shape[0]} test), device {device_name(device)}, "
@@ -77,6 +121,10 @@ def _run(run: dict, run_dir: Path, dataset, *, resuming: bool, progress, console
                 log.warning(f"dataset {run['dataset']}: SYNTHETIC {', '.join(dataset.synthetic)}")
         else:
             log.info(f"resuming {run_dir}")
+        while held:
+            log.warning(str(held.pop(0).message))
+        for note in notes:
+            log.warning(note)
         _log_kernels(log, device)
         summaries = []
         try:
@@ -85,11 +133,14 @@ def _run(run: dict, run_dir: Path, dataset, *, resuming: bool, progress, console
                 if is_main():
                     pdir.mkdir(parents=True, exist_ok=True)
                 if len(points) > 1:
-                    log.info(f"grid point {i + 1}/{len(points)}: " + ", ".join(
-                        f"{k}={point[k]}" for k in cfg.grid_keys))
+                    log.info(f"grid point {i + 1}/{len(points)}: "
+                             + _params({k: point[k] for k in cfg.grid_keys}))
                 trainer = Trainer(run["model"], dataset, point, pdir, device, log, progress)
-                if resuming and (pdir / "last.pt").exists():
+                if states is not None and states[i].checkpoint:
                     trainer.resume_from(pdir / "last.pt")
+                elif states is not None:
+                    log.info(f"no last.pt in {pdir} (it stopped before its first checkpoint): "
+                             f"training {'this point' if len(points) > 1 else 'it'} from epoch 1")
                 s = trainer.fit()
                 s["params"] = {k: point[k] for k in cfg.grid_keys}
                 s["dir"] = str(pdir.relative_to(run_dir)) if pdir != run_dir else "."
@@ -131,17 +182,31 @@ def _run(run: dict, run_dir: Path, dataset, *, resuming: bool, progress, console
             write_json(run_dir / "results.json", results)
         k = point["valid_metric"].split("@")[1]
         test = s["test"]
+        if len(points) > 1:
+            for j, x in enumerate(summaries):
+                log.info(f"grid point {j + 1}/{len(points)} ({_params(x['params'])}): valid "
+                         f"{point['valid_metric']} {x['valid_score']:.4f} at epoch "
+                         f"{x['best_epoch']}{'  <- selected' if j == best else ''}")
         log.info(f"best epoch {s['best_epoch']}"
-                 + (f" (grid point {best + 1}/{len(points)})" if len(points) > 1 else "")
+                 + (f" of grid point {best + 1}/{len(points)} ({_params(s['params'])})"
+                    if len(points) > 1 else "")
                  + f": test recall@{k} {test.get(f'recall@{k}', float('nan')):.4f}, "
                  f"ndcg@{k} {test.get(f'ndcg@{k}', float('nan')):.4f}; results in "
                  f"{run_dir / 'results.json'}")
         return results
 
 
+def _resume_hint(e: RunDirectoryError, run_dir: Path) -> RunDirectoryError:
+    return RunDirectoryError(f"{e}. Free space or restore write access, then continue with "
+                             f"--resume {run_dir}")
+
+
 def train(model: str, config: Config, *, run_dir, dataset=None, data: dict | None = None,
           progress: bool | None = None, console: bool = True) -> dict:
     """Train ``model`` with a resolved ``config`` (grid included) into ``run_dir``.
+
+    Everything is checked (config, data, device) before ``run_dir`` is created; a run that fails
+    before its first ``last.pt`` removes what it created (see :mod:`.rundir`).
 
     Args:
         model: a key of ``sgfd_fast.models.MODELS``.
@@ -152,6 +217,10 @@ def train(model: str, config: Config, *, run_dir, dataset=None, data: dict | Non
             "format": "sgfd", "labels": FILE}``); stored for ``--resume`` and ``load_run``.
     Returns:
         The ``results.json`` content.
+    Raises:
+        ConfigError: ``run_dir`` already holds a run; a bad config or device.
+        DataError: the data cannot be loaded.
+        RunDirectoryError: ``run_dir`` cannot be created or written, or another process uses it.
     """
     if data is None:
         if dataset is None:
@@ -164,54 +233,132 @@ def train(model: str, config: Config, *, run_dir, dataset=None, data: dict | Non
         raise ConfigError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
                           f"or choose another --out")
     values = config.values
-    if dataset is None:
-        dataset = load_data(data, values)
-    if dataset.valid.shape[0] == 0 and any(p["protocol"] == "standard" for p in config.points()):
-        raise ConfigError(f"dataset {dataset.name!r} has no validation interactions, which "
-                          f"protocol=standard selects on; set valid_ratio > 0 (now "
-                          f"{values.get('valid_ratio')}) or give the dataset a valid split")
-    run = {"model": model,
-           "dataset": data.get("name") or data.get("in_memory") or Path(data["path"]).name,
-           "data": data, "config": values, "grid_keys": config.grid_keys,
-           "config_files": config.files}
-    resolve_device(values["device"])  # fail before creating anything
-    if is_main():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(run_dir / "run.json", run)
-    return _run(run, run_dir, dataset, resuming=False, progress=progress, console=console)
+    held: list = []
+    try:
+        if dataset is None:
+            dataset = _load_holding_warnings(data, values, held)
+        if dataset.valid.shape[0] == 0 and any(p["protocol"] == "standard"
+                                               for p in config.points()):
+            fix = ("set valid_ratio > 0 or give the dataset a valid split"
+                   if not values.get("valid_ratio") or "in_memory" in data else
+                   "give the dataset a valid split")
+            raise ConfigError(f"dataset {dataset.name!r} has no validation interactions, which "
+                              f"protocol=standard selects on; {fix}, or set protocol=legacy "
+                              f"to validate on test")
+        run = {"model": model,
+               "dataset": data.get("name") or data.get("in_memory") or Path(data["path"]).name,
+               "data": data, "data_fingerprint": data_fingerprint(dataset), "config": values,
+               "grid_keys": config.grid_keys, "config_files": config.files}
+        resolve_device(values["device"])  # fail before creating anything
+        rd = RunDirectory.create(run_dir) if is_main() else None
+    except BaseException:
+        _show_held(held)
+        raise
+    try:
+        if rd is not None:
+            write_json(run_dir / "run.json", run)
+        return _run(run, run_dir, dataset, held=held, progress=progress, console=console)
+    except Exception as e:
+        _show_held(held)
+        if rd is not None and not rd.has_checkpoint():
+            rd.discard()  # nothing to resume: leave --out as it was before
+            if isinstance(e, SGFDError):
+                e.args = (f"{e} ({run_dir} was removed: nothing was saved yet)",)
+        elif isinstance(e, RunDirectoryError):
+            raise _resume_hint(e, run_dir) from None
+        raise
+    finally:
+        if rd is not None:
+            rd.close()
 
 
-def resume(run_dir, overrides=(), *, dataset=None, progress: bool | None = None,
-           console: bool = True) -> dict:
+def _finished_message(run_dir: Path, states, points) -> str:
+    stopped = [s.epoch for s in states if s.stopped]
+    epochs = points[0]["epochs"]
+    if len(stopped) == len(states):
+        why = "early stopping ended it" if len(states) == 1 else \
+            "early stopping ended every grid point"
+        return f"{run_dir} is finished ({why}); there is nothing to train"
+    return (f"{run_dir} is finished: it has trained {epochs} of epochs={epochs}"
+            + (" (or stopped early)" if stopped else "") +
+            f"; there is nothing to train. Resume with a higher epochs to continue it")
+
+
+def resume(run_dir, overrides=(), *, dataset=None, allow_data_change: bool = False,
+           progress: bool | None = None, console: bool = True) -> dict:
     """Continue the run in ``run_dir`` exactly where its ``last.pt`` files left it.
 
-    ``overrides`` (``"key=value"``) may change only :data:`RESUMABLE_KEYS`. ``dataset`` is needed
-    only when the run was trained on a Dataset passed in memory.
+    ``overrides`` (``"key=value"``) may change only :data:`RESUMABLE_KEYS`; ``epochs`` may not go
+    below what a grid point has trained. ``dataset`` is needed only when the run was trained on
+    a Dataset passed in memory. The data must match the fingerprint in ``run.json`` unless
+    ``allow_data_change``. A finished run (every point done, ``results.json`` written) trains
+    nothing, writes nothing and returns its ``results.json``.
+
+    Raises:
+        ConfigError: not a run directory; an override that cannot be applied.
+        DataError: the data differ from those the run was trained on.
+        RunDirectoryError: ``run.json`` is unreadable, a point has metrics but no ``last.pt``,
+            another process uses the directory, or a write fails.
     """
     from ..config import parse_override
 
     run_dir = Path(run_dir)
-    path = run_dir / "run.json"
-    if not path.exists():
-        raise ConfigError(f"{run_dir} is not a run directory (no run.json); --resume takes the "
-                          f"directory a previous training wrote")
-    run = json.loads(path.read_text(encoding="utf-8"))
-    values = run["config"]
-    for item in overrides:
-        k, v = parse_override(item) if isinstance(item, str) else item
-        if k not in RESUMABLE_KEYS:
-            raise ConfigError(f"{k} cannot be changed when resuming (only "
-                              f"{', '.join(RESUMABLE_KEYS)} can); start a new run instead")
-        if k == "device":
-            if not isinstance(v, str):
-                raise ConfigError(f"device must be a string, got {v!r}")
-        elif isinstance(v, bool) or not isinstance(v, int):
-            raise ConfigError(f"{k} must be an int, got {v!r}")
-        values[k] = v
-    for point in Config(values, run["grid_keys"], {}, []).points():
-        check_point(point, lambda k: "the command line")
-    if is_main():
-        write_json(path, run)
-    if dataset is None:
-        dataset = load_data(run["data"], values)
-    return _run(run, run_dir, dataset, resuming=True, progress=progress, console=console)
+    rd = RunDirectory.open(run_dir) if is_main() else None
+    held: list = []
+    try:
+        run = read_run(run_dir)
+        values = run["config"]
+        for item in overrides:
+            k, v = parse_override(item) if isinstance(item, str) else item
+            if k not in RESUMABLE_KEYS:
+                raise ConfigError(f"{k} cannot be changed when resuming (only "
+                                  f"{', '.join(RESUMABLE_KEYS)} can); start a new run instead")
+            if k == "device":
+                if not isinstance(v, str):
+                    raise ConfigError(f"device must be a string, got {v!r}")
+            elif isinstance(v, bool) or not isinstance(v, int):
+                raise ConfigError(f"{k} must be an int, got {v!r}")
+            values[k] = v
+        points = Config(values, run["grid_keys"], {}, []).points()
+        for point in points:
+            check_point(point, lambda k: "the command line")
+        pdirs = [_point_dir(run_dir, i, len(points)) for i in range(len(points))]
+        states = point_states(run_dir, pdirs, [p["epochs"] for p in points])
+        results_path = run_dir / "results.json"
+        if all(st.done(p["epochs"]) for st, p in zip(states, points)) and \
+                results_path.exists():
+            results = read_json(results_path)
+            # results.json of this epochs (not one left by an earlier, shorter run)
+            if results.get("config", {}).get("epochs") == \
+                    points[results.get("selected_point", 0)]["epochs"]:
+                with run_logging(None, console) as log:
+                    log.info(_finished_message(run_dir, states, points))
+                return results
+        if dataset is None:
+            dataset = _load_holding_warnings(run["data"], values, held)
+        notes = []
+        fp, recorded = data_fingerprint(dataset), run.get("data_fingerprint")
+        if recorded is None:
+            notes.append("run.json records no data fingerprint (written by an older sgfd_fast); "
+                         "the data cannot be checked against those the run was trained on")
+        elif recorded != fp:
+            change = (f"run.json records {describe_fingerprint(recorded)}, the data now give "
+                      f"{describe_fingerprint(fp)}")
+            if not allow_data_change:
+                raise DataError(f"the data of {run_dir} changed since it was trained ({change}); "
+                                f"restore them, start a new run, or continue on the new data "
+                                f"with --resume {run_dir} --allow-data-change")
+            notes.append(f"the data changed since the run was trained ({change}); continuing "
+                         f"on the new data as asked (--allow-data-change)")
+        run["data_fingerprint"] = fp
+        try:
+            if is_main():
+                write_json(run_dir / "run.json", run)
+            return _run(run, run_dir, dataset, states=states, notes=notes, held=held,
+                        progress=progress, console=console)
+        except RunDirectoryError as e:  # a failed write: the files before it are intact
+            raise _resume_hint(e, run_dir) from None
+    finally:
+        _show_held(held)
+        if rd is not None:
+            rd.close()

@@ -1,0 +1,301 @@
+"""The run directory's life through ``python -m sgfd_fast.train`` (in process, tiny data): what is
+created when, the lock, failed writes, corrupt records, and every ``--resume`` case."""
+
+import errno
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sgfd_fast.data import write_sgfd
+from sgfd_fast.data.formats.sgfd import SGFD_LABELS
+from sgfd_fast.train import main
+from sgfd_fast.training import checkpoint
+from sgfd_fast.training.rundir import LOCK_NAME, RunDirectory
+from test_trainer import tiny_dataset
+
+FAST = ["--device", "cpu", "epochs=1", "train_batch_size=64", "embedding_size=8"]
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    return write_sgfd(tiny_dataset(), tmp_path / "data" / "tiny")
+
+
+def train(data_dir, out, *more):
+    return main(["--data-path", str(data_dir), "--out", str(out), *FAST, *more])
+
+
+def assert_failed(rc, err, match):
+    """Exit 2, the error as the last line (after what the run logged), no traceback."""
+    assert rc == 2 and "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: ") and match in last, err
+
+
+def snapshot(d: Path) -> dict:
+    """Every file under ``d`` (but the lock) with its bytes."""
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*"))
+            if p.is_file() and p.name != LOCK_NAME}
+
+
+def epochs_in(d: Path) -> list:
+    return [json.loads(x)["epoch"] for x in (d / "metrics.jsonl").read_text().splitlines()]
+
+
+# --- nothing is created before everything is checked; a failed start leaves nothing ---------
+
+
+def test_bad_dataset_creates_nothing(tmp_path, capsys):
+    (tmp_path / "broken").mkdir()
+    out = tmp_path / "run"
+    assert_failed(main(["--data-path", str(tmp_path / "broken"), "--out", str(out)]),
+                 capsys.readouterr().err, str(tmp_path / "broken"))
+    assert not out.exists()
+
+
+def test_failed_sampler_leaves_no_run_behind(tmp_path, capsys):
+    ds = tiny_dataset()
+    ds.train = np.concatenate([ds.train, [[0, i] for i in range(ds.n_items)]])
+    data = write_sgfd(ds, tmp_path / "full")  # user 0 has every item: no negative to sample
+    out = tmp_path / "a" / "b" / "run"
+    args = ["-m", "GRCN", "--data-path", str(data), *FAST]
+    assert_failed(main([*args, "--out", str(out)]), capsys.readouterr().err,
+                  f"has all 30 items as training positives, so no negative exists; drop such "
+                  f"users from training ({out} was removed: nothing was saved yet)")
+    assert not (tmp_path / "a").exists()  # the parents this call made are gone too
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    assert_failed(main([*args, "--out", str(kept)]), capsys.readouterr().err, "has all 30 items")
+    assert [p.name for p in kept.iterdir()] == ["notes.txt"]  # only what it created is removed
+
+
+@pytest.mark.parametrize("where", ["file", "below a file", "read-only"])
+def test_unusable_out(tmp_path, data_dir, capsys, monkeypatch, where):
+    f = tmp_path / "f"
+    f.write_text("x")
+    out = {"file": f, "below a file": f / "run", "read-only": tmp_path / "ro" / "run"}[where]
+    if where == "read-only":
+        def mkdir(self, *a, **k):
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        monkeypatch.setattr(Path, "mkdir", mkdir)  # chmod does not stop root
+    match = {"file": f"the run directory {f} is a file",
+             "below a file": f"cannot create the run directory {out}: {f} is a file",
+             "read-only": f"cannot create the run directory {out}: Permission denied"}[where]
+    assert_failed(train(data_dir, out), capsys.readouterr().err, match)
+    assert f.read_text() == "x"
+
+
+# --- failed writes keep what was saved ---------------------------------------------------
+
+
+def _disk_full_for(name, monkeypatch, mode="w"):
+    """Writes (``mode``) to files named ``name`` (or their temporary files) fill the disk
+    half-way."""
+    def fake_open(path, how="r", *a, **k):
+        f = open(path, how, *a, **k)
+        if name in Path(path).name and mode in how:
+            real_write = f.write
+
+            def write(data):
+                real_write(data[:len(data) // 2])
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            f.write = write
+        return f
+    monkeypatch.setattr(checkpoint, "open", fake_open, raising=False)
+
+
+@pytest.mark.parametrize("name", ["last.pt", "metrics.jsonl", "results.json"])
+def test_disk_full_keeps_what_was_saved(tmp_path, data_dir, capsys, monkeypatch, name):
+    out = tmp_path / "run"
+    assert train(data_dir, out) == 0
+    before = snapshot(out)
+    with monkeypatch.context() as m:
+        _disk_full_for(name, m, "a" if name == "metrics.jsonl" else "w")
+        assert_failed(main(["--resume", str(out), "epochs=2"]), capsys.readouterr().err,
+                      f"cannot write {out / name}: No space left on device")
+    if name == "last.pt":
+        assert snapshot(out)["last.pt"] == before["last.pt"]
+    if name == "metrics.jsonl":
+        assert (out / "metrics.jsonl").read_bytes().startswith(before["metrics.jsonl"])
+    assert not [p for p in out.iterdir() if ".tmp" in p.name]
+    assert main(["--resume", str(out), "epochs=2"]) == 0  # free space, resume: nothing lost
+    assert epochs_in(out) == [1, 2]
+
+
+def test_disk_full_before_the_first_checkpoint_removes_the_run(tmp_path, data_dir, capsys,
+                                                               monkeypatch):
+    _disk_full_for("last.pt", monkeypatch)
+    assert_failed(train(data_dir, tmp_path / "run"), capsys.readouterr().err,
+                  "No space left on device")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("content", ["{\"model\": ", "[]", "{\"model\": \"BM3\"}"])
+def test_corrupt_run_json(tmp_path, data_dir, capsys, content):
+    out = tmp_path / "run"
+    assert train(data_dir, out) == 0
+    (out / "run.json").write_text(content)
+    before = snapshot(out)
+    assert_failed(main(["--resume", str(out), "epochs=2"]), capsys.readouterr().err,
+                 f"{out / 'run.json'}")
+    assert snapshot(out) == before
+
+
+# --- one process per run directory -------------------------------------------------------
+
+
+def _hold_lock(d: Path) -> int:
+    fd = os.open(d / LOCK_NAME, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.pwrite(fd, b"4242\n", 0)
+    return fd
+
+
+def test_a_second_process_is_refused(tmp_path, data_dir, capsys):
+    out = tmp_path / "run"
+    assert train(data_dir, out) == 0
+    before = snapshot(out)
+    fd = _hold_lock(out)
+    try:
+        assert_failed(main(["--resume", str(out), "epochs=2"]), capsys.readouterr().err,
+                     f"{out} is in use by another training process (pid 4242")
+        fresh = tmp_path / "fresh"
+        fresh.mkdir()
+        fd2 = _hold_lock(fresh)
+        assert_failed(train(data_dir, fresh), capsys.readouterr().err, "pid 4242")
+        assert [p.name for p in fresh.iterdir()] == [LOCK_NAME]
+        os.close(fd2)
+    finally:
+        os.close(fd)
+    assert snapshot(out) == before
+    assert main(["--resume", str(out), "epochs=2"]) == 0  # released by the holder
+
+
+def test_the_lock_dies_with_its_process(tmp_path):
+    code = ("import os, sys; from sgfd_fast.training.rundir import RunDirectory; "
+            "RunDirectory.create(sys.argv[1]); os.kill(os.getpid(), 9)")
+    p = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run")], timeout=120)
+    assert p.returncode == -9
+    with RunDirectory.create(tmp_path / "run"):  # the killed process's lock is gone
+        pass
+
+
+# --- --resume, case by case ----------------------------------------------------------------
+
+
+def test_resume_without_last_pt_but_with_metrics_is_refused(tmp_path, data_dir, capsys):
+    out = tmp_path / "run"
+    assert train(data_dir, out) == 0
+    (out / "last.pt").unlink()
+    before = snapshot(out)
+    assert_failed(main(["--resume", str(out), "epochs=2"]), capsys.readouterr().err,
+                 "1 epoch(s) in metrics.jsonl but no last.pt")
+    assert snapshot(out) == before
+
+
+def test_resume_before_the_first_checkpoint_starts_at_epoch_1(tmp_path, data_dir, capsys):
+    out = tmp_path / "run"
+    assert train(data_dir, out) == 0
+    for name in ("last.pt", "best.pt", "metrics.jsonl", "results.json"):
+        (out / name).unlink()
+    assert main(["--resume", str(out), "epochs=2"]) == 0
+    assert "training it from epoch 1" in capsys.readouterr().err
+    assert epochs_in(out) == [1, 2]
+
+
+def test_resume_on_changed_data(tmp_path, data_dir, capsys):
+    out = tmp_path / "run"
+    assert train(data_dir, out) == 0
+    labels = np.load(data_dir / SGFD_LABELS)
+    np.save(data_dir / SGFD_LABELS, (labels + 1) % 3)
+    before = snapshot(out)
+    assert_failed(main(["--resume", str(out), "epochs=2"]), capsys.readouterr().err,
+                 f"the data of {out} changed since it was trained")
+    assert snapshot(out) == before
+    assert main(["--resume", str(out), "epochs=2", "--allow-data-change"]) == 0
+    assert "continuing on the new data" in (out / "train.log").read_text()
+    assert main(["--resume", str(out), "epochs=3"]) == 0  # the new data are now the run's
+    assert epochs_in(out) == [1, 2, 3]
+
+
+def test_resume_cannot_lower_epochs_and_a_finished_run_does_nothing(tmp_path, data_dir, capsys):
+    out = tmp_path / "run"
+    assert train(data_dir, out, "epochs=2") == 0
+    capsys.readouterr()
+    before = snapshot(out)
+    assert_failed(main(["--resume", str(out), "epochs=1"]), capsys.readouterr().err,
+                 "epochs=1 is below the 2 epoch(s)")
+    assert snapshot(out) == before
+    assert main(["--resume", str(out)]) == 0
+    cap = capsys.readouterr()
+    assert "is finished" in cap.err and "nothing to train" in cap.err
+    assert "test recall@20" in cap.out
+    assert snapshot(out) == before  # run.json (its config), results, log: all untouched
+
+
+# --- output a person reads ------------------------------------------------------------------
+
+
+def test_run_log_names_sgfd_and_the_selected_grid_point(tmp_path, data_dir, capsys):
+    out = tmp_path / "run"
+    assert train(data_dir, out, "hyper_parameters=[embedding_size]",
+                 "embedding_size=[8,16]") == 0
+    log = (out / "train.log").read_text()
+    assert "BM3+SGFD on tiny" in log
+    res = json.loads((out / "results.json").read_text())
+    i = res["selected_point"]
+    chosen = f"embedding_size={res['grid'][i]['params']['embedding_size']}"
+    assert f"of grid point {i + 1}/2 ({chosen})" in log and "<- selected" in log
+    assert f"selected grid point {i + 1}/2: {chosen}" in capsys.readouterr().out
+
+
+def test_data_warnings_are_one_line_and_logged(tmp_path, data_dir):
+    labels = np.load(data_dir / SGFD_LABELS)
+    np.save(data_dir / SGFD_LABELS, np.concatenate([labels, [0, 1]]))  # 2 labels too many
+    out = tmp_path / "run"
+    p = subprocess.run([sys.executable, "-m", "sgfd_fast.train", "--data-path", str(data_dir),
+                        "--out", str(out), *FAST], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert "DataWarning" not in p.stderr and "warn(" not in p.stderr
+    assert p.stderr.count("32 labels for 30 items") == 1
+    assert "WARNING" in (out / "train.log").read_text() and \
+        "32 labels for 30 items" in (out / "train.log").read_text()
+
+
+@pytest.mark.parametrize("args, match", [
+    (["-m", "bm3"], "unknown model 'bm3'; available: BM3, GRCN, MAML (did you mean 'BM3'?)"),
+    (["-d", "Office"], "(did you mean 'office'?)"),
+])
+def test_did_you_mean_ignores_case(args, match, capsys):
+    assert_failed(main(args), capsys.readouterr().err, match)
+
+
+def test_no_valid_split_hint_is_never_already_satisfied(tmp_path, capsys):
+    ds = tiny_dataset()
+    ds.train = np.concatenate([ds.train, ds.valid])
+    data = write_sgfd(ds, tmp_path / "novalid", write_valid=False)
+    assert_failed(main(["--data-path", str(data), "--out", str(tmp_path / "r"), *FAST,
+                        "valid_ratio=0"]), capsys.readouterr().err,
+                 "set valid_ratio > 0 or give the dataset a valid split, or set protocol=legacy")
+    assert not (tmp_path / "r").exists()
+
+
+def test_empty_test_split_gives_no_validation_hint():
+    from sgfd_fast.config import load_config
+    from sgfd_fast.errors import DataError
+    from sgfd_fast.evaluation import evaluate
+
+    ds = tiny_dataset()
+    ds.test = ds.test[:0]
+    with pytest.raises(DataError) as e:
+        evaluate(None, ds, "test", load_config("BM3", None).values)
+    assert str(e.value) == "dataset 'tiny' has no test interactions to evaluate"
