@@ -151,7 +151,8 @@ def main(argv=None) -> int:
 
     warnings.showwarning = _show_warning  # one line per DataWarning, as the data CLI prints them
     try:
-        args = build_parser().parse_args(argv)
+        # intermixed: key=value overrides may come before, between or after the options
+        args = build_parser().parse_intermixed_args(argv)
         # --config takes several files, so it swallows overrides written after it: move them
         files = [f for f in args.config if "=" not in f or Path(f).exists()]
         overrides = [f for f in args.config if f not in files] + list(args.overrides)

@@ -108,3 +108,11 @@ def test_default_out_dir(tmp_path, data_dir, monkeypatch, capsys):
     (run,) = (tmp_path / "runs").iterdir()
     assert run.name.startswith("BM3-tiny-") and (run / "results.json").exists()
     assert json.loads((run / "results.json").read_text())["sgfd"] is False
+
+
+def test_overrides_may_follow_options(tmp_path, capsys):
+    # key=value after an option used to be argparse's "unrecognized arguments"
+    out = tmp_path / "never"
+    rc = main(["--device", "cpu", "dropout=1.5", "--out", str(out), "epochs=1"])
+    assert_error(rc, capsys.readouterr().err, "dropout=1.5")
+    assert not out.exists()
