@@ -190,6 +190,8 @@ class Trainer:
     def _train_epoch(self, n: int, bs: int, n_batches: int) -> None:
         from tqdm import tqdm
 
+        from ..models.base import step_key
+
         cfg = self.config
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(
             _epoch_seed(cfg["seed"], self.epoch)))
@@ -203,6 +205,7 @@ class Trainer:
                 users = self.train_pairs[idx, 0].to(self.device)
                 items = self.train_pairs[idx, 1].to(self.device)
                 negatives = self.sampler.sample(users) if self.sampler else None
+                self.model.step_key = step_key(cfg["seed"], self.epoch, self.batch)
                 parts = self.model.calculate_loss(users, items, negatives)
                 self.optimizer.zero_grad(set_to_none=True)
                 parts["loss"].backward()
