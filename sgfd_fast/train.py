@@ -6,6 +6,8 @@ Run ``python -m sgfd_fast.train --help`` for the options, the configuration laye
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -131,7 +133,11 @@ def main(argv=None) -> int:
                                 "key=value overrides of epochs, stopping_step, eval_batch_size "
                                 "and --device")
             run_dir = Path(args.resume)
-            results = training.resume(run_dir, overrides)
+            run_json = run_dir / "run.json"   # a missing one is resume()'s clear error
+            values = json.loads(run_json.read_text(encoding="utf-8"))["config"] \
+                if run_json.exists() else {}
+            with _process_group(values, args.device):
+                results = training.resume(run_dir, overrides)
         else:
             if args.data_path is None and (args.format or args.labels):
                 raise SGFDError("--format and --labels describe a --data-path directory; "
@@ -161,14 +167,30 @@ def main(argv=None) -> int:
                 cfg = load_config(args.model, name, args.config, overrides)
             run_dir = Path(args.out) if args.out else \
                 Path("runs") / f"{args.model}-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-            results = training.train(args.model, cfg, run_dir=run_dir, data=data)
+            with _process_group(cfg.values, args.device):
+                from .training import distributed
+
+                run_dir = distributed.broadcast_object(run_dir)  # rank 0's timestamp
+                results = training.train(args.model, cfg, run_dir=run_dir, data=data)
     except SGFDError as e:
-        print(f"error: {e}", file=sys.stderr)
+        rank = os.environ.get("RANK", "0")
+        print(f"error: {e}" if rank == "0" else f"error: [rank {rank}] {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
-    _print_results(results, run_dir)
+    if os.environ.get("RANK", "0") == "0":
+        _print_results(results, run_dir)
     return 0
+
+
+def _process_group(values: dict, device: str | None):
+    """Under torchrun, the torch.distributed group for the run's ``dist_*`` keys (a no-op
+    context otherwise: a plain run never imports torch.distributed)."""
+    from .training import distributed
+
+    return distributed.process_group(values.get("dist_backend", "auto"),
+                                     values.get("dist_timeout", 600),
+                                     device or values.get("device", "auto"))
 
 
 if __name__ == "__main__":

@@ -178,7 +178,7 @@ def all_reduce_sums(sums: dict) -> dict:
     dist = _distributed()
     if dist is None:
         return {k: float(v) for k, v in sums.items()}
-    names = sorted(set().union(*all_gather_object(sorted(sums))))
+    names = list(dict.fromkeys(k for part in all_gather_object(list(sums)) for k in part))
     vec = torch.tensor([float(sums.get(k, 0.0)) for k in names], dtype=torch.float64,
                        device=_comm_device())
     dist.all_reduce(vec)

@@ -68,8 +68,7 @@ class Trainer:
         self.log = logger
         self.dist = distributed.active() and not alone
         self.write_files = alone or is_main()
-        self.progress = (sys.stderr.isatty() if progress is None else progress) and \
-            self.write_files
+        self.progress = (sys.stderr.isatty() if progress is None else progress) and is_main()
         self._stop_requested = False
 
         seed_everything(self.config["seed"])

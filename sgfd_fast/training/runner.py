@@ -5,7 +5,10 @@ A run directory holds ``run.json`` (what was asked: model, dataset, resolved con
 ``grid-<i>/``) ``metrics.jsonl``, ``last.pt`` and ``best.pt``; ``results.json`` is written at the
 end. Every JSON file is written to a temporary file and renamed, so none is ever partial.
 Each grid point is trained by a :class:`~sgfd_fast.training.loop.Trainer` from the same seed; the
-point with the best ``valid_metric`` is reported.
+point with the best ``valid_metric`` is reported. Under torchrun (:mod:`.distributed`) all ranks
+train each point together, or, with ``grid_parallel: true``, point i is trained alone by rank
+``i mod world_size`` (which writes its ``grid-<i>/``) and the summaries are gathered before the
+same selection.
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ import torch
 
 from ..config import Config, check_point
 from ..errors import ConfigError
+from . import distributed
 from .checkpoint import write_json
 from .loop import Trainer
-from .runtime import device_name, is_main, resolve_device, run_logging
+from .runtime import device_name, is_main, rank, resolve_device, run_logging, world_size
 
 __all__ = ["train", "resume", "load_data", "RESUMABLE_KEYS"]
 
@@ -78,16 +82,23 @@ def _run(run: dict, run_dir: Path, dataset, *, resuming: bool, progress, console
         else:
             log.info(f"resuming {run_dir}")
         _log_kernels(log, device)
+        parallel = values.get("grid_parallel", False) and len(points) > 1 and distributed.active()
+        if parallel:
+            log.info(f"grid_parallel: {len(points)} points over {world_size()} processes (point "
+                     f"i on rank i mod {world_size()}); only rank 0's points are logged here")
         summaries = []
         try:
             for i, point in enumerate(points):
+                if parallel and i % world_size() != rank():
+                    continue
                 pdir = _point_dir(run_dir, i, len(points))
-                if is_main():
+                if is_main() or parallel:
                     pdir.mkdir(parents=True, exist_ok=True)
                 if len(points) > 1:
                     log.info(f"grid point {i + 1}/{len(points)}: " + ", ".join(
                         f"{k}={point[k]}" for k in cfg.grid_keys))
-                trainer = Trainer(run["model"], dataset, point, pdir, device, log, progress)
+                trainer = Trainer(run["model"], dataset, point, pdir, device, log, progress,
+                                  alone=parallel)
                 if resuming and (pdir / "last.pt").exists():
                     trainer.resume_from(pdir / "last.pt")
                 s = trainer.fit()
@@ -98,6 +109,9 @@ def _run(run: dict, run_dir: Path, dataset, *, resuming: bool, progress, console
             log.warning(f"interrupted; nothing completed is lost. Resume with:\n"
                         f"  python -m sgfd_fast.train --resume {run_dir}")
             raise
+        if parallel:  # rank r trained points r, r + W, ...: every summary, in grid order
+            parts = distributed.all_gather_object(summaries)
+            summaries = [parts[i % world_size()][i // world_size()] for i in range(len(points))]
 
         best = max(range(len(summaries)), key=lambda j: (summaries[j]["valid_score"], -j))
         s = summaries[best]
@@ -160,7 +174,7 @@ def train(model: str, config: Config, *, run_dir, dataset=None, data: dict | Non
     data = {k: (str(Path(v).resolve()) if k in ("path", "labels") and v is not None else v)
             for k, v in data.items()}
     run_dir = Path(run_dir)
-    if (run_dir / "run.json").exists():
+    if distributed.broadcast_object((run_dir / "run.json").exists()):  # rank 0 decides
         raise ConfigError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
                           f"or choose another --out")
     values = config.values
