@@ -47,6 +47,7 @@ examples:
   python -m sgfd_fast.train --data-path data/Office --format sgfd --config my.yaml
   python -m sgfd_fast.train --data-path data/baby --format mmrec --labels baby_labels.tsv
   python -m sgfd_fast.train --resume runs/BM3-office-20250101-120000 epochs=80
+  torchrun --standalone --nproc_per_node=4 -m sgfd_fast.train   # 4 GPUs (README: several GPUs or machines)
 
 run directory (--out, default runs/<model>-<dataset>-<timestamp>):
   train.log, metrics.jsonl (one line per epoch), last.pt / best.pt (resumable checkpoints;

@@ -4,6 +4,7 @@
 * :mod:`.checkpoint`: atomic JSON/checkpoint writes, reading checkpoints, trimming metrics.
 * :mod:`.loop`: :class:`Trainer`, one model (one grid point) from its first epoch to its test
   metrics.
+* :mod:`.distributed`: several processes under torchrun (process group, sharding, collectives).
 * :mod:`.runner`: :func:`train` and :func:`resume`, the run directory, the grid, ``results.json``.
 """
 
