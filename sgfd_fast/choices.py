@@ -5,7 +5,7 @@ modules that check their own arguments (``ops.sgfd_loss``'s ``flavour``) import 
 neither side imports upwards. A value travels unchanged from the config to the kernel.
 """
 
-__all__ = ["PROTOCOLS", "SGFD_LOSSES", "DEVICES", "METRICS"]
+__all__ = ["PROTOCOLS", "SGFD_LOSSES", "DEVICES", "DIST_BACKENDS", "METRICS"]
 
 #: ``protocol``: ``standard`` selects on the validation split; ``legacy`` as the released code.
 PROTOCOLS = ("standard", "legacy")
@@ -13,5 +13,7 @@ PROTOCOLS = ("standard", "legacy")
 SGFD_LOSSES = ("official", "standard")
 #: ``device``.
 DEVICES = ("auto", "cpu", "cuda")
+#: ``dist_backend``: the torch.distributed backend under torchrun (auto: NCCL on CUDA, else gloo).
+DIST_BACKENDS = ("auto", "nccl", "gloo")
 #: The ranking metrics ``evaluation`` reports; ``valid_metric`` is one of them at a ``topk`` cut.
 METRICS = ("recall", "ndcg", "precision", "map", "hit")

@@ -30,7 +30,7 @@ from typing import NamedTuple
 
 import yaml
 
-from .choices import DEVICES, METRICS, PROTOCOLS, SGFD_LOSSES
+from .choices import DEVICES, DIST_BACKENDS, METRICS, PROTOCOLS, SGFD_LOSSES
 from .errors import ConfigError
 
 __all__ = ["Config", "load_config", "parse_override", "CONFIG_DIR", "dataset_config_file",
@@ -40,7 +40,8 @@ __all__ = ["Config", "load_config", "parse_override", "CONFIG_DIR", "dataset_con
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 #: Keys whose value is one of a fixed set.
-CHOICES = {"protocol": PROTOCOLS, "sgfd_loss": SGFD_LOSSES, "device": DEVICES}
+CHOICES = {"protocol": PROTOCOLS, "sgfd_loss": SGFD_LOSSES, "device": DEVICES,
+           "dist_backend": DIST_BACKENDS}
 
 
 class Range(NamedTuple):
@@ -78,6 +79,7 @@ RANGES = {
     "learning_rate": Range(0, open_low=True),
     "t_decay": Range(1e-6),      # divides the logits
     "clip_norm": Range(1e-12),   # divides the row norms
+    "dist_timeout": Range(1),    # seconds a collective waits for a peer
     "dropout": Range(0, 0.99),
     "valid_ratio": Range(0, 1, open_high=True),
     **dict.fromkeys(("seed", "split_seed"), Range(0, 2**63, open_high=True)),  # torch's seed range

@@ -75,6 +75,13 @@ def ranking_metrics(topk_indices: torch.Tensor, truth_rowptr: torch.Tensor,
     Returns:
         ``{"recall@k", "ndcg@k", "precision@k", "map@k", "hit@k"}`` for every k, as floats.
     """
+    return {name: float(num / den) for name, (num, den) in _metric_sums(
+        topk_indices, truth_rowptr, truth_items, ks, protocol, model).items()}
+
+
+def _metric_sums(topk_indices, truth_rowptr, truth_items, ks, protocol, model):
+    """Per metric ``(numerator, denominator)`` (a sum over users and the user count; legacy BM3
+    recall: all hits and all truth pairs), so that shards of the users add up exactly."""
     ks = [int(k) for k in ks]
     if topk_indices.dim() != 2:
         raise InputError(f"ranking_metrics: topk_indices must be (U, L), got "
@@ -106,12 +113,13 @@ def ranking_metrics(topk_indices: torch.Tensor, truth_rowptr: torch.Tensor,
     legacy_bm3 = protocol == "legacy" and str(model).upper() not in ("GRCN", "MAML")
     legacy_hitnorm = protocol == "legacy" and not legacy_bm3
 
+    n = float(n_users)
     out = {}
     for k in ks:
         h = cum[:, k - 1]
         at_most_k = n_truth.clamp(max=k)
         if legacy_bm3:
-            recall = h.sum() / n_truth.sum()
+            recall = (h.sum(), n_truth.sum())                            # micro: all hits / pairs
             h_prev = cum[:, k - 2] if k >= 2 else torch.zeros_like(h)   # hits in first k-1
             ideal = idcg[(h_prev - 1).clamp(min=0).long()]
             ndcg = torch.where(h_prev > 0, dcg[:, -1] / ideal, 0.0)     # DCG over the full list
@@ -125,12 +133,12 @@ def ranking_metrics(topk_indices: torch.Tensor, truth_rowptr: torch.Tensor,
             recall = h / n_truth
             ndcg = dcg[:, k - 1] / idcg[at_most_k.long() - 1]
             hit = (h > 0).to(torch.float64)
-        out[f"recall@{k}"] = recall.mean()
-        out[f"ndcg@{k}"] = ndcg.mean()
-        out[f"precision@{k}"] = (h / k).mean()
-        out[f"map@{k}"] = (ap[:, k - 1] / at_most_k).mean()
-        out[f"hit@{k}"] = hit.mean()
-    return {key: float(v) for key, v in out.items()}
+        out[f"recall@{k}"] = recall if legacy_bm3 else (recall.sum(), n)
+        out[f"ndcg@{k}"] = (ndcg.sum(), n)
+        out[f"precision@{k}"] = ((h / k).sum(), n)
+        out[f"map@{k}"] = ((ap[:, k - 1] / at_most_k).sum(), n)
+        out[f"hit@{k}"] = (hit.sum(), n)
+    return {key: (float(num), float(den)) for key, (num, den) in out.items()}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -216,7 +224,8 @@ def top_k_items(model, users: torch.Tensor, mask: CSR, k: int, batch_size: int,
     return torch.cat(values), torch.cat(indices)
 
 
-def evaluate(model, dataset, split: str, config: dict) -> dict[str, float]:
+def evaluate(model, dataset, split: str, config: dict, *, shard: tuple[int, int] = (0, 1),
+             reduce=None) -> dict[str, float]:
     """Rank all items for the split's users and return the metrics (keys ``"recall@20"``, ...).
 
     Args:
@@ -226,6 +235,10 @@ def evaluate(model, dataset, split: str, config: dict) -> dict[str, float]:
         config: a resolved config (checked by :func:`sgfd_fast.config.load_config`); reads
             ``topk``, ``eval_batch_size`` and ``protocol``. The legacy metric definitions follow
             the model's class name (BM3 vs GRCN/MAML).
+        shard: ``(rank, world)``: rank only the rank-th of ``world`` contiguous shares of the
+            evaluated users (several processes, ``sgfd_fast.training.distributed``).
+        reduce: with ``shard``, a function that sums a float64 vector over the processes
+            (every metric's sum over users and user count are added, never averages).
     """
     ks, batch, protocol = config["topk"], config["eval_batch_size"], config["protocol"]
     if split not in ("valid", "test"):
@@ -250,16 +263,25 @@ def evaluate(model, dataset, split: str, config: dict) -> dict[str, float]:
     truth_csr, known_csr = (
         CSR.from_coo(p[:, 0], p[:, 1], None, dataset.n_users, dataset.n_items,
                      duplicates="drop").to(model.device) for p in (truth, known))
+    rank, world = shard
+    users = users[users.size * rank // world:users.size * (rank + 1) // world]
     users_t = torch.from_numpy(users).to(model.device)
     truth_csr = truth_csr.select_rows(users_t)
     depth = max(ks)
     mask_value = model.legacy_mask_value if protocol == "legacy" else None
 
-    was_training = model.training
-    model.eval()
-    try:
-        top = top_k_items(model, users_t, known_csr, depth, batch, mask_value)[1]
-    finally:
-        model.train(was_training)
-    return ranking_metrics(top, truth_csr.rowptr, truth_csr.col, ks, protocol,
-                           type(model).__name__)
+    names = [f"{m}@{k}" for k in ks for m in ("recall", "ndcg", "precision", "map", "hit")]
+    sums = dict.fromkeys(names, (0.0, 0.0))   # a share without users adds nothing
+    if users.size:
+        was_training = model.training
+        model.eval()
+        try:
+            top = top_k_items(model, users_t, known_csr, depth, batch, mask_value)[1]
+        finally:
+            model.train(was_training)
+        sums = _metric_sums(top, truth_csr.rowptr, truth_csr.col, ks, protocol,
+                            type(model).__name__)
+    if reduce is not None:
+        total = reduce(torch.tensor([sums[n] for n in names], dtype=torch.float64))
+        sums = dict(zip(names, total.tolist()))
+    return {n: num / den for n, (num, den) in sums.items()}

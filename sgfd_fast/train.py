@@ -6,6 +6,7 @@ Run ``python -m sgfd_fast.train --help`` for the options, the configuration laye
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -46,6 +47,7 @@ examples:
   python -m sgfd_fast.train --data-path data/Office --format sgfd --config my.yaml
   python -m sgfd_fast.train --data-path data/baby --format mmrec --labels baby_labels.tsv
   python -m sgfd_fast.train --resume runs/BM3-office-20250101-120000 epochs=80
+  torchrun --standalone --nproc_per_node=4 -m sgfd_fast.train   # 4 GPUs (README: several GPUs or machines)
 
 run directory (--out, default runs/<model>-<dataset>-<timestamp>; new, or empty):
   train.log, metrics.jsonl (one line per epoch), last.pt / best.pt (resumable checkpoints;
@@ -148,6 +150,7 @@ def main(argv=None) -> int:
     import warnings
 
     from . import training
+    from .training.rundir import read_run
 
     warnings.showwarning = _show_warning  # one line per DataWarning, as the data CLI prints them
     try:
@@ -165,8 +168,11 @@ def main(argv=None) -> int:
                                 "key=value overrides of epochs, stopping_step, eval_batch_size "
                                 "and --device")
             run_dir = Path(args.resume)
-            results = training.resume(run_dir, overrides,
-                                      allow_data_change=args.allow_data_change)
+            # under torchrun the process group needs the run's dist_* keys before resuming
+            values = read_run(run_dir)["config"] if (run_dir / "run.json").exists() else {}
+            with _process_group(values, args.device):
+                results = training.resume(run_dir, overrides,
+                                          allow_data_change=args.allow_data_change)
         else:
             if args.allow_data_change:
                 raise SGFDError("--allow-data-change applies to --resume only")
@@ -193,14 +199,30 @@ def main(argv=None) -> int:
                 cfg = load_config(args.model, name, args.config, overrides)
             run_dir = Path(args.out) if args.out else \
                 Path("runs") / f"{args.model}-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-            results = training.train(args.model, cfg, run_dir=run_dir, data=data)
+            with _process_group(cfg.values, args.device):
+                from .training import distributed
+
+                run_dir = distributed.broadcast_object(run_dir)  # rank 0's timestamp
+                results = training.train(args.model, cfg, run_dir=run_dir, data=data)
     except SGFDError as e:
-        print(f"error: {e}", file=sys.stderr)
+        rank = os.environ.get("RANK", "0")
+        print(f"error: {e}" if rank == "0" else f"error: [rank {rank}] {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
-    _print_results(results, run_dir)
+    if os.environ.get("RANK", "0") == "0":
+        _print_results(results, run_dir)
     return 0
+
+
+def _process_group(values: dict, device: str | None):
+    """Under torchrun, the torch.distributed group for the run's ``dist_*`` keys (a no-op
+    context otherwise: a plain run never imports torch.distributed)."""
+    from .training import distributed
+
+    return distributed.process_group(values.get("dist_backend", "auto"),
+                                     values.get("dist_timeout", 600),
+                                     device or values.get("device", "auto"))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,10 @@ constant in both variants so the comparison isolates SGFD).
 Differences from the released code that do not change the distribution of any quantity: features,
 predictor outputs and dropout masks are computed only for the distinct users/items of the batch
 (the released code computes them for all rows and then gathers; one mask per distinct row keeps
-duplicates identical, as there); the released sum over the two modalities becomes a sum over any
+duplicates identical, as there); the masks come from a counter-based hash of (step key, row id,
+column) (``base.row_dropout``) instead of the global torch RNG, so that a batch split across
+processes draws the masks one process draws (same Bernoulli(1 - dropout) distribution); the
+released sum over the two modalities becomes a sum over any
 number (>= 1) of modalities.
 """
 
@@ -32,7 +35,7 @@ from torch import nn
 
 from ..errors import DataError
 from ..graph import normalized_bipartite
-from .base import Recommender, rows
+from .base import Recommender, row_dropout, rows
 from .sgfd import attach_item_features
 
 __all__ = ["BM3"]
@@ -105,9 +108,10 @@ class BM3(Recommender):
         uniq_u, inv_u = torch.unique(users, return_inverse=True)
         uniq_i, inv_i = torch.unique(items, return_inverse=True)
         u_rows, i_rows = rows(u_o, uniq_u), rows(i_o, uniq_i)
+        key = self.step_key
         with torch.no_grad():
-            u_tgt = rows(F.dropout(u_rows, self.dropout), inv_u)
-            i_tgt = rows(F.dropout(i_rows, self.dropout), inv_i)
+            u_tgt = rows(row_dropout(u_rows, uniq_u, self.dropout, key), inv_u)
+            i_tgt = rows(row_dropout(i_rows, uniq_i, self.dropout, key + 1), inv_i)
         u_on = rows(self.predictor(u_rows), inv_u)
         i_on = rows(self.predictor(i_rows), inv_i)
         bm3 = _neg_cos(u_on, i_tgt) + _neg_cos(i_on, u_tgt)
@@ -121,7 +125,7 @@ class BM3(Recommender):
             gathered.append(x)
             q = rows(self.predictor(s), inv_i)
             with torch.no_grad():
-                s_tgt = rows(F.dropout(s, self.dropout), inv_i)
+                s_tgt = rows(row_dropout(s, uniq_i, self.dropout, key + 2 + j), inv_i)
             cl = cl + _neg_cos(q, i_tgt) + _neg_cos(q, s_tgt)
 
         total = bm3 + self.reg_weight * reg + self.cl_weight * cl

@@ -170,7 +170,8 @@ class MAML(Recommender):
             with torch.no_grad():  # WARP weight: estimated rank of the positive, a constant
                 impostors = (d_pos.unsqueeze(1) - d_neg + self.margin > 0).float().mean(1)
             hinge = hinge * torch.log1p(impostors * self.n_items)
-        metric = hinge.sum()
+        # a sum over the batch's rows: a shard's share is scaled back (base.shard_fraction)
+        metric = hinge.sum() / self.shard_fraction
         feature = self.feature_l2_reg * (V - f).pow(2).sum()
         total = metric + feature
         parts = {"metric": metric, "feature": feature}

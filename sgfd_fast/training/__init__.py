@@ -6,6 +6,7 @@
   fingerprint.
 * :mod:`.loop`: :class:`Trainer`, one model (one grid point) from its first epoch to its test
   metrics.
+* :mod:`.distributed`: several processes under torchrun (process group, sharding, collectives).
 * :mod:`.runner`: :func:`train` and :func:`resume`, the run directory, the grid, ``results.json``.
 """
 

@@ -26,9 +26,10 @@ import torch
 
 from ..errors import ConfigError, TrainingError
 from ..sampling import NegativeSampler
+from . import distributed
 from .checkpoint import (CHECKPOINT_VERSION, append_line, load_checkpoint, save_checkpoint,
                          trim_metrics)
-from .runtime import is_main, rng_state, seed_everything, set_rng_state
+from .runtime import is_main, rank, rng_state, seed_everything, set_rng_state, world_size
 
 __all__ = ["Trainer"]
 
@@ -48,10 +49,16 @@ class Trainer:
         device: a torch.device.
         logger: a ``logging.Logger``.
         progress: show a tqdm bar (None: only when stderr is a terminal).
+        alone: train without collectives even inside a process group (``grid_parallel``: this
+            rank trains the whole point and writes its files).
+
+    Inside a torch.distributed process group (and not ``alone``) every rank trains the same model
+    on its shard of each global batch (:mod:`.distributed`); rank 0 writes the files.
     """
 
     def __init__(self, model_name: str, dataset, config: dict, point_dir: Path,
-                 device: torch.device, logger: logging.Logger, progress: bool | None = None):
+                 device: torch.device, logger: logging.Logger, progress: bool | None = None,
+                 alone: bool = False):
         from ..models import build_model
 
         self.model_name = model_name
@@ -60,14 +67,17 @@ class Trainer:
         self.point_dir = Path(point_dir)
         self.device = device
         self.log = logger
-        self.write_files = is_main()
-        self.progress = (sys.stderr.isatty() if progress is None else progress) and \
-            self.write_files
+        self.dist = distributed.active() and not alone
+        self.write_files = alone or is_main()
+        self.progress = (sys.stderr.isatty() if progress is None else progress) and is_main()
         self._stop_requested = False
 
         seed_everything(self.config["seed"])
         self.model = build_model(model_name, dataset, self.config).to(device)
-        self.optimizer = torch.optim.Adam([p for p in self.model.parameters() if p.requires_grad],
+        if self.dist:
+            distributed.broadcast_params(self.model)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(self.params,
                                           lr=self.config["learning_rate"],
                                           weight_decay=self.config["weight_decay"])
         self.n_negatives = int(getattr(self.model, "n_negatives", 0) or 0)
@@ -135,7 +145,9 @@ class Trainer:
     @contextmanager
     def _sigint_stops(self):
         """First Ctrl-C: finish the batch, save, stop. Second: interrupt at once."""
-        if threading.current_thread() is not threading.main_thread() or \
+        # several processes: torchrun delivers Ctrl-C to each, which would stop at different
+        # batches; there the default handler ends them (last.pt of the last epoch remains)
+        if self.dist or threading.current_thread() is not threading.main_thread() or \
                 signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
             yield
             return
@@ -167,6 +179,10 @@ class Trainer:
         self.model.eval()
         try:
             with torch.no_grad():
+                if self.dist:
+                    return evaluate(self.model, self.dataset, split, self.config,
+                                    shard=(rank(), world_size()),
+                                    reduce=distributed.reduce_then_broadcast)
                 return evaluate(self.model, self.dataset, split, self.config)
         finally:
             self.model.train()
@@ -191,10 +207,15 @@ class Trainer:
     def _train_epoch(self, n: int, bs: int, n_batches: int) -> None:
         from tqdm import tqdm
 
+        from ..models.base import step_key
+
         cfg = self.config
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(
             _epoch_seed(cfg["seed"], self.epoch)))
-        sums = dict(self.partial["losses"])
+        # a resumed partial epoch's sums are global: counted once, on rank 0
+        sums = {k: v if is_main() or not self.dist else 0.0
+                for k, v in self.partial["losses"].items()}
+        r, w = (rank(), world_size()) if self.dist else (0, 1)
         start = time.perf_counter() - self.partial["time"]
         bar = tqdm(total=n_batches, initial=self.batch, leave=False, disable=not self.progress,
                    desc=f"epoch {self.epoch + 1}/{cfg['epochs']}", unit="batch", file=sys.stderr)
@@ -203,10 +224,26 @@ class Trainer:
                 idx = perm[self.batch * bs:(self.batch + 1) * bs]
                 users = self.train_pairs[idx, 0].to(self.device)
                 items = self.train_pairs[idx, 1].to(self.device)
+                # negatives of the global batch: a pair's draw depends on its global position
                 negatives = self.sampler.sample(users) if self.sampler else None
-                parts = self.model.calculate_loss(users, items, negatives)
+                self.model.step_key = step_key(cfg["seed"], self.epoch, self.batch)
                 self.optimizer.zero_grad(set_to_none=True)
-                parts["loss"].backward()
+                if self.dist:
+                    distributed.fail_if_asked(self.epoch * n_batches + self.batch)
+                    lo, hi = distributed.shard_bounds(idx.numel(), r, w)
+                    users, items = users[lo:hi], items[lo:hi]
+                    negatives = negatives[lo:hi] if negatives is not None else None
+                    fraction = (hi - lo) / idx.numel()
+                    self.model.shard_fraction = fraction
+                    parts = {}
+                    if hi > lo:  # a global batch smaller than the world leaves a rank idle
+                        parts = self.model.calculate_loss(users, items, negatives)
+                        (parts["loss"] * fraction).backward()
+                        parts = {k: v.detach() * fraction for k, v in parts.items()}
+                    distributed.all_reduce_grads(self.params)
+                else:
+                    parts = self.model.calculate_loss(users, items, negatives)
+                    parts["loss"].backward()
                 self.optimizer.step()
                 if self._post_step is not None:
                     self._post_step()
@@ -221,6 +258,8 @@ class Trainer:
                     self._check_stop()
         finally:
             bar.close()
+        if self.dist:
+            sums = distributed.all_reduce_sums(sums)
         self._epoch_losses = {k: float(v) / n_batches for k, v in sums.items()}
         self._epoch_time = time.perf_counter() - start
 

@@ -7,12 +7,14 @@ the end. Every JSON file is written to a temporary file and renamed, so none is 
 What happens to the directory in each case (creation, locking, failures, resume) is
 :mod:`.rundir`'s to decide.
 Each grid point is trained by a :class:`~sgfd_fast.training.loop.Trainer` from the same seed; the
-point with the best ``valid_metric`` is reported.
+point with the best ``valid_metric`` is reported. Under torchrun (:mod:`.distributed`) all ranks
+train each point together, or, with ``grid_parallel: true``, point i is trained alone by rank
+``i mod world_size`` (which writes its ``grid-<i>/``) and the summaries are gathered before the
+same selection.
 """
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 
@@ -20,11 +22,12 @@ import torch
 
 from ..config import Config, check_point
 from ..errors import ConfigError, DataError, RunDirectoryError, SGFDError
+from . import distributed
 from .checkpoint import write_json
 from .loop import Trainer
 from .rundir import (RunDirectory, data_fingerprint, describe_fingerprint, point_states,
                      read_json, read_run)
-from .runtime import device_name, is_main, resolve_device, run_logging
+from .runtime import device_name, is_main, rank, resolve_device, run_logging, world_size
 
 __all__ = ["train", "resume", "load_data", "RESUMABLE_KEYS"]
 
@@ -126,16 +129,23 @@ def _run(run: dict, run_dir: Path, dataset, *, states=None, notes=(), held=(), p
         for note in notes:
             log.warning(note)
         _log_kernels(log, device)
+        parallel = values.get("grid_parallel", False) and len(points) > 1 and distributed.active()
+        if parallel:
+            log.info(f"grid_parallel: {len(points)} points over {world_size()} processes (point "
+                     f"i on rank i mod {world_size()}); only rank 0's points are logged here")
         summaries = []
         try:
             for i, point in enumerate(points):
+                if parallel and i % world_size() != rank():
+                    continue
                 pdir = _point_dir(run_dir, i, len(points))
-                if is_main():
+                if is_main() or parallel:
                     pdir.mkdir(parents=True, exist_ok=True)
                 if len(points) > 1:
                     log.info(f"grid point {i + 1}/{len(points)}: "
                              + _params({k: point[k] for k in cfg.grid_keys}))
-                trainer = Trainer(run["model"], dataset, point, pdir, device, log, progress)
+                trainer = Trainer(run["model"], dataset, point, pdir, device, log, progress,
+                                  alone=parallel)
                 if states is not None and states[i].checkpoint:
                     trainer.resume_from(pdir / "last.pt")
                 elif states is not None:
@@ -149,6 +159,9 @@ def _run(run: dict, run_dir: Path, dataset, *, states=None, notes=(), held=(), p
             log.warning(f"interrupted; nothing completed is lost. Resume with:\n"
                         f"  python -m sgfd_fast.train --resume {run_dir}")
             raise
+        if parallel:  # rank r trained points r, r + W, ...: every summary, in grid order
+            parts = distributed.all_gather_object(summaries)
+            summaries = [parts[i % world_size()][i // world_size()] for i in range(len(points))]
 
         best = max(range(len(summaries)), key=lambda j: (summaries[j]["valid_score"], -j))
         s = summaries[best]
@@ -229,7 +242,7 @@ def train(model: str, config: Config, *, run_dir, dataset=None, data: dict | Non
     data = {k: (str(Path(v).resolve()) if k in ("path", "labels") and v is not None else v)
             for k, v in data.items()}
     run_dir = Path(run_dir)
-    if (run_dir / "run.json").exists():
+    if distributed.broadcast_object((run_dir / "run.json").exists()):  # rank 0 decides
         raise ConfigError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
                           f"or choose another --out")
     values = config.values
@@ -281,7 +294,7 @@ def _finished_message(run_dir: Path, states, points) -> str:
         return f"{run_dir} is finished ({why}); there is nothing to train"
     return (f"{run_dir} is finished: it has trained {epochs} of epochs={epochs}"
             + (" (or stopped early)" if stopped else "") +
-            f"; there is nothing to train. Resume with a higher epochs to continue it")
+            "; there is nothing to train. Resume with a higher epochs to continue it")
 
 
 def resume(run_dir, overrides=(), *, dataset=None, allow_data_change: bool = False,

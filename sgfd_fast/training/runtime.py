@@ -30,14 +30,17 @@ LOGGER_NAME = "sgfd_fast.train"
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` → CUDA when available, else CPU; ``cuda`` without a GPU is a ConfigError."""
+    """``auto`` → CUDA when available, else CPU; ``cuda`` without a GPU is a ConfigError. In a
+    process group, ``cuda``/``auto`` is the GPU ``process_group`` selected (``cuda:LOCAL_RANK``)."""
     name = str(name).lower()
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
             raise ConfigError(f"device={name} was asked for, but torch sees no CUDA GPU "
                               f"(torch {torch.__version__}); use --device cpu or auto")
+        if name == "cuda" and _distributed() is not None:  # torchrun: this rank's GPU
+            return torch.device("cuda", torch.cuda.current_device())
         return torch.device(name)
     if name == "cpu":
         return torch.device("cpu")

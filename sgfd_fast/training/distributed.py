@@ -1,0 +1,207 @@
+"""Several processes on torch.distributed, launched by ``torchrun``: the process group, the
+collectives the trainer needs and how a global batch is split.
+
+``torchrun --nproc_per_node=N -m sgfd_fast.train ...`` starts N copies of the CLI with
+``WORLD_SIZE``/``RANK``/``LOCAL_RANK`` (and the rendezvous) in the environment;
+:func:`process_group` then joins them (NCCL on CUDA, one GPU per local rank; gloo on CPU). A plain
+``python -m sgfd_fast.train`` never enters that branch and never imports ``torch.distributed``.
+
+How one model is trained by W processes (docs/DEVELOPING.md, "Several processes"):
+
+* every rank builds the same model (same seed) on its device, holds the whole graph and features,
+  and computes the same epoch permutation; batch b of the epoch (``train_batch_size`` pairs, the
+  GLOBAL batch) is cut into W contiguous shards (:func:`shard_bounds`), one per rank;
+* the negatives of the global batch are drawn on every rank and each keeps its shard's rows, and
+  the models' random masks come from :attr:`Recommender.step_key`: both are functions of the
+  global position, so 1 and W processes see the same random numbers;
+* each rank backpropagates its shard's loss times ``n_shard / n_batch``
+  (:attr:`Recommender.shard_fraction`) and :func:`all_reduce_grads` sums the gradients: a mean
+  over the batch's rows is then exact, a term over the whole model (a norm regulariser) is counted
+  once (the fractions sum to 1). The step equals the one-process step up to float rounding;
+* evaluation ranks each rank's share of the users and all-reduces metric sums and user counts
+  (:func:`sgfd_fast.evaluation.evaluate`), then rank 0's result is broadcast, so every decision
+  (best epoch, early stopping, grid point) is taken on identical numbers.
+
+Why not DistributedDataParallel: its reducer hooks into ``module.forward()``, while the trainer
+calls ``calculate_loss`` (each model would need a forward that computes its loss), and which
+parameters a step uses may differ between shards (SGFD's heads see only the shard's items), which
+DDP handles only with ``find_unused_parameters=True`` (a traversal of the autograd graph every
+step). One flat all-reduce per dtype after ``backward`` needs neither, keeps a parameter that no
+rank used at ``grad=None`` (Adam leaves it alone, as in one process), and gives up only DDP's
+overlap of communication with the backward, which is dominated here by the whole-graph
+propagation that every rank computes anyway. (A design decision, not a measured comparison.)
+
+Faults: every collective runs under ``dist_timeout`` seconds, so a dead or stuck peer ends the
+others with an error instead of a hang, and torchrun stops the remaining workers once one
+exits non-zero. ``SGFD_FAST_FAIL_AT=RANK:STEP`` (tests only) makes that rank exit with status
+1 just before its step number STEP (counted over the whole run from 0), to exercise
+this.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from datetime import timedelta
+
+import torch
+
+from ..errors import ConfigError
+from .runtime import _distributed, resolve_device
+
+__all__ = ["launched", "process_group", "active", "shard_bounds", "broadcast_object",
+           "all_gather_object", "all_reduce_grads", "all_reduce_sums", "reduce_then_broadcast",
+           "broadcast_params", "fail_if_asked"]
+
+FAIL_ENV = "SGFD_FAST_FAIL_AT"
+
+
+def launched() -> bool:
+    """True when torchrun (or another launcher) has set this process's rank and world size."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def active() -> bool:
+    """True inside :func:`process_group` (a torch.distributed group is initialised)."""
+    return _distributed() is not None
+
+
+@contextmanager
+def process_group(backend: str = "auto", timeout_s: int = 600, device: str = "auto"):
+    """Join the torchrun job for the duration of the block (nothing when not launched by one, or
+    when the caller has initialised a group already).
+
+    Args:
+        backend: ``auto`` (NCCL when ``device`` resolves to CUDA, else gloo), ``nccl`` or ``gloo``.
+        timeout_s: seconds any collective may wait for a peer before failing.
+        device: the run's ``device``; on CUDA each process uses ``cuda:LOCAL_RANK``.
+    Raises:
+        ConfigError: NCCL asked for a CPU run, or fewer GPUs than local ranks.
+    """
+    if not launched() or active():
+        yield
+        return
+    import torch.distributed as dist
+
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        if local >= torch.cuda.device_count():
+            raise ConfigError(f"LOCAL_RANK {local} has no GPU (this machine has "
+                              f"{torch.cuda.device_count()}); start at most that many processes "
+                              f"per node (--nproc_per_node)")
+        torch.cuda.set_device(local)
+    if backend == "auto":
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+    if backend == "nccl" and dev.type != "cuda":
+        raise ConfigError("dist_backend=nccl needs CUDA devices; use dist_backend=gloo (or auto) "
+                          "for device=cpu")
+    dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def shard_bounds(n: int, rank: int, world: int) -> tuple[int, int]:
+    """``[lo, hi)`` of rank ``rank``'s contiguous share of ``n`` rows (sizes differ by <= 1)."""
+    return n * rank // world, n * (rank + 1) // world
+
+
+def _comm_device() -> torch.device:
+    """Where tensors handed to collectives live: the current GPU for NCCL, else the CPU."""
+    dist = _distributed()
+    if dist is not None and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def broadcast_object(obj):
+    """Rank 0's ``obj`` on every rank (``obj`` itself outside a process group)."""
+    dist = _distributed()
+    if dist is None:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def all_gather_object(obj) -> list:
+    """Every rank's ``obj``, in rank order (``[obj]`` outside a process group)."""
+    dist = _distributed()
+    if dist is None:
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_params(module: torch.nn.Module) -> None:
+    """Copy rank 0's parameters and buffers to every rank (they are built from one seed already;
+    this makes it a guarantee rather than an assumption about identical initialisation)."""
+    dist = _distributed()
+    if dist is None:
+        return
+    for t in list(module.parameters()) + list(module.buffers()):
+        buf = t.data.to(_comm_device())
+        dist.broadcast(buf, src=0)
+        t.data.copy_(buf)
+
+
+def all_reduce_grads(params: list[torch.nn.Parameter]) -> None:
+    """Sum the gradients of ``params`` over the ranks, one flat all-reduce per dtype; a parameter
+    whose gradient is None on every rank stays None (one process would leave it None too)."""
+    dist = _distributed()
+    if dist is None:
+        return
+    dev = _comm_device()
+    by_dtype: dict = {}
+    for p in params:
+        by_dtype.setdefault(p.dtype, []).append(p)
+    for dtype, group in by_dtype.items():
+        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
+                          .to(dev) for p in group]
+                         + [torch.tensor([p.grad is not None for p in group], dtype=dtype,
+                                         device=dev)])
+        dist.all_reduce(flat)
+        used = flat[-len(group):].tolist()
+        offset = 0
+        for p, u in zip(group, used):
+            g = flat[offset:offset + p.numel()].view_as(p)
+            offset += p.numel()
+            p.grad = g.to(p.device).clone() if u > 0 else None
+
+
+def all_reduce_sums(sums: dict) -> dict:
+    """``{name: value}`` summed over the ranks in float64 (a name missing on a rank counts 0);
+    outside a process group the values as floats."""
+    dist = _distributed()
+    if dist is None:
+        return {k: float(v) for k, v in sums.items()}
+    names = list(dict.fromkeys(k for part in all_gather_object(list(sums)) for k in part))
+    vec = torch.tensor([float(sums.get(k, 0.0)) for k in names], dtype=torch.float64,
+                       device=_comm_device())
+    dist.all_reduce(vec)
+    return dict(zip(names, vec.tolist()))
+
+
+def reduce_then_broadcast(vec: torch.Tensor) -> torch.Tensor:
+    """The sum of ``vec`` over the ranks, as rank 0 computed it, on every rank (identical bits
+    everywhere, so decisions taken from it never diverge)."""
+    dist = _distributed()
+    if dist is None:
+        return vec
+    buf = vec.to(_comm_device())
+    dist.all_reduce(buf)
+    dist.broadcast(buf, src=0)
+    return buf.to(vec.device)
+
+
+def fail_if_asked(step: int) -> None:
+    """Test hook (``SGFD_FAST_FAIL_AT=RANK:STEP``): exit this process with status 1, at once and
+    without cleanup, as a crashed peer would, when it is that rank at that training step."""
+    spec = os.environ.get(FAIL_ENV)
+    if spec and active():
+        r, b = (int(x) for x in spec.split(":"))
+        if r == _distributed().get_rank() and b == step:
+            os._exit(1)

@@ -1,0 +1,216 @@
+"""Training on several processes (torch.distributed, gloo on CPU, launched by torchrun on
+localhost): 2 processes give the 1-process numbers, resume across world sizes, a dead rank ends
+the job, grid_parallel selects as the serial grid; plus the in-process pieces (shard exactness of
+every model's loss, metric sums, no process group in a plain run)."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import sgfd_fast
+from sgfd_fast.config import load_config
+from sgfd_fast.data import write_sgfd
+from sgfd_fast.errors import ConfigError
+from sgfd_fast.evaluation import evaluate
+from sgfd_fast.models import MODELS, build_model
+from sgfd_fast.train import main
+from sgfd_fast.training import distributed
+from sgfd_fast.training.distributed import shard_bounds
+from test_trainer import tiny_dataset
+
+BASE = ["--device", "cpu", "epochs=2", "train_batch_size=64", "embedding_size=16"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1",
+       "PYTHONPATH": str(Path(sgfd_fast.__file__).resolve().parents[1])}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return write_sgfd(tiny_dataset(n_users=60, n_items=40),
+                      tmp_path_factory.mktemp("data") / "tiny")
+
+
+def torchrun(*args, env=None, timeout=240):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "sgfd_fast.train", *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                          env={**ENV, **(env or {})})
+
+
+def one_process(*args):
+    assert main(list(map(str, args))) == 0
+
+
+def epochs(run_dir):
+    lines = [json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    return [(x["epoch"], x["losses"], x.get("valid")) for x in lines]
+
+
+def assert_same_run(a, b):
+    ea, eb = epochs(a), epochs(b)
+    assert [e[0] for e in ea] == [e[0] for e in eb]
+    for (_, la, va), (_, lb, vb) in zip(ea, eb):
+        assert list(la) == list(lb)
+        for k in la:
+            assert lb[k] == pytest.approx(la[k], rel=1e-5, abs=1e-7), k
+        for k in va:
+            assert vb[k] == pytest.approx(va[k], abs=1e-4), k
+    ra, rb = (json.loads((Path(d) / "results.json").read_text()) for d in (a, b))
+    assert ra["best_epoch"] == rb["best_epoch"]
+    for k in ra["test"]:
+        assert rb["test"][k] == pytest.approx(ra["test"][k], abs=1e-4), k
+
+
+@pytest.fixture(scope="module")
+def runs(data_dir, tmp_path_factory):
+    """BM3+SGFD, 2 epochs: one process, two processes, and each resumed from epoch 1 with the
+    other world size."""
+    root = tmp_path_factory.mktemp("runs")
+    data = ["--data-path", data_dir]
+    one_process(*data, *BASE, "--out", root / "one")
+    p = torchrun(*data, *BASE, "--out", root / "two")
+    assert p.returncode == 0, p.stderr[-3000:]
+    one_process(*data, *BASE[:2], "epochs=1", *BASE[3:], "--out", root / "one_then_two")
+    p = torchrun("--resume", root / "one_then_two", "epochs=2")
+    assert p.returncode == 0, p.stderr[-3000:]
+    p = torchrun(*data, *BASE[:2], "epochs=1", *BASE[3:], "--out", root / "two_then_one")
+    assert p.returncode == 0, p.stderr[-3000:]
+    one_process("--resume", root / "two_then_one", "epochs=2")
+    return root
+
+
+def test_two_processes_equal_one(runs):
+    assert_same_run(runs / "one", runs / "two")
+    # rank 0 alone wrote the run directory: the same files as one process, no leftovers
+    assert sorted(p.name for p in (runs / "two").iterdir()) == \
+        sorted(p.name for p in (runs / "one").iterdir())
+
+
+@pytest.mark.parametrize("name", ["one_then_two", "two_then_one"])
+def test_resume_with_another_world_size(runs, name):
+    assert_same_run(runs / "one", runs / name)
+
+
+def test_a_dead_rank_ends_every_process(data_dir, tmp_path):
+    start = time.monotonic()
+    p = torchrun("--data-path", data_dir, *BASE, "dist_timeout=30", "--out", tmp_path / "r",
+                 env={distributed.FAIL_ENV: "1:2"}, timeout=120)
+    assert p.returncode != 0
+    assert time.monotonic() - start < 90, "the surviving rank waited past dist_timeout"
+    assert not (tmp_path / "r" / "results.json").exists()
+
+
+def test_grid_parallel_selects_as_the_serial_grid(data_dir, tmp_path):
+    grid = ["hyper_parameters=[n_layers]", "n_layers=[0,1,2]", "epochs=1"]
+    one_process("--data-path", data_dir, *BASE, *grid, "--out", tmp_path / "serial")
+    p = torchrun("--data-path", data_dir, *BASE, *grid, "grid_parallel=true",
+                 "--out", tmp_path / "parallel")
+    assert p.returncode == 0, p.stderr[-3000:]
+    serial, parallel = (json.loads((tmp_path / d / "results.json").read_text())
+                        for d in ("serial", "parallel"))
+    assert parallel["selected_point"] == serial["selected_point"]
+    assert parallel["grid"] == serial["grid"]     # each point trained alone: the same numbers
+    assert parallel["test"] == serial["test"]
+    for i in range(3):   # point 1 was trained and written by rank 1
+        assert epochs(tmp_path / "parallel" / f"grid-{i}") == \
+            epochs(tmp_path / "serial" / f"grid-{i}")
+
+
+# --- in-process pieces ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_sharded_losses_add_up_to_the_batch_gradient(name):
+    """Each model's loss on W shards, scaled by the shard fractions, has the gradient of the
+    whole batch's loss (what summing gradients over ranks relies on)."""
+    ds = tiny_dataset(n_users=12, n_items=10)
+    cfg = load_config(name, None, overrides=["embedding_size=8", "dropout=0.5"]
+                      if name == "BM3" else ["embedding_size=8"]).values
+    torch.manual_seed(0)
+    model = build_model(name, ds, cfg).double()
+    users, items = (torch.from_numpy(ds.train[:, c].copy()) for c in (0, 1))
+    neg = torch.randint(ds.n_items, (users.numel(), model.n_negatives), generator=torch.Generator()
+                        .manual_seed(0)) if model.n_negatives else None
+    model.step_key = 12345
+
+    def grads(shards):
+        model.zero_grad(set_to_none=True)
+        n = users.numel()
+        for lo, hi in shards:
+            model.shard_fraction = (hi - lo) / n
+            sl = slice(lo, hi)
+            loss = model.calculate_loss(users[sl], items[sl], neg[sl] if neg is not None else None)
+            (loss["loss"] * model.shard_fraction).backward()
+        model.shard_fraction = 1.0
+        return {k: p.grad.clone() if p.grad is not None else None
+                for k, p in model.named_parameters()}
+
+    whole = grads([(0, users.numel())])
+    split = grads([shard_bounds(users.numel(), r, 3) for r in range(3)])
+    assert any(g is not None and g.abs().max() > 0 for g in whole.values())
+    for k, g in whole.items():
+        if g is None:
+            assert split[k] is None, k
+        else:
+            assert torch.allclose(split[k], g, rtol=1e-9, atol=1e-12), k
+
+
+@pytest.mark.parametrize("protocol", ["standard", "legacy"])
+def test_evaluation_shards_add_up(protocol):
+    ds = tiny_dataset()
+    cfg = load_config("BM3", None, overrides=["embedding_size=8", f"protocol={protocol}",
+                                              "topk=[5,10]", "valid_metric=recall@10"]).values
+    torch.manual_seed(0)
+    model = build_model("BM3", ds, cfg)
+    whole = evaluate(model, ds, "test", cfg)
+    parts = []
+
+    def collect(vec):
+        parts.append(vec)
+        return vec
+
+    for r in range(3):
+        evaluate(model, ds, "test", cfg, shard=(r, 3), reduce=collect)
+    total = sum(parts)
+    names = list(whole)
+    got = {n: float(total[j, 0] / total[j, 1]) for j, n in enumerate(names)}
+    assert got == pytest.approx(whole, rel=1e-12)
+
+
+def test_plain_run_never_starts_a_process_group(data_dir, tmp_path):
+    """A plain run imports nothing of torch.distributed itself (torch imports its core, and
+    torch._dynamo more, on their own), never torchrun's machinery, and joins no group."""
+    code = ("import sys, torch\n"
+            "before = {m for m in sys.modules if m.startswith('torch.distributed')}\n"
+            "import sgfd_fast.train, sgfd_fast.training.distributed\n"
+            "after = {m for m in sys.modules if m.startswith('torch.distributed')}\n"
+            "assert after == before, sorted(after - before)\n"
+            f"assert sgfd_fast.train.main(['--data-path', {str(data_dir)!r}, '--out', "
+            f"{str(tmp_path / 'r')!r}, '--device', 'cpu', 'epochs=1', 'embedding_size=8']) == 0\n"
+            "assert not torch.distributed.is_initialized()\n"
+            "assert not [m for m in sys.modules if m.startswith(('torch.distributed.run', "
+            "'torch.distributed.elastic'))]\n")
+    env = {k: v for k, v in ENV.items() if k not in ("RANK", "WORLD_SIZE")}
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=120, env=env)
+    assert p.returncode == 0, p.stderr[-3000:]
+
+
+def test_nccl_on_cpu_is_a_config_error(monkeypatch):
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    with pytest.raises(ConfigError, match="dist_backend=nccl needs CUDA"):
+        with distributed.process_group("nccl", 5, "cpu"):
+            pass
+
+
+def test_dist_keys_are_checked():
+    with pytest.raises(ConfigError, match="dist_backend"):
+        load_config("BM3", None, overrides=["dist_backend=mpi"])
+    with pytest.raises(ConfigError, match="dist_timeout"):
+        load_config("BM3", None, overrides=["dist_timeout=0"])
