@@ -5,14 +5,12 @@ import errno
 import fcntl
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from sgfd_fast.data import write_sgfd
 from sgfd_fast.data.formats.sgfd import SGFD_LABELS
