@@ -47,7 +47,8 @@ examples:
   python -m sgfd_fast.train --resume runs/BM3-office-20250101-120000 epochs=80
 
 run directory (--out, default runs/<model>-<dataset>-<timestamp>):
-  train.log, metrics.jsonl (one line per epoch), last.pt / best.pt (resumable checkpoints;
+  train.log, metrics.jsonl (one line per epoch; with SGFD also "sgfd": the SGFD losses' share of
+  the student's gradient and the teacher's/student's label accuracy), last.pt / best.pt (resumable checkpoints;
   grid-<i>/ per grid point), run.json, results.json (best epoch, valid and test metrics,
   mean epoch and evaluation times, the resolved config). Ctrl-C saves last.pt; --resume RUN_DIR
   continues exactly (only epochs, stopping_step, device, eval_batch_size may change then).

@@ -132,7 +132,8 @@ class BM3(Recommender):
             sgfd = self.sgfd.losses(items, students=students, features=gathered)
             total = total + sgfd["sgfd"]
             parts.update(sgfd)
-        return {"loss": total, **{k: v.detach() for k, v in parts.items()}}
+        # "sgfd" keeps its graph: the trainer measures its share of the student's gradient
+        return {"loss": total, **{k: v if k == "sgfd" else v.detach() for k, v in parts.items()}}
 
     def ranking_embeddings(self):
         u_g, i_o = self.forward()

@@ -175,7 +175,8 @@ class GRCN(Recommender):
             sgfd = self.sgfd.losses(item_ids, students=[rows(s, uniq) for s in raw])
             total = total + sgfd["sgfd"]
             parts.update(sgfd)
-        return {"loss": total, **{k: v.detach() for k, v in parts.items()}}
+        # "sgfd" keeps its graph: the trainer measures its share of the student's gradient
+        return {"loss": total, **{k: v if k == "sgfd" else v.detach() for k, v in parts.items()}}
 
     def ranking_embeddings(self):
         if self.legacy and bool(self.legacy_rep_set):

@@ -194,7 +194,8 @@ class MAML(Recommender):
             sgfd = self.sgfd.losses(item_ids, students=[rows(s, uniq) for s in students])
             total = total + sgfd["sgfd"]
             parts.update(sgfd)
-        return {"loss": total, **{k: v.detach() for k, v in parts.items()}}
+        # "sgfd" keeps its graph: the trainer measures its share of the student's gradient
+        return {"loss": total, **{k: v if k == "sgfd" else v.detach() for k, v in parts.items()}}
 
     # -- ranking ------------------------------------------------------------------------------
 

@@ -26,6 +26,7 @@ import torch
 
 from ..errors import ConfigError, TrainingError
 from ..sampling import NegativeSampler
+from . import diagnostics
 from .checkpoint import CHECKPOINT_VERSION, load_checkpoint, save_checkpoint, trim_metrics
 from .runtime import is_main, rng_state, seed_everything, set_rng_state
 
@@ -91,6 +92,7 @@ class Trainer:
         self.stopped = False      # early stopping triggered
         self.epoch_times: list[float] = []
         self.eval_times: list[float] = []
+        self._grad_share = None   # SGFD diagnostics of the epoch (training.diagnostics)
 
     # --- checkpoints -----------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -204,6 +206,8 @@ class Trainer:
                 items = self.train_pairs[idx, 1].to(self.device)
                 negatives = self.sampler.sample(users) if self.sampler else None
                 parts = self.model.calculate_loss(users, items, negatives)
+                if self.batch == n_batches - 1:  # SGFD diagnostics: the epoch's last batch
+                    self._grad_share = diagnostics.gradient_share(self.model, parts)
                 self.optimizer.zero_grad(set_to_none=True)
                 parts["loss"].backward()
                 self.optimizer.step()
@@ -235,6 +239,7 @@ class Trainer:
                               f"or check the input features")
         self.epoch_times.append(self._epoch_time)
         line = {"epoch": self.epoch, "losses": losses, "epoch_time_s": self._epoch_time}
+        sgfd = {} if self._grad_share is None else {"grad_share": self._grad_share}
         msg = f"epoch {self.epoch}: loss {losses['loss']:.5f} ({self._epoch_time:.2f}s)"
         if self.epoch % cfg["eval_step"] == 0 or self.epoch == cfg["epochs"]:
             t0 = time.perf_counter()
@@ -256,6 +261,7 @@ class Trainer:
                 if self.patience >= cfg["stopping_step"]:
                     self.stopped = True
             line.update({"valid": metrics, "eval_time_s": eval_time})
+            sgfd.update(diagnostics.label_accuracy(self.model) or {})
             msg += (f"; valid {self.metric} {score:.5f} ({eval_time:.2f}s)"
                     f"{' *best*' if improved else ''}")
             if improved:
@@ -263,6 +269,8 @@ class Trainer:
             if self.stopped:
                 msg += (f"; early stop: no improvement in {cfg['stopping_step']} evaluations, "
                         f"best epoch {self.best_epoch}")
+        if sgfd:
+            line["sgfd"] = sgfd
         self.log.info(msg)
         if self.write_files:
             with open(self.point_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
