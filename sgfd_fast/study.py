@@ -94,7 +94,7 @@ class Spec:
 
 def shipped_specs() -> dict[str, Path]:
     """``{name: path}`` of the specs under ``sgfd_fast/studies/``."""
-    return {p.stem: p for p in sorted(STUDIES_DIR.glob("*.yaml"))}
+    return {p.stem: p for p in sorted(STUDIES_DIR.glob("*.yaml"), key=lambda p: p.stem)}
 
 
 def find_spec(name_or_path) -> Path:

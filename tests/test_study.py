@@ -197,3 +197,12 @@ def test_without_matplotlib_the_report_is_still_written(tmp_path, tiny_model, mo
     run(tmp_path, "s")
     assert (tmp_path / "s/study.md").exists() and not (tmp_path / "s/bars.png").exists()
     assert "matplotlib is not installed" in capsys.readouterr().err
+
+
+def test_matplotlib_is_imported_only_to_draw():
+    import subprocess
+    import sys
+
+    code = ("import sys, sgfd_fast.study, sgfd_fast.plot; "
+            "assert 'matplotlib' not in sys.modules and 'scipy' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
