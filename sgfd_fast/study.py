@@ -31,7 +31,9 @@ The report, in ``<out>``: ``study.json`` (everything below, per seed), ``study.m
 with matplotlib (``pip install 'sgfd_fast[plot]'``) ``bars.png`` and ``curves.png``:
 
 * per arm and metric: mean ± sample standard deviation (ddof = 1) over seeds; epochs trained and
-  how many runs stopped at the epoch cap (``epochs``) instead of early; the grid point selected
+  how many runs stopped at the epoch cap (``epochs``) instead of early (for a grid arm: those of
+  the selected point); ``compute_time_s``: the training and validation seconds of every
+  ``metrics.jsonl``, grid points included; the grid point selected
   (arms with ``hyper_parameters``); SGFD diagnostics at the best epoch
   (``sgfd_fast.training.diagnostics``);
 * per arm against the baseline, on the seeds both finished: the paired differences

@@ -54,12 +54,17 @@ def test_rerun_skips_finished_runs_and_resumes_the_interrupted_one(tmp_path, tin
 
     calls = {"train": [], "resume": []}
     real_train, real_resume = training.train, training.resume
-    monkeypatch.setattr(training, "train", lambda model, cfg, run_dir, **kw: (
-        calls["train"].append(run_dir.relative_to(out).as_posix()),
-        real_train(model, cfg, run_dir=run_dir, **kw))[1])
-    monkeypatch.setattr(training, "resume", lambda run_dir, overrides, **kw: (
-        calls["resume"].append(run_dir.relative_to(out).as_posix()),
-        real_resume(run_dir, overrides, **kw))[1])
+
+    def spy_train(model, cfg, run_dir, **kw):
+        calls["train"].append(run_dir.relative_to(out).as_posix())
+        return real_train(model, cfg, run_dir=run_dir, **kw)
+
+    def spy_resume(run_dir, overrides, **kw):
+        calls["resume"].append(run_dir.relative_to(out).as_posix())
+        return real_resume(run_dir, overrides, **kw)
+
+    monkeypatch.setattr(training, "train", spy_train)
+    monkeypatch.setattr(training, "resume", spy_resume)
     monkeypatch.setattr(TinyMF, "interrupt_at", None)
     again = run(tmp_path, "cut")
     assert calls["resume"] == ["fast/seed-1"]
