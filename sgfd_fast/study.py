@@ -455,7 +455,8 @@ def summarise(spec: Spec, runs: list, failed: dict | None = None) -> dict:
                 for k in keys} if common else {}
         arms[arm] = entry
     return {"study": spec.name, "spec": str(spec.path), "description": spec.description,
-            "model": spec.model, "dataset": spec.dataset or (spec.data or {}).get("path"),
+            "model": spec.model,
+            "dataset": spec.dataset or (spec.data or {}).get("path") or "a dataset in memory",
             "baseline": spec.baseline, "seeds": spec.seeds, "metrics": keys,
             "shared_config": spec.shared, "arms": arms,
             "runs": {"total": len(runs), "finished": finished, "pending": pending,
@@ -482,7 +483,10 @@ def _markdown(s: dict) -> str:
               + f"; {cap} of {runs['finished']} finished runs "
               f"({100 * cap / max(runs['finished'], 1):.0f} %) stopped at the epoch cap "
               f"instead of early. Training + validation time, summed over runs: "
-              f"{runs['compute_time_s'] / 3600:.2f} h.", "",
+              f"{runs['compute_time_s'] / 3600:.2f} h."
+              + (" **More than 10 % of the runs ended at the epoch cap: their best epoch may lie "
+                 "beyond it; raise `epochs` in the spec, remove the directories of the runs at the "
+                 "cap (finished runs are otherwise kept) and rerun.**" if cap > 0.1 * runs["finished"] else ""), "",
               "Mean ± sample std (ddof 1) over seeds. Δ: mean paired difference arm − baseline "
               "over the seeds both finished, with its 95 % t confidence interval; p: two-sided "
               "Wilcoxon signed-rank test of those differences (with n pairs no p below 2/2^n "
