@@ -485,8 +485,9 @@ def _markdown(s: dict) -> str:
               f"instead of early. Training + validation time, summed over runs: "
               f"{runs['compute_time_s'] / 3600:.2f} h."
               + (" **More than 10 % of the runs ended at the epoch cap: their best epoch may lie "
-                 "beyond it; raise `epochs` in the spec, remove the directories of the runs at the "
-                 "cap (finished runs are otherwise kept) and rerun.**" if cap > 0.1 * runs["finished"] else ""), "",
+                 "beyond it; raise `epochs` in the spec, remove the directories of the runs at "
+                 "the cap (finished runs are otherwise kept) and rerun.**"
+                 if cap > 0.1 * runs["finished"] else ""), "",
               "Mean ± sample std (ddof 1) over seeds. Δ: mean paired difference arm − baseline "
               "over the seeds both finished, with its 95 % t confidence interval; p: two-sided "
               "Wilcoxon signed-rank test of those differences (with n pairs no p below 2/2^n "
