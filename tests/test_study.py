@@ -50,7 +50,8 @@ def test_rerun_skips_finished_runs_and_resumes_the_interrupted_one(tmp_path, tin
         run(tmp_path, "cut")
     out = tmp_path / "cut"
     assert (out / "base/seed-1/results.json").exists()
-    assert (out / "fast/seed-1/last.pt").exists() and not (out / "fast/seed-1/results.json").exists()
+    assert (out / "fast/seed-1/last.pt").exists()
+    assert not (out / "fast/seed-1/results.json").exists()
 
     calls = {"train": [], "resume": []}
     real_train, real_resume = training.train, training.resume
@@ -131,8 +132,8 @@ def test_statistics_match_hand_computation(tmp_path, tiny_model):
     assert s["arms"]["base"]["epochs_trained"]["mean"] == pytest.approx(7.0)
     assert s["arms"]["base"]["at_cap"] == 1 and s["runs"]["at_epoch_cap"] == 3
     md = (out / "study.md").read_text()
-    assert "| better | 3 | 0.1300 ± 0.0200 | +0.0200 [-0.0048, 0.0448] (n=3) | 0.250 (min 0.250) |" \
-        in md
+    row = "| better | 3 | 0.1300 ± 0.0200 | +0.0200 [-0.0048, 0.0448] (n=3) | 0.250 (min 0.250) |"
+    assert row in md
     assert "3 of 9 finished runs (33 %) stopped at the epoch cap" in md
     assert json.loads((out / "study.json").read_text())["arms"]["better"]["vs_baseline"]
 

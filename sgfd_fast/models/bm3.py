@@ -14,8 +14,9 @@
 
 ``sgfd: true``: s_m is the SGFD student (leaky-ReLU + L2 normalisation, docs/RELEASED_CODE.md §3.2). ``sgfd: false``:
 s_m comes from original BM3's extractor, one Linear(d_m, D) per modality (xavier_normal, no
-activation; the ``student_*`` keys change that head, ``sgfd.resolve_head``), on the same frozen features (original BM3 fine-tuned the raw features; we keep them
-constant in both variants so the comparison isolates SGFD).
+activation; the ``student_*`` keys change that head, ``sgfd.resolve_head``), on the same frozen
+features (original BM3 fine-tuned the raw features; we keep them constant in both variants so the
+comparison isolates SGFD).
 
 Differences from the released code that do not change the distribution of any quantity: features,
 predictor outputs and dropout masks are computed only for the distinct users/items of the batch

@@ -69,7 +69,8 @@ NEGATIVE_SLOPE = 0.01   # F.leaky_relu's default, used by the released code
 
 class Head(NamedTuple):
     """An item-feature head: ``Linear`` → leaky-ReLU with ``slope`` (None: no activation) → row
-    L2 normalisation (``l2``); ``init``: how its weight is initialised (``choices.STUDENT_INITS``)."""
+    L2 normalisation (``l2``); ``init``: how its weight is initialised
+    (``choices.STUDENT_INITS``)."""
 
     slope: float | None
     l2: bool
