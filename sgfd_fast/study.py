@@ -110,7 +110,8 @@ def find_spec(name_or_path) -> Path:
     close = difflib.get_close_matches(str(name_or_path), list(shipped), n=3, cutoff=0.5)
     hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
     raise ConfigError(f"no study spec {str(name_or_path)!r}: not a file, and not one of the "
-                      f"shipped specs ({', '.join(shipped)}){hint} (python -m sgfd_fast.study --list)")
+                      f"shipped specs ({', '.join(shipped)}){hint} "
+                      f"(python -m sgfd_fast.study --list)")
 
 
 def _unknown(what: str, key: str, known) -> ConfigError:
