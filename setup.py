@@ -138,8 +138,8 @@ setup(
     + [f"sgfd_fast.{p}" for p in find_namespace_packages(where="sgfd_fast",
                                                          exclude=["*__pycache__*"])],
     package_dir={"sgfd_fast": "sgfd_fast", "sgfd_fast.kernels": "kernels"},
-    package_data={"sgfd_fast": ["configs/**/*.yaml", "data/*/*.npz", "data/*/README.md",
-                                "py.typed"]},
+    package_data={"sgfd_fast": ["configs/**/*.yaml", "studies/*.yaml", "data/*/*.npz",
+                                "data/*/README.md", "py.typed"]},
     ext_modules=[CMakeExtension("sgfd_fast._C"), CMakeExtension("sgfd_fast._C_cuda")],
     cmdclass={"build_ext": CMakeBuild},
 )

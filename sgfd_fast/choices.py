@@ -5,7 +5,8 @@ modules that check their own arguments (``ops.sgfd_loss``'s ``flavour``) import 
 neither side imports upwards. A value travels unchanged from the config to the kernel.
 """
 
-__all__ = ["PROTOCOLS", "SGFD_LOSSES", "DEVICES", "DIST_BACKENDS", "METRICS"]
+__all__ = ["PROTOCOLS", "SGFD_LOSSES", "DEVICES", "DIST_BACKENDS", "METRICS",
+           "STUDENT_ACTIVATIONS", "STUDENT_NORMS", "STUDENT_INITS"]
 
 #: ``protocol``: ``standard`` selects on the validation split; ``legacy`` as the released code.
 PROTOCOLS = ("standard", "legacy")
@@ -17,3 +18,10 @@ DEVICES = ("auto", "cpu", "cuda")
 DIST_BACKENDS = ("auto", "nccl", "gloo")
 #: The ranking metrics ``evaluation`` reports; ``valid_metric`` is one of them at a ``topk`` cut.
 METRICS = ("recall", "ndcg", "precision", "map", "hit")
+#: ``student_activation``, ``student_norm``, ``student_init``: the item-feature head that feeds the
+#: backbone (the SGFD student, or the plain backbone's own extractor); ``auto`` keeps what that
+#: head does as released (``sgfd_fast.models.sgfd.resolve_head``).
+STUDENT_ACTIVATIONS = ("auto", "leaky_relu", "identity")
+STUDENT_NORMS = ("auto", "l2", "none")
+#: ``pytorch``: ``nn.Linear``'s own initialisation (kaiming-uniform, a = sqrt(5)).
+STUDENT_INITS = ("auto", "pytorch", "xavier_normal", "xavier_uniform")

@@ -9,7 +9,7 @@ that names the key, where it came from and the closest known keys.
 
 Values are checked once, here, for every grid point: against the type of their default (int,
 float, bool, str, list; an int is accepted where a float is expected), against the allowed values
-of :mod:`sgfd_fast.choices` (``protocol``, ``sgfd_loss``, ``device``, ``valid_metric`` =
+of :mod:`sgfd_fast.choices` (``protocol``, ``sgfd_loss``, ``device``, ``student_*``, ``valid_metric`` =
 ``metric@k`` with k in ``topk``) and against the ranges of :data:`RANGES`. The models, the
 evaluation and the trainer read the resolved values without checking them again.
 Command-line values are parsed with ``yaml.safe_load`` (``n_layers=[1,2]``, ``sgfd=false``),
@@ -30,7 +30,8 @@ from typing import NamedTuple
 
 import yaml
 
-from .choices import DEVICES, DIST_BACKENDS, METRICS, PROTOCOLS, SGFD_LOSSES
+from .choices import (DEVICES, DIST_BACKENDS, METRICS, PROTOCOLS, SGFD_LOSSES,
+                      STUDENT_ACTIVATIONS, STUDENT_INITS, STUDENT_NORMS)
 from .errors import ConfigError
 
 __all__ = ["Config", "load_config", "parse_override", "CONFIG_DIR", "dataset_config_file",
@@ -41,7 +42,9 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 #: Keys whose value is one of a fixed set.
 CHOICES = {"protocol": PROTOCOLS, "sgfd_loss": SGFD_LOSSES, "device": DEVICES,
-           "dist_backend": DIST_BACKENDS}
+           "dist_backend": DIST_BACKENDS,
+           "student_activation": STUDENT_ACTIVATIONS, "student_norm": STUDENT_NORMS,
+           "student_init": STUDENT_INITS}
 
 
 class Range(NamedTuple):

@@ -127,7 +127,9 @@ class Recommender(torch.nn.Module):
             negatives: (B, n_negatives) int64, or None when ``n_negatives == 0``.
 
         Returns:
-            ``{"loss": total scalar to backpropagate, <part>: scalar for logging, ...}``.
+            ``{"loss": total scalar to backpropagate, <part>: scalar for logging, ...}``; the
+            parts are detached except ``"sgfd"`` (the weighted SGFD total, when the model runs
+            SGFD), whose gradient ``training.diagnostics.gradient_share`` measures.
         """
         raise NotImplementedError
 

@@ -14,8 +14,9 @@
 
 ``sgfd: true``: s_m is the SGFD student (leaky-ReLU + L2 normalisation, docs/RELEASED_CODE.md §3.2). ``sgfd: false``:
 s_m comes from original BM3's extractor, one Linear(d_m, D) per modality (xavier_normal, no
-activation), on the same frozen features (original BM3 fine-tuned the raw features; we keep them
-constant in both variants so the comparison isolates SGFD).
+activation; the ``student_*`` keys change that head, ``sgfd.resolve_head``), on the same frozen
+features (original BM3 fine-tuned the raw features; we keep them constant in both variants so the
+comparison isolates SGFD).
 
 Differences from the released code that do not change the distribution of any quantity: features,
 predictor outputs and dropout masks are computed only for the distinct users/items of the batch
@@ -36,7 +37,7 @@ from torch import nn
 from ..errors import DataError
 from ..graph import normalized_bipartite
 from .base import Recommender, row_dropout, rows
-from .sgfd import attach_item_features
+from .sgfd import apply_head, attach_item_features, init_head, resolve_head
 
 __all__ = ["BM3"]
 
@@ -76,9 +77,11 @@ class BM3(Recommender):
         features = attach_item_features(self, dataset, config, leaky=True)
         self.extractors = None
         if self.sgfd is None:
+            self.head = resolve_head(config, activation="identity", norm="none",
+                                     init="xavier_normal")
             self.extractors = nn.ModuleList(nn.Linear(a.shape[1], dim) for a in features.values())
             for layer in self.extractors:
-                nn.init.xavier_normal_(layer.weight)
+                init_head(layer, self.head.init)
         # the graph is a constant of the dataset: rebuilt, not checkpointed; ``.to()`` moves it
         self.graph = normalized_bipartite(self.n_users, self.n_items, dataset.train)
 
@@ -94,7 +97,7 @@ class BM3(Recommender):
         x = self.feature_rows(j, items) if x is None else x
         if self.sgfd is not None:
             return self.sgfd.student(j, x=x)
-        return self.extractors[j](x)
+        return apply_head(x, self.extractors[j], self.head)
 
     def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(u_o (n_users, D), i_o (n_items, D))``: propagated embeddings, item-ID residual."""
@@ -134,7 +137,8 @@ class BM3(Recommender):
             sgfd = self.sgfd.losses(items, students=students, features=gathered)
             total = total + sgfd["sgfd"]
             parts.update(sgfd)
-        return {"loss": total, **{k: v.detach() for k, v in parts.items()}}
+        # "sgfd" keeps its graph: the trainer measures its share of the student's gradient
+        return {"loss": total, **{k: v if k == "sgfd" else v.detach() for k, v in parts.items()}}
 
     def ranking_embeddings(self):
         u_g, i_o = self.forward()

@@ -60,7 +60,7 @@ from .. import ops
 from ..errors import DataError
 from ..graph import CSR, normalized_bipartite
 from .base import Recommender, rows
-from .sgfd import attach_item_features
+from .sgfd import apply_head, attach_item_features, init_head, resolve_head
 
 __all__ = ["GRCN"]
 
@@ -97,7 +97,10 @@ class GRCN(Recommender):
         features = attach_item_features(self, dataset, config, leaky=False)
         self.extractors = None
         if self.sgfd is None:  # original GRCN's CGCN.MLP: default nn.Linear initialisation
+            self.head = resolve_head(config, activation="identity", norm="none", init="pytorch")
             self.extractors = nn.ModuleList(nn.Linear(a.shape[1], dim) for a in features.values())
+            for layer in self.extractors:
+                init_head(layer, self.head.init)
 
         # Graphs (constants of the dataset: rebuilt, not checkpointed; ``.to()`` moves them). Both
         # directions of the training interactions; the edge order is the CSR order, shared by the
@@ -116,7 +119,7 @@ class GRCN(Recommender):
         """Modality j's item features before the graph's leaky-ReLU + L2, (n_items, D)."""
         if self.sgfd is not None:
             return self.sgfd.student(j)
-        return self.extractors[j](getattr(self, f"feature{j}"))
+        return apply_head(getattr(self, f"feature{j}"), self.extractors[j], self.head)
 
     def _routed_preference(self, j: int, content: torch.Tensor) -> torch.Tensor:
         pref = F.normalize(self.preferences[j])
@@ -177,7 +180,8 @@ class GRCN(Recommender):
             sgfd = self.sgfd.losses(item_ids, students=[rows(s, uniq) for s in raw])
             total = total + sgfd["sgfd"]
             parts.update(sgfd)
-        return {"loss": total, **{k: v.detach() for k, v in parts.items()}}
+        # "sgfd" keeps its graph: the trainer measures its share of the student's gradient
+        return {"loss": total, **{k: v if k == "sgfd" else v.detach() for k, v in parts.items()}}
 
     def ranking_embeddings(self):
         if self.legacy and bool(self.legacy_rep_set):

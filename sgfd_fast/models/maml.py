@@ -7,7 +7,8 @@ initialised to the item feature projection f; a feature projection MLP and an at
 * Item features ``f = clip_rows(L4(relu(L3(l2n(relu(L2(l2n(relu(L1(l2n(x))))))))))``, widths
   ``H, H/2, H/2, D`` (``hidden_layer_dim`` H), each row clipped to norm ``clip_norm``; ``x`` is the
   concatenation of the SGFD students (``sgfd: true``, leaky-ReLU students) or of the raw item
-  features (``sgfd: false``, original MAML). The released ``dropout`` calls run with TF's default
+  features (``sgfd: false``, original MAML, which has no feature head: the ``student_*`` keys
+  apply only with SGFD). The released ``dropout`` calls run with TF's default
   ``training=False``: no dropout here either.
 * Attention for a (user, item) pair:
   ``a = D * softmax(relu(A2(l2n(tanh(A1(l2n([u; v_i; f_i])))))))``
@@ -57,7 +58,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from .base import Recommender, rows
 from .sgfd import attach_item_features
 
@@ -108,6 +109,14 @@ class MAML(Recommender):
                             f"{dataset.name!r} has none")
         self.modalities = list(dataset.features)
 
+        if not config["sgfd"]:
+            changed = [k for k in ("student_activation", "student_norm", "student_init")
+                       if config.get(k, "auto") != "auto"]
+            if changed:
+                raise ConfigError(f"{', '.join(changed)} set with sgfd=false, but plain MAML feeds "
+                                  f"the raw features to its projection MLP and has no feature "
+                                  f"head; for MAML with the student's head and no distillation "
+                                  f"use sgfd=true ce_weight=0 kd_weight=0")
         features = attach_item_features(self, dataset, config, leaky=True)
         width = (dim * len(self.modalities) if self.sgfd is not None
                  else sum(a.shape[1] for a in features.values()))
@@ -188,7 +197,8 @@ class MAML(Recommender):
             sgfd = self.sgfd.losses(item_ids, students=[rows(s, uniq) for s in students])
             total = total + sgfd["sgfd"]
             parts.update(sgfd)
-        return {"loss": total, **{k: v.detach() for k, v in parts.items()}}
+        # "sgfd" keeps its graph: the trainer measures its share of the student's gradient
+        return {"loss": total, **{k: v if k == "sgfd" else v.detach() for k, v in parts.items()}}
 
     # -- ranking ------------------------------------------------------------------------------
 

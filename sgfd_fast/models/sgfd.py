@@ -28,6 +28,10 @@ rule works (4096, 2048, 1024, 768, widths <= 4D divisible by 4) it builds the sa
 crashes (a width not divisible by 4 along the chain: 1000, 4095, ...) ours floors and continues.
 Widths <= 4D give a single layer, the same shape as the student.
 
+The student's head is configurable (config keys ``student_activation``, ``student_norm``,
+``student_init``; :func:`resolve_head`), and so is the plain backbone's own extractor, so that the
+head and the distillation can be measured apart; ``auto`` keeps the released head.
+
 Every head (teacher's last layer, student) runs through ``ops.feature_head`` (linear with a fused
 bias/leaky-ReLU/L2 epilogue).
 
@@ -45,6 +49,8 @@ integer settings 5, 50, 100).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -54,10 +60,51 @@ from ..choices import SGFD_LOSSES
 from ..errors import ConfigError, DataError
 from .base import rows
 
-__all__ = ["SGFD", "attach_item_features", "teacher_widths", "teacher_costs", "SHRINK"]
+__all__ = ["SGFD", "attach_item_features", "teacher_widths", "teacher_costs", "SHRINK", "Head",
+           "resolve_head", "init_head", "apply_head"]
 
 SHRINK = 4              # the released ``decay_ration``
 NEGATIVE_SLOPE = 0.01   # F.leaky_relu's default, used by the released code
+
+
+class Head(NamedTuple):
+    """An item-feature head: ``Linear`` → leaky-ReLU with ``slope`` (None: no activation) → row
+    L2 normalisation (``l2``); ``init``: how its weight is initialised
+    (``choices.STUDENT_INITS``)."""
+
+    slope: float | None
+    l2: bool
+    init: str
+
+
+def resolve_head(config: dict, *, activation: str, norm: str, init: str) -> Head:
+    """The head that the config keys ``student_activation``, ``student_norm`` and
+    ``student_init`` describe, ``auto`` (also: key absent) standing for the given released
+    choice of the head in question (``activation`` ``leaky_relu``/``identity``, ``norm``
+    ``l2``/``none``, ``init`` one of ``choices.STUDENT_INITS``)."""
+    def pick(key, released):
+        value = config.get(key, "auto")
+        return released if value == "auto" else value
+
+    return Head(NEGATIVE_SLOPE if pick("student_activation", activation) == "leaky_relu" else None,
+                pick("student_norm", norm) == "l2", pick("student_init", init))
+
+
+def init_head(layer: nn.Linear, init: str) -> None:
+    """Initialise ``layer.weight`` as ``init`` says; ``pytorch`` keeps what ``nn.Linear`` drew."""
+    if init == "xavier_normal":
+        nn.init.xavier_normal_(layer.weight)
+    elif init == "xavier_uniform":
+        nn.init.xavier_uniform_(layer.weight)
+
+
+def apply_head(x: torch.Tensor, layer: nn.Linear, head: Head) -> torch.Tensor:
+    """``head`` applied to raw feature rows x (n, d) → (n, D). An L2 head runs the fused
+    ``ops.feature_head``; without L2 it is ``F.linear`` (+ leaky-ReLU), what ``nn.Linear`` does."""
+    if head.l2:
+        return ops.feature_head(x, layer.weight, layer.bias, head.slope)
+    h = F.linear(x, layer.weight, layer.bias)
+    return h if head.slope is None else F.leaky_relu(h, head.slope)
 
 
 def teacher_widths(d: int, dim: int, shrink: int = SHRINK) -> list[int]:
@@ -98,13 +145,15 @@ class SGFD(nn.Module):
         labels: (n_items,) int64 category per item in ``[0, n_labels)``.
         dim: D, the feature width the backbone consumes.
         leaky: leaky-ReLU on teacher and student outputs (BM3 yes, GRCN no).
+        student: the student's head; None: the released one (leaky-ReLU as ``leaky``, L2,
+            ``nn.Linear``'s initialisation).
         tau, ce_weight, kd_weight, flavour, collapse_teacher: see module doc.
     """
 
     def __init__(self, features: dict, labels: torch.Tensor, n_labels: int, dim: int, *,
                  leaky: bool = True, tau: float = 50.0, ce_weight: float = 0.1,
                  kd_weight: float = 0.01, flavour: str = "official",
-                 collapse_teacher: bool = True):
+                 collapse_teacher: bool = True, student: Head | None = None):
         super().__init__()
         if not features:
             raise DataError("SGFD needs at least one item feature modality")
@@ -115,6 +164,7 @@ class SGFD(nn.Module):
         self.modalities = list(features)
         self.dim, self.n_labels = int(dim), int(n_labels)
         self.slope = NEGATIVE_SLOPE if leaky else None
+        self.student_head = student if student is not None else Head(self.slope, True, "pytorch")
         self.tau, self.ce_weight, self.kd_weight = float(tau), float(ce_weight), float(kd_weight)
         self.flavour, self.collapse_teacher = flavour, bool(collapse_teacher)
         # constants: not saved in checkpoints (they come with the dataset), moved by .to()
@@ -134,16 +184,20 @@ class SGFD(nn.Module):
             self.classifiers.append(nn.Linear(self.dim, self.n_labels))
         self.fusion = nn.Linear(len(self.modalities) * self.dim, self.dim)
         self.fusion_classifier = nn.Linear(self.dim, self.n_labels)
+        for layer in self.students:  # after every other draw: the released draws stay the same
+            init_head(layer, self.student_head.init)
 
     @classmethod
     def from_config(cls, features: dict, labels, n_labels: int, config: dict, *,
                     leaky: bool) -> "SGFD":
         """Build from the resolved flat config (``embedding_size``, ``t_decay``, ``ce_weight``,
-        ``kd_weight``, ``sgfd_loss``, ``collapse_teacher``)."""
+        ``kd_weight``, ``sgfd_loss``, ``collapse_teacher``, ``student_*``)."""
+        student = resolve_head(config, activation="leaky_relu" if leaky else "identity",
+                               norm="l2", init="pytorch")
         return cls(features, labels, n_labels, config["embedding_size"], leaky=leaky,
                    tau=config["t_decay"], ce_weight=config["ce_weight"],
                    kd_weight=config["kd_weight"], flavour=config["sgfd_loss"],
-                   collapse_teacher=config["collapse_teacher"])
+                   collapse_teacher=config["collapse_teacher"], student=student)
 
     def feature(self, j: int) -> torch.Tensor:
         return getattr(self, f"feature{j}")
@@ -159,8 +213,7 @@ class SGFD(nn.Module):
         """Student features of modality j for ``items`` (all items when None), (n, D); ``x``:
         the rows already gathered by :meth:`rows`."""
         x = self.rows(j, items) if x is None else x
-        layer = self.students[j]
-        return ops.feature_head(x, layer.weight, layer.bias, self.slope)
+        return apply_head(x, self.students[j], self.student_head)
 
     def teacher(self, j: int, items: torch.Tensor | None = None, *,
                 x: torch.Tensor | None = None) -> torch.Tensor:

@@ -26,7 +26,7 @@ import torch
 
 from ..errors import ConfigError, TrainingError
 from ..sampling import NegativeSampler
-from . import distributed
+from . import diagnostics, distributed
 from .checkpoint import (CHECKPOINT_VERSION, append_line, load_checkpoint, save_checkpoint,
                          trim_metrics)
 from .runtime import is_main, rank, rng_state, seed_everything, set_rng_state, world_size
@@ -102,6 +102,7 @@ class Trainer:
         self.stopped = False      # early stopping triggered
         self.epoch_times: list[float] = []
         self.eval_times: list[float] = []
+        self._grad_share = None   # SGFD diagnostics of the epoch (training.diagnostics)
 
     # --- checkpoints -----------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -204,6 +205,11 @@ class Trainer:
                 self._end_epoch()
         return self._finish()
 
+    def _diagnose(self, parts: dict, n_batches: int) -> None:
+        """SGFD diagnostics on the epoch's last batch (under torchrun: rank 0's share of it)."""
+        if self.batch == n_batches - 1:
+            self._grad_share = diagnostics.gradient_share(self.model, parts)
+
     def _train_epoch(self, n: int, bs: int, n_batches: int) -> None:
         from tqdm import tqdm
 
@@ -238,11 +244,13 @@ class Trainer:
                     parts = {}
                     if hi > lo:  # a global batch smaller than the world leaves a rank idle
                         parts = self.model.calculate_loss(users, items, negatives)
+                        self._diagnose(parts, n_batches)
                         (parts["loss"] * fraction).backward()
                         parts = {k: v.detach() * fraction for k, v in parts.items()}
                     distributed.all_reduce_grads(self.params)
                 else:
                     parts = self.model.calculate_loss(users, items, negatives)
+                    self._diagnose(parts, n_batches)
                     parts["loss"].backward()
                 self.optimizer.step()
                 if self._post_step is not None:
@@ -275,6 +283,7 @@ class Trainer:
                               f"or check the input features")
         self.epoch_times.append(self._epoch_time)
         line = {"epoch": self.epoch, "losses": losses, "epoch_time_s": self._epoch_time}
+        sgfd = {} if self._grad_share is None else {"grad_share": self._grad_share}
         msg = f"epoch {self.epoch}: loss {losses['loss']:.5f} ({self._epoch_time:.2f}s)"
         if self.epoch % cfg["eval_step"] == 0 or self.epoch == cfg["epochs"]:
             t0 = time.perf_counter()
@@ -296,6 +305,7 @@ class Trainer:
                 if self.patience >= cfg["stopping_step"]:
                     self.stopped = True
             line.update({"valid": metrics, "eval_time_s": eval_time})
+            sgfd.update(diagnostics.label_accuracy(self.model) or {})
             msg += (f"; valid {self.metric} {score:.5f} ({eval_time:.2f}s)"
                     f"{' *best*' if improved else ''}")
             if improved:
@@ -303,6 +313,8 @@ class Trainer:
             if self.stopped:
                 msg += (f"; early stop: no improvement in {cfg['stopping_step']} evaluations, "
                         f"best epoch {self.best_epoch}")
+        if sgfd:
+            line["sgfd"] = sgfd
         self.log.info(msg)
         if self.write_files:
             append_line(self.point_dir / "metrics.jsonl", json.dumps(line))

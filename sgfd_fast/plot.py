@@ -1,0 +1,205 @@
+"""``python -m sgfd_fast.plot RUN_DIR...``: training curves of runs, and the study figures.
+
+The only module that imports matplotlib (an optional extra: ``pip install 'sgfd_fast[plot]'``);
+without it every function raises :class:`PlotUnavailable`, which says so.
+
+* :func:`run_curves`: per run (per grid point of a grid run), from its ``metrics.jsonl``: the
+  validation metric, the training loss and, for SGFD runs, the SGFD losses' share of the
+  student's gradient (``sgfd_fast.training.diagnostics``) against the epoch.
+* :func:`study_plots`: ``bars.png`` (per metric, each arm's mean with ± one sample std and its
+  seeds as dots) and ``curves.png`` (the validation curves of every arm x seed, one colour per
+  arm) from a :func:`sgfd_fast.study.summarise` summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ._cli import quiet_on_closed_stdout
+from .errors import ConfigError, SGFDError
+
+__all__ = ["PlotUnavailable", "run_curves", "study_plots", "point_dirs", "main"]
+
+
+class PlotUnavailable(SGFDError):
+    """matplotlib is not installed."""
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        raise PlotUnavailable("matplotlib is not installed, so no PNG is drawn (pip install "
+                              "'sgfd_fast[plot]')") from None
+    matplotlib.use("Agg")  # files only, never a window
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def point_dirs(run_dir) -> list[tuple[str, Path]]:
+    """``(label, directory holding metrics.jsonl)`` of a run: itself, or each ``grid-<i>/``."""
+    run_dir = Path(run_dir)
+    if (run_dir / "metrics.jsonl").exists():
+        return [(run_dir.name, run_dir)]
+    grid = sorted(run_dir.glob("grid-*/metrics.jsonl"), key=lambda f: int(f.parent.name[5:]))
+    if not grid:
+        raise ConfigError(f"{run_dir} holds no metrics.jsonl (nor grid-*/metrics.jsonl); give "
+                          f"the directory a training wrote")
+    return [(f"{run_dir.name}/{f.parent.name}", f.parent) for f in grid]
+
+
+def _lines(point_dir: Path) -> list[dict]:
+    text = (Path(point_dir) / "metrics.jsonl").read_text(encoding="utf-8")
+    return [json.loads(x) for x in text.splitlines() if x.strip()]
+
+
+def _valid_metric(run_dir: Path) -> str:
+    for d in (run_dir, run_dir.parent):
+        f = d / "run.json"
+        if f.exists():
+            return json.loads(f.read_text(encoding="utf-8"))["config"]["valid_metric"]
+    return "recall@20"
+
+
+def _series(lines, get):
+    xs, ys = [], []
+    for x in lines:
+        y = get(x)
+        if y is not None:
+            xs.append(x["epoch"])
+            ys.append(y)
+    return xs, ys
+
+
+def run_curves(run_dirs, path, *, metric: str | None = None) -> Path:
+    """Draw the curves of ``run_dirs`` (see module doc) into the PNG ``path``.
+
+    ``metric``: the validation metric to draw (default: the first run's ``valid_metric``).
+    """
+    plt = _pyplot()
+    run_dirs = [Path(d) for d in run_dirs]
+    metric = metric or _valid_metric(run_dirs[0])
+    curves = [(label, _lines(d)) for r in run_dirs for label, d in point_dirs(r)]
+    with_sgfd = any("grad_share" in x.get("sgfd", {}) for _, lines in curves for x in lines)
+    n = 3 if with_sgfd else 2
+    fig, axes = plt.subplots(1, n, figsize=(5 * n, 4), squeeze=False)
+    axes = axes[0]
+    for label, lines in curves:
+        axes[0].plot(*_series(lines, lambda x: x.get("valid", {}).get(metric)), marker=".",
+                     label=label)
+        axes[1].plot(*_series(lines, lambda x: x["losses"].get("loss")), label=label)
+        if with_sgfd:
+            axes[2].plot(*_series(lines, lambda x: x.get("sgfd", {}).get("grad_share")),
+                         label=label)
+    axes[0].set_ylabel(f"validation {metric}")
+    axes[1].set_ylabel("training loss (epoch mean)")
+    if with_sgfd:
+        axes[2].set_ylabel("SGFD share of the student's gradient")
+        axes[2].set_yscale("symlog", linthresh=1e-6)
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    if len(curves) <= 12:
+        axes[0].legend(fontsize="small")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def study_plots(summary: dict, out) -> list[Path]:
+    """``bars.png`` and ``curves.png`` of a study summary into the study directory ``out``."""
+    plt = _pyplot()
+    out = Path(out)
+    arms = list(summary["arms"])
+    keys = summary["metrics"]
+    cols = min(len(keys), 2)
+    rows = -(-len(keys) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.2 * len(arms) * cols + 2, 3.5 * rows),
+                             squeeze=False)
+    for ax, key in zip(axes.flat, keys):
+        means = [summary["arms"][a]["metrics"][key]["mean"] for a in arms]
+        stds = [summary["arms"][a]["metrics"][key]["std"] or 0.0 for a in arms]
+        xs = range(len(arms))
+        ax.bar(xs, [m if m is not None else 0.0 for m in means], yerr=stds, capsize=4,
+               color=["tab:gray" if a == summary["baseline"] else "tab:blue" for a in arms])
+        for i, a in enumerate(arms):
+            seeds = summary["arms"][a]["per_seed"].values()
+            ax.plot([i] * len(seeds), [x[key] for x in seeds], "k.", ms=4)
+        finite = [m for m in means if m is not None]
+        if finite:  # differences of a few 1e-3 vanish on an axis from 0
+            lo = min(min(x[key] for x in summary["arms"][a]["per_seed"].values())
+                     for a in arms if summary["arms"][a]["per_seed"])
+            hi = max(m + s for m, s in zip(means, stds) if m is not None)
+            pad = 0.15 * (hi - lo) or 0.01 * hi or 0.01
+            ax.set_ylim(lo - pad, hi + pad)
+        ax.set_xticks(list(xs), arms, rotation=30, ha="right")
+        ax.set_title(key)
+        ax.grid(axis="y", alpha=0.3)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    fig.suptitle(f"{summary['study']}: mean ± std over seeds (dots: seeds)")
+    fig.tight_layout()
+    written = [out / "bars.png"]
+    fig.savefig(written[0], dpi=100)
+    plt.close(fig)
+
+    metric = keys[0].split("/", 1)[1]
+    fig, ax = plt.subplots(figsize=(8, 5))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, arm in enumerate(arms):
+        for j, seed in enumerate(summary["arms"][arm]["per_seed"]):
+            run = out / arm / f"seed-{seed}"
+            res = json.loads((run / "results.json").read_text(encoding="utf-8"))
+            point = (run / res["checkpoint"]).parent
+            if not (point / "metrics.jsonl").exists():  # results copied without their curves
+                continue
+            lines = _lines(point)
+            ax.plot(*_series(lines, lambda x: x.get("valid", {}).get(metric)),
+                    color=colours[i % len(colours)], alpha=0.7, label=arm if j == 0 else None)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"validation {metric} (selected grid point)")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    written.append(out / "curves.png")
+    fig.savefig(written[1], dpi=100)
+    plt.close(fig)
+    return written
+
+
+@quiet_on_closed_stdout
+def main(argv=None) -> int:
+    """Entry point of ``python -m sgfd_fast.plot``."""
+    p = argparse.ArgumentParser(
+        prog="python -m sgfd_fast.plot",
+        description="Draw runs' curves (validation metric, training loss, SGFD gradient share "
+                    "per epoch, from metrics.jsonl) into one PNG.")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories")
+    p.add_argument("--out", metavar="PNG", default=None,
+                   help="the image (default RUN_DIR/curves.png for one run, else curves.png)")
+    p.add_argument("--metric", default=None,
+                   help="validation metric to draw, e.g. ndcg@20 (default the run's valid_metric)")
+    args = p.parse_args(argv)
+    try:
+        for r in args.runs:
+            if not Path(r).is_dir():
+                raise ConfigError(f"{r} is not a directory; give run directories")
+        out = Path(args.out) if args.out else \
+            (Path(args.runs[0]) / "curves.png" if len(args.runs) == 1 else Path("curves.png"))
+        run_curves(args.runs, out, metric=args.metric)
+    except SGFDError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

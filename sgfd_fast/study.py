@@ -1,0 +1,628 @@
+"""``python -m sgfd_fast.study SPEC``: does SGFD help on my data? Every arm x seed, then statistics.
+
+A spec (YAML; a shipped one by name, ``python -m sgfd_fast.study --list``, or a path)::
+
+    name: office-bm3                  # default: the file name; names the default --out
+    description: one line for --list
+    model: BM3                        # a key of sgfd_fast.models.MODELS
+    dataset: office                   # a built-in dataset, or instead:
+    # data_path: data/baby            #   a dataset directory (relative to the spec file)
+    # format: mmrec                   #   its format (sgfd or mmrec, default sgfd)
+    # labels: baby_labels.tsv         #   its label file (relative to the spec file)
+    seeds: [1, 2, 3, 4, 5]            # every arm is trained once per seed (key ``seed``)
+    baseline: plain                   # the arm the others are compared with, seed by seed
+    metrics: [recall@20, ndcg@20]     # reported on valid and test (default these two)
+    config: {epochs: 300}             # overrides shared by every arm
+    arms:                             # name: overrides (config keys; a grid via hyper_parameters)
+      plain: {sgfd: false}
+      sgfd: {}
+
+The whole spec is checked before anything trains: an unknown key names the arm and the closest
+known keys; errors exit with status 2. Each arm x seed is a normal run directory,
+``<out>/<arm>/seed-<seed>/``, trained by :func:`sgfd_fast.training.train`. A rerun skips finished
+runs (``results.json`` present) and continues unfinished ones with
+:func:`sgfd_fast.training.resume`, so an interrupted study is resumed by running the same command
+again; a run directory trained with another configuration is an error (never silently reused).
+``--shard I/N`` trains only every N-th run (the I-th of each N, in seed-major order), so N
+independent processes (or machines sharing the directory) split a study; each writes the report
+of whatever has finished, the last one the full report; ``--report`` only writes it.
+
+The report, in ``<out>``: ``study.json`` (everything below, per seed), ``study.md`` (tables), and
+with matplotlib (``pip install 'sgfd_fast[plot]'``) ``bars.png`` and ``curves.png``:
+
+* per arm and metric: mean ± sample standard deviation (ddof = 1) over seeds; epochs trained and
+  how many runs stopped at the epoch cap (``epochs``) instead of early (for a grid arm: those of
+  the selected point); ``compute_time_s``: the training and validation seconds of every
+  ``metrics.jsonl``, grid points included; the grid point selected
+  (arms with ``hyper_parameters``); SGFD diagnostics at the best epoch
+  (``sgfd_fast.training.diagnostics``);
+* per arm against the baseline, on the seeds both finished: the paired differences
+  ``d_s = arm_s - baseline_s``, their mean with a 95 % confidence interval
+  ``mean ± t_{0.975, n-1} · sd / sqrt(n)`` (Student's t, ``scipy.stats.t``) and the two-sided
+  Wilcoxon signed-rank p-value (``scipy.stats.wilcoxon``, exact for small n). With n pairs the
+  smallest p the signed-rank test can give is ``2 / 2^n`` (all differences of one sign): n < 6
+  cannot reach 0.05, which the report says.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import math
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from ._cli import quiet_on_closed_stdout
+from .config import Config, load_config
+from .errors import ConfigError, SGFDError, TrainingError
+
+__all__ = ["Spec", "load_spec", "find_spec", "shipped_specs", "run_study", "summarise",
+           "paired_difference", "describe", "write_report", "main", "STUDIES_DIR"]
+
+#: The shipped specs (package data).
+STUDIES_DIR = Path(__file__).resolve().parent / "studies"
+_SPEC_KEYS = ("name", "description", "model", "dataset", "data_path", "format", "labels", "seeds",
+              "baseline", "metrics", "config", "arms")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass
+class Spec:
+    """A checked study spec. ``configs[arm]`` is the arm's resolved config without its seed."""
+
+    name: str
+    path: Path
+    model: str
+    dataset: str | None          # the built-in dataset's name (its config layer), else None
+    data: dict | None            # how training loads it (None: a Dataset passed in memory)
+    seeds: list[int]
+    baseline: str
+    metrics: list[str]
+    shared: dict
+    arms: dict[str, dict]
+    description: str = ""
+    configs: dict[str, Config] = field(default_factory=dict)
+
+    def overrides(self, arm: str, seed: int, device: str | None = None) -> list:
+        extra = [("device", device)] if device else []
+        return [*self.shared.items(), *self.arms[arm].items(), ("seed", seed), *extra]
+
+
+def shipped_specs() -> dict[str, Path]:
+    """``{name: path}`` of the specs under ``sgfd_fast/studies/``."""
+    return {p.stem: p for p in sorted(STUDIES_DIR.glob("*.yaml"), key=lambda p: p.stem)}
+
+
+def find_spec(name_or_path) -> Path:
+    """A spec file: an existing path, else a shipped spec's name (``office-bm3``)."""
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    shipped = shipped_specs()
+    if str(name_or_path) in shipped:
+        return shipped[str(name_or_path)]
+    close = difflib.get_close_matches(str(name_or_path), list(shipped), n=3, cutoff=0.5)
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    raise ConfigError(f"no study spec {str(name_or_path)!r}: not a file, and not one of the "
+                      f"shipped specs ({', '.join(shipped)}){hint} "
+                      f"(python -m sgfd_fast.study --list)")
+
+
+def _unknown(what: str, key: str, known) -> ConfigError:
+    close = difflib.get_close_matches(key, list(known), n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    return ConfigError(f"{what} sets {key!r}, which is not a config key{hint}")
+
+
+def load_spec(path, *, in_memory: bool = False) -> Spec:
+    """Read and check a whole spec (raises ConfigError naming the file, the arm and the key).
+
+    ``in_memory``: the dataset is passed to :func:`run_study` as a Dataset; the spec's dataset
+    keys are then not required.
+    """
+    from .models import MODELS
+
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ConfigError(f"cannot read study spec {path}: {e.strerror or e}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"study spec {path} is not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"study spec {path} must be a YAML mapping (model, dataset, seeds, "
+                          f"baseline, arms, ...)")
+    where = f"study spec {path}"
+    for k in raw:
+        if k not in _SPEC_KEYS:
+            close = difflib.get_close_matches(str(k), _SPEC_KEYS, n=2, cutoff=0.6)
+            hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            raise ConfigError(f"{where}: unknown key {k!r}{hint} (a spec has "
+                              f"{', '.join(_SPEC_KEYS)})")
+
+    model = raw.get("model")
+    if model not in MODELS:
+        close = difflib.get_close_matches(str(model), list(MODELS), n=1)
+        raise ConfigError(f"{where}: model {model!r} is not one of {', '.join(MODELS)}"
+                          + (f" (did you mean {close[0]!r}?)" if close else ""))
+
+    dataset, data = raw.get("dataset"), None
+    if raw.get("data_path") is not None:
+        if dataset is not None:
+            raise ConfigError(f"{where}: give dataset (a built-in name) or data_path, not both")
+        base = path.resolve().parent
+        fmt = raw.get("format", "sgfd")
+        if fmt not in ("sgfd", "mmrec"):
+            raise ConfigError(f"{where}: format must be sgfd or mmrec, got {fmt!r}")
+        data = {"path": str(base / raw["data_path"]), "format": fmt,
+                "labels": str(base / raw["labels"]) if raw.get("labels") else None}
+    elif dataset is not None:
+        from .data import DATASETS
+
+        if dataset not in DATASETS:
+            raise ConfigError(f"{where}: dataset {dataset!r} is not a built-in dataset "
+                              f"({', '.join(DATASETS)}); for your own give data_path (and format, "
+                              f"labels)")
+        data = {"name": dataset}
+    elif not in_memory:
+        raise ConfigError(f"{where}: no dataset; give dataset (a built-in name) or data_path")
+
+    seeds = raw.get("seeds")
+    if not isinstance(seeds, list) or not seeds or not all(
+            isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds) or \
+            len(set(seeds)) != len(seeds):
+        raise ConfigError(f"{where}: seeds must be a non-empty list of distinct non-negative ints, "
+                          f"got {seeds!r}")
+
+    arms = raw.get("arms")
+    if not isinstance(arms, dict) or not arms:
+        raise ConfigError(f"{where}: arms must be a mapping of arm name to config overrides")
+    arms = {str(a): ({} if o is None else o) for a, o in arms.items()}
+    for arm, o in arms.items():
+        if not _NAME_RE.match(arm):
+            raise ConfigError(f"{where}: arm name {arm!r} must be letters, digits, '_', '-', '.' "
+                              f"(it names a directory)")
+        if not isinstance(o, dict):
+            raise ConfigError(f"{where}: arm {arm!r} must map config keys to values, got {o!r}")
+    baseline = raw.get("baseline")
+    if baseline is None:
+        raise ConfigError(f"{where}: no baseline; name the arm the others are compared with "
+                          f"(baseline: {next(iter(arms))}, one of {', '.join(arms)})")
+    if baseline not in arms:
+        raise ConfigError(f"{where}: baseline {baseline!r} is not an arm (arms: "
+                          f"{', '.join(arms)})")
+    shared = raw.get("config") or {}
+    if not isinstance(shared, dict):
+        raise ConfigError(f"{where}: config must map config keys to values, got {shared!r}")
+    metrics = raw.get("metrics", ["recall@20", "ndcg@20"])
+    if not isinstance(metrics, list) or not metrics:
+        raise ConfigError(f"{where}: metrics must be a list such as [recall@20, ndcg@20]")
+
+    spec = Spec(name=str(raw.get("name") or path.stem), path=path, model=model, dataset=dataset,
+                data=data, seeds=seeds, baseline=baseline, metrics=[str(m) for m in metrics],
+                shared=shared, arms=arms, description=str(raw.get("description") or ""))
+    if not _NAME_RE.match(spec.name):
+        raise ConfigError(f"{where}: name {spec.name!r} must be letters, digits, '_', '-', '.'")
+
+    known = load_config(model, dataset).values
+    for what, overrides in (("config", shared), *((f"arm {a!r}", o) for a, o in arms.items())):
+        for k in overrides:
+            if k == "seed":
+                raise ConfigError(f"{where}: {what} sets seed; a study sets it from seeds")
+            if k not in known:
+                raise _unknown(f"{where}: {what}", k, known)
+    for arm in arms:
+        try:
+            cfg = load_config(model, dataset, overrides=spec.overrides(arm, seeds[0]))
+        except ConfigError as e:
+            raise ConfigError(f"{where}: arm {arm!r}: "
+                              + str(e).replace(" (from the command line)", "")) from None
+        for m in spec.metrics:
+            for point in cfg.points():
+                name, _, k = m.partition("@")
+                if not k.isdigit() or int(k) not in point["topk"]:
+                    raise ConfigError(f"{where}: metric {m!r} must look like recall@20 with k in "
+                                      f"topk={point['topk']} (arm {arm!r})")
+        spec.configs[arm] = cfg
+    return spec
+
+
+# --- running ---------------------------------------------------------------------------------
+
+@dataclass
+class _Run:
+    arm: str
+    seed: int
+    dir: Path
+    config: Config
+
+
+def _plan(spec: Spec, out: Path, device: str | None) -> list[_Run]:
+    """Every arm x seed, seed-major (after the first seeds every arm has a result)."""
+    runs = []
+    for seed in spec.seeds:
+        for arm in spec.arms:
+            cfg = load_config(spec.model, spec.dataset, overrides=spec.overrides(arm, seed, device))
+            runs.append(_Run(arm, seed, out / arm / f"seed-{seed}", cfg))
+    return runs
+
+
+def _check_existing(run: _Run) -> None:
+    """A run directory already there must hold this run's configuration (up to resumable keys)."""
+    path = run.dir / "run.json"
+    if not path.exists():
+        return
+    from .training import RESUMABLE_KEYS
+
+    old = json.loads(path.read_text(encoding="utf-8"))["config"]
+    new = json.loads(json.dumps(run.config.values))
+    changed = sorted(k for k in set(old) | set(new)
+                     if k not in RESUMABLE_KEYS and old.get(k) != new.get(k))
+    if changed:
+        raise ConfigError(f"{run.dir} was trained with another configuration ("
+                          + ", ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} now"
+                                      for k in changed[:5])
+                          + "); remove that directory or study into another --out")
+
+
+def _parse_shard(text: str) -> tuple[int, int]:
+    m = re.match(r"^(\d+)/(\d+)$", str(text))
+    if not m or not 1 <= int(m.group(1)) <= int(m.group(2)):
+        raise ConfigError(f"--shard {text!r} must be I/N with 1 <= I <= N, e.g. 1/4")
+    return int(m.group(1)), int(m.group(2))
+
+
+def run_study(spec: Spec, out, *, shard: tuple[int, int] = (1, 1), dataset=None,
+              device: str | None = None, report_only: bool = False,
+              progress: bool | None = None) -> dict:
+    """Train this shard's unfinished runs of ``spec`` into ``out``, then write the report of
+    every finished run (:func:`write_report`) and return its summary.
+
+    Args:
+        shard: ``(I, N)``: train only the runs whose seed-major index is I-1 modulo N.
+        dataset: a loaded Dataset to train on instead of the spec's dataset.
+        device: overrides the ``device`` key (resumable: it may change between reruns).
+        report_only: train nothing.
+        progress: a bar over the runs (None: when stderr is a terminal).
+    Raises:
+        ConfigError: a run directory holds another configuration; KeyboardInterrupt: passed on
+        (the run in progress saved its ``last.pt``; rerun to continue).
+    """
+    from tqdm import tqdm
+
+    from . import training
+
+    out = Path(out)
+    runs = _plan(spec, out, device)
+    for run in runs:
+        _check_existing(run)
+    i, n = shard
+    mine = [r for k, r in enumerate(runs) if k % n == i - 1 and not report_only]
+    todo = [r for r in mine if not (r.dir / "results.json").exists()]
+    out.mkdir(parents=True, exist_ok=True)
+    datasets: dict = {}
+    failed = {}
+    bar = tqdm(total=len(mine), initial=len(mine) - len(todo), unit="run", file=sys.stderr,
+               desc=f"study {spec.name}", disable=(not sys.stderr.isatty()) if progress is None
+               else not progress)
+    try:
+        for run in todo:
+            bar.set_postfix_str(f"{run.arm} seed {run.seed}")
+            values = run.config.values
+            if dataset is not None:
+                ds = dataset
+            else:
+                key = json.dumps([values.get(k) for k in ("valid_ratio", "split_seed",
+                                                          "modalities", "protocol")])
+                if key not in datasets:
+                    datasets[key] = training.load_data(spec.data, values)
+                ds = datasets[key]
+            t0 = time.perf_counter()
+            try:
+                if (run.dir / "run.json").exists():
+                    keep = [(k, values[k]) for k in training.RESUMABLE_KEYS if k in values]
+                    res = training.resume(run.dir, keep, dataset=ds, progress=False,
+                                          console=False)
+                else:
+                    res = training.train(spec.model, run.config, run_dir=run.dir, dataset=ds,
+                                         data=spec.data, progress=False, console=False)
+            except TrainingError as e:
+                failed[f"{run.arm}/seed-{run.seed}"] = str(e)
+                bar.write(f"{run.arm} seed {run.seed}: FAILED ({e}); see {run.dir / 'train.log'}")
+            else:
+                bar.write(f"{run.arm} seed {run.seed}: test "
+                          + ", ".join(f"{m} {res['test'].get(m, math.nan):.4f}"
+                                      for m in spec.metrics)
+                          + f"; {res['epochs_trained']} epochs"
+                          + ("" if res["early_stopped"] else " (epoch cap)")
+                          + f", {time.perf_counter() - t0:.0f} s")
+            bar.update(1)
+    finally:
+        bar.close()
+    summary = summarise(spec, runs, failed)
+    write_report(summary, out)
+    return summary
+
+
+# --- statistics ------------------------------------------------------------------------------
+
+def describe(values) -> dict:
+    """``{"n", "mean", "std"}`` of a sample; std is the sample standard deviation (ddof = 1),
+    None for fewer than 2 values."""
+    import numpy as np
+
+    v = np.asarray(values, dtype=np.float64)
+    return {"n": int(v.size), "mean": float(v.mean()) if v.size else None,
+            "std": float(v.std(ddof=1)) if v.size > 1 else None}
+
+
+def paired_difference(arm, baseline) -> dict:
+    """Paired differences ``d = arm - baseline`` (same seeds, same order): ``{"n", "diffs",
+    "mean", "std", "ci95": [low, high] | None, "wilcoxon_p": float | None, "min_p"}``.
+
+    CI: ``mean ± t_{0.975, n-1} · std / sqrt(n)`` (std with ddof = 1; None for n < 2). Wilcoxon:
+    two-sided signed-rank p (``scipy.stats.wilcoxon``, zero differences dropped; None when every
+    difference is 0). ``min_p = 2 / 2^n``: the smallest p the signed-rank test can reach with n
+    pairs (n < 6: above 0.05).
+    """
+    import numpy as np
+    from scipy import stats
+
+    d = np.asarray(arm, dtype=np.float64) - np.asarray(baseline, dtype=np.float64)
+    out = {"diffs": d.tolist(), **describe(d), "ci95": None, "wilcoxon_p": None,
+           "min_p": 2.0 / 2 ** d.size if d.size else None}
+    if d.size > 1:
+        half = stats.t.ppf(0.975, d.size - 1) * out["std"] / math.sqrt(d.size)
+        out["ci95"] = [out["mean"] - half, out["mean"] + half]
+    if np.any(d != 0):
+        out["wilcoxon_p"] = float(stats.wilcoxon(d).pvalue)
+    return out
+
+
+def _best_line(point_dir: Path, epoch: int) -> dict:
+    f = point_dir / "metrics.jsonl"
+    if f.exists():
+        for line in f.read_text(encoding="utf-8").splitlines():
+            x = json.loads(line)
+            if x.get("epoch") == epoch:
+                return x
+    return {}
+
+
+def _compute_time(run_dir: Path) -> float:
+    """Seconds of training and validation in every metrics.jsonl under a run directory."""
+    total = 0.0
+    for f in run_dir.rglob("metrics.jsonl"):
+        for line in f.read_text(encoding="utf-8").splitlines():
+            x = json.loads(line)
+            total += x.get("epoch_time_s", 0.0) + x.get("eval_time_s", 0.0)
+    return total
+
+
+def _mean(values):
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def summarise(spec: Spec, runs: list, failed: dict | None = None) -> dict:
+    """The study's summary from the finished runs' ``results.json`` (see module doc)."""
+    keys = [f"{split}/{m}" for split in ("valid", "test") for m in spec.metrics]
+    per_arm: dict[str, dict] = {a: {} for a in spec.arms}
+    pending, at_cap, finished, seconds = [], 0, 0, 0.0
+    for run in runs:
+        f = run.dir / "results.json"
+        if run.dir.exists():
+            seconds += _compute_time(run.dir)
+        if not f.exists():
+            pending.append(f"{run.arm}/seed-{run.seed}")
+            continue
+        res = json.loads(f.read_text(encoding="utf-8"))
+        finished += 1
+        cap = not res["early_stopped"]
+        at_cap += cap
+        point_dir = (run.dir / res["checkpoint"]).parent
+        diag = _best_line(point_dir, res["best_epoch"]).get("sgfd", {})
+        per_arm[run.arm][run.seed] = {
+            **{k: res[k.split("/")[0]].get(k.split("/")[1]) for k in keys},
+            "epochs_trained": res["epochs_trained"], "best_epoch": res["best_epoch"],
+            "at_cap": cap, "params": (res["grid"][res["selected_point"]]["params"]
+                                      if "grid" in res else None),
+            "grad_share": diag.get("grad_share"),
+            "teacher_acc": _mean(diag.get("teacher_acc", {}).values()),
+            "student_acc": _mean(diag.get("student_acc", {}).values()),
+        }
+    arms = {}
+    base = per_arm[spec.baseline]
+    for arm, by_seed in per_arm.items():
+        seeds = sorted(by_seed)
+        entry = {"overrides": spec.arms[arm], "seeds": seeds,
+                 "per_seed": {str(s): by_seed[s] for s in seeds},
+                 "metrics": {k: describe([by_seed[s][k] for s in seeds]) for k in keys},
+                 "epochs_trained": describe([by_seed[s]["epochs_trained"] for s in seeds]),
+                 "at_cap": sum(by_seed[s]["at_cap"] for s in seeds),
+                 "diagnostics": {d: _mean(by_seed[s][d] for s in seeds)
+                                 for d in ("grad_share", "teacher_acc", "student_acc")}}
+        if arm != spec.baseline:
+            common = [s for s in seeds if s in base]
+            entry["vs_baseline"] = {
+                k: {"seeds": common, **paired_difference([by_seed[s][k] for s in common],
+                                                         [base[s][k] for s in common])}
+                for k in keys} if common else {}
+        arms[arm] = entry
+    return {"study": spec.name, "spec": str(spec.path), "description": spec.description,
+            "model": spec.model,
+            "dataset": spec.dataset or (spec.data or {}).get("path") or "a dataset in memory",
+            "baseline": spec.baseline, "seeds": spec.seeds, "metrics": keys,
+            "shared_config": spec.shared, "arms": arms,
+            "runs": {"total": len(runs), "finished": finished, "pending": pending,
+                     "failed": failed or {}, "at_epoch_cap": at_cap,
+                     "compute_time_s": seconds}}
+
+
+# --- report ----------------------------------------------------------------------------------
+
+def _fmt(x, digits=4):
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def _markdown(s: dict) -> str:
+    runs = s["runs"]
+    lines = [f"# Study {s['study']}: {s['model']} on {s['dataset']}", ""]
+    if s["description"]:
+        lines += [s["description"], ""]
+    cap = runs["at_epoch_cap"]
+    lines += [f"Spec `{s['spec']}`; seeds {s['seeds']}; baseline arm `{s['baseline']}`. "
+              f"{runs['finished']} of {runs['total']} runs finished"
+              + (f", {len(runs['pending'])} pending" if runs["pending"] else "")
+              + (f", {len(runs['failed'])} failed" if runs["failed"] else "")
+              + f"; {cap} of {runs['finished']} finished runs "
+              f"({100 * cap / max(runs['finished'], 1):.0f} %) stopped at the epoch cap "
+              f"instead of early. Training + validation time, summed over runs: "
+              f"{runs['compute_time_s'] / 3600:.2f} h."
+              + (" **More than 10 % of the runs ended at the epoch cap: their best epoch may lie "
+                 "beyond it; raise `epochs` in the spec, remove the directories of the runs at "
+                 "the cap (finished runs are otherwise kept) and rerun.**"
+                 if cap > 0.1 * runs["finished"] else ""), "",
+              "Mean ± sample std (ddof 1) over seeds. Δ: mean paired difference arm − baseline "
+              "over the seeds both finished, with its 95 % t confidence interval; p: two-sided "
+              "Wilcoxon signed-rank test of those differences (with n pairs no p below 2/2^n "
+              "exists: n < 6 cannot reach 0.05).", ""]
+    for key in s["metrics"]:
+        lines += [f"## {key}", "", f"| arm | n | {key} | Δ vs {s['baseline']} [95 % CI] | "
+                                   f"Wilcoxon p |", "|---|---|---|---|---|"]
+        for arm, a in s["arms"].items():
+            m = a["metrics"][key]
+            cell = f"{_fmt(m['mean'])} ± {_fmt(m['std'])}" if m["n"] else "–"
+            if arm == s["baseline"]:
+                diff, p = "(baseline)", ""
+            elif a.get("vs_baseline"):
+                d = a["vs_baseline"][key]
+                ci = f" [{_fmt(d['ci95'][0])}, {_fmt(d['ci95'][1])}]" if d["ci95"] else ""
+                diff = f"{d['mean']:+.4f}{ci} (n={d['n']})"
+                p = _fmt(d["wilcoxon_p"], 3) + (f" (min {d['min_p']:.3f})"
+                                                if d["min_p"] > 0.05 else "")
+            else:
+                diff, p = "–", ""
+            lines.append(f"| {arm} | {m['n']} | {cell} | {diff} | {p} |")
+        lines.append("")
+    lines += ["## Runs", "", "| arm | overrides | epochs trained | at epoch cap | grid point "
+              "selected (per seed) | SGFD grad share | teacher acc | student acc |",
+              "|---|---|---|---|---|---|---|---|"]
+    for arm, a in s["arms"].items():
+        e = a["epochs_trained"]
+        sel = "; ".join(f"{seed}: " + ", ".join(f"{k}={v}" for k, v in x["params"].items())
+                        for seed, x in a["per_seed"].items() if x["params"])
+        over = ", ".join(f"{k}={v}" for k, v in a["overrides"].items()) or "(shared config)"
+        dg = a["diagnostics"]
+        lines.append(f"| {arm} | {over} | {_fmt(e['mean'], 1)} ± {_fmt(e['std'], 1)} | "
+                     f"{a['at_cap']}/{e['n']} | {sel or '–'} | {_fmt(dg['grad_share'], 6)} | "
+                     f"{_fmt(dg['teacher_acc'], 3)} | {_fmt(dg['student_acc'], 3)} |")
+    lines += ["", "SGFD diagnostics are those of the best epoch, averaged over seeds (and "
+              "modalities): grad share = ‖∇_student L_SGFD‖ / ‖∇_student L‖ on the epoch's last "
+              "batch; accuracies of each modality's classifier over all items."]
+    if runs["failed"]:
+        lines += ["", "## Failed runs", ""] + [f"- {k}: {v}" for k, v in runs["failed"].items()]
+    if runs["pending"]:
+        lines += ["", f"Pending runs: {', '.join(runs['pending'])}."]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(summary: dict, out) -> list[Path]:
+    """Write ``study.json``, ``study.md`` and, with matplotlib, ``bars.png`` and ``curves.png``
+    into ``out``; returns the PNGs written (a missing matplotlib is reported on stderr)."""
+    from .training import write_json
+
+    out = Path(out)
+    write_json(out / "study.json", summary)
+    tmp = out / "study.md.tmp"
+    tmp.write_text(_markdown(summary), encoding="utf-8")
+    tmp.replace(out / "study.md")
+    from . import plot
+
+    try:
+        return plot.study_plots(summary, out)
+    except plot.PlotUnavailable as e:
+        print(f"note: {e}; study.json and study.md are written", file=sys.stderr)
+        return []
+
+
+# --- command line ----------------------------------------------------------------------------
+
+def _list() -> None:
+    for name, path in shipped_specs().items():
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        n = len(raw.get("arms") or {}) * len(raw.get("seeds") or [])
+        print(f"{name:<22} {raw.get('model')} on {raw.get('dataset')}, {n} runs: "
+              f"{raw.get('description', '')}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m sgfd_fast.study",
+        description="Train every arm x seed of a study spec and compare the arms with the "
+                    "baseline (mean ± std, paired differences with 95%% CIs, Wilcoxon p).",
+        epilog="examples:\n  python -m sgfd_fast.study --list\n"
+               "  python -m sgfd_fast.study office-bm3                # runs/study-office-bm3\n"
+               "  python -m sgfd_fast.study my_spec.yaml --out runs/mine --shard 1/2\n"
+               "A rerun of the same command skips finished runs and resumes unfinished ones.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("spec", nargs="?", help="a shipped spec's name (see --list) or a spec file")
+    p.add_argument("--out", metavar="DIR", help="the study directory (default runs/study-<name>)")
+    p.add_argument("--shard", metavar="I/N", default="1/1",
+                   help="train only the I-th of every N runs (N independent processes)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
+                   help="override the device key of every run")
+    p.add_argument("--report", action="store_true",
+                   help="train nothing; write the report of the finished runs")
+    p.add_argument("--list", action="store_true", help="list the shipped specs and exit")
+    return p
+
+
+def _require_scipy() -> None:
+    try:
+        import scipy.stats  # noqa: F401
+    except ImportError as e:
+        raise SGFDError(f"the study statistics need scipy ({e}); pip install "
+                        f"'sgfd_fast[study]'") from None
+
+
+@quiet_on_closed_stdout
+def main(argv=None) -> int:
+    """Entry point of ``python -m sgfd_fast.study``."""
+    args = build_parser().parse_args(argv)
+    if args.list:
+        _list()
+        return 0
+    out = None
+    try:
+        if not args.spec:
+            raise ConfigError("give a study spec (a name from --list, or a YAML file)")
+        shard = _parse_shard(args.shard)
+        spec = load_spec(find_spec(args.spec))
+        _require_scipy()  # the statistics need it: fail before hours of training, not after
+        out = Path(args.out) if args.out else Path("runs") / f"study-{spec.name}"
+        summary = run_study(spec, out, shard=shard, device=args.device,
+                            report_only=args.report)
+    except SGFDError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"interrupted; rerun the same command to continue (finished runs are kept, the "
+              f"interrupted one resumes from its last.pt){f' in {out}' if out else ''}",
+              file=sys.stderr)
+        return 130
+    runs = summary["runs"]
+    print(f"{runs['finished']}/{runs['total']} runs finished"
+          + (f", {len(runs['failed'])} failed" if runs["failed"] else "")
+          + f", {runs['at_epoch_cap']} at the epoch cap; report: {out / 'study.md'}")
+    return 1 if runs["failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,214 @@
+"""python -m sgfd_fast.study: the spec checks, skipping and resuming runs, the statistics against
+hand computations, the report and the plots. A tiny matrix factorisation (test_trainer.TinyMF)
+keeps it fast."""
+
+import json
+import math
+import re
+
+import pytest
+
+from sgfd_fast import plot, study, training
+from sgfd_fast.errors import ConfigError
+
+from test_trainer import TinyMF, tiny_dataset, tiny_model  # noqa: F401 - a fixture
+
+SHARED = {"epochs": 3, "train_batch_size": 32, "embedding_size": 8, "learning_rate": 0.05,
+          "stopping_step": 10, "device": "cpu", "topk": [5, 10, 20]}
+
+
+def write_spec(tmp_path, **changes):
+    spec = {"name": "tiny", "model": "TinyMF", "seeds": [1, 2], "baseline": "base",
+            "config": SHARED,
+            "arms": {"base": {}, "fast": {"learning_rate": 0.1},
+                     "grid": {"hyper_parameters": ["learning_rate"],
+                              "learning_rate": [0.05, 0.1]}}}
+    spec.update(changes)
+    path = tmp_path / "spec.yaml"
+    path.write_text(json.dumps(spec))  # JSON is YAML
+    return path
+
+
+def run(tmp_path, name, **kw):
+    spec = study.load_spec(write_spec(tmp_path), in_memory=True)
+    return study.run_study(spec, tmp_path / name, dataset=tiny_dataset(), progress=False, **kw)
+
+
+def per_run_results(out):
+    return {str(f.relative_to(out)): json.loads(f.read_text())["test"]
+            for f in sorted(out.glob("*/seed-*/results.json"))}
+
+
+def test_rerun_skips_finished_runs_and_resumes_the_interrupted_one(tmp_path, tiny_model,
+                                                                   monkeypatch):
+    full = run(tmp_path, "full")
+    assert full["runs"]["finished"] == 6 and not full["runs"]["pending"]
+    # 200 pairs / 32 = 7 batches x 3 epochs = 21 calls per run: stop inside the second run
+    monkeypatch.setattr(TinyMF, "calls", 0)
+    monkeypatch.setattr(TinyMF, "interrupt_at", 21 + 10)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, "cut")
+    out = tmp_path / "cut"
+    assert (out / "base/seed-1/results.json").exists()
+    assert (out / "fast/seed-1/last.pt").exists()
+    assert not (out / "fast/seed-1/results.json").exists()
+
+    calls = {"train": [], "resume": []}
+    real_train, real_resume = training.train, training.resume
+
+    def spy_train(model, cfg, run_dir, **kw):
+        calls["train"].append(run_dir.relative_to(out).as_posix())
+        return real_train(model, cfg, run_dir=run_dir, **kw)
+
+    def spy_resume(run_dir, overrides, **kw):
+        calls["resume"].append(run_dir.relative_to(out).as_posix())
+        return real_resume(run_dir, overrides, **kw)
+
+    monkeypatch.setattr(training, "train", spy_train)
+    monkeypatch.setattr(training, "resume", spy_resume)
+    monkeypatch.setattr(TinyMF, "interrupt_at", None)
+    again = run(tmp_path, "cut")
+    assert calls["resume"] == ["fast/seed-1"]
+    assert calls["train"] == ["grid/seed-1", "base/seed-2", "fast/seed-2", "grid/seed-2"]
+    assert per_run_results(out) == per_run_results(tmp_path / "full")  # resume is exact
+    for arm in full["arms"]:
+        assert again["arms"][arm]["metrics"] == full["arms"][arm]["metrics"]
+
+    calls["train"].clear()
+    run(tmp_path, "cut")  # everything finished: nothing trains
+    assert calls == {"train": [], "resume": ["fast/seed-1"]}
+
+
+def test_a_changed_arm_is_not_silently_reused(tmp_path, tiny_model):
+    run(tmp_path, "s")
+    spec = study.load_spec(write_spec(tmp_path, arms={"base": {"learning_rate": 0.2}}),
+                           in_memory=True)
+    with pytest.raises(ConfigError, match=r"base/seed-1 was trained with another configuration "
+                                          r"\(learning_rate: 0\.05 there, 0\.2 now\)"):
+        study.run_study(spec, tmp_path / "s", dataset=tiny_dataset(), progress=False)
+
+
+def test_shards_split_the_runs(tmp_path, tiny_model):
+    first = run(tmp_path, "s", shard=(1, 2))
+    assert first["runs"]["finished"] == 3
+    assert first["runs"]["pending"] == ["fast/seed-1", "base/seed-2", "grid/seed-2"]
+    assert run(tmp_path, "s", shard=(2, 2))["runs"]["finished"] == 6
+
+
+T975_2 = 4.302652729911275  # Student's t, 97.5 % quantile, 2 degrees of freedom (tables)
+
+
+def test_statistics_match_hand_computation(tmp_path, tiny_model):
+    """A 3-seed table with known per-seed values: base 0.10, 0.12, 0.11; better = base + 0.01,
+    0.03, 0.02; worse = base - 0.01 on every seed."""
+    spec = study.load_spec(write_spec(tmp_path, seeds=[1, 2, 3], arms={
+        "base": {}, "better": {"learning_rate": 0.1}, "worse": {"learning_rate": 0.2}}),
+        in_memory=True)
+    values = {"base": [0.10, 0.12, 0.11], "better": [0.11, 0.15, 0.13],
+              "worse": [0.09, 0.11, 0.10]}
+    out = tmp_path / "s"
+    for arm, vs in values.items():
+        for seed, v in zip([1, 2, 3], vs):
+            d = out / arm / f"seed-{seed}"
+            d.mkdir(parents=True)
+            m = {"recall@20": v, "ndcg@20": v / 2}
+            (d / "results.json").write_text(json.dumps({
+                "valid": m, "test": m, "best_epoch": 2, "epochs_trained": 5 + seed,
+                "early_stopped": seed != 3, "checkpoint": "best.pt"}))
+    s = study.run_study(spec, out, report_only=True, progress=False)
+    base = s["arms"]["base"]["metrics"]["test/recall@20"]
+    assert base["n"] == 3 and base["mean"] == pytest.approx(0.11)
+    assert base["std"] == pytest.approx(0.01)                      # sqrt((1e-4 + 1e-4 + 0) / 2)
+    d = s["arms"]["better"]["vs_baseline"]["test/recall@20"]
+    assert d["diffs"] == pytest.approx([0.01, 0.03, 0.02])
+    assert d["mean"] == pytest.approx(0.02) and d["std"] == pytest.approx(0.01)
+    half = T975_2 * 0.01 / math.sqrt(3)                             # 0.024841
+    assert d["ci95"] == pytest.approx([0.02 - half, 0.02 + half])
+    assert d["wilcoxon_p"] == pytest.approx(0.25)  # exact: 2 * P(all 3 signs +) = 2 / 8
+    assert d["min_p"] == pytest.approx(0.25)
+    w = s["arms"]["worse"]["vs_baseline"]["test/ndcg@20"]
+    assert w["mean"] == pytest.approx(-0.005) and w["std"] == pytest.approx(0.0, abs=1e-12)
+    assert w["ci95"] == pytest.approx([-0.005, -0.005])
+    assert s["arms"]["base"]["epochs_trained"]["mean"] == pytest.approx(7.0)
+    assert s["arms"]["base"]["at_cap"] == 1 and s["runs"]["at_epoch_cap"] == 3
+    md = (out / "study.md").read_text()
+    row = "| better | 3 | 0.1300 ± 0.0200 | +0.0200 [-0.0048, 0.0448] (n=3) | 0.250 (min 0.250) |"
+    assert row in md
+    assert "3 of 9 finished runs (33 %) stopped at the epoch cap" in md
+    assert json.loads((out / "study.json").read_text())["arms"]["better"]["vs_baseline"]
+
+
+def test_paired_difference_edge_cases():
+    d = study.paired_difference([0.1, 0.2], [0.1, 0.2])
+    assert d["mean"] == 0 and d["wilcoxon_p"] is None     # no non-zero difference to rank
+    one = study.paired_difference([0.2], [0.1])
+    assert one["std"] is None and one["ci95"] is None and one["min_p"] == 1.0
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"arms": {"base": {}, "sgfd": {"ce_wieght": 1}}},
+     r"arm 'sgfd' sets 'ce_wieght', which is not a config key; did you mean 'ce_weight'"),
+    ({"baseline": None}, r"no baseline; name the arm the others are compared with"),
+    ({"baseline": "plain"}, r"baseline 'plain' is not an arm \(arms: base, fast, grid\)"),
+    ({"dataset": "ofice"}, r"dataset 'ofice' is not a built-in dataset"),
+    ({"model": "BM4"}, r"model 'BM4' is not one of .*did you mean 'BM3'"),
+    ({"arms": {"base": {"ce_weight": -1}}}, r"arm 'base': ce_weight=-1.0 must not be negative"),
+    ({"arms": {"base": {"seed": 3}}}, r"arm 'base' sets seed; a study sets it from seeds"),
+    ({"seeds": []}, r"seeds must be a non-empty list"),
+    ({"metrics": ["recall@30"]}, r"metric 'recall@30' must look like recall@20 with k in topk"),
+    ({"arm": {}}, r"unknown key 'arm'; did you mean 'arms'"),
+])
+def test_spec_errors_are_one_clear_message_and_exit_2(tmp_path, tiny_model, capsys, changes,
+                                                      message):
+    changes = {"dataset": "office", **changes}
+    assert study.main([str(write_spec(tmp_path, **changes))]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: study spec ") and err.count("\n") == 1, err
+    assert re.search(message, err), err
+
+
+def test_shipped_specs_are_valid_and_listed(capsys):
+    shipped = study.shipped_specs()
+    assert {"office-bm3", "office-bm3-text", "office-grcn", "office-maml"} <= set(shipped)
+    for path in shipped.values():
+        spec = study.load_spec(path)
+        assert len(spec.seeds) >= 3
+    assert study.find_spec("office-bm3") == shipped["office-bm3"]
+    assert study.main(["--list"]) == 0
+    assert "office-bm3 " in capsys.readouterr().out
+    assert study.main(["office-bm4"]) == 2
+    assert "did you mean 'office-bm3'" in capsys.readouterr().err
+
+
+def test_plots(tmp_path, tiny_model):
+    pytest.importorskip("matplotlib")
+    run(tmp_path, "s")
+    assert (tmp_path / "s/bars.png").stat().st_size > 0
+    assert (tmp_path / "s/curves.png").stat().st_size > 0
+    assert plot.main([str(tmp_path / "s/base/seed-1")]) == 0
+    assert (tmp_path / "s/base/seed-1/curves.png").read_bytes()[:4] == b"\x89PNG"
+    out = tmp_path / "grid.png"
+    assert plot.main([str(tmp_path / "s/grid/seed-1"), str(tmp_path / "s/base/seed-2"),
+                      "--out", str(out)]) == 0
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    assert plot.main([str(tmp_path / "nothing")]) == 2
+
+
+def test_without_matplotlib_the_report_is_still_written(tmp_path, tiny_model, monkeypatch,
+                                                        capsys):
+    def unavailable():
+        raise plot.PlotUnavailable("matplotlib is not installed")
+
+    monkeypatch.setattr(plot, "_pyplot", unavailable)
+    run(tmp_path, "s")
+    assert (tmp_path / "s/study.md").exists() and not (tmp_path / "s/bars.png").exists()
+    assert "matplotlib is not installed" in capsys.readouterr().err
+
+
+def test_matplotlib_is_imported_only_to_draw():
+    import subprocess
+    import sys
+
+    code = ("import sys, sgfd_fast.study, sgfd_fast.plot; "
+            "assert 'matplotlib' not in sys.modules and 'scipy' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
