@@ -51,11 +51,11 @@ examples:
 
 run directory (--out, default runs/<model>-<dataset>-<timestamp>; new, or empty):
   train.log, metrics.jsonl (one line per epoch; with SGFD also "sgfd": the SGFD losses' share of
-  the student's gradient and the teacher's/student's label accuracy), last.pt / best.pt
-  (resumable checkpoints; grid-<i>/ per grid point), run.json (the config and a fingerprint of
-  the data), results.json (best epoch, valid and test metrics, mean epoch and evaluation times,
-  the resolved config), run.lock (one process per run directory; a second one is refused with
-  the holder's pid).
+  the student's gradient and the teacher's/student's label accuracy), last.pt (resumable
+  checkpoint), best.pt (the best epoch's model; grid-<i>/ per grid point), run.json (the config
+  and a fingerprint of the data), results.json (best epoch, valid and test metrics, mean epoch
+  and evaluation times, the resolved config), run.lock (one process per run directory; a second
+  one is refused with the holder's pid).
   Config, data and device are checked before the directory is created; a run that fails before
   its first last.pt removes what it created. Ctrl-C saves last.pt; --resume RUN_DIR continues
   exactly (only epochs, stopping_step, device, eval_batch_size may change then; epochs not below

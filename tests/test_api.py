@@ -102,6 +102,21 @@ def test_loaded_model_matches_training(run_dir):
         assert evaluate(tm.model, tm.dataset, "test", tm.config) == res["test"]
 
 
+def test_load_run_reads_a_best_pt_with_optimizer_state(run_dir):
+    # run directories written before best.pt held the model alone: the full trainer state
+    import json
+
+    from sgfd_fast.evaluation import evaluate
+
+    last = torch.load(run_dir / "last.pt", weights_only=True)
+    best = torch.load(run_dir / "best.pt", weights_only=True)
+    torch.save({**last, "model": best["model"]}, run_dir / "best.pt")
+    tm = load_run(run_dir)
+    res = json.loads((run_dir / "results.json").read_text())
+    with torch.no_grad():
+        assert evaluate(tm.model, tm.dataset, "test", tm.config) == res["test"]
+
+
 def _trained(tmp_path, ds):
     out = tmp_path / "mem"
     training.train("TinyMF", load_config("TinyMF", None, overrides=OVERRIDES), run_dir=out,

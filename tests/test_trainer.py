@@ -120,6 +120,10 @@ def test_run_directory_files(tmp_path, tiny_model):
     ck = torch.load(d / "last.pt", weights_only=True)
     assert ck["epoch"] == 4 and ck["batch"] == 0 and "sampler" in ck and "optimizer" in ck
     assert set(ck["rng"]) >= {"python", "numpy", "torch"}
+    assert ck["optimizer"]["param_groups"][0]["fused"] is True  # one fused Adam kernel per step
+    best = torch.load(d / "best.pt", weights_only=True)  # the model alone: no optimizer state
+    assert set(best) == {"version", "model_name", "config", "model", "epoch", "valid"}
+    assert best["epoch"] == res["best_epoch"] and best["model"].keys() == ck["model"].keys()
     with pytest.raises(ConfigError, match="already holds a run"):
         run(tmp_path, "r")
 
