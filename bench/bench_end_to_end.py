@@ -12,8 +12,9 @@ BM3+SGFD record the GEMM floor (:func:`gemm_floor`) and the epoch's fraction of 
 
 * ``epoch``: the trainer's step loop (shuffled positive pairs in batches of ``train_batch_size``,
   sampled negatives when the model asks for them, ``calculate_loss``, backward, Adam step).
-* ``evaluation``: ``sgfd_fast.evaluation.evaluate(model, dataset, "test", config)`` — full ranking
-  of every item for every test user, train and valid items masked.
+* ``evaluation``: ``sgfd_fast.evaluation.evaluate(model, dataset, "valid", config)`` — full
+  ranking of every item for every validation user, train items masked, and the metrics (the
+  released provider: the same split through the released trainer's loop and metric code).
 
 With ``--benchmark-disable`` (the smoke) an "epoch" is cut to its first 2 batches.
 
@@ -29,6 +30,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -96,9 +98,10 @@ class Run:
         self.model = build_model(model_name, self.dataset, self.config).to(device)
         self.model.train()
         self.device = device
+        # the trainer's optimizer (fused Adam); the released provider swaps in the default one
         self.optimizer = torch.optim.Adam(self.model.parameters(),
                                           lr=self.config["learning_rate"],
-                                          weight_decay=self.config["weight_decay"])
+                                          weight_decay=self.config["weight_decay"], fused=True)
         self.n_negatives = int(getattr(self.model, "n_negatives", 0) or 0)
         self.sampler = sampler_cls.from_pairs(
             self.dataset.n_users, self.dataset.n_items, self.dataset.train,
@@ -130,7 +133,7 @@ class Run:
 
     def evaluation(self):
         with torch.no_grad():
-            return self.evaluate(self.model, self.dataset, "test", self.config)
+            return self.evaluate(self.model, self.dataset, "valid", self.config)
 
     # -- the check: both backends compute the same step and the same metrics
     def step_parts(self, backend: str, users, items, negatives):
@@ -153,24 +156,30 @@ class ReleasedBM3:
     mean; predictor and dropout on every user and item row; each student over ALL items (its
     output feeds the BM3 contrastive terms) and again on the batch's items with duplicates inside
     the feature extractor, next to the layer-by-layer (uncollapsed) teacher; SGFD losses per row.
-    Evaluation, as released: per user batch the whole graph forward again, dense scores of every
-    item, train items set to -1e10 by a scatter, ``torch.topk``.
+    Evaluation, as released (MMRec's trainer and ``TopKEvaluator``), of one split: its users in
+    order of appearance, per batch of ``eval_batch_size`` users the whole graph forward again, dense
+    scores of every item, train items set to -1e10 by a scatter, ``torch.topk``; then, on the host,
+    the per-user Python hit lists (``i in m`` per ranked item) and the metric functions
+    (:func:`released_metrics`).
     """
 
-    def __init__(self, model, dataset, config):
+    def __init__(self, model, dataset, config, split: str = "valid"):
         import torch.nn.functional as F  # noqa: N812
 
         from sgfd_fast.ops import sgfd_loss_reference
 
         self.m, self.F, self.sgfd_loss = model, F, sgfd_loss_reference
-        g = model._graph
+        g = model.graph
         rows = torch.repeat_interleave(torch.arange(g.rowptr.numel() - 1), g.rowptr.diff())
         self.adj = torch.sparse_coo_tensor(torch.stack([rows, g.col]), g.val,
                                            (g.rowptr.numel() - 1,) * 2)  # never coalesced
         known = torch.as_tensor(dataset.train, dtype=torch.long)
-        self.known, self.topk = known, max(config["topk"])
+        self.known, self.ks, self.topk = known, list(config["topk"]), max(config["topk"])
         self.eval_batch = config["eval_batch_size"]
-        self.test_users = torch.unique(torch.as_tensor(dataset.test[:, 0], dtype=torch.long))
+        truth = getattr(dataset, split)
+        order = np.unique(truth[:, 0], return_index=True)[1]
+        self.users = torch.as_tensor(truth[np.sort(order), 0], dtype=torch.long)  # as they appear
+        self.truth = [truth[truth[:, 0] == u, 1] for u in self.users.tolist()]  # eval_items_per_u
 
     def _forward(self):
         m = self.m
@@ -219,19 +228,61 @@ class ReleasedBM3:
         total = bm3 + m.reg_weight * reg + m.cl_weight * cl + sgfd
         return {"loss": total, "bm3": bm3.detach(), "sgfd": sgfd.detach()}
 
-    def evaluation(self):
+    def ranking(self) -> torch.Tensor:
+        """(U, max(topk)) ranked items of ``self.users``, as the released trainer computes them."""
         m = self.m
         with torch.no_grad():
             tops = []
-            for start in range(0, self.test_users.numel(), self.eval_batch):
-                users = self.test_users[start:start + self.eval_batch]
+            for start in range(0, self.users.numel(), self.eval_batch):
+                users = self.users[start:start + self.eval_batch]
                 u_g, i_o = self._forward()  # recomputed per batch, as released
                 scores = m.predictor(u_g)[users] @ m.predictor(i_o).T
                 sel = torch.isin(self.known[:, 0], users)
-                rows = torch.searchsorted(users, self.known[sel, 0].contiguous())  # users are sorted
+                order = torch.argsort(users)
+                rows = order[torch.searchsorted(users[order], self.known[sel, 0].contiguous())]
                 scores[rows, self.known[sel, 1]] = -1e10
                 tops.append(torch.topk(scores, self.topk, dim=1)[1])
         return torch.cat(tops)
+
+    def evaluation(self) -> dict:
+        return released_metrics(self.ranking().cpu().numpy(), self.truth, self.ks)
+
+
+def released_metrics(topk_index, pos_items, ks) -> dict:
+    """MMRec's ``TopKEvaluator.evaluate`` as the released BM3 runs it (docs/RELEASED_CODE.md §4.7):
+    a Python hit list per user (``i in m`` on the user's item array), then ``recall2_`` (micro),
+    ``ndcg2_`` (its loop over cut-offs, users and positions), ``precision_``, ``map_`` (a loop over
+    users) and ``hk_`` (any hit in the first 20), each read at index k-1 and rounded to 4 places.
+    Keys as :func:`sgfd_fast.evaluation.ranking_metrics` names them (``hk`` is ``hit``)."""
+    import math
+
+    pos_index = np.asarray([[True if i in m else False for i in n]
+                            for m, n in zip(pos_items, topk_index)])
+    pos_len = np.asarray([len(m) for m in pos_items])
+    n_users, depth = pos_index.shape
+    cum = np.cumsum(pos_index, axis=1)
+    recall = cum.sum(axis=0) / pos_len.sum()
+    ndcg = np.zeros(depth)
+    for j in range(depth):
+        total = 0.0
+        for u in range(n_users):
+            h = int(pos_index[u, :j].sum())
+            if h > 0:
+                idcg = sum(1.0 / math.log(i + 2) for i in range(min(h, j)))
+                dcg = sum(float(pos_index[u, i]) / math.log(i + 2) for i in range(depth))
+                total += dcg / idcg
+        ndcg[j] = total / n_users
+    precision = (cum / np.arange(1, depth + 1)).mean(axis=0)
+    sum_pre = np.cumsum(cum / np.arange(1, depth + 1) * pos_index, axis=1)
+    ap = np.zeros((n_users, depth))
+    for row, lens in enumerate(np.minimum(pos_len, depth)):
+        ranges = np.arange(1, depth + 1)
+        ranges[lens:] = ranges[lens - 1]
+        ap[row] = sum_pre[row] / ranges
+    hk = np.full(depth, pos_index[:, :20].any(axis=1).mean())  # hk_ looks at 20 positions
+    table = {"recall": recall, "ndcg": ndcg, "precision": precision, "map": ap.mean(axis=0),
+             "hit": hk}
+    return {f"{name}@{k}": round(float(v[k - 1]), 4) for name, v in table.items() for k in ks}
 
 
 def gemm_floor(run) -> dict | None:
@@ -319,15 +370,28 @@ def check_released_agrees(model_name: str, dataset_name: str, device_type: str) 
     got = float(released.calculate_loss(users, items)["loss"])
     if abs(got - want) > 1e-4 * abs(want):
         pytest.fail(f"released BM3 step on {dataset_name}: loss {got} vs sgfd_fast {want}")
+    users = torch.sort(released.users).values
     with torch.no_grad():
         u, i = run.model.ranking_embeddings()
-        scores = u[released.test_users] @ i.T
-    known = released.known[torch.isin(released.known[:, 0], released.test_users)]
-    scores[torch.searchsorted(released.test_users, known[:, 0].contiguous()), known[:, 1]] = -1e10
+        scores = u[users] @ i.T
+    known = released.known[torch.isin(released.known[:, 0], users)]
+    scores[torch.searchsorted(users, known[:, 0].contiguous()), known[:, 1]] = -1e10
     top = torch.topk(scores, released.topk, dim=1)[1]
-    agree = float((released.evaluation() == top).float().mean())
+    ranked = released.ranking()
+    agree = float((ranked[torch.argsort(released.users)] == top).float().mean())
     if agree < 0.99:  # float ties may swap a few ranks
         pytest.fail(f"released evaluation on {dataset_name}: top-k agrees on {agree:.3f}")
+    # the transcribed metric loops give the legacy BM3 definitions of sgfd_fast.evaluation
+    from sgfd_fast.evaluation import ranking_metrics
+
+    counts = torch.as_tensor([len(t) for t in released.truth])
+    rowptr = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
+    truth = torch.as_tensor(np.concatenate(released.truth), dtype=torch.long)
+    want = ranking_metrics(ranked, rowptr, truth, released.ks, "legacy", "BM3")
+    got = released_metrics(ranked.numpy(), released.truth, released.ks)
+    wrong = {k: (got[k], v) for k, v in want.items() if abs(got[k] - v) > 5.1e-5}
+    if wrong:
+        pytest.fail(f"released metrics on {dataset_name} (got, legacy ranking_metrics): {wrong}")
     return "ok"
 
 
@@ -384,6 +448,8 @@ def test_end_to_end(bench, request, device, model_name, dataset_name, step, prov
     if provider == "released":
         check_released_agrees(model_name, dataset_name, device.type)
         run.stepper = ReleasedBM3(run.model, run.dataset, run.config)
+        run.optimizer = torch.optim.Adam(run.model.parameters(), lr=run.config["learning_rate"],
+                                         weight_decay=run.config["weight_decay"])  # as released
         action = run.stepper.evaluation
     if step == "epoch":  # the --benchmark-disable smoke runs 2 batches of the epoch, not all
         action = functools.partial(run.epoch, 2 if bench.benchmark.disabled else None)
