@@ -424,6 +424,22 @@ class PeakMemory:
         return False
 
 
+def peak_rss_own_process(model_name: str, dataset_name: str, provider: str,
+                         batches: int | None) -> int:
+    """Peak resident set of one epoch and one validation evaluation of this provider, run by
+    ``bench/peak_rss.py`` in a fresh process (bytes)."""
+    import json
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, str(Path(__file__).with_name("peak_rss.py")), model_name,
+           dataset_name, provider] + ([f"--batches={batches}"] if batches else [])
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode:
+        pytest.fail(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.splitlines()[-1])["peak_rss_bytes"]
+
+
 def _vm_kb(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -477,6 +493,9 @@ def test_end_to_end(bench, request, device, model_name, dataset_name, step, prov
         info.update(floor)
     if ds.synthetic:
         info["synthetic"] = list(ds.synthetic)
+    if step == "epoch" and device.type == "cpu":
+        info["peak_rss_own_process_bytes"] = peak_rss_own_process(
+            model_name, dataset_name, provider, 2 if bench.benchmark.disabled else None)
     with PeakMemory(device) as mem:
         median = bench.run_timed(group=f"end_to_end:{model_name} | {step} | {dataset_name}",
                                  provider=provider, fn=timed, info=info, rounds=rounds)

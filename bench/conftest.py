@@ -126,5 +126,6 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
             f"{r['group']} [{info['provider']}]: {r['stats']['median']:.2f} s; floor "
             f"{info['floor_flops'] / 1e9:.1f} GFLOP = {info['floor_s']:.2f} s at "
             f"{info['gemm_flop_per_s'] / 1e9:.0f} GFLOP/s; fraction {info['floor_fraction']:.2f}; "
-            f"peak RSS {info.get('peak_memory_bytes', 0) / 2**20:.0f} MiB")
+            f"peak RSS {info.get('peak_memory_bytes', 0) / 2**20:.0f} MiB (in a process of its "
+            f"own: {info.get('peak_rss_own_process_bytes', 0) / 2**20:.0f} MiB)")
 

@@ -1,0 +1,56 @@
+"""Peak resident set of one end-to-end provider in a process of its own: build the model, run one
+training epoch (or its first ``--batches`` batches) and one validation evaluation, print JSON.
+
+One process per provider, so the number is that provider's footprint alone (in the pytest run
+every provider shares one process, whose peak never goes down). ``bench_end_to_end.py`` runs this
+for each provider's epoch row (``extra_info["peak_rss_own_process_bytes"]``); by hand::
+
+    PYTHONPATH=$PWD python bench/peak_rss.py BM3 office-synthetic released
+
+Output: ``{"peak_rss_bytes": ru_maxrss of the process, "setup_rss_bytes": resident set after the
+dataset and model are built, ...}`` (Linux: ru_maxrss is in KiB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_end_to_end import PROVIDERS, ReleasedBM3, Run, _vm_kb  # noqa: E402
+
+
+def measure(model_name: str, dataset_name: str, provider: str, batches: int | None) -> dict:
+    run = Run(model_name, dataset_name, torch.device("cpu"))
+    evaluation = run.evaluation
+    if provider == "released":
+        run.stepper = ReleasedBM3(run.model, run.dataset, run.config)
+        run.optimizer = torch.optim.Adam(run.model.parameters(), lr=run.config["learning_rate"],
+                                         weight_decay=run.config["weight_decay"])
+        evaluation = run.stepper.evaluation
+    setup = _vm_kb("VmRSS") * 1024
+    with run.use_backend("reference" if provider == "reference" else "auto"):
+        run.epoch(batches)
+        evaluation()
+    return {"model": model_name, "dataset": dataset_name, "provider": provider,
+            "batches": batches or run.n_batches, "setup_rss_bytes": setup,
+            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("model")
+    ap.add_argument("dataset")
+    ap.add_argument("provider", choices=PROVIDERS)
+    ap.add_argument("--batches", type=int, default=None, help="stop the epoch after N batches")
+    args = ap.parse_args(argv)
+    print(json.dumps(measure(args.model, args.dataset, args.provider, args.batches)))
+
+
+if __name__ == "__main__":
+    main()
