@@ -95,9 +95,9 @@ class TrainedModel:
 
         Ranking follows evaluation (:func:`sgfd_fast.evaluation.top_k_items`): ties to the lower
         item id; an item scoring NaN or -inf is never returned. Memory is bounded by
-        ``batch_size``: dot-product models rank with ``ops.masked_topk`` and form no score
-        matrix; models that score with ``score_users`` (MAML) form one (batch_size, n_items)
-        block at a time.
+        ``batch_size``: dot-product models rank with ``ops.masked_topk`` and MAML with
+        ``ops.attentive_distance_topk``, forming no score matrix; any other model that scores
+        with ``score_users`` forms one (batch_size, n_items) block at a time.
 
         Args:
             user_ids: original ids (str) or internal indices (int).
