@@ -225,6 +225,16 @@ def test_resume_on_changed_data(tmp_path, data_dir, capsys):
     assert epochs_in(out) == [1, 2, 3]
 
 
+def test_legacy_protocol_runs_and_resumes(tmp_path, data_dir):
+    # protocol=legacy trains on all of train: its empty validation split is fingerprinted too
+    (data_dir / "valid.csv").unlink()
+    out = tmp_path / "run"
+    assert train(data_dir, out, "protocol=legacy") == 0
+    assert json.loads((out / "run.json").read_text())["data_fingerprint"]["n_valid"] == 0
+    assert main(["--resume", str(out), "epochs=2"]) == 0
+    assert epochs_in(out) == [1, 2]
+
+
 def test_resume_cannot_lower_epochs_and_a_finished_run_does_nothing(tmp_path, data_dir, capsys):
     out = tmp_path / "run"
     assert train(data_dir, out, "epochs=2") == 0

@@ -244,7 +244,7 @@ def data_fingerprint(dataset) -> dict:
     for name, a in arrays:
         a = np.ascontiguousarray(np.asarray(a))
         h.update(f"{name}:{a.dtype.str}:{a.shape};".encode())
-        h.update(memoryview(a).cast("B"))
+        h.update(a.reshape(-1).view(np.uint8))  # bytes without a copy; empty splits too
     return {"n_users": dataset.n_users, "n_items": dataset.n_items,
             "n_train": int(dataset.train.shape[0]), "n_valid": int(dataset.valid.shape[0]),
             "n_test": int(dataset.test.shape[0]), "sha256": h.hexdigest()}
