@@ -71,9 +71,29 @@ def test_failed_sampler_leaves_no_run_behind(tmp_path, capsys):
     assert not (tmp_path / "a").exists()  # the parents this call made are gone too
     kept = tmp_path / "kept"
     kept.mkdir()
-    (kept / "notes.txt").write_text("mine")
     assert_failed(main([*args, "--out", str(kept)]), capsys.readouterr().err, "has all 30 items")
-    assert [p.name for p in kept.iterdir()] == ["notes.txt"]  # only what it created is removed
+    assert kept.is_dir() and not any(kept.iterdir())  # the empty --out it was given stays
+
+
+@pytest.mark.parametrize("content", [["best.pt"], ["keep.txt"], ["sub/x", "a", "b", "c"]])
+def test_non_empty_out_is_refused_untouched(tmp_path, data_dir, capsys, content):
+    out = tmp_path / "d"
+    for name in content:
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text("precious")
+    before = snapshot(out)
+    shown = ", ".join(sorted({c.split("/")[0] for c in content})[:3])
+    assert_failed(train(data_dir, out), capsys.readouterr().err,
+                  f"the run directory {out} is not empty ({shown}")
+    assert snapshot(out) == before and not (out / LOCK_NAME).exists()
+
+
+def test_out_holding_only_a_lock_is_adopted(tmp_path, data_dir, capsys):
+    out = tmp_path / "d"
+    out.mkdir()
+    (out / LOCK_NAME).write_text("12345\n")  # left by a process killed before run.json
+    assert train(data_dir, out) == 0
+    assert (out / "results.json").exists()
 
 
 @pytest.mark.parametrize("where", ["file", "below a file", "read-only"])

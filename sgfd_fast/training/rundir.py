@@ -3,10 +3,12 @@ what a ``--resume`` does, and the data fingerprint that a resume checks.
 
 Cases, each with one outcome (``README.md``, "Run directories"):
 
-* a new run: ``--out`` must be a new or existing directory without ``run.json`` (a file, a path
-  below a file, an unwritable place: :class:`RunDirectoryError`). If the run fails before it has
-  saved any ``last.pt``, what this call created is removed again, so the same ``--out`` can be used
-  once the cause is fixed; after a checkpoint everything is kept for ``--resume``.
+* a new run: ``--out`` must be a new or an empty directory (a lone ``run.lock`` counts as empty).
+  One holding a run is refused with a pointer to ``--resume``; other content (which the run's
+  files could overwrite), a file, a path below a file, an unwritable place: :class:`RunDirectoryError`.
+  If the run fails before it has saved any ``last.pt``, what this call created is removed again,
+  so the same ``--out`` can be used once the cause is fixed; after a checkpoint everything is kept
+  for ``--resume``.
 * one process per run directory: ``run.lock`` is held with ``fcntl.flock`` for the run's life
   (released by the kernel when the process ends, however it ends); a second process is refused
   with the holder's pid.
@@ -61,11 +63,18 @@ class RunDirectory:
     # --- acquisition ---------------------------------------------------------------------
     @classmethod
     def create(cls, path) -> "RunDirectory":
-        """Make (or adopt an existing, run-less) directory for a new run and lock it."""
+        """Make (or adopt an existing, empty) directory for a new run and lock it."""
         path = Path(path)
         if path.exists() and not path.is_dir():
             raise RunDirectoryError(f"the run directory {path} is a file; give --out a new or "
                                     f"empty directory")
+        if path.is_dir():
+            # the run's files would replace same-named ones: adopt nothing but a lock
+            other = sorted(set(os.listdir(path)) - {LOCK_NAME})
+            if other and "run.json" not in other:  # a run: refused below, naming --resume
+                shown = ", ".join(other[:3]) + (", ..." if len(other) > 3 else "")
+                raise RunDirectoryError(f"the run directory {path} is not empty ({shown}); "
+                                        f"give --out a new or empty directory")
         created = None
         if not path.exists():
             top = path
