@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m sgfd_fast.train", description=_DESCRIPTION,
         epilog=_EPILOG + _keys_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-m", "--model", default="BM3",
+    p.add_argument("-m", "--model", default=None,  # None: BM3, and --resume can tell it was given
                    help=f"the backbone: {', '.join(MODELS) or 'BM3'} (default BM3)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("-d", "--dataset", default=None,
@@ -165,10 +165,15 @@ def main(argv=None) -> int:
         if args.device:
             overrides.append(("device", args.device))
         if args.resume:
-            if args.dataset or args.data_path or args.config or args.out:
-                raise SGFDError("--resume continues a run as it was configured; it takes only "
-                                "key=value overrides of epochs, stopping_step, eval_batch_size "
-                                "and --device")
+            given = [opt for opt, v in (("-m", args.model), ("-d", args.dataset),
+                                        ("--data-path", args.data_path),
+                                        ("--format", args.format), ("--labels", args.labels),
+                                        ("--config", args.config), ("--out", args.out)) if v]
+            if given:
+                raise SGFDError(f"--resume continues a run as it was configured, so "
+                                f"{', '.join(given)} cannot be given; it takes only key=value "
+                                f"overrides of epochs, stopping_step, eval_batch_size and "
+                                f"--device")
             run_dir = Path(args.resume)
             # under torchrun the process group needs the run's dist_* keys before resuming
             values = read_run(run_dir)["config"] if (run_dir / "run.json").exists() else {}
@@ -183,6 +188,7 @@ def main(argv=None) -> int:
                                 "built-in datasets (-d) bring their own")
             from .models import MODELS
 
+            args.model = args.model or "BM3"
             if args.model not in MODELS:
                 raise _unknown("model", args.model, list(MODELS))
             if args.data_path is not None:

@@ -62,6 +62,10 @@ def test_unknown_key_subprocess():
     (["--data-path", "/nonexistent/dir"], "/nonexistent/dir"),
     (["--resume", "/nonexistent/run"], "is not a run directory"),
     (["--resume", "/x", "-d", "office"], "--resume continues a run as it was configured"),
+    (["--resume", "/x", "-m", "BM3"], "so -m cannot be given"),
+    (["--resume", "/x", "--format", "mmrec"], "so --format cannot be given"),
+    (["--resume", "/x", "--labels", "l.npy"], "so --labels cannot be given"),
+    (["--resume", "/x", "-m", "GRCN", "--out", "o"], "so -m, --out cannot be given"),
     (["--config", "/nonexistent.yaml"], "config file /nonexistent.yaml does not exist"),
     (["epochs"], "must look like key=value"),
     pytest.param(["--device", "cuda"], "no CUDA GPU", marks=pytest.mark.skipif(
