@@ -151,6 +151,35 @@ def test_sgfd_bad_input_cli_inprocess(sgfd_dir, mutate, pattern, capsys):
     assert __import__("re").search(pattern, err)
 
 
+def _mmrec_no_features(d):
+    for f in d.glob("*_feat.npy"):
+        f.unlink()
+
+
+# the data layer's messages reach train, data inspect and Python: each fix names all their options
+@pytest.mark.parametrize("fmt, mutate, kw, spellings", [
+    ("sgfd", _missing_dir, {}, ["--data-path (train)", "--path (data inspect)", "path= (Python)"]),
+    ("sgfd", _no_labels, {}, ["--labels FILE (train, data inspect)", "labels=FILE (Python)"]),
+    ("sgfd", lambda d: None, {"labels": "nope.npy"}, ["--labels FILE", "labels=FILE"]),
+    ("sgfd", _no_features, {}, ["--modality NAME=FILE (data inspect)", "modalities={'NAME'",
+                                "train finds features by these file names"]),
+    ("mmrec", lambda d: None, {}, ["--labels FILE (train, data inspect)", "labels=FILE (Python)"]),
+    ("mmrec", _mmrec_no_features, {"labels": True}, ["--modality NAME=FILE (data inspect)",
+                                                     "modalities={'NAME'"]),
+])
+def test_fix_names_each_callers_option(sgfd_dir, mmrec_dir, fmt, mutate, kw, spellings):
+    d = sgfd_dir if fmt == "sgfd" else mmrec_dir[0]
+    mutate(d)
+    if kw.get("labels") is True:
+        kw = {"labels": mmrec_dir[1]}
+    with pytest.raises(DataError) as exc:
+        load_dataset(path=d, format=fmt, **kw)
+    msg = str(exc.value)
+    assert "\n" not in msg and "CLI:" not in msg and "--path /" not in msg
+    for s in spellings:
+        assert s in msg, msg
+
+
 def test_mmrec_without_labels(mmrec_dir):
     d, _ = mmrec_dir
     with pytest.raises(DataError, match=r"MMRec data has no item labels.*labels=FILE.*--labels"):

@@ -23,6 +23,14 @@ __all__ = ["DataWarning", "ItemRefs", "read_table", "parse_ids", "read_interacti
            "check_labels", "read_labels", "fit_to_items", "select_modalities"]
 
 
+# How each caller names a dataset's files: the train CLI, the data CLI and Python differ, and one
+# message reaches all three, so a fix names every spelling.
+PATH_HINT = "--data-path (train), --path (data inspect) or path= (Python)"
+LABELS_HINT = "labels=FILE (Python) or --labels FILE (train, data inspect)"
+MODALITIES_HINT = ("--modality NAME=FILE (data inspect) or modalities={'NAME': 'FILE'} (Python); "
+                   "train finds features by these file names only")
+
+
 class DataWarning(UserWarning):
     """A recoverable data problem (duplicates dropped, users without training items, ...)."""
 
@@ -310,7 +318,7 @@ def load_labels(path) -> tuple[np.ndarray, bool]:
     (header optional). Returns ``(int64 labels, is_table)``; a table's array runs to its largest
     itemID, with :data:`NO_LABEL` where an item has no row."""
     path = Path(path)
-    require_file(path, "labels", "pass labels=FILE with a .npy of ints or a TSV itemID<TAB>label")
+    require_file(path, "labels", f"give {LABELS_HINT}: a .npy of ints or a TSV itemID<TAB>label")
     if path.suffix == ".npy":
         arr = load_npy(path, "labels")
         if arr.ndim == 2 and arr.shape[1] == 1:
@@ -387,7 +395,7 @@ def read_labels(path, n_items: int, refs: ItemRefs | None = None) -> np.ndarray:
 def require_dir(path) -> Path:
     path = Path(path)
     if not path.exists():
-        raise DataError(f"{path}: dataset directory not found; check --path / path=")
+        raise DataError(f"{path}: dataset directory not found; check {PATH_HINT}")
     if not path.is_dir():
         raise DataError(f"{path}: expected a dataset directory, found a file")
     return path

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import DataError
-from .common import (ItemRefs, explicit_modalities, fit_to_items, parse_ids, read_table,
-                     require_dir, resolve_labels, select_modalities, warn)
+from .common import (LABELS_HINT, MODALITIES_HINT, ItemRefs, explicit_modalities, fit_to_items,
+                     parse_ids, read_table, require_dir, resolve_labels, select_modalities, warn)
 
 __all__ = ["read_mmrec", "write_mmrec"]
 
@@ -67,7 +67,7 @@ def read_mmrec(path, *, labels=None, modalities=None) -> dict:
     n_items = int(items.max()) + 1
     if labels is None:
         raise DataError(f"{root}: MMRec data has no item labels, and SGFD needs one category label "
-                        f"per item: pass labels=FILE (CLI: --labels FILE), a .npy of ints (row = "
+                        f"per item: give {LABELS_HINT}, a .npy of ints (row = "
                         f"itemID) or a TSV itemID<TAB>label")
     lp = resolve_labels(root, labels)
     if isinstance(modalities, dict):
@@ -82,7 +82,8 @@ def read_mmrec(path, *, labels=None, modalities=None) -> dict:
             files[MMREC_FEATURE_RE.match(f).group(1)] = root / f
         if not files:
             raise DataError(f"{root}: no feature files found; expected image_feat.npy, text_feat.npy "
-                            f"or <modality>_feat.npy (rows = itemID), or pass modalities=")
+                            f"or <modality>_feat.npy (rows = itemID), or name the files: "
+                            f"{MODALITIES_HINT}")
         files = select_modalities(files, modalities, str(root))
     refs = ItemRefs()
     refs.add(inter, items, numbers)

@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import DataError
-from .common import (ItemRefs, explicit_modalities, fit_to_items, read_interactions,
-                     require_dir, require_file, resolve_labels, select_modalities)
+from .common import (LABELS_HINT, MODALITIES_HINT, ItemRefs, explicit_modalities, fit_to_items,
+                     read_interactions, require_dir, require_file, resolve_labels,
+                     select_modalities)
 
 __all__ = ["read_sgfd", "write_sgfd"]
 
@@ -68,15 +69,14 @@ def read_sgfd(path, *, labels=None, modalities=None) -> dict:
         if not files:
             raise DataError(f"{root}: no feature files found; expected FeatureImage_normal.npy, "
                             f"FeatureText_normal.npy or Feature<Name>_normal.npy (rows = itemID), "
-                            f"or pass modalities={{'name': 'file.npy'}} (CLI: --modality "
-                            f"NAME=FILE)")
+                            f"or name the files: {MODALITIES_HINT}")
         files = select_modalities(files, modalities, str(root))
     if labels is None:
         lp = root / SGFD_LABELS
         if not lp.exists():
             raise DataError(f"{root}: labels file {SGFD_LABELS} not found; SGFD needs one integer "
-                            f"category label per item: add {SGFD_LABELS} or pass labels=FILE "
-                            f"(.npy of ints, or TSV itemID<TAB>label)")
+                            f"category label per item: add {SGFD_LABELS} or give "
+                            f"{LABELS_HINT} (.npy of ints, or TSV itemID<TAB>label)")
     else:
         lp = resolve_labels(root, labels)
     feats, raw_labels = fit_to_items(files, lp, n_items, refs)
