@@ -59,7 +59,7 @@ from pathlib import Path
 import yaml
 
 from ._cli import quiet_on_closed_stdout
-from .config import Config, load_config
+from .config import Config, load_config, yaml_problem
 from .errors import ConfigError, SGFDError, TrainingError
 
 __all__ = ["Spec", "load_spec", "find_spec", "shipped_specs", "run_study", "summarise",
@@ -134,7 +134,7 @@ def load_spec(path, *, in_memory: bool = False) -> Spec:
     except OSError as e:
         raise ConfigError(f"cannot read study spec {path}: {e.strerror or e}") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"study spec {path} is not valid YAML: {e}") from None
+        raise ConfigError(f"study spec {path} is not valid YAML: {yaml_problem(e)}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"study spec {path} must be a YAML mapping (model, dataset, seeds, "
                           f"baseline, arms, ...)")

@@ -167,6 +167,15 @@ def test_spec_errors_are_one_clear_message_and_exit_2(tmp_path, tiny_model, caps
     assert re.search(message, err), err
 
 
+def test_spec_invalid_yaml_is_one_line_naming_file_line_column(tmp_path, capsys):
+    f = tmp_path / "bad.yaml"
+    f.write_text("model: BM3\nseeds: [1, 2\n")
+    assert study.main([str(f)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "<unicode string>" not in err, err
+    assert err.startswith(f"error: study spec {f} is not valid YAML: line 3, column 1: "), err
+
+
 def test_shipped_specs_are_valid_and_listed(capsys):
     shipped = study.shipped_specs()
     assert {"office-bm3", "office-bm3-text", "office-grcn", "office-maml"} <= set(shipped)

@@ -76,6 +76,15 @@ def test_errors_in_process(args, match, capsys):
     assert_error(rc, capsys.readouterr().err, match)
 
 
+def test_config_file_invalid_yaml_is_one_line_naming_file_line_column(tmp_path, capsys):
+    f = tmp_path / "mine.yaml"
+    f.write_text("epochs: 3\nn_layers: [1, 2\nsgfd: true\n")
+    assert main(["--config", str(f)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "<unicode string>" not in err, err
+    assert err.startswith(f"error: {f} is not valid YAML: line 3, column 5: expected ','"), err
+
+
 def test_config_file_unknown_key_names_the_file(tmp_path, capsys):
     f = tmp_path / "mine.yaml"
     f.write_text("epochs: 3\nbatch_size: 10\n")
