@@ -102,6 +102,13 @@ def requested(op: str) -> str | None:
     return _parse(spec, op)
 
 
+def check_requested() -> None:
+    """Raise :class:`~sgfd_fast.errors.ConfigError` now if ``SGFD_FAST_BACKEND`` (or the active
+    ``use_backend``) is malformed, rather than at the first op call: runs check it before they
+    create anything."""
+    requested("")
+
+
 def serving(op: str, device: str) -> str:
     """Name of the backend that serves ``op`` on ``device`` right now."""
     table = _OPS[op]

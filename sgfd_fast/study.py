@@ -298,7 +298,10 @@ def run_study(spec: Spec, out, *, shard: tuple[int, int] = (1, 1), dataset=None,
 
     from . import training
 
+    from . import _backend
+
     out = Path(out)
+    _backend.check_requested()  # before any directory is made
     runs = _plan(spec, out, device)
     for run in runs:
         _check_existing(run)

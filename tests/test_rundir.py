@@ -59,6 +59,20 @@ def test_bad_dataset_creates_nothing(tmp_path, capsys):
     assert not out.exists()
 
 
+def test_bad_backend_variable_creates_nothing(tmp_path, data_dir, capsys, monkeypatch):
+    out = tmp_path / "a" / "run"
+    assert train(data_dir, out) == 0 and capsys.readouterr()
+    run = snapshot(out)
+    lock = (out / LOCK_NAME).read_bytes()
+    monkeypatch.setenv("SGFD_FAST_BACKEND", "bogus")
+    assert_failed(train(data_dir, tmp_path / "b" / "run"), capsys.readouterr().err,
+                  "SGFD_FAST_BACKEND='bogus': expected auto")
+    assert not (tmp_path / "b").exists()
+    assert_failed(main(["--resume", str(out), "epochs=2"]), capsys.readouterr().err,
+                  "SGFD_FAST_BACKEND='bogus'")
+    assert snapshot(out) == run and (out / LOCK_NAME).read_bytes() == lock
+
+
 def test_failed_sampler_leaves_no_run_behind(tmp_path, capsys):
     ds = tiny_dataset()
     ds.train = np.concatenate([ds.train, [[0, i] for i in range(ds.n_items)]])

@@ -176,6 +176,14 @@ def test_spec_invalid_yaml_is_one_line_naming_file_line_column(tmp_path, capsys)
     assert err.startswith(f"error: study spec {f} is not valid YAML: line 3, column 1: "), err
 
 
+def test_bad_backend_variable_creates_nothing(tmp_path, tiny_model, capsys, monkeypatch):
+    monkeypatch.setenv("SGFD_FAST_BACKEND", "bogus")
+    out = tmp_path / "study"
+    assert study.main([str(write_spec(tmp_path, dataset="office")), "--out", str(out)]) == 2
+    assert "SGFD_FAST_BACKEND='bogus'" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_shipped_specs_are_valid_and_listed(capsys):
     shipped = study.shipped_specs()
     assert {"office-bm3", "office-bm3-text", "office-grcn", "office-maml"} <= set(shipped)

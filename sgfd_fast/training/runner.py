@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from .. import _backend
 from ..config import Config, check_point
 from ..errors import ConfigError, DataError, RunDirectoryError, SGFDError
 from . import distributed
@@ -94,7 +95,7 @@ def _params(params: dict) -> str:
 
 def _log_kernels(log, device: torch.device) -> None:
     """Which backend serves each op, and why no compiled module does when none is loaded."""
-    from .. import _backend, _ext, ops  # noqa: F401 - ops registers every op
+    from .. import _ext, ops  # noqa: F401 - ops registers every op
 
     log.info(f"kernels on {device.type}: {_backend.summary(device.type)}")
     missing = _ext.cpu_error if device.type == "cpu" else _ext.cuda_error
@@ -263,6 +264,7 @@ def train(model: str, config: Config, *, run_dir, dataset=None, data: dict | Non
                "data": data, "data_fingerprint": data_fingerprint(dataset), "config": values,
                "grid_keys": config.grid_keys, "config_files": config.files}
         resolve_device(values["device"])  # fail before creating anything
+        _backend.check_requested()
         rd = RunDirectory.create(run_dir) if is_main() else None
     except BaseException:
         _show_held(held)
@@ -316,6 +318,7 @@ def resume(run_dir, overrides=(), *, dataset=None, allow_data_change: bool = Fal
     from ..config import parse_override
 
     run_dir = Path(run_dir)
+    _backend.check_requested()  # before the lock and run.json are written
     rd = RunDirectory.open(run_dir) if is_main() else None
     held: list = []
     try:
