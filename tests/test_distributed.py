@@ -89,6 +89,10 @@ def test_two_processes_equal_one(runs):
     # rank 0 alone wrote the run directory: the same files as one process, no leftovers
     assert sorted(p.name for p in (runs / "two").iterdir()) == \
         sorted(p.name for p in (runs / "one").iterdir())
+    res = json.loads((runs / "two" / "results.json").read_text())
+    assert res["world_size"] == 2 and res["dist_backend"] == "gloo"
+    assert "device cpu, 2 processes (gloo), run directory" in \
+        (runs / "two" / "train.log").read_text().splitlines()[0]
 
 
 @pytest.mark.parametrize("name", ["one_then_two", "two_then_one"])

@@ -103,6 +103,9 @@ def test_bm3_run_then_resume(tmp_path, data_dir, capsys):
     assert res["model"] == "BM3" and res["sgfd"] is True and res["dataset"] == "tiny"
     assert res["best_epoch"] == 1 and 0 <= res["test"]["recall@20"] <= 1
     assert res["data"]["path"] == str(data_dir.resolve())
+    assert res["world_size"] == 1 and "dist_backend" not in res
+    log = (out / "train.log").read_text().splitlines()
+    assert "device cpu, 1 process, run directory" in log[0], log[0]
     # the same run directory again is refused; resuming with more epochs continues it
     assert_error(main(list(map(str, args))), capsys.readouterr().err, "already holds a run")
     assert main(["--resume", str(out), "epochs=2"]) == 0
@@ -110,6 +113,7 @@ def test_bm3_run_then_resume(tmp_path, data_dir, capsys):
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["epoch"] for x in lines] == [1, 2]
     assert json.loads((out / "results.json").read_text())["epochs_trained"] == 2
+    assert f"resuming {out} on device cpu, 1 process" in (out / "train.log").read_text()
     assert_error(main(["--resume", str(out), "sgfd=false"]), capsys.readouterr().err,
                  "sgfd cannot be changed when resuming")
 

@@ -49,7 +49,7 @@ import torch
 from ..errors import ConfigError
 from .runtime import _distributed, resolve_device
 
-__all__ = ["launched", "process_group", "active", "shard_bounds", "broadcast_object",
+__all__ = ["launched", "process_group", "active", "backend", "shard_bounds", "broadcast_object",
            "all_gather_object", "all_reduce_grads", "all_reduce_sums", "reduce_then_broadcast",
            "broadcast_params", "fail_if_asked"]
 
@@ -64,6 +64,12 @@ def launched() -> bool:
 def active() -> bool:
     """True inside :func:`process_group` (a torch.distributed group is initialised)."""
     return _distributed() is not None
+
+
+def backend() -> str | None:
+    """The process group's backend (``gloo``, ``nccl``); None outside :func:`process_group`."""
+    dist = _distributed()
+    return dist.get_backend() if dist is not None else None
 
 
 @contextmanager

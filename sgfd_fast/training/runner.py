@@ -113,18 +113,20 @@ def _run(run: dict, run_dir: Path, dataset, *, states=None, notes=(), held=(), p
     cfg = Config(values, run["grid_keys"], {}, [])
     points = cfg.points()
     device = resolve_device(values["device"])
+    procs = f"{world_size()} process{'es' if world_size() > 1 else ''}" + \
+        (f" ({distributed.backend()})" if distributed.active() else "")
     with run_logging(run_dir if is_main() else None, console) as log:
         if states is None:
             log.info(f"sgfd_fast {__version__}: "
                      f"{_model_label(run['model'], values, cfg.grid_keys)} on {run['dataset']} "
                      f"({dataset.n_users} users, {dataset.n_items} items, "
                      f"{dataset.train.shape[0]} train / {dataset.valid.shape[0]} valid / "
-                     f"{dataset.test.shape[0]} test), device {device_name(device)}, "
+                     f"{dataset.test.shape[0]} test), device {device_name(device)}, {procs}, "
                      f"run directory {run_dir}")
             if dataset.synthetic:
                 log.warning(f"dataset {run['dataset']}: SYNTHETIC {', '.join(dataset.synthetic)}")
         else:
-            log.info(f"resuming {run_dir}")
+            log.info(f"resuming {run_dir} on device {device_name(device)}, {procs}")
         while held:
             log.warning(str(held.pop(0).message))
         for note in notes:
@@ -184,9 +186,12 @@ def _run(run: dict, run_dir: Path, dataset, *, states=None, notes=(), held=(), p
             "checkpoint": str(Path(s["dir"]) / "best.pt"),
             "data": run["data"],
             "device": device_name(device),
+            "world_size": world_size(),
             "sgfd_fast_version": __version__,
             "torch_version": torch.__version__,
         }
+        if distributed.active():
+            results["dist_backend"] = distributed.backend()
         if len(points) > 1:
             results["grid"] = [{"params": x["params"], "valid_score": x["valid_score"],
                                 "best_epoch": x["best_epoch"], "dir": x["dir"]}
