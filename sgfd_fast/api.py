@@ -126,16 +126,33 @@ class TrainedModel:
         return [[self._item_names[i] for i in row if i >= 0] for row in indices.cpu().tolist()]
 
     @torch.no_grad()
-    def export(self, out_dir) -> dict[str, Path]:
+    def export(self, out_dir, *, overwrite: bool = False) -> dict[str, Path]:
         """Write ``user_embeddings.npy`` and ``item_embeddings.npy`` (rows = internal ids; the
         score is their dot product), ``student_<modality>.npy`` (the distilled student features,
         with SGFD), and ``user_ids.npy``/``item_ids.npy`` (row → original id) when known.
 
+        Args:
+            out_dir: a new or empty directory (created with its parents).
+            overwrite: also write into a non-empty directory, replacing same-named files.
         Returns:
             ``{name: path}`` of the files written.
+        Raises:
+            InputError: ``out_dir`` is a file, cannot be created, or is not empty (without
+                ``overwrite``).
         """
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
+        if out.exists() and not out.is_dir():
+            raise InputError(f"export: {out} is a file; give a new or empty directory")
+        if out.is_dir() and not overwrite and any(out.iterdir()):
+            names = sorted(p.name for p in out.iterdir())
+            shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+            raise InputError(f"export: {out} is not empty ({shown}); give a new or empty "
+                             f"directory, or pass overwrite=True to replace same-named files")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise InputError(f"export: cannot create {out}: {e.strerror or e}; give another "
+                             f"directory") from None
         arrays = {}
         emb = self.model.ranking_embeddings()
         if emb is not None:
@@ -179,6 +196,10 @@ def load_run(run_dir, device: str = "cpu", dataset=None) -> TrainedModel:
 
     run_dir = Path(run_dir)
     rpath = run_dir / "results.json"
+    if not run_dir.is_dir():
+        what = "is a file" if run_dir.exists() else "no such directory"
+        raise ConfigError(f"{run_dir}: {what}; load_run takes the directory a training wrote "
+                          f"(its --out or run_dir)")
     if not rpath.exists():
         hint = (f"; the run has not finished: python -m sgfd_fast.train --resume {run_dir}"
                 if (run_dir / "run.json").exists() else "")

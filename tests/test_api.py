@@ -86,9 +86,36 @@ def test_export(run_dir, tmp_path):
     assert np.load(files["item_ids"]).tolist() == tm.dataset.item_ids.tolist()
 
 
+def test_export_refuses_a_file_and_a_non_empty_directory(run_dir, tmp_path):
+    tm = load_run(run_dir)
+    f = tmp_path / "f.npy"
+    f.write_text("x")
+    with pytest.raises(InputError, match=f"export: {f} is a file; give a new or empty"):
+        tm.export(f)
+    with pytest.raises(InputError, match=f"export: cannot create {f / 'sub'}: "):
+        tm.export(f / "sub")
+    out = tmp_path / "exp"
+    first = tm.export(out)
+    before = {p: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(InputError, match=r"is not empty \(item_embeddings.npy, item_ids.npy, "
+                                         r"student_image.npy, \.\.\.\); .*overwrite=True"):
+        tm.export(out)
+    assert {p: p.read_bytes() for p in out.iterdir()} == before  # nothing touched
+    assert tm.export(out, overwrite=True) == first
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert set(tm.export(empty)) == set(first)
+
+
 def test_load_run_errors(tmp_path):
     with pytest.raises(ConfigError, match="holds no results.json"):
         load_run(tmp_path)
+    with pytest.raises(ConfigError, match=f"{tmp_path / 'nope'}: no such directory; load_run "
+                                          f"takes the directory a training wrote"):
+        load_run(tmp_path / "nope")
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(ConfigError, match=f"{tmp_path / 'f'}: is a file"):
+        load_run(tmp_path / "f")
 
 
 def test_loaded_model_matches_training(run_dir):
