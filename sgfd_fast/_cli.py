@@ -67,3 +67,14 @@ def quiet_on_closed_stdout(main):
         finally:
             sys.stdout = real
     return run
+
+
+def refuse_empty(args, **options) -> None:
+    """Raise :class:`~sgfd_fast.errors.ConfigError` for a path option given as ``''`` (an unset
+    shell variable, say), which would otherwise read as "not given" or as the current
+    directory. ``options``: ``{attribute: option name}``."""
+    from .errors import ConfigError
+
+    for attr, name in options.items():
+        if getattr(args, attr, None) == "":
+            raise ConfigError(f"{name} is empty; give a path")

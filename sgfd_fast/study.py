@@ -58,7 +58,7 @@ from pathlib import Path
 
 import yaml
 
-from ._cli import quiet_on_closed_stdout
+from ._cli import quiet_on_closed_stdout, refuse_empty
 from .config import Config, load_config, yaml_problem
 from .errors import ConfigError, SGFDError, TrainingError
 
@@ -561,15 +561,15 @@ def _list() -> None:
     for name, path in shipped_specs().items():
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
         n = len(raw.get("arms") or {}) * len(raw.get("seeds") or [])
-        print(f"{name:<22} {raw.get('model')} on {raw.get('dataset')}, {n} runs: "
-              f"{raw.get('description', '')}")
+        about = raw.get("description") or f"{raw.get('model')} on {raw.get('dataset')}"
+        print(f"{name:<22} {n} runs: {about}")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m sgfd_fast.study",
         description="Train every arm x seed of a study spec and compare the arms with the "
-                    "baseline (mean ± std, paired differences with 95%% CIs, Wilcoxon p).",
+                    "baseline (mean ± std, paired differences with 95% CIs, Wilcoxon p).",
         epilog="examples:\n  python -m sgfd_fast.study --list\n"
                "  python -m sgfd_fast.study office-bm3                # runs/study-office-bm3\n"
                "  python -m sgfd_fast.study my_spec.yaml --out runs/mine --shard 1/2\n"
@@ -606,6 +606,7 @@ def main(argv=None) -> int:
     try:
         if not args.spec:
             raise ConfigError("give a study spec (a name from --list, or a YAML file)")
+        refuse_empty(args, out="--out")
         shard = _parse_shard(args.shard)
         spec = load_spec(find_spec(args.spec))
         _require_scipy()  # the statistics need it: fail before hours of training, not after

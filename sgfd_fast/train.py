@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from ._cli import quiet_on_closed_stdout
+from ._cli import quiet_on_closed_stdout, refuse_empty
 from .config import CONFIG_DIR, key_docs, load_config
 from .errors import SGFDError
 
@@ -162,6 +162,8 @@ def main(argv=None) -> int:
         files = [f for f in args.config if "=" not in f or Path(f).exists()]
         overrides = [f for f in args.config if f not in files] + list(args.overrides)
         args.config = files
+        refuse_empty(args, out="--out", resume="--resume", data_path="--data-path",
+                     labels="--labels")
         if args.device:
             overrides.append(("device", args.device))
         if args.resume:

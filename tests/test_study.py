@@ -184,6 +184,12 @@ def test_bad_backend_variable_creates_nothing(tmp_path, tiny_model, capsys, monk
     assert not out.exists()
 
 
+def test_help_and_empty_out(tmp_path, capsys):
+    assert "paired differences with 95% CIs" in study.build_parser().format_help()
+    assert study.main(["office-bm3", "--out", ""]) == 2
+    assert capsys.readouterr().err == "error: --out is empty; give a path\n"
+
+
 def test_shipped_specs_are_valid_and_listed(capsys):
     shipped = study.shipped_specs()
     assert {"office-bm3", "office-bm3-text", "office-grcn", "office-maml"} <= set(shipped)
@@ -192,7 +198,10 @@ def test_shipped_specs_are_valid_and_listed(capsys):
         assert len(spec.seeds) >= 3
     assert study.find_spec("office-bm3") == shipped["office-bm3"]
     assert study.main(["--list"]) == 0
-    assert "office-bm3 " in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "office-bm3 " in out
+    for line in out.splitlines():  # the description says the model and dataset once
+        assert line.count(" on office") == 1, line
     assert study.main(["office-bm4"]) == 2
     assert "did you mean 'office-bm3'" in capsys.readouterr().err
 

@@ -7,7 +7,7 @@ import json
 import sys
 import warnings
 
-from .._cli import quiet_on_closed_stdout
+from .._cli import quiet_on_closed_stdout, refuse_empty
 from ..errors import SGFDError
 
 
@@ -85,6 +85,8 @@ def main(argv=None) -> int:
     try:
         if args.command == "inspect":
             from .dataset import load_dataset
+
+            refuse_empty(args, path="--path", labels="--labels")
 
             modalities = None
             if args.modality:

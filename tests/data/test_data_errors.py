@@ -326,3 +326,8 @@ def test_prepare_source_files_named(tmp_path, capsys):
     (src / "file").write_text("")
     with pytest.raises(DataError, match="Office source directory not found; it is a file"):
         po.prepare_office(src / "file", tmp_path)
+
+
+def test_empty_path_is_an_error(capsys):
+    assert main(["inspect", "--path", ""]) == 2
+    assert capsys.readouterr().err == "error: --path is empty; give a path\n"
