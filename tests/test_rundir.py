@@ -274,6 +274,9 @@ def test_resume_cannot_lower_epochs_and_a_finished_run_does_nothing(tmp_path, da
     assert train(data_dir, out, "epochs=2") == 0
     capsys.readouterr()
     before = snapshot(out)
+    lock = out / LOCK_NAME
+    lock.write_text("4242\n")  # the pid of the process that trained it
+    os.utime(lock, ns=(10**18, 10**18))
     assert_failed(main(["--resume", str(out), "epochs=1"]), capsys.readouterr().err,
                  "epochs=1 is below the 2 epoch(s)")
     assert snapshot(out) == before
@@ -282,6 +285,7 @@ def test_resume_cannot_lower_epochs_and_a_finished_run_does_nothing(tmp_path, da
     assert "is finished" in cap.err and "nothing to train" in cap.err
     assert "test recall@20" in cap.out
     assert snapshot(out) == before  # run.json (its config), results, log: all untouched
+    assert lock.read_text() == "4242\n" and lock.stat().st_mtime_ns == 10**18  # the lock too
 
 
 # --- output a person reads ------------------------------------------------------------------

@@ -108,15 +108,21 @@ class RunDirectory:
 
     @classmethod
     def open(cls, path) -> "RunDirectory":
-        """Lock the directory of an existing run (for ``--resume``)."""
+        """Lock the directory of an existing run (for ``--resume``). The lock file keeps its
+        content until :meth:`claim`: a finished run is only read, and nothing in it is written."""
         path = Path(path)
         if not (path / "run.json").is_file():
             raise ConfigError(f"{path} is not a run directory (no run.json); --resume "
                                     f"takes the directory a previous training wrote")
-        return cls(path, None, set(), cls._lock(path))
+        return cls(path, None, set(), cls._lock(path, claim=False))
+
+    def claim(self) -> None:
+        """Write this process's pid into the held lock file (what a refused process reports)."""
+        os.ftruncate(self._lock_fd, 0)
+        os.pwrite(self._lock_fd, f"{os.getpid()}\n".encode(), 0)
 
     @staticmethod
-    def _lock(path: Path) -> int:
+    def _lock(path: Path, claim: bool = True) -> int:
         lock = path / LOCK_NAME
         try:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
@@ -133,8 +139,9 @@ class RunDirectory:
                                         f"{holder}, which holds {lock}); wait for it to end or "
                                         f"choose another --out") from None
             raise RunDirectoryError(f"cannot lock {lock}: {_reason(e)}") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        if claim:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         return fd
 
     # --- release -------------------------------------------------------------------------

@@ -355,6 +355,8 @@ def resume(run_dir, overrides=(), *, dataset=None, allow_data_change: bool = Fal
                 with run_logging(None, console) as log:
                     log.info(_finished_message(run_dir, states, points))
                 return results
+        if rd is not None:
+            rd.claim()  # there is work: a second process now learns who holds the run
         if dataset is None:
             dataset = _load_holding_warnings(run["data"], values, held)
         notes = []
