@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -193,6 +192,7 @@ def load_run(run_dir, device: str = "cpu", dataset=None) -> TrainedModel:
     """
     from .models import build_model
     from .training import load_checkpoint, load_data, resolve_device
+    from .training.rundir import read_json
 
     run_dir = Path(run_dir)
     rpath = run_dir / "results.json"
@@ -204,7 +204,7 @@ def load_run(run_dir, device: str = "cpu", dataset=None) -> TrainedModel:
         hint = (f"; the run has not finished: python -m sgfd_fast.train --resume {run_dir}"
                 if (run_dir / "run.json").exists() else "")
         raise ConfigError(f"{run_dir} holds no results.json{hint}")
-    results = json.loads(rpath.read_text(encoding="utf-8"))
+    results = read_json(rpath)
     ckpt = load_checkpoint(run_dir / results["checkpoint"])
     config = ckpt["config"]
     if dataset is None:

@@ -8,7 +8,7 @@ from sgfd_fast import training
 from sgfd_fast.api import load_run
 from sgfd_fast.config import load_config
 from sgfd_fast.data import write_sgfd
-from sgfd_fast.errors import ConfigError, InputError
+from sgfd_fast.errors import ConfigError, InputError, RunDirectoryError
 from test_trainer import tiny_dataset, tiny_model  # noqa: F401  (tiny_model is a fixture)
 
 OVERRIDES = ["epochs=2", "train_batch_size=32", "embedding_size=8", "device=cpu"]
@@ -116,6 +116,9 @@ def test_load_run_errors(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(ConfigError, match=f"{tmp_path / 'f'}: is a file"):
         load_run(tmp_path / "f")
+    (tmp_path / "results.json").write_text('{"model": "BM3", "te')   # damaged by hand
+    with pytest.raises(RunDirectoryError, match="results.json is not valid JSON"):
+        load_run(tmp_path)
 
 
 def test_loaded_model_matches_training(run_dir):
