@@ -73,7 +73,11 @@ def tiny_model(monkeypatch):
     monkeypatch.setitem(MODELS, "TinyMF", TinyMF)
     monkeypatch.setattr(TinyMF, "interrupt_at", None)
     monkeypatch.setattr(TinyMF, "calls", 0)
-    return "TinyMF"
+    # A process a non-interactive shell starts in the background ignores SIGINT, and the trainer
+    # leaves a handler it did not expect alone: the interrupt tests need Python's default one.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield "TinyMF"
+    signal.signal(signal.SIGINT, previous)
 
 
 def cfg(*overrides):
