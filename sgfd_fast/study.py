@@ -16,6 +16,9 @@ A spec (YAML; a shipped one by name, ``python -m sgfd_fast.study --list``, or a 
     arms:                             # name: overrides (config keys; a grid via hyper_parameters)
       plain: {sgfd: false}
       sgfd: {}
+      sgfd_control: {ce_weight: 0, kd_weight: 0}
+    contrasts:                        # optional: more paired comparisons, name: [arm, reference]
+      distillation: [sgfd, sgfd_control]
 
 The whole spec is checked before anything trains: an unknown key names the arm and the closest
 known keys; errors exit with status 2. Each arm x seed is a normal run directory,
@@ -41,7 +44,9 @@ with matplotlib (``pip install 'sgfd_fast[plot]'``) ``bars.png`` and ``curves.pn
   ``mean ± t_{0.975, n-1} · sd / sqrt(n)`` (Student's t, ``scipy.stats.t``) and the two-sided
   Wilcoxon signed-rank p-value (``scipy.stats.wilcoxon``, exact for small n). With n pairs the
   smallest p the signed-rank test can give is ``2 / 2^n`` (all differences of one sign): n < 6
-  cannot reach 0.05, which the report says.
+  cannot reach 0.05, which the report says;
+* per contrast ``name: [arm, reference]``: the same paired statistics of ``arm - reference``
+  (e.g. the effect of distillation alone: SGFD against the same student without its losses).
 """
 
 from __future__ import annotations
@@ -68,7 +73,7 @@ __all__ = ["Spec", "load_spec", "find_spec", "shipped_specs", "run_study", "summ
 #: The shipped specs (package data).
 STUDIES_DIR = Path(__file__).resolve().parent / "studies"
 _SPEC_KEYS = ("name", "description", "model", "dataset", "data_path", "format", "labels", "seeds",
-              "baseline", "metrics", "config", "arms")
+              "baseline", "metrics", "config", "arms", "contrasts")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -87,6 +92,7 @@ class Spec:
     shared: dict
     arms: dict[str, dict]
     description: str = ""
+    contrasts: dict[str, tuple[str, str]] = field(default_factory=dict)
     configs: dict[str, Config] = field(default_factory=dict)
 
     def overrides(self, arm: str, seed: int, device: str | None = None) -> list:
@@ -197,6 +203,16 @@ def load_spec(path, *, in_memory: bool = False) -> Spec:
     if baseline not in arms:
         raise ConfigError(f"{where}: baseline {baseline!r} is not an arm (arms: "
                           f"{', '.join(arms)})")
+    contrasts = raw.get("contrasts") or {}
+    if not isinstance(contrasts, dict):
+        raise ConfigError(f"{where}: contrasts must map a name to [arm, reference]")
+    for name, pair in contrasts.items():
+        if not (isinstance(pair, list) and len(pair) == 2):
+            raise ConfigError(f"{where}: contrast {name!r} must be [arm, reference], got {pair!r}")
+        for arm in pair:
+            if arm not in arms:
+                raise ConfigError(f"{where}: contrast {name!r} names {arm!r}, which is not an arm "
+                                  f"(arms: {', '.join(arms)})")
     shared = raw.get("config") or {}
     if not isinstance(shared, dict):
         raise ConfigError(f"{where}: config must map config keys to values, got {shared!r}")
@@ -206,7 +222,8 @@ def load_spec(path, *, in_memory: bool = False) -> Spec:
 
     spec = Spec(name=str(raw.get("name") or path.stem), path=path, model=model, dataset=dataset,
                 data=data, seeds=seeds, baseline=baseline, metrics=[str(m) for m in metrics],
-                shared=shared, arms=arms, description=str(raw.get("description") or ""))
+                shared=shared, arms=arms, description=str(raw.get("description") or ""),
+                contrasts={str(n): (str(a), str(r)) for n, (a, r) in contrasts.items()})
     if not _NAME_RE.match(spec.name):
         raise ConfigError(f"{where}: name {spec.name!r} must be letters, digits, '_', '-', '.'")
 
@@ -413,6 +430,15 @@ def _mean(values):
     return sum(values) / len(values) if values else None
 
 
+def _paired(arm: dict, reference: dict, keys) -> dict:
+    """``{metric: paired_difference}`` of two arms' per-seed values on the seeds both finished
+    (``{}`` when they share none)."""
+    common = [s for s in sorted(arm) if s in reference]
+    return {k: {"seeds": common, **paired_difference([arm[s][k] for s in common],
+                                                     [reference[s][k] for s in common])}
+            for k in keys} if common else {}
+
+
 def summarise(spec: Spec, runs: list, failed: dict | None = None) -> dict:
     """The study's summary from the finished runs' ``results.json`` (see module doc)."""
     keys = [f"{split}/{m}" for split in ("valid", "test") for m in spec.metrics]
@@ -441,7 +467,6 @@ def summarise(spec: Spec, runs: list, failed: dict | None = None) -> dict:
             "student_acc": _mean(diag.get("student_acc", {}).values()),
         }
     arms = {}
-    base = per_arm[spec.baseline]
     for arm, by_seed in per_arm.items():
         seeds = sorted(by_seed)
         entry = {"overrides": spec.arms[arm], "seeds": seeds,
@@ -452,17 +477,15 @@ def summarise(spec: Spec, runs: list, failed: dict | None = None) -> dict:
                  "diagnostics": {d: _mean(by_seed[s][d] for s in seeds)
                                  for d in ("grad_share", "teacher_acc", "student_acc")}}
         if arm != spec.baseline:
-            common = [s for s in seeds if s in base]
-            entry["vs_baseline"] = {
-                k: {"seeds": common, **paired_difference([by_seed[s][k] for s in common],
-                                                         [base[s][k] for s in common])}
-                for k in keys} if common else {}
+            entry["vs_baseline"] = _paired(per_arm[arm], per_arm[spec.baseline], keys)
         arms[arm] = entry
+    contrasts = {name: {"arm": a, "reference": r, **_paired(per_arm[a], per_arm[r], keys)}
+                 for name, (a, r) in spec.contrasts.items()}
     return {"study": spec.name, "spec": str(spec.path), "description": spec.description,
             "model": spec.model,
             "dataset": spec.dataset or (spec.data or {}).get("path") or "a dataset in memory",
             "baseline": spec.baseline, "seeds": spec.seeds, "metrics": keys,
-            "shared_config": spec.shared, "arms": arms,
+            "shared_config": spec.shared, "arms": arms, "contrasts": contrasts,
             "runs": {"total": len(runs), "finished": finished, "pending": pending,
                      "failed": failed or {}, "at_epoch_cap": at_cap,
                      "compute_time_s": seconds}}
@@ -472,6 +495,13 @@ def summarise(spec: Spec, runs: list, failed: dict | None = None) -> dict:
 
 def _fmt(x, digits=4):
     return "–" if x is None else f"{x:.{digits}f}"
+
+
+def _diff_cells(d: dict) -> tuple[str, str]:
+    """The "Δ [95 % CI] (n)" and "p" cells of a paired difference."""
+    ci = f" [{_fmt(d['ci95'][0])}, {_fmt(d['ci95'][1])}]" if d["ci95"] else ""
+    p = _fmt(d["wilcoxon_p"], 3) + (f" (min {d['min_p']:.3f})" if d["min_p"] > 0.05 else "")
+    return f"{d['mean']:+.4f}{ci} (n={d['n']})", p
 
 
 def _markdown(s: dict) -> str:
@@ -505,14 +535,19 @@ def _markdown(s: dict) -> str:
             if arm == s["baseline"]:
                 diff, p = "(baseline)", ""
             elif a.get("vs_baseline"):
-                d = a["vs_baseline"][key]
-                ci = f" [{_fmt(d['ci95'][0])}, {_fmt(d['ci95'][1])}]" if d["ci95"] else ""
-                diff = f"{d['mean']:+.4f}{ci} (n={d['n']})"
-                p = _fmt(d["wilcoxon_p"], 3) + (f" (min {d['min_p']:.3f})"
-                                                if d["min_p"] > 0.05 else "")
+                diff, p = _diff_cells(a["vs_baseline"][key])
             else:
                 diff, p = "–", ""
             lines.append(f"| {arm} | {m['n']} | {cell} | {diff} | {p} |")
+        lines.append("")
+    if s.get("contrasts"):
+        lines += ["## Contrasts", "", "Each the paired difference arm − reference, as above.", "",
+                  "| contrast | arm − reference | metric | Δ [95 % CI] | Wilcoxon p |",
+                  "|---|---|---|---|---|"]
+        for name, c in s["contrasts"].items():
+            for key in s["metrics"]:
+                diff, p = _diff_cells(c[key]) if key in c else ("–", "")
+                lines.append(f"| {name} | {c['arm']} − {c['reference']} | {key} | {diff} | {p} |")
         lines.append("")
     lines += ["## Runs", "", "| arm | overrides | epochs trained | at epoch cap | grid point "
               "selected (per seed) | SGFD grad share | teacher acc | student acc |",

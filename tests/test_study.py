@@ -102,8 +102,8 @@ def test_statistics_match_hand_computation(tmp_path, tiny_model):
     """A 3-seed table with known per-seed values: base 0.10, 0.12, 0.11; better = base + 0.01,
     0.03, 0.02; worse = base - 0.01 on every seed."""
     spec = study.load_spec(write_spec(tmp_path, seeds=[1, 2, 3], arms={
-        "base": {}, "better": {"learning_rate": 0.1}, "worse": {"learning_rate": 0.2}}),
-        in_memory=True)
+        "base": {}, "better": {"learning_rate": 0.1}, "worse": {"learning_rate": 0.2}},
+        contrasts={"better_vs_worse": ["better", "worse"]}), in_memory=True)
     values = {"base": [0.10, 0.12, 0.11], "better": [0.11, 0.15, 0.13],
               "worse": [0.09, 0.11, 0.10]}
     out = tmp_path / "s"
@@ -136,6 +136,12 @@ def test_statistics_match_hand_computation(tmp_path, tiny_model):
     assert row in md
     assert "3 of 9 finished runs (33 %) stopped at the epoch cap" in md
     assert json.loads((out / "study.json").read_text())["arms"]["better"]["vs_baseline"]
+    c = s["contrasts"]["better_vs_worse"]                           # better - worse: 0.02, 0.04, 0.03
+    assert (c["arm"], c["reference"]) == ("better", "worse")
+    assert c["test/recall@20"]["diffs"] == pytest.approx([0.02, 0.04, 0.03])
+    assert c["test/recall@20"]["ci95"] == pytest.approx([0.03 - half, 0.03 + half])
+    assert ("| better_vs_worse | better − worse | test/recall@20 | +0.0300 [0.0052, 0.0548] (n=3) "
+            "| 0.250 (min 0.250) |") in md
 
 
 def test_paired_difference_edge_cases():
@@ -157,6 +163,8 @@ def test_paired_difference_edge_cases():
     ({"seeds": []}, r"seeds must be a non-empty list"),
     ({"metrics": ["recall@30"]}, r"metric 'recall@30' must look like recall@20 with k in topk"),
     ({"arm": {}}, r"unknown key 'arm'; did you mean 'arms'"),
+    ({"contrasts": {"d": ["fast", "nope"]}}, r"contrast 'd' names 'nope', which is not an arm"),
+    ({"contrasts": {"d": "fast"}}, r"contrast 'd' must be \[arm, reference\]"),
 ])
 def test_spec_errors_are_one_clear_message_and_exit_2(tmp_path, tiny_model, capsys, changes,
                                                       message):
