@@ -20,8 +20,8 @@ __all__ = ["main", "build_parser"]
 _DESCRIPTION = """\
 Train a multimodal recommender, with SGFD (semantic-guided feature distillation) or without it.
 
-With no arguments: BM3 + SGFD on the built-in real Amazon Office dataset (about 1.6 s per
-epoch on one AMD EPYC core, at most 50 epochs: a minute or two), then the test recall@20 and
+With no arguments: BM3 + SGFD on the built-in real Amazon Office dataset (about 0.8 s per
+epoch on one AMD EPYC core, at most 50 epochs: under a minute), then the test recall@20 and
 ndcg@20 are printed.
 
 Configuration layers (later ones win):
