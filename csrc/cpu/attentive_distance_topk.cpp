@@ -20,6 +20,7 @@
 // excluded item) is absent; slots without a candidate hold index -1 and value -inf. Each user has
 // one owner thread and a fixed order of operations, so results are bitwise reproducible.
 #include "common.h"
+#include "topk_heap.h"
 
 #include <algorithm>
 #include <cmath>
@@ -120,45 +121,6 @@ inline float exp_row<float>(float* w, float top, std::int64_t n) {
   return _mm512_reduce_add_ps(sum);
 }
 #endif
-
-struct Cand {
-  float score;
-  std::int64_t id;
-};
-
-// "a ranks before b": higher score, then lower id.
-inline bool ranks_before(const Cand& a, const Cand& b) {
-  return a.score > b.score || (a.score == b.score && a.id < b.id);
-}
-
-class TopK {
- public:
-  TopK(Cand* heap, std::int64_t k) : heap_(heap), k_(k) {}
-  float threshold() const {
-    return size_ < k_ ? -std::numeric_limits<float>::infinity() : heap_[0].score;
-  }
-  // Caller guarantees score > threshold() and id larger than every id offered before.
-  void push(float score, std::int64_t id) {
-    if (size_ == k_) {
-      std::pop_heap(heap_, heap_ + size_, ranks_before);
-      --size_;
-    }
-    heap_[size_++] = Cand{score, id};
-    std::push_heap(heap_, heap_ + size_, ranks_before);
-  }
-  void write(float* values, std::int64_t* indices) {
-    std::sort_heap(heap_, heap_ + size_, ranks_before);  // best first
-    for (std::int64_t j = 0; j < k_; ++j) {
-      values[j] = j < size_ ? heap_[j].score : -std::numeric_limits<float>::infinity();
-      indices[j] = j < size_ ? heap_[j].id : -1;
-    }
-  }
-
- private:
-  Cand* heap_;
-  std::int64_t k_;
-  std::int64_t size_ = 0;
-};
 
 // out[r][j] = <trow[r], panel column j> over h < H, for kMR pairs and kNR outputs.
 template <typename scalar_t, std::int64_t kNR>

@@ -14,6 +14,7 @@
 // excluded item) is absent; slots without a candidate hold index -1 and value -inf. Each user has
 // one owner thread and a fixed item order, so results are bitwise reproducible.
 #include "common.h"
+#include "topk_heap.h"
 
 #include <algorithm>
 #include <cmath>
@@ -27,45 +28,6 @@ constexpr std::int64_t kMR = 6;          // users per micro tile
 constexpr std::int64_t kNR = 16;         // items per micro tile (the vectorised axis)
 constexpr std::int64_t kItemTile = 512;  // items per cache tile (a multiple of kNR)
 constexpr std::int64_t kUserBlock = 48;  // users per thread task (a multiple of kMR)
-
-struct Cand {
-  float score;
-  std::int64_t id;
-};
-
-// "a ranks before b": higher score, then lower id.
-inline bool ranks_before(const Cand& a, const Cand& b) {
-  return a.score > b.score || (a.score == b.score && a.id < b.id);
-}
-
-class TopK {
- public:
-  TopK(Cand* heap, std::int64_t k) : heap_(heap), k_(k) {}
-  float threshold() const {
-    return size_ < k_ ? -std::numeric_limits<float>::infinity() : heap_[0].score;
-  }
-  // Caller guarantees score > threshold() and id larger than every id offered before.
-  void push(float score, std::int64_t id) {
-    if (size_ == k_) {
-      std::pop_heap(heap_, heap_ + size_, ranks_before);
-      --size_;
-    }
-    heap_[size_++] = Cand{score, id};
-    std::push_heap(heap_, heap_ + size_, ranks_before);
-  }
-  void write(float* values, std::int64_t* indices) {
-    std::sort_heap(heap_, heap_ + size_, ranks_before);  // best first
-    for (std::int64_t j = 0; j < k_; ++j) {
-      values[j] = j < size_ ? heap_[j].score : -std::numeric_limits<float>::infinity();
-      indices[j] = j < size_ ? heap_[j].id : -1;
-    }
-  }
-
- private:
-  Cand* heap_;
-  std::int64_t k_;
-  std::int64_t size_ = 0;
-};
 
 // scores[r][j] = <urow[r], panel column j> for kMR users and kNR packed items.
 template <typename scalar_t>
