@@ -43,12 +43,13 @@ def layout(tmp_path):
 
 def probe(cwd, site):
     """``python -c`` in ``cwd`` as a user runs it there (the working directory first on
-    sys.path), with ``site`` standing in for site-packages."""
+    sys.path), with ``site`` standing in for site-packages (``-S``: the real site-packages, where
+    CI has installed sgfd_fast, is not on the path)."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONSAFEPATH", "PYTHONPATH")}
     if site is not None:
         env["PYTHONPATH"] = str(site)
-    out = subprocess.run([sys.executable, "-c", PROBE], cwd=cwd, env=env, capture_output=True,
-                         text=True, check=True)
+    out = subprocess.run([sys.executable, "-S", "-c", PROBE], cwd=cwd, env=env,
+                         capture_output=True, text=True, check=True)
     return (*json.loads(out.stdout), out.stderr)
 
 
