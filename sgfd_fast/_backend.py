@@ -25,6 +25,7 @@ result: it is served by its CPU backend on both devices.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import contextvars
 import importlib.util
 import os
@@ -104,9 +105,19 @@ def requested(op: str) -> str | None:
 
 def check_requested() -> None:
     """Raise :class:`~sgfd_fast.errors.ConfigError` now if ``SGFD_FAST_BACKEND`` (or the active
-    ``use_backend``) is malformed, rather than at the first op call: runs check it before they
-    create anything."""
+    ``use_backend``) is malformed or names an op that is not registered, rather than at the first
+    op call: runs check it before they create anything."""
+    spec = _override.get()
+    if spec is None:
+        spec = os.environ.get("SGFD_FAST_BACKEND", "auto")
     requested("")
+    for entry in spec.split(",") if "=" in spec else ():
+        name = entry.partition("=")[0].strip()
+        if name not in _OPS:
+            close = difflib.get_close_matches(name, list(_OPS), n=1)
+            raise ConfigError(f"SGFD_FAST_BACKEND entry {entry.strip()!r}: no op is called "
+                              f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+                              + f"; the ops are {', '.join(sorted(_OPS))}")
 
 
 def serving(op: str, device: str) -> str:

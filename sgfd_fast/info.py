@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import json
+import os
 import platform
 import sys
 
@@ -55,7 +56,7 @@ def collect() -> dict:
             "cuda_devices": _ext.cuda_device_count(),
         },
         "triton_interpreter": _backend.triton_usable("cpu"),
-        "backend_request": _backend.requested("") or "auto",
+        "backend_request": os.environ.get("SGFD_FAST_BACKEND", "auto"),
         # Without a GPU nothing compiled can serve CUDA tensors, so "cuda" reads "reference".
         "ops": {op: {dev: _backend.serving(op, dev) for dev in _backend.DEVICES}
                 for op in _backend.ops()},

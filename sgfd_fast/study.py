@@ -139,6 +139,9 @@ def load_spec(path, *, in_memory: bool = False) -> Spec:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as e:
         raise ConfigError(f"cannot read study spec {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"study spec {path} is not UTF-8 text ({e.reason} at byte "
+                          f"{e.start}); give a YAML file") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"study spec {path} is not valid YAML: {yaml_problem(e)}") from None
     if not isinstance(raw, dict):

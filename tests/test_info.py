@@ -32,6 +32,7 @@ def test_per_op_env_entry_switches_that_op_only():
     info = json.loads(run_info("--json", env={"SGFD_FAST_BACKEND": spec}))
     assert info["ops"]["sample_negatives"] == {"cpu": "reference", "cuda": "reference"}
     assert info["ops"]["bipartite_adj"] == {"cpu": "reference", "cuda": "reference"}
+    assert info["backend_request"] == spec   # was reported as "auto"
     if info["extension"]["built"]:
         assert info["ops"]["spmm_csr"]["cpu"] == "cpp"
 

@@ -71,6 +71,22 @@ def test_bad_backend_variable_creates_nothing(tmp_path, data_dir, capsys, monkey
     assert_failed(main(["--resume", str(out), "epochs=2"]), capsys.readouterr().err,
                   "SGFD_FAST_BACKEND='bogus'")
     assert snapshot(out) == run and (out / LOCK_NAME).read_bytes() == lock
+    monkeypatch.setenv("SGFD_FAST_BACKEND", "spmm=cpp")   # an op name that does not exist
+    assert_failed(train(data_dir, tmp_path / "c" / "run"), capsys.readouterr().err,
+                  "no op is called 'spmm' (did you mean 'spmm_csr'?)")
+    assert not (tmp_path / "c").exists()
+
+
+def test_a_failed_resume_leaves_run_json_alone(tmp_path, data_dir, capsys):
+    out = tmp_path / "run"
+    assert train(data_dir, out) == 0 and capsys.readouterr()
+    before = snapshot(out)
+    if not __import__("torch").cuda.is_available():
+        assert_failed(main(["--resume", str(out), "--device", "cuda", "epochs=3"]),
+                      capsys.readouterr().err, "torch sees no CUDA GPU")
+        assert snapshot(out) == before   # run.json still says device auto and epochs 1
+    assert main(["--resume", str(out), "epochs=2"]) == 0
+    assert epochs_in(out) == [1, 2]
 
 
 def test_failed_sampler_leaves_no_run_behind(tmp_path, capsys):

@@ -175,6 +175,14 @@ def test_spec_errors_are_one_clear_message_and_exit_2(tmp_path, tiny_model, caps
     assert re.search(message, err), err
 
 
+def test_spec_not_utf8_is_one_line(tmp_path, capsys):
+    f = tmp_path / "bin.yaml"
+    f.write_bytes(b"\xff\xfe")
+    assert study.main([str(f)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: study spec {f} is not UTF-8 text")
+
+
 def test_spec_invalid_yaml_is_one_line_naming_file_line_column(tmp_path, capsys):
     f = tmp_path / "bad.yaml"
     f.write_text("model: BM3\nseeds: [1, 2\n")

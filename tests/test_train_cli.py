@@ -88,6 +88,14 @@ def test_config_file_invalid_yaml_is_one_line_naming_file_line_column(tmp_path, 
     assert err.startswith(f"error: {f} is not valid YAML: line 3, column 5: expected ','"), err
 
 
+def test_config_file_not_utf8_is_one_line(tmp_path, capsys):
+    f = tmp_path / "bin.yaml"
+    f.write_bytes(b"\xff\xfe")
+    assert main(["--config", str(f)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: config file {f} is not UTF-8 text")
+
+
 def test_config_file_unknown_key_names_the_file(tmp_path, capsys):
     f = tmp_path / "mine.yaml"
     f.write_text("epochs: 3\nbatch_size: 10\n")

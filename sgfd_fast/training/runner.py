@@ -340,6 +340,7 @@ def resume(run_dir, overrides=(), *, dataset=None, allow_data_change: bool = Fal
             elif isinstance(v, bool) or not isinstance(v, int):
                 raise ConfigError(f"{k} must be an int, got {v!r}")
             values[k] = v
+        resolve_device(values["device"])  # before run.json is rewritten with it
         points = Config(values, run["grid_keys"], {}, []).points()
         for point in points:
             check_point(point, lambda k: "the command line")
