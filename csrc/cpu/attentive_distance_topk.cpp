@@ -225,14 +225,7 @@ void attentive_distance_topk_kernel(
           const index_t end = rowptr[u + 1];
           for (; next[ur] < end && col[next[ur]] < i0 + n; ++next[ur])
             score[col[next[ur]] - i0] = masked;
-          TopK& best = topk[ur];
-          float thr = best.threshold();
-          for (std::int64_t r = 0; r < n; ++r) {
-            if (score[r] > thr) {  // false for NaN and -inf: absent
-              best.push(score[r], i0 + r);
-              thr = best.threshold();
-            }
-          }
+          topk[ur].offer(score.data(), n, i0);
         }
       }
       for (std::int64_t r = 0; r < nu; ++r)

@@ -96,14 +96,7 @@ void masked_topk_kernel(const scalar_t* users, const scalar_t* items, const inde
             const std::int64_t u = m0 + r;
             const index_t end = rowptr[u0 + u + 1];
             for (; next[u] < end && col[next[u]] < i1; ++next[u]) s[col[next[u]] - i0] = masked;
-            TopK& best = topk[u];
-            float thr = best.threshold();
-            for (std::int64_t j = 0; j < i1 - i0; ++j) {
-              if (s[j] > thr) {  // false for NaN and -inf: absent
-                best.push(s[j], i0 + j);
-                thr = best.threshold();
-              }
-            }
+            topk[u].offer(s, i1 - i0, i0);
           }
         }
       }

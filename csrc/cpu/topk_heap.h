@@ -36,6 +36,16 @@ class TopK {
     heap_[size_++] = Cand{score, id};
     std::push_heap(heap_, heap_ + size_, ranks_before);
   }
+  // Offers scores[r] for item first_id + r, r < n (ids above every id offered before).
+  void offer(const float* scores, std::int64_t n, std::int64_t first_id) {
+    float thr = threshold();
+    for (std::int64_t r = 0; r < n; ++r) {
+      if (scores[r] > thr) {  // false for NaN and -inf: absent
+        push(scores[r], first_id + r);
+        thr = threshold();
+      }
+    }
+  }
   // The k slots best first; slots without a candidate hold value -inf and index -1.
   void write(float* values, std::int64_t* indices) {
     std::sort_heap(heap_, heap_ + size_, ranks_before);
