@@ -28,7 +28,9 @@ runs (``results.json`` present) and continues unfinished ones with
 again; a run directory trained with another configuration is an error (never silently reused).
 ``--shard I/N`` trains only every N-th run (the I-th of each N, in seed-major order), so N
 independent processes (or machines sharing the directory) split a study; each writes the report
-of whatever has finished, the last one the full report; ``--report`` only writes it.
+of whatever has finished, the last one the full report; ``--report`` only writes it. ``--arms
+A,B`` trains only those arms (e.g. the baseline and one arm on every seed first, the rest
+later); the report still covers every finished run of the spec.
 
 The report, in ``<out>``: ``study.json`` (everything below, per seed), ``study.md`` (tables), and
 with matplotlib (``pip install 'sgfd_fast[plot]'``) ``bars.png`` and ``curves.png``:
@@ -298,7 +300,7 @@ def _parse_shard(text: str) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
-def run_study(spec: Spec, out, *, shard: tuple[int, int] = (1, 1), dataset=None,
+def run_study(spec: Spec, out, *, shard: tuple[int, int] = (1, 1), arms=None, dataset=None,
               device: str | None = None, report_only: bool = False,
               progress: bool | None = None) -> dict:
     """Train this shard's unfinished runs of ``spec`` into ``out``, then write the report of
@@ -306,12 +308,14 @@ def run_study(spec: Spec, out, *, shard: tuple[int, int] = (1, 1), dataset=None,
 
     Args:
         shard: ``(I, N)``: train only the runs whose seed-major index is I-1 modulo N.
+        arms: names of the spec's arms to train (None: all); shards split these arms' runs.
         dataset: a loaded Dataset to train on instead of the spec's dataset.
         device: overrides the ``device`` key (resumable: it may change between reruns).
         report_only: train nothing.
         progress: a bar over the runs (None: when stderr is a terminal).
     Raises:
-        ConfigError: a run directory holds another configuration; KeyboardInterrupt: passed on
+        ConfigError: a run directory holds another configuration, or ``arms`` names an arm the
+        spec lacks; KeyboardInterrupt: passed on
         (the run in progress saved its ``last.pt``; rerun to continue).
     """
     from tqdm import tqdm
@@ -322,11 +326,16 @@ def run_study(spec: Spec, out, *, shard: tuple[int, int] = (1, 1), dataset=None,
 
     out = Path(out)
     _backend.check_requested()  # before any directory is made
+    for arm in arms or ():
+        if arm not in spec.arms:
+            raise ConfigError(f"--arms: study {spec.name} has no arm {arm!r} (its arms: "
+                              f"{', '.join(spec.arms)})")
     runs = _plan(spec, out, device)
     for run in runs:
         _check_existing(run)
     i, n = shard
-    mine = [r for k, r in enumerate(runs) if k % n == i - 1 and not report_only]
+    chosen = [r for r in runs if arms is None or r.arm in arms]
+    mine = [r for k, r in enumerate(chosen) if k % n == i - 1 and not report_only]
     todo = [r for r in mine if not (r.dir / "results.json").exists()]
     out.mkdir(parents=True, exist_ok=True)
     datasets: dict = {}
@@ -617,6 +626,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="the study directory (default runs/study-<name>)")
     p.add_argument("--shard", metavar="I/N", default="1/1",
                    help="train only the I-th of every N runs (N independent processes)")
+    p.add_argument("--arms", metavar="A,B",
+                   help="train only these arms (the report covers every finished run)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
                    help="override the device key of every run")
     p.add_argument("--report", action="store_true",
@@ -649,7 +660,8 @@ def main(argv=None) -> int:
         spec = load_spec(find_spec(args.spec))
         _require_scipy()  # the statistics need it: fail before hours of training, not after
         out = Path(args.out) if args.out else Path("runs") / f"study-{spec.name}"
-        summary = run_study(spec, out, shard=shard, device=args.device,
+        arms = None if args.arms is None else [a.strip() for a in args.arms.split(",")]
+        summary = run_study(spec, out, shard=shard, arms=arms, device=args.device,
                             report_only=args.report)
     except SGFDError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -95,6 +95,20 @@ def test_shards_split_the_runs(tmp_path, tiny_model):
     assert run(tmp_path, "s", shard=(2, 2))["runs"]["finished"] == 6
 
 
+def test_arms_train_only_those_arms_and_shards_split_them(tmp_path, tiny_model, capsys):
+    first = run(tmp_path, "s", arms=["base", "grid"], shard=(2, 2))
+    # of base/seed-1, grid/seed-1, base/seed-2, grid/seed-2 shard 2/2 trains the grid runs
+    assert first["runs"]["finished"] == 2
+    assert first["runs"]["pending"] == ["base/seed-1", "fast/seed-1", "base/seed-2",
+                                        "fast/seed-2"]
+    assert run(tmp_path, "s", arms=["fast"])["runs"]["finished"] == 4
+    out = tmp_path / "x"
+    assert study.main(["office-grcn", "--out", str(out), "--arms", "plain,sgfd_contrl"]) == 2
+    assert capsys.readouterr().err == ("error: --arms: study office-grcn has no arm "
+                                       "'sgfd_contrl' (its arms: plain, sgfd, sgfd_control)\n")
+    assert not out.exists()
+
+
 T975_2 = 4.302652729911275  # Student's t, 97.5 % quantile, 2 degrees of freedom (tables)
 
 
