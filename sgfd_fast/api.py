@@ -192,7 +192,7 @@ def load_run(run_dir, device: str = "cpu", dataset=None) -> TrainedModel:
     """
     from .models import build_model
     from .training import load_checkpoint, load_data, resolve_device
-    from .training.rundir import read_json
+    from .records import read_results
 
     run_dir = Path(run_dir)
     rpath = run_dir / "results.json"
@@ -204,7 +204,7 @@ def load_run(run_dir, device: str = "cpu", dataset=None) -> TrainedModel:
         hint = (f"; the run has not finished: python -m sgfd_fast.train --resume {run_dir}"
                 if (run_dir / "run.json").exists() else "")
         raise ConfigError(f"{run_dir} holds no results.json{hint}")
-    results = read_json(rpath)
+    results = read_results(run_dir)
     ckpt = load_checkpoint(run_dir / results["checkpoint"])
     config = ckpt["config"]
     if dataset is None:

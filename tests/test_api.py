@@ -119,6 +119,10 @@ def test_load_run_errors(tmp_path):
     (tmp_path / "results.json").write_text('{"model": "BM3", "te')   # damaged by hand
     with pytest.raises(RunDirectoryError, match="results.json is not valid JSON"):
         load_run(tmp_path)
+    for text in ("[]", '{"test": {}}'):  # JSON, but not the record a training writes
+        (tmp_path / "results.json").write_text(text)
+        with pytest.raises(RunDirectoryError, match="results.json lacks .*checkpoint"):
+            load_run(tmp_path)
 
 
 def test_loaded_model_matches_training(run_dir):

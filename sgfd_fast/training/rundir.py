@@ -26,7 +26,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
-import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, RunDirectoryError
+from ..records import read_json
 from .checkpoint import load_checkpoint
 
 __all__ = ["LOCK_NAME", "RunDirectory", "PointState", "read_json", "read_run", "point_states",
@@ -169,19 +169,6 @@ class RunDirectory:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def read_json(path: Path):
-    """A JSON file of the run (``run.json``, ``results.json``), or a clear error."""
-    path = Path(path)
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise RunDirectoryError(f"cannot read {path}: {_reason(e)}") from None
-    except ValueError as e:
-        raise RunDirectoryError(f"{path} is not valid JSON ({e}); sgfd_fast writes it whole "
-                                f"(a temporary file renamed), so it was changed by hand or "
-                                f"damaged") from None
 
 
 def read_run(run_dir: Path) -> dict:

@@ -26,8 +26,9 @@ from ..errors import ConfigError, DataError, RunDirectoryError, SGFDError
 from . import distributed
 from .checkpoint import write_json
 from .loop import Trainer
+from ..records import read_results
 from .rundir import (RunDirectory, data_fingerprint, describe_fingerprint, point_states,
-                     read_json, read_run)
+                     read_run)
 from .runtime import device_name, is_main, rank, resolve_device, run_logging, world_size
 
 __all__ = ["train", "resume", "load_data", "RESUMABLE_KEYS"]
@@ -349,7 +350,7 @@ def resume(run_dir, overrides=(), *, dataset=None, allow_data_change: bool = Fal
         results_path = run_dir / "results.json"
         if all(st.done(p["epochs"]) for st, p in zip(states, points)) and \
                 results_path.exists():
-            results = read_json(results_path)
+            results = read_results(run_dir)
             # results.json of this epochs (not one left by an earlier, shorter run)
             if results.get("config", {}).get("epochs") == \
                     points[results.get("selected_point", 0)]["epochs"]:

@@ -1,0 +1,82 @@
+"""Reading a run's records back: ``run.json``, ``results.json`` and ``metrics.jsonl``, each with
+one clear error when a file is missing, damaged or not what sgfd_fast wrote. No torch, so the
+plot and study reports start quickly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .errors import RunDirectoryError
+
+__all__ = ["read_json", "read_results", "read_metrics"]
+
+#: Keys every ``results.json`` holds (sgfd_fast.training.runner writes them).
+RESULTS_KEYS = ("valid", "test", "best_epoch", "epochs_trained", "early_stopped", "config",
+                "checkpoint", "data")
+
+
+def read_json(path) -> object:
+    """A JSON file of a run (``run.json``, ``results.json``).
+
+    Raises:
+        RunDirectoryError: it cannot be read or is not JSON.
+    """
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise RunDirectoryError(f"cannot read {path}: {e.strerror or e}") from None
+    except ValueError as e:
+        raise RunDirectoryError(f"{path} is not valid JSON ({e}); sgfd_fast writes it whole "
+                                f"(a temporary file renamed), so it was changed by hand or "
+                                f"damaged") from None
+
+
+def read_results(run_dir) -> dict:
+    """``results.json`` of a finished run, checked to hold :data:`RESULTS_KEYS`.
+
+    Raises:
+        RunDirectoryError: it cannot be read, is not JSON, or lacks one of those keys.
+    """
+    path = Path(run_dir) / "results.json"
+    results = read_json(path)
+    missing = [k for k in RESULTS_KEYS if not isinstance(results, dict) or k not in results]
+    if missing:
+        raise RunDirectoryError(f"{path} lacks {', '.join(missing)}; it is not the results "
+                                f"record sgfd_fast.train writes (changed by hand?): train the "
+                                f"run again, or restore the file")
+    return results
+
+
+def read_metrics(point_dir) -> list[dict]:
+    """The per-epoch lines of ``<point_dir>/metrics.jsonl`` (``[]`` when there is no file).
+
+    Raises:
+        RunDirectoryError: it cannot be read, or a line is not a JSON object with an ``epoch``
+        (named with its line number).
+    """
+    path = Path(point_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise RunDirectoryError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") \
+            from None
+    lines = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            x = json.loads(line)
+        except ValueError as e:
+            x, why = None, str(e)
+        else:
+            why = "not an object with an epoch"
+        if not isinstance(x, dict) or not isinstance(x.get("epoch"), int):
+            raise RunDirectoryError(f"{path}, line {n}: {why}; sgfd_fast appends one JSON "
+                                    f"object per epoch, so the file was changed by hand or "
+                                    f"damaged")
+        lines.append(x)
+    return lines
