@@ -14,12 +14,12 @@ without it every function raises :class:`PlotUnavailable`, which says so.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from ._cli import quiet_on_closed_stdout
+from ._cli import quiet_on_closed_stdout, refuse_empty
 from .errors import ConfigError, SGFDError
+from .records import read_json, read_metrics, read_results
 
 __all__ = ["PlotUnavailable", "run_curves", "study_plots", "point_dirs", "main"]
 
@@ -52,16 +52,14 @@ def point_dirs(run_dir) -> list[tuple[str, Path]]:
     return [(f"{run_dir.name}/{f.parent.name}", f.parent) for f in grid]
 
 
-def _lines(point_dir: Path) -> list[dict]:
-    text = (Path(point_dir) / "metrics.jsonl").read_text(encoding="utf-8")
-    return [json.loads(x) for x in text.splitlines() if x.strip()]
-
-
 def _valid_metric(run_dir: Path) -> str:
     for d in (run_dir, run_dir.parent):
         f = d / "run.json"
         if f.exists():
-            return json.loads(f.read_text(encoding="utf-8"))["config"]["valid_metric"]
+            run = read_json(f)
+            if isinstance(run, dict) and isinstance(run.get("config"), dict) and \
+                    "valid_metric" in run["config"]:
+                return run["config"]["valid_metric"]
     return "recall@20"
 
 
@@ -79,11 +77,20 @@ def run_curves(run_dirs, path, *, metric: str | None = None) -> Path:
     """Draw the curves of ``run_dirs`` (see module doc) into the PNG ``path``.
 
     ``metric``: the validation metric to draw (default: the first run's ``valid_metric``).
+
+    Raises:
+        ConfigError: a directory holds no metrics.jsonl, or no run validated ``metric``;
+        RunDirectoryError: a metrics.jsonl is damaged; PlotUnavailable: no matplotlib.
     """
     plt = _pyplot()
     run_dirs = [Path(d) for d in run_dirs]
     metric = metric or _valid_metric(run_dirs[0])
-    curves = [(label, _lines(d)) for r in run_dirs for label, d in point_dirs(r)]
+    curves = [(label, read_metrics(d)) for r in run_dirs for label, d in point_dirs(r)]
+    drawn = sorted({m for _, lines in curves for x in lines for m in x.get("valid", {})})
+    if metric not in drawn:
+        raise ConfigError(f"no run here validated {metric!r}; "
+                          + (f"the metrics validated: {', '.join(drawn)}" if drawn else
+                             "no epoch has been validated yet"))
     with_sgfd = any("grad_share" in x.get("sgfd", {}) for _, lines in curves for x in lines)
     n = 3 if with_sgfd else 2
     fig, axes = plt.subplots(1, n, figsize=(5 * n, 4), squeeze=False)
@@ -155,11 +162,8 @@ def study_plots(summary: dict, out) -> list[Path]:
     for i, arm in enumerate(arms):
         for j, seed in enumerate(summary["arms"][arm]["per_seed"]):
             run = out / arm / f"seed-{seed}"
-            res = json.loads((run / "results.json").read_text(encoding="utf-8"))
-            point = (run / res["checkpoint"]).parent
-            if not (point / "metrics.jsonl").exists():  # results copied without their curves
-                continue
-            lines = _lines(point)
+            point = (run / read_results(run)["checkpoint"]).parent
+            lines = read_metrics(point)  # [] for results copied without their curves
             ax.plot(*_series(lines, lambda x: x.get("valid", {}).get(metric)),
                     color=colours[i % len(colours)], alpha=0.7, label=arm if j == 0 else None)
     ax.set_xlabel("epoch")
@@ -183,17 +187,28 @@ def main(argv=None) -> int:
                     "per epoch, from metrics.jsonl) into one PNG.")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories")
     p.add_argument("--out", metavar="PNG", default=None,
-                   help="the image (default RUN_DIR/curves.png for one run, else curves.png)")
+                   help="the image (a .png, .pdf or .svg file, or a directory to hold "
+                        "curves.png; default RUN_DIR/curves.png for one run, else curves.png)")
     p.add_argument("--metric", default=None,
                    help="validation metric to draw, e.g. ndcg@20 (default the run's valid_metric)")
     args = p.parse_args(argv)
     try:
+        refuse_empty(args, out="--out")
         for r in args.runs:
             if not Path(r).is_dir():
                 raise ConfigError(f"{r} is not a directory; give run directories")
         out = Path(args.out) if args.out else \
             (Path(args.runs[0]) / "curves.png" if len(args.runs) == 1 else Path("curves.png"))
-        run_curves(args.runs, out, metric=args.metric)
+        if out.is_dir():
+            out = out / "curves.png"
+        if out.suffix.lower() not in (".png", ".pdf", ".svg"):
+            raise ConfigError(f"--out {out}: give a .png, .pdf or .svg file, or a directory")
+        if not out.parent.is_dir():
+            raise ConfigError(f"--out {out}: the directory {out.parent} does not exist")
+        try:
+            run_curves(args.runs, out, metric=args.metric)
+        except OSError as e:
+            raise ConfigError(f"cannot write {out}: {e.strerror or e}") from None
     except SGFDError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

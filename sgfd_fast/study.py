@@ -68,6 +68,7 @@ import yaml
 from ._cli import quiet_on_closed_stdout, refuse_empty
 from .config import Config, load_config, yaml_problem
 from .errors import ConfigError, SGFDError, TrainingError
+from .records import read_metrics, read_results
 
 __all__ = ["Spec", "load_spec", "find_spec", "shipped_specs", "run_study", "summarise",
            "paired_difference", "describe", "write_report", "main", "STUDIES_DIR"]
@@ -218,6 +219,9 @@ def load_spec(path, *, in_memory: bool = False) -> Spec:
             if arm not in arms:
                 raise ConfigError(f"{where}: contrast {name!r} names {arm!r}, which is not an arm "
                                   f"(arms: {', '.join(arms)})")
+        if pair[0] == pair[1]:
+            raise ConfigError(f"{where}: contrast {name!r} compares {pair[0]!r} with itself; "
+                              f"name two different arms")
     shared = raw.get("config") or {}
     if not isinstance(shared, dict):
         raise ConfigError(f"{where}: config must map config keys to values, got {shared!r}")
@@ -281,8 +285,9 @@ def _check_existing(run: _Run) -> None:
     if not path.exists():
         return
     from .training import RESUMABLE_KEYS
+    from .training.rundir import read_run
 
-    old = json.loads(path.read_text(encoding="utf-8"))["config"]
+    old = read_run(run.dir)["config"]
     new = json.loads(json.dumps(run.config.values))
     changed = sorted(k for k in set(old) | set(new)
                      if k not in RESUMABLE_KEYS and old.get(k) != new.get(k))
@@ -291,6 +296,40 @@ def _check_existing(run: _Run) -> None:
                           + ", ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} now"
                                       for k in changed[:5])
                           + "); remove that directory or study into another --out")
+
+
+_REPORT_FILES = ("study.json", "study.md", "study.md.tmp", "bars.png", "curves.png")
+
+
+def _check_out(spec: Spec, out: Path) -> None:
+    """``out`` is new, empty, or a study directory: report files and arm directories (an arm's
+    name, or a directory of ``seed-<n>`` runs: an arm since dropped from the spec). Anything
+    else (a file, another directory's content) is refused before a run writes into it."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; give a new directory, or this study's own")
+
+    def arm_dir(p: Path) -> bool:
+        return p.is_dir() and (p.name in spec.arms or all(
+            c.is_dir() and re.fullmatch(r"seed-\d+", c.name) for c in p.iterdir()))
+
+    foreign = sorted(p.name for p in out.iterdir()
+                     if not (p.name in _REPORT_FILES or arm_dir(p)))
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise ConfigError(f"--out {out} holds {shown}, which study {spec.name} did not write; "
+                          f"give a new or empty directory, or this study's own")
+
+
+def _finished(run: _Run) -> bool:
+    """``results.json`` is there and was written under the spec's ``epochs`` (a raised cap
+    continues the runs that stopped at the old one)."""
+    if not (run.dir / "results.json").exists():
+        return False
+    res = read_results(run.dir)
+    return res["config"].get("epochs") == \
+        run.config.points()[res.get("selected_point", 0)]["epochs"]
 
 
 def _parse_shard(text: str) -> tuple[int, int]:
@@ -314,8 +353,8 @@ def run_study(spec: Spec, out, *, shard: tuple[int, int] = (1, 1), arms=None, da
         report_only: train nothing.
         progress: a bar over the runs (None: when stderr is a terminal).
     Raises:
-        ConfigError: a run directory holds another configuration, or ``arms`` names an arm the
-        spec lacks; KeyboardInterrupt: passed on
+        ConfigError: ``out`` holds what this study did not write, a run directory holds another
+        configuration, or ``arms`` names an arm the spec lacks; KeyboardInterrupt: passed on
         (the run in progress saved its ``last.pt``; rerun to continue).
     """
     from tqdm import tqdm
@@ -330,14 +369,21 @@ def run_study(spec: Spec, out, *, shard: tuple[int, int] = (1, 1), arms=None, da
         if arm not in spec.arms:
             raise ConfigError(f"--arms: study {spec.name} has no arm {arm!r} (its arms: "
                               f"{', '.join(spec.arms)})")
+    _check_out(spec, out)
     runs = _plan(spec, out, device)
     for run in runs:
         _check_existing(run)
     i, n = shard
     chosen = [r for r in runs if arms is None or r.arm in arms]
     mine = [r for k, r in enumerate(chosen) if k % n == i - 1 and not report_only]
-    todo = [r for r in mine if not (r.dir / "results.json").exists()]
-    out.mkdir(parents=True, exist_ok=True)
+    todo = [r for r in mine if not _finished(r)]
+    if report_only and not out.is_dir():
+        raise ConfigError(f"--report: {out} does not exist; give the --out the study ran in")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create the study directory {out}: {e.strerror or e}") \
+            from None
     datasets: dict = {}
     failed = {}
     bar = tqdm(total=len(mine), initial=len(mine) - len(todo), unit="run", file=sys.stderr,
@@ -418,21 +464,14 @@ def paired_difference(arm, baseline) -> dict:
 
 
 def _best_line(point_dir: Path, epoch: int) -> dict:
-    f = point_dir / "metrics.jsonl"
-    if f.exists():
-        for line in f.read_text(encoding="utf-8").splitlines():
-            x = json.loads(line)
-            if x.get("epoch") == epoch:
-                return x
-    return {}
+    return next((x for x in read_metrics(point_dir) if x["epoch"] == epoch), {})
 
 
 def _compute_time(run_dir: Path) -> float:
     """Seconds of training and validation in every metrics.jsonl under a run directory."""
     total = 0.0
     for f in run_dir.rglob("metrics.jsonl"):
-        for line in f.read_text(encoding="utf-8").splitlines():
-            x = json.loads(line)
+        for x in read_metrics(f.parent):
             total += x.get("epoch_time_s", 0.0) + x.get("eval_time_s", 0.0)
     return total
 
@@ -457,13 +496,12 @@ def summarise(spec: Spec, runs: list, failed: dict | None = None) -> dict:
     per_arm: dict[str, dict] = {a: {} for a in spec.arms}
     pending, at_cap, finished, seconds = [], 0, 0, 0.0
     for run in runs:
-        f = run.dir / "results.json"
         if run.dir.exists():
             seconds += _compute_time(run.dir)
-        if not f.exists():
+        if not _finished(run):
             pending.append(f"{run.arm}/seed-{run.seed}")
             continue
-        res = json.loads(f.read_text(encoding="utf-8"))
+        res = read_results(run.dir)
         finished += 1
         cap = not res["early_stopped"]
         at_cap += cap

@@ -9,7 +9,7 @@ import re
 import pytest
 
 from sgfd_fast import plot, study, training
-from sgfd_fast.errors import ConfigError
+from sgfd_fast.errors import ConfigError, RunDirectoryError
 
 from test_trainer import TinyMF, tiny_dataset, tiny_model  # noqa: F401 - a fixture
 
@@ -88,6 +88,45 @@ def test_a_changed_arm_is_not_silently_reused(tmp_path, tiny_model):
         study.run_study(spec, tmp_path / "s", dataset=tiny_dataset(), progress=False)
 
 
+def test_raised_epochs_continue_the_finished_runs(tmp_path, tiny_model):
+    run(tmp_path, "s")
+    spec = study.load_spec(write_spec(tmp_path, config={**SHARED, "epochs": 5}), in_memory=True)
+    assert study.run_study(spec, tmp_path / "s", report_only=True)["runs"]["finished"] == 0
+    again = study.run_study(spec, tmp_path / "s", dataset=tiny_dataset(), progress=False)
+    assert again["runs"]["finished"] == 6
+    for f in (tmp_path / "s").glob("*/seed-*/results.json"):
+        res = json.loads(f.read_text())
+        assert res["config"]["epochs"] == 5 and res["epochs_trained"] == 5, f
+
+
+def test_out_must_be_new_empty_or_the_studys_own(tmp_path, tiny_model, capsys):
+    spec = write_spec(tmp_path, dataset="office")
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    for out, message in [("file", "is a file"), ("file/sub", "cannot create the study directory"),
+                         ("other", "holds notes.txt, which study tiny did not write")]:
+        assert study.main([str(spec), "--out", str(tmp_path / out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
+    assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
+    assert study.main([str(spec), "--out", str(tmp_path / "none"), "--report"]) == 2
+    assert "--report: " in capsys.readouterr().err and not (tmp_path / "none").exists()
+    run(tmp_path, "s")  # its own directory, with arms and report files, is accepted again
+    assert run(tmp_path, "s")["runs"]["finished"] == 6
+
+
+def test_damaged_results_are_one_clear_error(tmp_path, tiny_model, capsys):
+    run(tmp_path, "s")
+    (tmp_path / "s/fast/seed-2/results.json").write_text("[]")
+    with pytest.raises(RunDirectoryError, match=r"fast/seed-2/results.json lacks valid"):
+        run(tmp_path, "s")
+    (tmp_path / "s/fast/seed-2/results.json").unlink()
+    (tmp_path / "s/base/seed-1/metrics.jsonl").write_text('{"epoch": 1}\n{"epo\n')
+    with pytest.raises(RunDirectoryError, match=r"base/seed-1/metrics.jsonl, line 2: "):
+        run(tmp_path, "s")
+
+
 def test_shards_split_the_runs(tmp_path, tiny_model):
     first = run(tmp_path, "s", shard=(1, 2))
     assert first["runs"]["finished"] == 3
@@ -128,7 +167,8 @@ def test_statistics_match_hand_computation(tmp_path, tiny_model):
             m = {"recall@20": v, "ndcg@20": v / 2}
             (d / "results.json").write_text(json.dumps({
                 "valid": m, "test": m, "best_epoch": 2, "epochs_trained": 5 + seed,
-                "early_stopped": seed != 3, "checkpoint": "best.pt"}))
+                "early_stopped": seed != 3, "checkpoint": "best.pt",
+                "config": {"epochs": SHARED["epochs"]}, "data": None}))
     s = study.run_study(spec, out, report_only=True, progress=False)
     base = s["arms"]["base"]["metrics"]["test/recall@20"]
     assert base["n"] == 3 and base["mean"] == pytest.approx(0.11)
@@ -179,6 +219,7 @@ def test_paired_difference_edge_cases():
     ({"arm": {}}, r"unknown key 'arm'; did you mean 'arms'"),
     ({"contrasts": {"d": ["fast", "nope"]}}, r"contrast 'd' names 'nope', which is not an arm"),
     ({"contrasts": {"d": "fast"}}, r"contrast 'd' must be \[arm, reference\]"),
+    ({"contrasts": {"d": ["fast", "fast"]}}, r"contrast 'd' compares 'fast' with itself"),
 ])
 def test_spec_errors_are_one_clear_message_and_exit_2(tmp_path, tiny_model, capsys, changes,
                                                       message):
@@ -248,6 +289,32 @@ def test_plots(tmp_path, tiny_model):
                       "--out", str(out)]) == 0
     assert out.read_bytes()[:4] == b"\x89PNG"
     assert plot.main([str(tmp_path / "nothing")]) == 2
+
+
+def test_plot_errors_and_out_choices(tmp_path, tiny_model, capsys):
+    pytest.importorskip("matplotlib")
+    run(tmp_path, "s")
+    one = str(tmp_path / "s/base/seed-1")
+    (tmp_path / "figs").mkdir()
+    assert plot.main([one, "--out", str(tmp_path / "figs")]) == 0  # a directory: DIR/curves.png
+    assert (tmp_path / "figs/curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert plot.main([one, "--metric", "ndcg@20", "--out", str(tmp_path / "n.svg")]) == 0
+    assert (tmp_path / "n.svg").read_text().lstrip().startswith("<?xml")
+    capsys.readouterr()
+    for args, message in [
+            (["--out", ""], "--out is empty; give a path"),
+            (["--out", str(tmp_path / "c.txt")], "give a .png, .pdf or .svg file"),
+            (["--out", str(tmp_path / "no/c.png")], f"the directory {tmp_path / 'no'} does not"),
+            (["--metric", "recal@20"], "no run here validated 'recal@20'; the metrics validated: "
+                                       "hit@10, ")]:
+        assert plot.main([one, *args]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err, err
+        assert err.count("\n") == 1, err
+    with open(tmp_path / "s/base/seed-1/metrics.jsonl", "a") as f:
+        f.write('{"epoch": 4, "valid"\n')
+    assert plot.main([one]) == 2
+    assert "metrics.jsonl, line 4: " in capsys.readouterr().err
 
 
 def test_without_matplotlib_the_report_is_still_written(tmp_path, tiny_model, monkeypatch,
