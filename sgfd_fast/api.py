@@ -136,9 +136,11 @@ class TrainedModel:
         Returns:
             ``{name: path}`` of the files written.
         Raises:
-            InputError: ``out_dir`` is a file, cannot be created, or is not empty (without
+            InputError: ``out_dir`` is ``""``, a file, cannot be created, or is not empty (without
                 ``overwrite``).
         """
+        if str(out_dir) == "":  # Path("") is the current directory: never meant
+            raise InputError("export: the directory is ''; give a path")
         out = Path(out_dir)
         if out.exists() and not out.is_dir():
             raise InputError(f"export: {out} is a file; give a new or empty directory")

@@ -94,6 +94,8 @@ def test_export_refuses_a_file_and_a_non_empty_directory(run_dir, tmp_path):
         tm.export(f)
     with pytest.raises(InputError, match=f"export: cannot create {f / 'sub'}: "):
         tm.export(f / "sub")
+    with pytest.raises(InputError, match="export: the directory is ''; give a path"):
+        tm.export("", overwrite=True)
     out = tmp_path / "exp"
     first = tm.export(out)
     before = {p: p.read_bytes() for p in out.iterdir()}
