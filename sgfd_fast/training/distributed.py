@@ -105,8 +105,13 @@ def process_group(backend: str = "auto", timeout_s: int = 600, device: str = "au
     dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
     try:
         yield
-    finally:
+    except BaseException:
         dist.destroy_process_group()
+        raise
+    # every rank done communicating before the group goes: a rank tearing down gloo's pairs while
+    # a peer still talks aborted now and then ("terminate called without an active exception")
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 def shard_bounds(n: int, rank: int, world: int) -> tuple[int, int]:
