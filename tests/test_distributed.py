@@ -91,6 +91,7 @@ def test_two_processes_equal_one(runs):
         sorted(p.name for p in (runs / "one").iterdir())
     res = json.loads((runs / "two" / "results.json").read_text())
     assert res["world_size"] == 2 and res["dist_backend"] == "gloo"
+    assert res["world_sizes"] == [2]
     assert "device cpu, 2 processes (gloo), run directory" in \
         (runs / "two" / "train.log").read_text().splitlines()[0]
 
@@ -98,6 +99,8 @@ def test_two_processes_equal_one(runs):
 @pytest.mark.parametrize("name", ["one_then_two", "two_then_one"])
 def test_resume_with_another_world_size(runs, name):
     assert_same_run(runs / "one", runs / name)
+    res = json.loads((runs / name / "results.json").read_text())
+    assert res["world_sizes"] == [1, 2] and res["world_size"] == (2 if name == "one_then_two" else 1)
 
 
 def test_a_dead_rank_ends_every_process(data_dir, tmp_path):

@@ -291,7 +291,8 @@ class Trainer:
                               f"{self.epoch}; lower learning_rate (now {cfg['learning_rate']}) "
                               f"or check the input features")
         self.epoch_times.append(self._epoch_time)
-        line = {"epoch": self.epoch, "losses": losses, "epoch_time_s": self._epoch_time}
+        line = {"epoch": self.epoch, "losses": losses, "epoch_time_s": self._epoch_time,
+                "world_size": world_size() if self.dist else 1}
         sgfd = {} if self._grad_share is None else {"grad_share": self._grad_share}
         msg = f"epoch {self.epoch}: loss {losses['loss']:.5f} ({self._epoch_time:.2f}s)"
         if self.epoch % cfg["eval_step"] == 0 or self.epoch == cfg["epochs"]:

@@ -26,7 +26,7 @@ from ..errors import ConfigError, DataError, RunDirectoryError, SGFDError
 from . import distributed
 from .checkpoint import write_json
 from .loop import Trainer
-from ..records import read_results
+from ..records import read_metrics, read_results
 from .rundir import (RunDirectory, data_fingerprint, describe_fingerprint, point_states,
                      read_run)
 from .runtime import device_name, is_main, rank, resolve_device, run_logging, world_size
@@ -188,6 +188,9 @@ def _run(run: dict, run_dir: Path, dataset, *, states=None, notes=(), held=(), p
             "data": run["data"],
             "device": device_name(device),
             "world_size": world_size(),
+            # a run resumed with another process count: every count that finished an epoch
+            "world_sizes": sorted({x.get("world_size", 1)
+                                   for x in read_metrics(run_dir / s["dir"])}),
             "sgfd_fast_version": __version__,
             "torch_version": torch.__version__,
         }
