@@ -12,7 +12,7 @@
 // For one (user, tile): tanh rows go into a kTile × H buffer (L1/L2), then a register-blocked
 // micro-kernel (kMR pairs × kNR outputs, the output axis vectorised) multiplies it by W2^T, packed
 // once into H × kNR panels; the epilogue applies the row normalisation, bias, relu, the D-scaled
-// softmax and the weighted distance, and offers the scores to the user's heap of k (masked_topk's
+// softmax and the weighted distance, and offers the scores to the user's TopK of k (masked_topk's
 // rule: items arrive in increasing id order, so the hot test is a single `score > threshold`).
 //
 // Contract (shared with the reference and the Triton kernel): scores are computed in the input
@@ -20,7 +20,7 @@
 // excluded item) is absent; slots without a candidate hold index -1 and value -inf. Each user has
 // one owner thread and a fixed order of operations, so results are bitwise reproducible.
 #include "common.h"
-#include "topk_heap.h"
+#include "topk_buffer.h"
 
 #include <algorithm>
 #include <cmath>
@@ -164,7 +164,7 @@ void attentive_distance_topk_kernel(
   const std::int64_t n_blocks = (n_users + kUserBlock - 1) / kUserBlock;
 #pragma omp parallel
   {
-    std::vector<Cand> heaps(static_cast<std::size_t>(kUserBlock * k));
+    std::vector<Cand> bufs(static_cast<std::size_t>(kUserBlock * TopK::capacity(k)));
     std::vector<scalar_t> t(static_cast<std::size_t>(kTile * hidden));  // tanh rows of a tile
     std::vector<scalar_t> s(static_cast<std::size_t>(kTile * ld_s));    // W2 · tanh rows
     std::vector<scalar_t> rnorm(kTile), w(static_cast<std::size_t>(d));
@@ -177,7 +177,7 @@ void attentive_distance_topk_kernel(
       std::vector<TopK> topk;
       topk.reserve(nu);
       for (std::int64_t r = 0; r < nu; ++r) {
-        topk.emplace_back(heaps.data() + r * k, k);
+        topk.emplace_back(bufs.data() + r * TopK::capacity(k), k);
         next[r] = rowptr[u0 + r];
       }
       for (std::int64_t i0 = 0; i0 < n_items; i0 += kTile) {

@@ -4,17 +4,17 @@
 // Work split: OpenMP threads take blocks of kUserBlock users; a block walks the items in tiles of
 // kItemTile, so one tile of packed items stays in L2 while every user of the block is scored
 // against it. Scores come from a register-blocked micro-kernel (kMR users × kNR items, the item
-// axis vectorised) over items packed once into d×kNR panels. Each user keeps a heap of its k best
-// candidates whose front is the worst kept one; since items arrive in increasing id order, a new
-// item with a score equal to the front can never win its tie (lower id wins), so the hot loop is a
-// single `score > threshold` compare.
+// axis vectorised) over items packed once into d×kNR panels. Each user keeps its k best in a
+// TopK (topk_buffer.h): since items arrive in increasing id order, a new item with a score equal
+// to the k-th kept can never win its tie (lower id wins), so the hot loop is a single
+// `score > threshold` compare.
 //
 // Contract (shared with the reference and the Triton kernel): scores are computed in the input
 // dtype and ranked as float32; ties go to the lower item id; a score of -inf or NaN (and every
 // excluded item) is absent; slots without a candidate hold index -1 and value -inf. Each user has
 // one owner thread and a fixed item order, so results are bitwise reproducible.
 #include "common.h"
-#include "topk_heap.h"
+#include "topk_buffer.h"
 
 #include <algorithm>
 #include <cmath>
@@ -69,7 +69,7 @@ void masked_topk_kernel(const scalar_t* users, const scalar_t* items, const inde
   const std::int64_t n_blocks = (n_users + kUserBlock - 1) / kUserBlock;
 #pragma omp parallel
   {
-    std::vector<Cand> heaps(static_cast<std::size_t>(kUserBlock * k));
+    std::vector<Cand> bufs(static_cast<std::size_t>(kUserBlock * TopK::capacity(k)));
     std::vector<float> scores(static_cast<std::size_t>(kMR * kItemTile));
     std::vector<index_t> next(kUserBlock);  // per user: next unread entry of its mask row
 #pragma omp for schedule(dynamic, 1)
@@ -79,7 +79,7 @@ void masked_topk_kernel(const scalar_t* users, const scalar_t* items, const inde
       std::vector<TopK> topk;
       topk.reserve(nu);
       for (std::int64_t r = 0; r < nu; ++r) {
-        topk.emplace_back(heaps.data() + r * k, k);
+        topk.emplace_back(bufs.data() + r * TopK::capacity(k), k);
         next[r] = rowptr[u0 + r];
       }
       for (std::int64_t i0 = 0; i0 < n_items; i0 += kItemTile) {

@@ -109,6 +109,17 @@ def test_backends_match_reference_random(device, k):
         _check(device, backend, users, items, rowptr, col, k, None, exact=False)
 
 
+@pytest.mark.parametrize("k", [1, 3])
+def test_cpp_small_k_many_ties(k):
+    # Small k over 1300 tied-heavy items: the per-user buffer (3k + 64 entries) is cut back to k
+    # dozens of times per user, and every cut must keep the lower id among equal scores.
+    users, items, rowptr, col = _case(40, 1300, 3, seed=k, integer=True, hub=1000)
+    with sgfd_fast.use_backend("cpp"):
+        got = masked_topk(users, items, rowptr, col, k)
+    want = masked_topk_reference(users, items, rowptr, col, k)
+    assert torch.equal(got[1], want[1]) and torch.equal(got[0], want[0])
+
+
 def test_cpp_large_tiles_and_blocks():
     # Several user blocks and item tiles of the C++ kernel, and k = 100.
     users, items, rowptr, col = _case(150, 1300, 64, seed=3, integer=True, hub=1200)
