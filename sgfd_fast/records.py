@@ -9,9 +9,11 @@ from pathlib import Path
 
 from .errors import RunDirectoryError
 
-__all__ = ["read_json", "read_results", "read_metrics"]
+__all__ = ["read_json", "read_run", "read_results", "read_metrics"]
 
-#: Keys every ``results.json`` holds (sgfd_fast.training.runner writes them).
+#: Keys every ``run.json`` holds (sgfd_fast.training.runner writes them).
+RUN_KEYS = ("model", "dataset", "data", "config", "grid_keys")
+#: Keys every ``results.json`` holds.
 RESULTS_KEYS = ("valid", "test", "best_epoch", "epochs_trained", "early_stopped", "config",
                 "checkpoint", "data")
 
@@ -33,20 +35,38 @@ def read_json(path) -> object:
                                 f"damaged") from None
 
 
+def _record(path: Path, keys, what: str, fix: str) -> dict:
+    """A JSON object holding ``keys``, or one RunDirectoryError that ends with ``fix``."""
+    try:
+        record = read_json(path)
+    except RunDirectoryError as e:
+        raise RunDirectoryError(f"{e}; {fix}") from None
+    missing = [k for k in keys if not isinstance(record, dict) or k not in record]
+    if missing:
+        raise RunDirectoryError(f"{path} lacks {', '.join(missing)}; it is not {what} written "
+                                f"by sgfd_fast.train; {fix}")
+    return record
+
+
+def read_run(run_dir) -> dict:
+    """``run.json`` of a run directory, checked to hold :data:`RUN_KEYS`.
+
+    Raises:
+        RunDirectoryError: it cannot be read, is not JSON, or lacks one of those keys.
+    """
+    return _record(Path(run_dir) / "run.json", RUN_KEYS, "a run record",
+                   "it records how the run was configured, so the run cannot be resumed: start "
+                   "a new run")
+
+
 def read_results(run_dir) -> dict:
     """``results.json`` of a finished run, checked to hold :data:`RESULTS_KEYS`.
 
     Raises:
         RunDirectoryError: it cannot be read, is not JSON, or lacks one of those keys.
     """
-    path = Path(run_dir) / "results.json"
-    results = read_json(path)
-    missing = [k for k in RESULTS_KEYS if not isinstance(results, dict) or k not in results]
-    if missing:
-        raise RunDirectoryError(f"{path} lacks {', '.join(missing)}; it is not the results "
-                                f"record sgfd_fast.train writes (changed by hand?): train the "
-                                f"run again, or restore the file")
-    return results
+    return _record(Path(run_dir) / "results.json", RESULTS_KEYS, "the results record",
+                   "train the run again, or restore the file")
 
 
 def read_metrics(point_dir) -> list[dict]:

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, RunDirectoryError
-from ..records import read_json
+from ..records import read_json, read_run
 from .checkpoint import load_checkpoint
 
 __all__ = ["LOCK_NAME", "RunDirectory", "PointState", "read_json", "read_run", "point_states",
@@ -42,8 +42,6 @@ __all__ = ["LOCK_NAME", "RunDirectory", "PointState", "read_json", "read_run", "
 
 LOCK_NAME = "run.lock"
 
-#: Keys every ``run.json`` holds.
-_RUN_KEYS = ("model", "dataset", "data", "config", "grid_keys")
 
 
 def _reason(e: OSError) -> str:
@@ -169,22 +167,6 @@ class RunDirectory:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def read_run(run_dir: Path) -> dict:
-    """``run.json`` of ``run_dir``, checked to be a run record."""
-    path = Path(run_dir) / "run.json"
-    try:
-        run = read_json(path)
-    except RunDirectoryError as e:
-        raise RunDirectoryError(f"{e}; it records how the run was configured, so it cannot "
-                                f"be resumed: start a new run") from None
-    missing = [k for k in _RUN_KEYS if not isinstance(run, dict) or k not in run]
-    if missing:
-        raise RunDirectoryError(f"{path} lacks {', '.join(missing)}; it is not a run record "
-                                f"written by sgfd_fast.train, so the run cannot be resumed: "
-                                f"start a new run")
-    return run
 
 
 @dataclass
