@@ -196,6 +196,8 @@ def load_run(run_dir, device: str = "cpu", dataset=None) -> TrainedModel:
     from .training import load_checkpoint, load_data, resolve_device
     from .records import read_results
 
+    if str(run_dir) == "":  # Path("") is the current directory: never meant
+        raise ConfigError("load_run: the run directory is ''; give a path")
     run_dir = Path(run_dir)
     rpath = run_dir / "results.json"
     if not run_dir.is_dir():

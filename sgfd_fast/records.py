@@ -11,11 +11,12 @@ from .errors import RunDirectoryError
 
 __all__ = ["read_json", "read_run", "read_results", "read_metrics"]
 
-#: Keys every ``run.json`` holds (sgfd_fast.training.runner writes them).
-RUN_KEYS = ("model", "dataset", "data", "config", "grid_keys")
-#: Keys every ``results.json`` holds.
-RESULTS_KEYS = ("valid", "test", "best_epoch", "epochs_trained", "early_stopped", "config",
-                "checkpoint", "data")
+_DATA = (dict, str, type(None))  # a built-in name, a directory and format, or None: in memory
+#: Keys every ``run.json`` holds (sgfd_fast.training.runner writes them), with their types.
+RUN_KEYS = {"model": str, "dataset": str, "data": _DATA, "config": dict, "grid_keys": list}
+#: Keys every ``results.json`` holds, with their types.
+RESULTS_KEYS = {"valid": dict, "test": dict, "best_epoch": int, "epochs_trained": int,
+                "early_stopped": bool, "config": dict, "checkpoint": str, "data": _DATA}
 
 
 def read_json(path) -> object:
@@ -35,16 +36,25 @@ def read_json(path) -> object:
                                 f"damaged") from None
 
 
-def _record(path: Path, keys, what: str, fix: str) -> dict:
-    """A JSON object holding ``keys``, or one RunDirectoryError that ends with ``fix``."""
+def _record(path: Path, keys: dict, what: str, fix: str) -> dict:
+    """A JSON object holding ``keys`` (name: type), or one RunDirectoryError ending in ``fix``."""
     try:
         record = read_json(path)
     except RunDirectoryError as e:
         raise RunDirectoryError(f"{e}; {fix}") from None
-    missing = [k for k in keys if not isinstance(record, dict) or k not in record]
-    if missing:
-        raise RunDirectoryError(f"{path} lacks {', '.join(missing)}; it is not {what} written "
-                                f"by sgfd_fast.train; {fix}")
+    if not isinstance(record, dict):
+        problem = f"holds a JSON {type(record).__name__}, not an object"
+    else:
+        missing = [k for k in keys if k not in record]
+        # bool is an int to Python: best_epoch true is not an epoch
+        wrong = [k for k, t in keys.items() if k in record and (
+            not isinstance(record[k], t) or (t is int and isinstance(record[k], bool)))]
+        problem = (f"lacks {', '.join(missing)}" if missing else
+                   f"has {', '.join(f'{k}={record[k]!r}' for k in wrong)} of the wrong type"
+                   if wrong else None)
+    if problem:
+        raise RunDirectoryError(f"{path} {problem}; it is not {what} written by "
+                                f"sgfd_fast.train; {fix}")
     return record
 
 

@@ -1,5 +1,7 @@
 """Python API: load a run, recommend on original ids without training items, export .npy."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -121,10 +123,17 @@ def test_load_run_errors(tmp_path):
     (tmp_path / "results.json").write_text('{"model": "BM3", "te')   # damaged by hand
     with pytest.raises(RunDirectoryError, match="results.json is not valid JSON"):
         load_run(tmp_path)
-    for text in ("[]", '{"test": {}}'):  # JSON, but not the record a training writes
-        (tmp_path / "results.json").write_text(text)
-        with pytest.raises(RunDirectoryError, match="results.json lacks .*checkpoint"):
+    good = {"valid": {}, "test": {}, "best_epoch": 1, "epochs_trained": 1, "early_stopped": True,
+            "config": {}, "checkpoint": "best.pt", "data": None}
+    for record, message in [([], "holds a JSON list, not an object"),
+                            ({"test": {}}, "lacks valid, best_epoch, .*checkpoint"),
+                            ({**good, "checkpoint": 5}, "has checkpoint=5 of the wrong type"),
+                            ({**good, "best_epoch": True}, "has best_epoch=True of the wrong")]:
+        (tmp_path / "results.json").write_text(json.dumps(record))  # JSON, not the record
+        with pytest.raises(RunDirectoryError, match="results.json " + message):
             load_run(tmp_path)
+    with pytest.raises(ConfigError, match="load_run: the run directory is ''; give a path"):
+        load_run("")
 
 
 def test_loaded_model_matches_training(run_dir):
