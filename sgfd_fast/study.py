@@ -68,7 +68,7 @@ import yaml
 from ._cli import quiet_on_closed_stdout, refuse_empty
 from .config import Config, load_config, yaml_problem
 from .errors import ConfigError, SGFDError, TrainingError
-from .records import read_metrics, read_results
+from .records import read_json, read_metrics, read_results, read_run
 
 __all__ = ["Spec", "load_spec", "find_spec", "shipped_specs", "run_study", "summarise",
            "paired_difference", "describe", "write_report", "main", "STUDIES_DIR"]
@@ -174,6 +174,14 @@ def load_spec(path, *, in_memory: bool = False) -> Spec:
             raise ConfigError(f"{where}: format must be sgfd or mmrec, got {fmt!r}")
         data = {"path": str(base / raw["data_path"]), "format": fmt,
                 "labels": str(base / raw["labels"]) if raw.get("labels") else None}
+        if not Path(data["path"]).is_dir():
+            raise ConfigError(f"{where}: data_path {raw['data_path']!r} is not a directory "
+                              f"({data['path']}; a relative data_path starts at the spec's "
+                              f"directory)")
+        if data["labels"] and not Path(data["labels"]).is_file():
+            raise ConfigError(f"{where}: labels {raw['labels']!r} is not a file "
+                              f"({data['labels']}; a relative path starts at the spec's "
+                              f"directory)")
     elif dataset is not None:
         from .data import DATASETS
 
@@ -280,13 +288,20 @@ def _plan(spec: Spec, out: Path, device: str | None) -> list[_Run]:
 
 
 def _check_existing(run: _Run) -> None:
-    """A run directory already there must hold this run's configuration (up to resumable keys)."""
-    path = run.dir / "run.json"
-    if not path.exists():
+    """A run directory already there must be a run of this configuration (up to resumable keys)
+    whose ``epochs`` the spec keeps or raises."""
+    if not run.dir.exists():
         return
     from .training import RESUMABLE_KEYS
-    from .training.rundir import read_run
+    from .training.rundir import LOCK_NAME
 
+    if not (run.dir / "run.json").exists():
+        other = sorted(p.name for p in run.dir.iterdir() if p.name != LOCK_NAME)
+        if other and "results.json" not in other:  # results copied alone are reported
+            raise ConfigError(f"{run.dir} holds {', '.join(other[:3])} but no run.json: it is "
+                              f"not a run this study started; move it away, or study into "
+                              f"another --out")
+        return
     old = read_run(run.dir)["config"]
     new = json.loads(json.dumps(run.config.values))
     changed = sorted(k for k in set(old) | set(new)
@@ -296,30 +311,47 @@ def _check_existing(run: _Run) -> None:
                           + ", ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} now"
                                       for k in changed[:5])
                           + "); remove that directory or study into another --out")
+    if old.get("epochs") != new.get("epochs") and max(_as_list(old.get("epochs"))) > \
+            max(_as_list(new.get("epochs"))):
+        raise ConfigError(f"{run.dir} was trained with epochs={old.get('epochs')}, the spec now "
+                          f"says {new.get('epochs')}; a study can keep or raise epochs (its "
+                          f"runs then continue), not lower them: restore epochs, or study into "
+                          f"another --out")
 
 
-_REPORT_FILES = ("study.json", "study.md", "study.md.tmp", "bars.png", "curves.png")
+def _as_list(value) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+_REPORT_FILES = ("study.json", "study.md", "bars.png", "curves.png")
+_REPORT_TMP = re.compile(r"\.(study\.json|study\.md|bars\.png|curves\.png)\.tmp\d+")  # a killed write's
+_SEED_DIR = re.compile(r"seed-\d+")
 
 
 def _check_out(spec: Spec, out: Path) -> None:
-    """``out`` is new, empty, or a study directory: report files and arm directories (an arm's
-    name, or a directory of ``seed-<n>`` runs: an arm since dropped from the spec). Anything
-    else (a file, another directory's content) is refused before a run writes into it."""
+    """``out`` is new, empty, or a study directory: arm directories holding ``seed-<n>`` run
+    directories (an arm since dropped from the spec included) and, once a ``study.json`` says it
+    is a study report, the report files. Anything else is refused before a run writes into it."""
     if not out.exists():
         return
     if not out.is_dir():
         raise ConfigError(f"--out {out} is a file; give a new directory, or this study's own")
+    summary = out / "study.json"
+    record = read_json(summary) if summary.is_file() else None
+    reported = isinstance(record, dict) and "arms" in record
 
-    def arm_dir(p: Path) -> bool:
-        return p.is_dir() and (p.name in spec.arms or all(
-            c.is_dir() and re.fullmatch(r"seed-\d+", c.name) for c in p.iterdir()))
+    def ours(p: Path) -> bool:
+        if p.name in _REPORT_FILES or _REPORT_TMP.fullmatch(p.name):
+            return reported
+        return p.is_dir() and all(c.is_dir() and _SEED_DIR.fullmatch(c.name)
+                                  for c in p.iterdir())
 
-    foreign = sorted(p.name for p in out.iterdir()
-                     if not (p.name in _REPORT_FILES or arm_dir(p)))
+    foreign = sorted(p.name for p in out.iterdir() if not ours(p))
     if foreign:
         shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
-        raise ConfigError(f"--out {out} holds {shown}, which study {spec.name} did not write; "
-                          f"give a new or empty directory, or this study's own")
+        raise ConfigError(f"--out {out} holds {shown}, which no study wrote (a study directory "
+                          f"holds <arm>/seed-<n>/ runs and its report); give a new or empty "
+                          f"directory, or this study's own")
 
 
 def _finished(run: _Run) -> bool:
@@ -354,11 +386,10 @@ def run_study(spec: Spec, out, *, shard: tuple[int, int] = (1, 1), arms=None, da
         progress: a bar over the runs (None: when stderr is a terminal).
     Raises:
         ConfigError: ``out`` holds what this study did not write, a run directory holds another
-        configuration, or ``arms`` names an arm the spec lacks; KeyboardInterrupt: passed on
-        (the run in progress saved its ``last.pt``; rerun to continue).
+        configuration or a higher ``epochs``, ``arms`` names an arm the spec lacks, or a run's
+        device is missing; KeyboardInterrupt: passed on (the run in progress saved its
+        ``last.pt``; rerun to continue).
     """
-    from tqdm import tqdm
-
     from . import training
 
     from . import _backend
@@ -367,8 +398,10 @@ def run_study(spec: Spec, out, *, shard: tuple[int, int] = (1, 1), arms=None, da
     _backend.check_requested()  # before any directory is made
     for arm in arms or ():
         if arm not in spec.arms:
-            raise ConfigError(f"--arms: study {spec.name} has no arm {arm!r} (its arms: "
-                              f"{', '.join(spec.arms)})")
+            close = difflib.get_close_matches(arm, list(spec.arms), n=1)
+            raise ConfigError(f"--arms: study {spec.name} has no arm {arm!r}"
+                              + (f" (did you mean {close[0]!r}?)" if close else "")
+                              + f"; its arms: {', '.join(spec.arms)}")
     _check_out(spec, out)
     runs = _plan(spec, out, device)
     for run in runs:
@@ -379,14 +412,31 @@ def run_study(spec: Spec, out, *, shard: tuple[int, int] = (1, 1), arms=None, da
     todo = [r for r in mine if not _finished(r)]
     if report_only and not out.is_dir():
         raise ConfigError(f"--report: {out} does not exist; give the --out the study ran in")
+    for dev in {d for r in todo for d in _as_list(r.config.values["device"])}:
+        training.resolve_device(dev)  # a missing GPU is said before anything is created
+    created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ConfigError(f"cannot create the study directory {out}: {e.strerror or e}") \
             from None
+    try:
+        return _train_and_report(spec, out, runs, todo, len(mine), dataset, progress)
+    except BaseException:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # a study that failed before its first run leaves nothing behind
+        raise
+
+
+def _train_and_report(spec: Spec, out: Path, runs: list, todo: list, n_mine: int, dataset,
+                      progress) -> dict:
+    from tqdm import tqdm
+
+    from . import training
+
     datasets: dict = {}
     failed = {}
-    bar = tqdm(total=len(mine), initial=len(mine) - len(todo), unit="run", file=sys.stderr,
+    bar = tqdm(total=n_mine, initial=n_mine - len(todo), unit="run", file=sys.stderr,
                desc=f"study {spec.name}", disable=(not sys.stderr.isatty()) if progress is None
                else not progress)
     try:
@@ -417,7 +467,8 @@ def run_study(spec: Spec, out, *, shard: tuple[int, int] = (1, 1), arms=None, da
                 bar.write(f"{run.arm} seed {run.seed}: test "
                           + ", ".join(f"{m} {res['test'].get(m, math.nan):.4f}"
                                       for m in spec.metrics)
-                          + f"; {res['epochs_trained']} epochs"
+                          + f"; {res['epochs_trained']} epoch"
+                          + ("" if res["epochs_trained"] == 1 else "s")
                           + ("" if res["early_stopped"] else " (epoch cap)")
                           + f", {time.perf_counter() - t0:.0f} s")
             bar.update(1)
@@ -543,6 +594,12 @@ def summarise(spec: Spec, runs: list, failed: dict | None = None) -> dict:
 
 # --- report ----------------------------------------------------------------------------------
 
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.2f} h"
+
+
 def _fmt(x, digits=4):
     return "–" if x is None else f"{x:.{digits}f}"
 
@@ -567,10 +624,10 @@ def _markdown(s: dict) -> str:
               + f"; {cap} of {runs['finished']} finished runs "
               f"({100 * cap / max(runs['finished'], 1):.0f} %) stopped at the epoch cap "
               f"instead of early. Training + validation time, summed over runs: "
-              f"{runs['compute_time_s'] / 3600:.2f} h."
+              f"{_duration(runs['compute_time_s'])}."
               + (" **More than 10 % of the runs ended at the epoch cap: their best epoch may lie "
-                 "beyond it; raise `epochs` in the spec, remove the directories of the runs at "
-                 "the cap (finished runs are otherwise kept) and rerun.**"
+                 "beyond it; raise `epochs` in the spec and rerun the study: the runs at the cap "
+                 "continue where they stopped.**"
                  if cap > 0.1 * runs["finished"] else ""), "",
               "Mean ± sample std (ddof 1) over seeds. Δ: mean paired difference arm − baseline "
               "over the seeds both finished, with its 95 % t confidence interval; p: two-sided "
@@ -624,13 +681,11 @@ def _markdown(s: dict) -> str:
 def write_report(summary: dict, out) -> list[Path]:
     """Write ``study.json``, ``study.md`` and, with matplotlib, ``bars.png`` and ``curves.png``
     into ``out``; returns the PNGs written (a missing matplotlib is reported on stderr)."""
-    from .training import write_json
+    from .training.checkpoint import write_json, write_text
 
     out = Path(out)
     write_json(out / "study.json", summary)
-    tmp = out / "study.md.tmp"
-    tmp.write_text(_markdown(summary), encoding="utf-8")
-    tmp.replace(out / "study.md")
+    write_text(out / "study.md", _markdown(summary))
     from . import plot
 
     try:
@@ -698,7 +753,10 @@ def main(argv=None) -> int:
         spec = load_spec(find_spec(args.spec))
         _require_scipy()  # the statistics need it: fail before hours of training, not after
         out = Path(args.out) if args.out else Path("runs") / f"study-{spec.name}"
-        arms = None if args.arms is None else [a.strip() for a in args.arms.split(",")]
+        arms = None if args.arms is None else [a.strip() for a in args.arms.split(",")
+                                               if a.strip()]
+        if arms == []:
+            raise ConfigError("--arms is empty; give arm names, e.g. --arms plain,sgfd")
         summary = run_study(spec, out, shard=shard, arms=arms, device=args.device,
                             report_only=args.report)
     except SGFDError as e:

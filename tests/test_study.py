@@ -104,22 +104,64 @@ def test_out_must_be_new_empty_or_the_studys_own(tmp_path, tiny_model, capsys):
     (tmp_path / "file").write_text("x")
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
+    for d in ("arm/base", "seed/base/seed-1"):  # foreign content one and two levels down
+        (tmp_path / d).mkdir(parents=True)
+        (tmp_path / d / "notes.txt").write_text("mine")
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / "study.md").write_text("my own notes")  # no study.json beside it
     for out, message in [("file", "is a file"), ("file/sub", "cannot create the study directory"),
-                         ("other", "holds notes.txt, which study tiny did not write")]:
+                         ("other", "holds notes.txt, which no study wrote"),
+                         ("arm", "holds base, which no study wrote"),
+                         ("seed", "base/seed-1 holds notes.txt but no run.json"),
+                         ("report", "holds study.md, which no study wrote")]:
         assert study.main([str(spec), "--out", str(tmp_path / out)]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
-    assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
+    for f in ("other/notes.txt", "arm/base/notes.txt", "seed/base/seed-1/notes.txt",
+              "report/study.md"):
+        assert (tmp_path / f).read_text() in ("mine", "my own notes"), f
+    assert not (tmp_path / "seed/base/seed-1/run.json").exists()
     assert study.main([str(spec), "--out", str(tmp_path / "none"), "--report"]) == 2
     assert "--report: " in capsys.readouterr().err and not (tmp_path / "none").exists()
     run(tmp_path, "s")  # its own directory, with arms and report files, is accepted again
     assert run(tmp_path, "s")["runs"]["finished"] == 6
 
 
+def test_lower_epochs_is_refused_and_keeps_the_report(tmp_path, tiny_model):
+    run(tmp_path, "s")
+    before = (tmp_path / "s/study.md").read_text()
+    spec = study.load_spec(write_spec(tmp_path, config={**SHARED, "epochs": 2}), in_memory=True)
+    for kw in ({"report_only": True}, {}):
+        with pytest.raises(ConfigError, match=r"base/seed-1 was trained with epochs=3, the spec "
+                                              r"now says 2; a study can keep or raise epochs"):
+            study.run_study(spec, tmp_path / "s", dataset=tiny_dataset(), progress=False, **kw)
+    assert (tmp_path / "s/study.md").read_text() == before
+
+
+def test_a_failed_start_leaves_no_directory(tmp_path, tiny_model, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "s"
+    spec = write_spec(tmp_path, dataset="office")
+    assert study.main([str(spec), "--out", str(out), "--device", "cuda"]) == 2
+    assert "device=cuda" in capsys.readouterr().err and not out.exists()
+    spec = write_spec(tmp_path, data_path="nowhere")
+    assert study.main([str(spec), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "data_path 'nowhere' is not a directory" in err and not out.exists(), err
+    # a failure inside the first run (here: the dataset) removes the directory it made
+    monkeypatch.setattr(training, "load_data", lambda *a, **k: (_ for _ in ()).throw(
+        ConfigError("no such data")))
+    assert study.main([str(write_spec(tmp_path, dataset="office")), "--out", str(out)]) == 2
+    assert "no such data" in capsys.readouterr().err and not out.exists()
+
+
 def test_damaged_results_are_one_clear_error(tmp_path, tiny_model, capsys):
     run(tmp_path, "s")
     (tmp_path / "s/fast/seed-2/results.json").write_text("[]")
-    with pytest.raises(RunDirectoryError, match=r"fast/seed-2/results.json lacks valid"):
+    with pytest.raises(RunDirectoryError, match=r"fast/seed-2/results.json holds a JSON list, "
+                                                r"not an object"):
         run(tmp_path, "s")
     (tmp_path / "s/fast/seed-2/results.json").unlink()
     (tmp_path / "s/base/seed-1/metrics.jsonl").write_text('{"epoch": 1}\n{"epo\n')
@@ -144,7 +186,12 @@ def test_arms_train_only_those_arms_and_shards_split_them(tmp_path, tiny_model, 
     out = tmp_path / "x"
     assert study.main(["office-grcn", "--out", str(out), "--arms", "plain,sgfd_contrl"]) == 2
     assert capsys.readouterr().err == ("error: --arms: study office-grcn has no arm "
-                                       "'sgfd_contrl' (its arms: plain, sgfd, sgfd_control)\n")
+                                       "'sgfd_contrl' (did you mean 'sgfd_control'?); its arms: "
+                                       "plain, sgfd, sgfd_control\n")
+    for empty in ("", " ", ","):
+        assert study.main(["office-grcn", "--out", str(out), "--arms", empty]) == 2
+        assert capsys.readouterr().err == ("error: --arms is empty; give arm names, e.g. "
+                                           "--arms plain,sgfd\n")
     assert not out.exists()
 
 
@@ -304,13 +351,19 @@ def test_plot_errors_and_out_choices(tmp_path, tiny_model, capsys):
     for args, message in [
             (["--out", ""], "--out is empty; give a path"),
             (["--out", str(tmp_path / "c.txt")], "give a .png, .pdf or .svg file"),
-            (["--out", str(tmp_path / "no/c.png")], f"the directory {tmp_path / 'no'} does not"),
+            (["--out", str(tmp_path / "no/c.png")], f"{tmp_path / 'no'} does not exist"),
+            (["--out", one + "/results.json/c.png"], "results.json is not a directory"),
+            (["--metric", ""], "--metric is empty; give a validated metric such as ndcg@20"),
             (["--metric", "recal@20"], "no run here validated 'recal@20'; the metrics validated: "
                                        "hit@10, ")]:
         assert plot.main([one, *args]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and message in err, err
         assert err.count("\n") == 1, err
+    labels = [label for label, _ in plot._curves([tmp_path / "s/base/seed-1",
+                                                  tmp_path / "s/fast/seed-1",
+                                                  tmp_path / "s/grid/seed-2"])]
+    assert labels == ["base/seed-1", "fast/seed-1", "grid/seed-2/grid-0", "grid/seed-2/grid-1"]
     with open(tmp_path / "s/base/seed-1/metrics.jsonl", "a") as f:
         f.write('{"epoch": 4, "valid"\n')
     assert plot.main([one]) == 2

@@ -20,7 +20,7 @@ import torch
 
 from ..errors import ConfigError, RunDirectoryError
 
-__all__ = ["CHECKPOINT_VERSION", "write_json", "save_checkpoint", "load_checkpoint",
+__all__ = ["CHECKPOINT_VERSION", "write_json", "write_text", "save_checkpoint", "load_checkpoint",
            "append_line", "trim_metrics"]
 
 CHECKPOINT_VERSION = 1
@@ -53,6 +53,11 @@ def _replace_atomically(path: Path, data) -> None:
 def write_json(path: Path, obj) -> None:
     """Write JSON through a temporary file and a rename (never a partial file)."""
     _replace_atomically(path, (json.dumps(obj, indent=2) + "\n").encode("utf-8"))
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write UTF-8 text through a temporary file and a rename (never a partial file)."""
+    _replace_atomically(path, text.encode("utf-8"))
 
 
 def save_checkpoint(obj: dict, path: Path) -> None:
