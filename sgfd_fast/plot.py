@@ -14,6 +14,7 @@ without it every function raises :class:`PlotUnavailable`, which says so.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -40,6 +41,17 @@ def _pyplot():
     return plt
 
 
+def _save(fig, path: Path) -> None:
+    """Save through a temporary file and a rename: a reader (or a second study shard writing
+    the same report) never sees half an image."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        fig.savefig(tmp, format=path.suffix[1:].lower(), dpi=100)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def point_dirs(run_dir) -> list[tuple[str, Path]]:
     """``(label, directory holding metrics.jsonl)`` of a run: itself, or each ``grid-<i>/``."""
     run_dir = Path(run_dir)
@@ -50,6 +62,16 @@ def point_dirs(run_dir) -> list[tuple[str, Path]]:
         raise ConfigError(f"{run_dir} holds no metrics.jsonl (nor grid-*/metrics.jsonl); give "
                           f"the directory a training wrote")
     return [(f"{run_dir.name}/{f.parent.name}", f.parent) for f in grid]
+
+
+def _curves(run_dirs: list[Path]) -> list[tuple[str, list[dict]]]:
+    """``(label, metrics lines)`` per grid point of each run; labels are the run directories'
+    names, with their parents' when the names collide (``plain/seed-1``, ``sgfd/seed-1``)."""
+    names = [r.name for r in run_dirs]
+    if len(set(names)) < len(names):
+        names = ["/".join(r.resolve().parts[-2:]) for r in run_dirs]
+    return [(name + label[len(r.name):], read_metrics(d))
+            for r, name in zip(run_dirs, names) for label, d in point_dirs(r)]
 
 
 def _valid_metric(run_dir: Path) -> str:
@@ -85,7 +107,7 @@ def run_curves(run_dirs, path, *, metric: str | None = None) -> Path:
     plt = _pyplot()
     run_dirs = [Path(d) for d in run_dirs]
     metric = metric or _valid_metric(run_dirs[0])
-    curves = [(label, read_metrics(d)) for r in run_dirs for label, d in point_dirs(r)]
+    curves = _curves(run_dirs)
     drawn = sorted({m for _, lines in curves for x in lines for m in x.get("valid", {})})
     if metric not in drawn:
         raise ConfigError(f"no run here validated {metric!r}; "
@@ -106,7 +128,13 @@ def run_curves(run_dirs, path, *, metric: str | None = None) -> Path:
     axes[1].set_ylabel("training loss (epoch mean)")
     if with_sgfd:
         axes[2].set_ylabel("SGFD share of the student's gradient")
-        axes[2].set_yscale("symlog", linthresh=1e-6)
+        shares = [x["sgfd"]["grad_share"] for _, lines in curves for x in lines
+                  if x.get("sgfd", {}).get("grad_share") is not None]
+        positive = [v for v in shares if v > 0]
+        if positive and len(positive) == len(shares):  # shares span decades: 7e-5 .. 0.04
+            axes[2].set_yscale("log")
+        else:  # zeros (a control arm) need a linear stretch around 0, as wide as the data
+            axes[2].set_yscale("symlog", linthresh=min(positive, default=1e-6))
     for ax in axes:
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
@@ -114,7 +142,7 @@ def run_curves(run_dirs, path, *, metric: str | None = None) -> Path:
         axes[0].legend(fontsize="small")
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=100)
+    _save(fig, path)
     plt.close(fig)
     return path
 
@@ -140,8 +168,9 @@ def study_plots(summary: dict, out) -> list[Path]:
             ax.plot([i] * len(seeds), [x[key] for x in seeds], "k.", ms=4)
         finite = [m for m in means if m is not None]
         if finite:  # differences of a few 1e-3 vanish on an axis from 0
-            lo = min(min(x[key] for x in summary["arms"][a]["per_seed"].values())
-                     for a in arms if summary["arms"][a]["per_seed"])
+            lo = min(min(min(x[key] for x in summary["arms"][a]["per_seed"].values())
+                         for a in arms if summary["arms"][a]["per_seed"]),
+                     min(m - s for m, s in zip(means, stds) if m is not None))
             hi = max(m + s for m, s in zip(means, stds) if m is not None)
             pad = 0.15 * (hi - lo) or 0.01 * hi or 0.01
             ax.set_ylim(lo - pad, hi + pad)
@@ -153,7 +182,7 @@ def study_plots(summary: dict, out) -> list[Path]:
     fig.suptitle(f"{summary['study']}: mean ± std over seeds (dots: seeds)")
     fig.tight_layout()
     written = [out / "bars.png"]
-    fig.savefig(written[0], dpi=100)
+    _save(fig, written[0])
     plt.close(fig)
 
     metric = keys[0].split("/", 1)[1]
@@ -173,7 +202,7 @@ def study_plots(summary: dict, out) -> list[Path]:
         ax.legend(fontsize="small")
     fig.tight_layout()
     written.append(out / "curves.png")
-    fig.savefig(written[1], dpi=100)
+    _save(fig, written[1])
     plt.close(fig)
     return written
 
@@ -194,6 +223,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     try:
         refuse_empty(args, out="--out")
+        if args.metric == "":
+            raise ConfigError("--metric is empty; give a validated metric such as ndcg@20")
         for r in args.runs:
             if not Path(r).is_dir():
                 raise ConfigError(f"{r} is not a directory; give run directories")
@@ -204,7 +235,9 @@ def main(argv=None) -> int:
         if out.suffix.lower() not in (".png", ".pdf", ".svg"):
             raise ConfigError(f"--out {out}: give a .png, .pdf or .svg file, or a directory")
         if not out.parent.is_dir():
-            raise ConfigError(f"--out {out}: the directory {out.parent} does not exist")
+            raise ConfigError(f"--out {out}: {out.parent} "
+                              + ("is not a directory" if out.parent.exists() else
+                                 "does not exist"))
         try:
             run_curves(args.runs, out, metric=args.metric)
         except OSError as e:
