@@ -281,6 +281,9 @@ def train(model: str, config: Config, *, run_dir, dataset=None, data: dict | Non
     try:
         if rd is not None:
             write_json(run_dir / "run.json", run)
+        # the other ranks write into run_dir (grid_parallel points) only after rank 0 made it: a
+        # rank 1 ahead of it had made grid-1/, and rank 0 then refused the directory as not empty
+        distributed.broadcast_object(None)
         return _run(run, run_dir, dataset, held=held, progress=progress, console=console)
     except Exception as e:
         _show_held(held)
