@@ -36,11 +36,12 @@ class TopK {
 
   // Offers scores[r] for item first_id + r, r < n (ids above every id offered before).
   void offer(const float* scores, std::int64_t n, std::int64_t first_id) {
+    // Branch-free append: every score is written to the next free slot, which only counts when
+    // it beats the threshold (a data-dependent branch mispredicted on every accepted candidate).
     for (std::int64_t r = 0; r < n; ++r) {
-      if (scores[r] > thr_) {  // false for NaN and -inf: absent
-        buf_[size_++] = Cand{scores[r], first_id + r};
-        if (size_ == cap_) shrink();
-      }
+      buf_[size_] = Cand{scores[r], first_id + r};
+      size_ += scores[r] > thr_;  // false for NaN and -inf: absent
+      if (size_ == cap_) shrink();
     }
   }
 
