@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ._cli import quiet_on_closed_stdout, refuse_empty
 from .errors import ConfigError, SGFDError
-from .records import read_json, read_metrics, read_results
+from .records import read_metrics, read_results, read_run
 
 __all__ = ["PlotUnavailable", "run_curves", "study_plots", "point_dirs", "main"]
 
@@ -76,12 +76,8 @@ def _curves(run_dirs: list[Path]) -> list[tuple[str, list[dict]]]:
 
 def _valid_metric(run_dir: Path) -> str:
     for d in (run_dir, run_dir.parent):
-        f = d / "run.json"
-        if f.exists():
-            run = read_json(f)
-            if isinstance(run, dict) and isinstance(run.get("config"), dict) and \
-                    "valid_metric" in run["config"]:
-                return run["config"]["valid_metric"]
+        if (d / "run.json").exists():
+            return read_run(d)["config"].get("valid_metric", "recall@20")
     return "recall@20"
 
 

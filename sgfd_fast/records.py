@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .errors import RunDirectoryError
 
-__all__ = ["read_json", "read_run", "read_results", "read_metrics"]
+__all__ = ["read_json", "read_run", "read_results", "read_metrics", "written_for"]
 
 _DATA = (dict, str, type(None))  # a built-in name, a directory and format, or None: in memory
 #: Keys every ``run.json`` holds (sgfd_fast.training.runner writes them), with their types.
@@ -77,6 +77,12 @@ def read_results(run_dir) -> dict:
     """
     return _record(Path(run_dir) / "results.json", RESULTS_KEYS, "the results record",
                    "train the run again, or restore the file")
+
+
+def written_for(results: dict, points: list[dict]) -> bool:
+    """Whether ``results`` (a results.json) was written under the ``epochs`` that ``points``
+    (the run's grid points, full configs) now ask for: a raised cap leaves it stale."""
+    return results["config"].get("epochs") == points[results.get("selected_point", 0)]["epochs"]
 
 
 def read_metrics(point_dir) -> list[dict]:

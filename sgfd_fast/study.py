@@ -68,7 +68,7 @@ import yaml
 from ._cli import quiet_on_closed_stdout, refuse_empty
 from .config import Config, load_config, yaml_problem
 from .errors import ConfigError, SGFDError, TrainingError
-from .records import read_json, read_metrics, read_results, read_run
+from .records import read_json, read_metrics, read_results, read_run, written_for
 
 __all__ = ["Spec", "load_spec", "find_spec", "shipped_specs", "run_study", "summarise",
            "paired_difference", "describe", "write_report", "main", "STUDIES_DIR"]
@@ -311,8 +311,7 @@ def _check_existing(run: _Run) -> None:
                           + ", ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} now"
                                       for k in changed[:5])
                           + "); remove that directory or study into another --out")
-    if old.get("epochs") != new.get("epochs") and max(_as_list(old.get("epochs"))) > \
-            max(_as_list(new.get("epochs"))):
+    if max(_as_list(old.get("epochs"))) > max(_as_list(new.get("epochs"))):
         raise ConfigError(f"{run.dir} was trained with epochs={old.get('epochs')}, the spec now "
                           f"says {new.get('epochs')}; a study can keep or raise epochs (its "
                           f"runs then continue), not lower them: restore epochs, or study into "
@@ -354,14 +353,13 @@ def _check_out(spec: Spec, out: Path) -> None:
                           f"directory, or this study's own")
 
 
-def _finished(run: _Run) -> bool:
-    """``results.json`` is there and was written under the spec's ``epochs`` (a raised cap
-    continues the runs that stopped at the old one)."""
+def _results(run: _Run) -> dict | None:
+    """The run's ``results.json`` if it was written under the spec's ``epochs``, else None (a
+    raised cap continues the runs that stopped at the old one)."""
     if not (run.dir / "results.json").exists():
-        return False
+        return None
     res = read_results(run.dir)
-    return res["config"].get("epochs") == \
-        run.config.points()[res.get("selected_point", 0)]["epochs"]
+    return res if written_for(res, run.config.points()) else None
 
 
 def _parse_shard(text: str) -> tuple[int, int]:
@@ -409,7 +407,7 @@ def run_study(spec: Spec, out, *, shard: tuple[int, int] = (1, 1), arms=None, da
     i, n = shard
     chosen = [r for r in runs if arms is None or r.arm in arms]
     mine = [r for k, r in enumerate(chosen) if k % n == i - 1 and not report_only]
-    todo = [r for r in mine if not _finished(r)]
+    todo = [r for r in mine if _results(r) is None]
     if report_only and not out.is_dir():
         raise ConfigError(f"--report: {out} does not exist; give the --out the study ran in")
     for dev in {d for r in todo for d in _as_list(r.config.values["device"])}:
@@ -549,10 +547,10 @@ def summarise(spec: Spec, runs: list, failed: dict | None = None) -> dict:
     for run in runs:
         if run.dir.exists():
             seconds += _compute_time(run.dir)
-        if not _finished(run):
+        res = _results(run)
+        if res is None:
             pending.append(f"{run.arm}/seed-{run.seed}")
             continue
-        res = read_results(run.dir)
         finished += 1
         cap = not res["early_stopped"]
         at_cap += cap

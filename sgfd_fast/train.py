@@ -152,7 +152,7 @@ def main(argv=None) -> int:
     import warnings
 
     from . import training
-    from .training.rundir import read_run
+    from .records import read_run
 
     warnings.showwarning = _show_warning  # one line per DataWarning, as the data CLI prints them
     try:

@@ -34,14 +34,12 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, RunDirectoryError
-from ..records import read_json, read_run
 from .checkpoint import load_checkpoint
 
-__all__ = ["LOCK_NAME", "RunDirectory", "PointState", "read_json", "read_run", "point_states",
-           "data_fingerprint", "describe_fingerprint"]
+__all__ = ["LOCK_NAME", "RunDirectory", "PointState", "point_states", "data_fingerprint",
+           "describe_fingerprint"]
 
 LOCK_NAME = "run.lock"
-
 
 
 def _reason(e: OSError) -> str:

@@ -23,12 +23,11 @@ import torch
 from .. import _backend
 from ..config import Config, check_point
 from ..errors import ConfigError, DataError, RunDirectoryError, SGFDError
+from ..records import read_metrics, read_results, read_run, written_for
 from . import distributed
 from .checkpoint import write_json
 from .loop import Trainer
-from ..records import read_metrics, read_results
-from .rundir import (RunDirectory, data_fingerprint, describe_fingerprint, point_states,
-                     read_run)
+from .rundir import RunDirectory, data_fingerprint, describe_fingerprint, point_states
 from .runtime import device_name, is_main, rank, resolve_device, run_logging, world_size
 
 __all__ = ["train", "resume", "load_data", "RESUMABLE_KEYS"]
@@ -357,9 +356,7 @@ def resume(run_dir, overrides=(), *, dataset=None, allow_data_change: bool = Fal
         if all(st.done(p["epochs"]) for st, p in zip(states, points)) and \
                 results_path.exists():
             results = read_results(run_dir)
-            # results.json of this epochs (not one left by an earlier, shorter run)
-            if results.get("config", {}).get("epochs") == \
-                    points[results.get("selected_point", 0)]["epochs"]:
+            if written_for(results, points):  # not one left by an earlier, shorter run
                 with run_logging(None, console) as log:
                     log.info(_finished_message(run_dir, states, points))
                 return results
