@@ -146,6 +146,7 @@ void attentive_distance_topk_kernel(
     const scalar_t* b2, const index_t* rowptr, const index_t* col, std::int64_t n_users,
     std::int64_t n_items, std::int64_t d, std::int64_t hidden, std::int64_t k,
     bool has_mask_value, float mask_value, float* out_values, std::int64_t* out_indices) {
+  check_topk_ids(n_items);
   if (n_users == 0 || k == 0) return;
   constexpr std::int64_t kNR = 128 / sizeof(scalar_t);  // two 512-bit vectors of outputs
   const float absent = -std::numeric_limits<float>::infinity();
@@ -164,7 +165,7 @@ void attentive_distance_topk_kernel(
   const std::int64_t n_blocks = (n_users + kUserBlock - 1) / kUserBlock;
 #pragma omp parallel
   {
-    std::vector<Cand> bufs(static_cast<std::size_t>(kUserBlock * TopK::capacity(k)));
+    std::vector<std::uint64_t> bufs(static_cast<std::size_t>(kUserBlock * TopK::capacity(k)));
     std::vector<scalar_t> t(static_cast<std::size_t>(kTile * hidden));  // tanh rows of a tile
     std::vector<scalar_t> s(static_cast<std::size_t>(kTile * ld_s));    // W2 · tanh rows
     std::vector<scalar_t> rnorm(kTile), w(static_cast<std::size_t>(d));

@@ -51,6 +51,7 @@ void masked_topk_kernel(const scalar_t* users, const scalar_t* items, const inde
                         const index_t* col, std::int64_t n_users, std::int64_t n_items,
                         std::int64_t d, std::int64_t k, bool has_mask_value, float mask_value,
                         float* out_values, std::int64_t* out_indices) {
+  check_topk_ids(n_items);
   if (n_users == 0 || k == 0) return;
   const float absent = -std::numeric_limits<float>::infinity();
   const float masked = has_mask_value ? mask_value : absent;
@@ -69,7 +70,7 @@ void masked_topk_kernel(const scalar_t* users, const scalar_t* items, const inde
   const std::int64_t n_blocks = (n_users + kUserBlock - 1) / kUserBlock;
 #pragma omp parallel
   {
-    std::vector<Cand> bufs(static_cast<std::size_t>(kUserBlock * TopK::capacity(k)));
+    std::vector<std::uint64_t> bufs(static_cast<std::size_t>(kUserBlock * TopK::capacity(k)));
     std::vector<float> scores(static_cast<std::size_t>(kMR * kItemTile));
     std::vector<index_t> next(kUserBlock);  // per user: next unread entry of its mask row
 #pragma omp for schedule(dynamic, 1)

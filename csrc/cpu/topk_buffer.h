@@ -5,25 +5,49 @@
 // same with a pop and a push per accepted candidate, ~k·ln(n/k) of them per user on random scores:
 // on office (k = 50) that heap work cost more than the scoring GEMM itself.
 //
+// A candidate is one uint64 key whose unsigned order is the ranking order (higher score, then
+// lower id): the score's bits mapped to an unsigned order above, the complement of the id below.
+// Selection and the final sort then compare plain integers; a (score, id) comparator called
+// through a function pointer was most of the selection's time.
+//
 // Candidates arrive in increasing item id, so one with a score equal to the threshold can never
-// win its tie against the k-th kept (the lower id wins): the caller's hot loop is a single
+// win its tie against the k-th kept (the lower id wins): the hot loop is a single
 // `score > threshold` compare, which also keeps NaN and -inf out.
 #pragma once
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
+#include <functional>
 #include <limits>
+#include <stdexcept>
 
 namespace sgfd {
 
-struct Cand {
-  float score;
-  std::int64_t id;
-};
+// Ids are packed into 32 bits.
+inline void check_topk_ids(std::int64_t n_items) {
+  if (n_items > std::numeric_limits<std::uint32_t>::max())
+    throw std::invalid_argument("sgfd_fast top-k: at most 2^32 - 1 items are supported");
+}
 
-// "a ranks before b": higher score, then lower id.
-inline bool ranks_before(const Cand& a, const Cand& b) {
-  return a.score > b.score || (a.score == b.score && a.id < b.id);
+// Float bits → unsigned bits of the same order (-0 and +0 equal, as the float compare has them).
+inline std::uint32_t order_bits(float s) {
+  std::uint32_t b;
+  std::memcpy(&b, &s, sizeof b);
+  b = b == 0x80000000u ? 0u : b;
+  return b ^ (static_cast<std::uint32_t>(static_cast<std::int32_t>(b) >> 31) | 0x80000000u);
+}
+
+inline float from_order_bits(std::uint32_t o) {
+  const std::uint32_t b = o & 0x80000000u ? o ^ 0x80000000u : ~o;
+  float s;
+  std::memcpy(&s, &b, sizeof s);
+  return s;
+}
+
+inline std::uint64_t topk_key(float score, std::int64_t id) {
+  return static_cast<std::uint64_t>(order_bits(score)) << 32 |
+         static_cast<std::uint32_t>(~static_cast<std::uint32_t>(id));
 }
 
 class TopK {
@@ -32,38 +56,59 @@ class TopK {
   static std::int64_t capacity(std::int64_t k) { return 3 * k + 64; }
 
   // buf: capacity(k) entries owned by the caller.
-  TopK(Cand* buf, std::int64_t k) : buf_(buf), k_(k), cap_(capacity(k)) {}
+  TopK(std::uint64_t* buf, std::int64_t k) : buf_(buf), k_(k), cap_(capacity(k)) {}
 
   // Offers scores[r] for item first_id + r, r < n (ids above every id offered before).
   void offer(const float* scores, std::int64_t n, std::int64_t first_id) {
-    // Branch-free append: every score is written to the next free slot, which only counts when
-    // it beats the threshold (a data-dependent branch mispredicted on every accepted candidate).
-    for (std::int64_t r = 0; r < n; ++r) {
-      buf_[size_] = Cand{scores[r], first_id + r};
-      size_ += scores[r] > thr_;  // false for NaN and -inf: absent
-      if (size_ == cap_) shrink();
+    constexpr std::int64_t kChunk = 16;
+    // Locals: the key stores could alias members (uint64 and int64 may alias), which would
+    // reload and store size_ around every append.
+    std::int64_t size = size_;
+    float thr = thr_;
+    for (std::int64_t r0 = 0; r0 < n; r0 += kChunk) {
+      const std::int64_t r1 = std::min(r0 + kChunk, n);
+      // Once the threshold has risen most chunks hold no candidate: one vector compare skips them.
+      std::int32_t above = 0;
+#pragma omp simd reduction(+ : above)
+      for (std::int64_t r = r0; r < r1; ++r) above += scores[r] > thr;
+      if (above == 0) continue;
+      // Branch-free append: every score is written to the next free slot, which only counts
+      // when it beats the threshold (a data-dependent branch mispredicts on every candidate).
+      for (std::int64_t r = r0; r < r1; ++r) {
+        buf_[size] = topk_key(scores[r], first_id + r);
+        size += scores[r] > thr;  // false for NaN and -inf: absent
+        if (size == cap_) {
+          size_ = size;
+          shrink();
+          size = size_;
+          thr = thr_;
+        }
+      }
     }
+    size_ = size;
   }
 
   // The k slots best first; slots without a candidate hold value -inf and index -1.
   void write(float* values, std::int64_t* indices) {
     if (size_ > k_) shrink();
-    std::sort(buf_, buf_ + size_, ranks_before);
+    std::sort(buf_, buf_ + size_, std::greater<std::uint64_t>());
     for (std::int64_t j = 0; j < k_; ++j) {
-      values[j] = j < size_ ? buf_[j].score : -std::numeric_limits<float>::infinity();
-      indices[j] = j < size_ ? buf_[j].id : -1;
+      const bool has = j < size_;
+      values[j] = has ? from_order_bits(static_cast<std::uint32_t>(buf_[j] >> 32))
+                      : -std::numeric_limits<float>::infinity();
+      indices[j] = has ? static_cast<std::int64_t>(~static_cast<std::uint32_t>(buf_[j])) : -1;
     }
   }
 
  private:
   // Keep the k best; the k-th best's score is the new threshold.
   void shrink() {
-    std::nth_element(buf_, buf_ + (k_ - 1), buf_ + size_, ranks_before);
+    std::nth_element(buf_, buf_ + (k_ - 1), buf_ + size_, std::greater<std::uint64_t>());
     size_ = k_;
-    thr_ = buf_[k_ - 1].score;
+    thr_ = from_order_bits(static_cast<std::uint32_t>(buf_[k_ - 1] >> 32));
   }
 
-  Cand* buf_;
+  std::uint64_t* buf_;
   std::int64_t k_, cap_;
   std::int64_t size_ = 0;
   float thr_ = -std::numeric_limits<float>::infinity();

@@ -30,7 +30,7 @@ and exp are vectorised polynomial forms, accurate to a few ulp).
 
 Backends: reference (the scores in blocks of users, then a stable descending sort); cpp (OpenMP
 over users; per user, items in tiles of 32 pairs: tanh of the pair's hidden row into an L1/L2
-tile, a register-blocked tile × W2^T product, the softmax-weighted distance, a heap of k; bitwise
+tile, a register-blocked tile × W2^T product, the softmax-weighted distance, a top-k buffer; bitwise
 reproducible); triton (one program per user: item tiles, the hidden axis in chunks through
 ``tl.dot`` with W2^T, the running top-k kept on chip and merged like ``masked_topk``'s kernel).
 """

@@ -17,7 +17,8 @@ package follows this rule (``evaluation.top_k_items``, ``api.TrainedModel.recomm
 differentiable (indices are discrete; use the scores themselves for training).
 
 Backends: reference (dense scores, mask, stable descending sort: the tie rule made exact), cpp
-(OpenMP over user blocks, register-blocked score tiles, a heap of k per user; the U×I score
+(OpenMP over user blocks, register-blocked score tiles, per user a buffer of candidates above the
+k-th best so far, cut back to k by selection on (score, id) packed into one integer; the U×I score
 matrix never exists, and the C++ kernel is bitwise reproducible), triton (tiles of users × items
 with ``tl.dot``; a running top-k per user kept on chip, merged tile by tile with bitonic sorts on
 packed (score, id) keys).

@@ -120,6 +120,38 @@ def test_cpp_small_k_many_ties(k):
     assert torch.equal(got[1], want[1]) and torch.equal(got[0], want[0])
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_signed_zeros_and_infinities_tie_by_id(device):
+    # A masked item scored mask_value = -0.0 ties with the items scoring +0.0 (the lower id wins
+    # either way) and +inf ranks first; the C++ kernel packs (score, id) into one integer key,
+    # where the two zeros must not differ.
+    users = torch.tensor([[1.0], [-1.0], [0.0]], device=device)
+    items = torch.tensor([[0.0], [0.0], [1.0], [0.0], [float("inf")], [0.0], [-1.0]],
+                         device=device)
+    rowptr = torch.tensor([0, 1, 3, 3], device=device)
+    col = torch.tensor([0, 1, 3], device=device)
+    for k in (1, 2, 3, 7):
+        want = brute_force(users.cpu(), items.cpu(), rowptr.cpu(), col.cpu(), k, -0.0)
+        for backend in backends(device):
+            with sgfd_fast.use_backend(backend):
+                got = masked_topk(users, items, rowptr, col, k, mask_value=-0.0)
+            assert torch.equal(got[1].cpu(), want[1]), (backend, k)
+            assert torch.equal(got[0].cpu(), want[0]), (backend, k)
+
+
+@pytest.mark.skipif(_ext.cpu is None, reason="C++ extension not built")
+@pytest.mark.parametrize("op", ["masked_topk", "attentive_distance_topk"])
+def test_cpp_refuses_item_ids_beyond_32_bits(op):
+    # The C++ top-k packs item ids into 32 bits; the check runs before any pointer is read.
+    args = dict(users=0, items=0, rowptr=0, col=0, n_users=0, n_items=2**32, d=1, k=1,
+                has_mask_value=False, mask_value=0.0, out_values=0, out_indices=0,
+                index_dtype="int64", dtype="float32")
+    if op == "attentive_distance_topk":
+        args.update(p=0, q=0, user_sq=0, item_sq=0, b1=0, w2t=0, b2=0, hidden=1)
+    with pytest.raises(ValueError, match="2\\^32"):
+        getattr(_ext.cpu, op)(**args)
+
+
 def test_cpp_large_tiles_and_blocks():
     # Several user blocks and item tiles of the C++ kernel, and k = 100.
     users, items, rowptr, col = _case(150, 1300, 64, seed=3, integer=True, hub=1200)
