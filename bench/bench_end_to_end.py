@@ -6,8 +6,9 @@ Models: ``--e2e-models`` (default: all on CUDA, BM3 only on a CPU). Datasets: of
 ``--bench-size small``; office, office-synthetic (the office graph with SYNTHETIC seeded
 stand-ins of the paper's shapes: 4096-d image, 384-d text; office's labels) and
 toysgames-synthetic at ``paper``; none at ``large`` (no large built-in dataset). Providers:
-``reference``, ``sgfd_fast`` and, for BM3+SGFD, ``released`` (:class:`ReleasedBM3`). Epoch rows of
-BM3+SGFD record the GEMM floor (:func:`gemm_floor`) and the epoch's fraction of it. Config: the package defaults for the model and dataset
+``reference``, ``sgfd_fast`` and, for BM3+SGFD, ``released`` (:class:`ReleasedBM3`). CPU epoch rows of
+BM3+SGFD and CPU evaluation rows of dot-product models record the GEMM floor
+(:func:`gemm_floor`) and the step's fraction of it. Config: the package defaults for the model and dataset
 (``sgfd_fast.config.load_config``), so the batch size, width and layers are those a user gets.
 
 * ``epoch``: the trainer's step loop (shuffled positive pairs in batches of ``train_batch_size``,
@@ -285,38 +286,59 @@ def released_metrics(topk_index, pos_items, ks) -> dict:
     return {f"{name}@{k}": round(float(v[k - 1]), 4) for name, v in table.items() for k in ks}
 
 
-def gemm_floor(run) -> dict | None:
-    """FLOPs of one epoch's necessary dense GEMMs for BM3+SGFD, and this machine's GEMM rate.
-
-    Per batch with n distinct items and per modality m (width d_m, teacher weight shapes S_m):
-    ``2 · (min(teacher_costs(S_m, n)) + 2·n·D·d_m)`` — the teacher in its cheaper GEMM order,
-    forward + weight gradient, and the student's forward + weight gradient (raw features are
-    constants: no input gradient). Everything else (propagation, predictor, classifiers, losses)
-    is left out, so this is a floor. The GEMM rate is the median of a 2048³ float32 ``torch.mm``
-    in this process (the same threads); floor seconds = floor FLOPs / that rate.
-    """
+def _gemm_rate() -> float:
+    """This process's float32 GEMM rate (FLOP/s): the median of five 2048³ ``torch.mm``."""
     import time
 
-    from sgfd_fast.models.sgfd import teacher_costs
-
-    model = run.model
-    if type(model).__name__ != "BM3" or getattr(model, "sgfd", None) is None:
-        return None
-    dim, sgfd = model.sgfd.dim, model.sgfd
-    shapes = [([tuple(l.weight.shape) for l in sgfd.teachers[j]], sgfd.feature(j).shape[1])
-              for j in range(len(sgfd.modalities))]
-    perm = torch.randperm(run.pairs.shape[0], generator=torch.Generator().manual_seed(0))
-    macs = 0
-    for start in range(0, perm.numel(), run.batch_size):
-        n = int(torch.unique(run.pairs[perm[start:start + run.batch_size], 1]).numel())
-        macs += sum(min(teacher_costs(sh, n)) + 2 * n * dim * d for sh, d in shapes)
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
     times = []
     for _ in range(5):
         start = time.perf_counter()
         torch.mm(a, b)
         times.append(time.perf_counter() - start)
-    rate = 2 * 2048 ** 3 / sorted(times)[2]
+    return 2 * 2048 ** 3 / sorted(times)[2]
+
+
+def gemm_floor(run, step: str) -> dict | None:
+    """FLOPs of the step's necessary dense GEMMs, and the seconds they take at this machine's
+    GEMM rate (the median of a 2048³ float32 ``torch.mm`` in this process, same threads).
+
+    ``epoch`` (BM3+SGFD): per batch with n distinct items and per modality m (width d_m, teacher
+    weight shapes S_m), ``2 · (min(teacher_costs(S_m, n)) + 2·n·D·d_m)`` — the teacher in its
+    cheaper GEMM order, forward + weight gradient, and the student's forward + weight gradient
+    (raw features are constants: no input gradient). Everything else (propagation, predictor,
+    classifiers, losses) is left out, so this is a floor.
+
+    ``evaluation`` (models that rank by a dot product): ``2 · U · I · d``, the scores of every
+    item for each of the U evaluated users — a product every full-ranking evaluation performs,
+    the released one included, so released time / floor bounds the ratio any implementation can
+    reach against it at this GEMM rate.
+    """
+    from sgfd_fast.models.sgfd import teacher_costs
+
+    model = run.model
+    if step == "evaluation":
+        with torch.no_grad():
+            emb = model.ranking_embeddings()
+        if emb is None:
+            return None
+        ds = run.dataset
+        has_train = np.bincount(ds.train[:, 0], minlength=ds.n_users) > 0
+        truth = ds.test if run.config["protocol"] == "legacy" else ds.valid  # as evaluate()
+        users = np.unique(truth[:, 0])
+        macs = int(has_train[users].sum()) * ds.n_items * emb[1].shape[1]
+    else:
+        if type(model).__name__ != "BM3" or getattr(model, "sgfd", None) is None:
+            return None
+        dim, sgfd = model.sgfd.dim, model.sgfd
+        shapes = [([tuple(l.weight.shape) for l in sgfd.teachers[j]], sgfd.feature(j).shape[1])
+                  for j in range(len(sgfd.modalities))]
+        perm = torch.randperm(run.pairs.shape[0], generator=torch.Generator().manual_seed(0))
+        macs = 0
+        for start in range(0, perm.numel(), run.batch_size):
+            n = int(torch.unique(run.pairs[perm[start:start + run.batch_size], 1]).numel())
+            macs += sum(min(teacher_costs(sh, n)) + 2 * n * dim * d for sh, d in shapes)
+    rate = _gemm_rate()
     return {"floor_flops": 2 * macs, "gemm_flop_per_s": rate, "floor_s": 2 * macs / rate}
 
 
@@ -488,7 +510,7 @@ def test_end_to_end(bench, request, device, model_name, dataset_name, step, prov
                       "embedding_size": run.config["embedding_size"],
                       "modalities": sorted(ds.features)},
             "backends": backend}
-    floor = gemm_floor(run) if step == "epoch" and not bench.benchmark.disabled else None
+    floor = None if bench.benchmark.disabled or device.type != "cpu" else gemm_floor(run, step)
     if floor:
         info.update(floor)
     if ds.synthetic:
