@@ -13,8 +13,9 @@ from __future__ import annotations
 import torch
 
 from ..graph import CSR
+from ..ops.row_dropout import mix64
 
-__all__ = ["Recommender", "rows", "row_dropout", "step_key"]
+__all__ = ["Recommender", "rows", "step_key"]
 
 
 def rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -30,51 +31,11 @@ def rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return x.index_select(0, index.reshape(-1)).reshape(*index.shape, *x.shape[1:])
 
 
-def _shr(z: torch.Tensor, s: int) -> torch.Tensor:
-    """Logical right shift of int64 values read as uint64 (torch's ``>>`` is arithmetic)."""
-    return (z >> s) & ((1 << (64 - s)) - 1)
-
-
-def _signed(c: int) -> int:
-    return c - (1 << 64) if c >= 1 << 63 else c
-
-
-_MIX1, _MIX2 = _signed(0xBF58476D1CE4E5B9), _signed(0x94D049BB133111EB)
-_ROW_STEP, _COL_STEP = _signed(0x9E3779B97F4A7C15), _signed(0xD1B54A32D192ED03)
-
-
-def _mix64(z: torch.Tensor) -> torch.Tensor:
-    """splitmix64's output mixer on int64 tensors (wrapping arithmetic, as ``sampling._mix64``)."""
-    z = (z ^ _shr(z, 30)) * _MIX1
-    z = (z ^ _shr(z, 27)) * _MIX2
-    return z ^ _shr(z, 31)
-
-
-def row_dropout(x: torch.Tensor, ids: torch.Tensor, p: float, key: int) -> torch.Tensor:
-    """Inverted dropout of the rows ``x`` (n, D) whose row ids are ``ids`` (n,) int64, with a mask
-    that is a pure function of ``(key, id, column)`` (splitmix64's mixer, 24-bit uniforms).
-
-    ``F.dropout`` draws from the global torch RNG in the order of the rows it is given, so a
-    process that holds part of a batch draws other masks than one process holding all of it.
-    Here a row's mask depends on its id and the step's ``key`` only: the same on every process,
-    world size, device and thread count, and the same for duplicates of an id. ``key``: any
-    int64; use one key per independent dropout (see :attr:`Recommender.step_key`).
-    Returns ``x * keep / (1 - p)`` (``x`` itself when ``p == 0``).
-    """
-    if p == 0.0:
-        return x
-    col = torch.arange(x.shape[1], device=x.device, dtype=torch.int64)
-    h = _mix64(_mix64(torch.tensor(key, dtype=torch.int64, device=x.device)
-                      + ids.to(torch.int64)[:, None] * _ROW_STEP) + col * _COL_STEP)
-    uniform = _shr(h, 40).to(torch.float32) * 2.0**-24
-    return x * (uniform >= p).to(x.dtype) / (1.0 - p)
-
-
 def step_key(seed: int, epoch: int, batch: int) -> int:
     """The :attr:`Recommender.step_key` of batch ``batch`` of epoch ``epoch`` (both from 0) of a
     run seeded with ``seed``: an int64 that depends on the global position only."""
     z = torch.tensor([seed & ((1 << 63) - 1), epoch, batch], dtype=torch.int64)
-    return int(_mix64(_mix64(_mix64(z[0]) + z[1]) + z[2]))
+    return int(mix64(mix64(mix64(z[0]) + z[1]) + z[2]))
 
 
 class Recommender(torch.nn.Module):
@@ -90,8 +51,8 @@ class Recommender(torch.nn.Module):
     legacy_mask_value: float | None = None
     #: Counter-based RNG key of the current training step, set by the trainer before each
     #: :meth:`calculate_loss` from the step's global position ``(seed, epoch, batch)``; models
-    #: draw their random masks with :func:`row_dropout` from it, never from the global RNG, so
-    #: every process of a distributed run draws the masks one process would.
+    #: draw their random masks with :func:`sgfd_fast.ops.row_dropout` from it, never from the
+    #: global RNG, so every process of a distributed run draws the masks one process would.
     step_key: int = 0
     #: Share of the global batch's rows this process's :meth:`calculate_loss` sees (1.0 in one
     #: process). The trainer scales the loss by it and sums gradients over processes, which is

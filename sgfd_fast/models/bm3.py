@@ -22,7 +22,7 @@ Differences from the released code that do not change the distribution of any qu
 predictor outputs and dropout masks are computed only for the distinct users/items of the batch
 (the released code computes them for all rows and then gathers; one mask per distinct row keeps
 duplicates identical, as there); the masks come from a counter-based hash of (step key, row id,
-column) (``base.row_dropout``) instead of the global torch RNG, so that a batch split across
+column) (``ops.row_dropout``) instead of the global torch RNG, so that a batch split across
 processes draws the masks one process draws (same Bernoulli(1 - dropout) distribution); the
 released sum over the two modalities becomes a sum over any
 number (>= 1) of modalities.
@@ -36,7 +36,8 @@ from torch import nn
 
 from ..errors import DataError
 from ..graph import normalized_bipartite
-from .base import Recommender, row_dropout, rows
+from ..ops import row_dropout
+from .base import Recommender, rows
 from .sgfd import apply_head, attach_item_features, init_head, resolve_head
 
 __all__ = ["BM3"]

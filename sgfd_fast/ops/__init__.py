@@ -11,6 +11,7 @@ from .masked_topk import masked_topk, masked_topk_reference
 from .attentive_distance_topk import attentive_distance_topk, attentive_distance_topk_reference
 from .sgfd_loss import sgfd_loss, sgfd_loss_reference
 from .feature_head import collapse_linear_stack, feature_head, feature_head_reference
+from .row_dropout import row_dropout, row_dropout_reference
 
 __all__ = [
     "attentive_distance_topk", "attentive_distance_topk_reference",
@@ -19,6 +20,7 @@ __all__ = [
     "feature_head", "feature_head_reference",
     "masked_topk", "masked_topk_reference",
     "propagate", "propagate_reference",
+    "row_dropout", "row_dropout_reference",
     "sddmm_csr", "sddmm_csr_reference",
     "sgfd_loss", "sgfd_loss_reference",
     "spmm_csr", "spmm_csr_reference",
