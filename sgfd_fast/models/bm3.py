@@ -21,7 +21,8 @@ comparison isolates SGFD).
 Differences from the released code that do not change the distribution of any quantity: features,
 predictor outputs and dropout masks are computed only for the distinct users/items of the batch
 (the released code computes them for all rows and then gathers; one mask per distinct row keeps
-duplicates identical, as there); the masks come from a counter-based hash of (step key, row id,
+duplicates identical, as there), and a cosine between two views of the same items is taken once
+per distinct item, weighted by its count in the batch (the same mean over the batch's rows); the masks come from a counter-based hash of (step key, row id,
 column) (``ops.row_dropout``) instead of the global torch RNG, so that a batch split across
 processes draws the masks one process draws (same Bernoulli(1 - dropout) distribution); the
 released sum over the two modalities becomes a sum over any
@@ -43,8 +44,12 @@ from .sgfd import apply_head, attach_item_features, init_head, resolve_head
 __all__ = ["BM3"]
 
 
-def _neg_cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return 1.0 - F.cosine_similarity(a, b, dim=-1).mean()
+def _neg_cos(a: torch.Tensor, b: torch.Tensor,
+             weight: torch.Tensor | None = None) -> torch.Tensor:
+    """1 - the mean cosine of the rows of a and b; ``weight`` (n,): each row counted that many
+    times (a batch's repeated items, without gathering the repeats)."""
+    cos = F.cosine_similarity(a, b, dim=-1)
+    return 1.0 - (cos.mean() if weight is None else (cos * weight).sum() / weight.sum())
 
 
 class BM3(Recommender):
@@ -113,9 +118,12 @@ class BM3(Recommender):
         uniq_i, inv_i = torch.unique(items, return_inverse=True)
         u_rows, i_rows = rows(u_o, uniq_u), rows(i_o, uniq_i)
         key = self.step_key
-        with torch.no_grad():
-            u_tgt = rows(row_dropout(u_rows, uniq_u, self.dropout, key), inv_u)
-            i_tgt = rows(row_dropout(i_rows, uniq_i, self.dropout, key + 1), inv_i)
+        with torch.no_grad():  # targets: detached (row_dropout returns its input when p == 0)
+            u_drop = row_dropout(u_rows, uniq_u, self.dropout, key).detach()
+            i_drop = row_dropout(i_rows, uniq_i, self.dropout, key + 1).detach()
+            u_tgt, i_tgt = rows(u_drop, inv_u), rows(i_drop, inv_i)
+            # a per-item cosine is the same for each repeat of the item: weigh, do not gather
+            i_count = torch.bincount(inv_i, minlength=uniq_i.numel()).to(i_rows.dtype)
         u_on = rows(self.predictor(u_rows), inv_u)
         i_on = rows(self.predictor(i_rows), inv_i)
         bm3 = _neg_cos(u_on, i_tgt) + _neg_cos(i_on, u_tgt)
@@ -127,10 +135,10 @@ class BM3(Recommender):
             s = self.item_features(j, x=x)
             students.append(s)
             gathered.append(x)
-            q = rows(self.predictor(s), inv_i)
+            q = self.predictor(s)
             with torch.no_grad():
-                s_tgt = rows(row_dropout(s, uniq_i, self.dropout, key + 2 + j), inv_i)
-            cl = cl + _neg_cos(q, i_tgt) + _neg_cos(q, s_tgt)
+                s_tgt = row_dropout(s, uniq_i, self.dropout, key + 2 + j).detach()
+            cl = cl + _neg_cos(q, i_drop, i_count) + _neg_cos(q, s_tgt, i_count)
 
         total = bm3 + self.reg_weight * reg + self.cl_weight * cl
         parts = {"bm3": bm3, "reg": reg, "cl": cl}

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from sgfd_fast.errors import ConfigError, DataError
 from sgfd_fast.evaluation import evaluate
 from sgfd_fast.models import BM3, MODELS, build_model
+from sgfd_fast.ops import row_dropout_reference
 
 
 def _dense_adjacency(ds, dtype):
@@ -33,14 +34,21 @@ def _released_forward(model, adj):
 
 
 def _released_loss(model, adj, users, items):
-    """bm3.py calculate_loss with dropout = 0 (so the dropout views equal their inputs), student
-    over all items, SGFD extractor + fusion on the batch items; modalities summed as released."""
+    """bm3.py calculate_loss, student over all items, SGFD extractor + fusion on the batch items;
+    modalities summed as released. The dropout views drop the whole matrices, as released, with
+    the masks of ``ops.row_dropout`` (a function of key, row id and column) in place of
+    ``F.dropout``'s draws."""
     s = model.sgfd
     u_online_ori, i_online_ori = _released_forward(model, adj)
     students = [F.normalize(F.leaky_relu(s.students[j](s.feature(j)))) for j in range(2)]
+    key, p = model.step_key, model.dropout
+
+    def dropout(x, key):
+        return row_dropout_reference(x, torch.arange(x.shape[0]), p, key) if p else x.clone()
+
     with torch.no_grad():
-        u_target, i_target = u_online_ori.clone(), i_online_ori.clone()
-        targets = [x.clone() for x in students]
+        u_target, i_target = dropout(u_online_ori, key), dropout(i_online_ori, key + 1)
+        targets = [dropout(x, key + 2 + j) for j, x in enumerate(students)]
     u_online, i_online = model.predictor(u_online_ori), model.predictor(i_online_ori)
     u_online, i_online = u_online[users], i_online[items]
     u_target, i_target = u_target[users], i_target[items]
@@ -78,12 +86,13 @@ def _batch(ds, seed=0, size=16):
     return torch.from_numpy(rows[:, 0]), torch.from_numpy(rows[:, 1])
 
 
-@pytest.mark.parametrize("collapse", [False, True])
-def test_one_step_equals_released_transcription(tiny, config, collapse):
+@pytest.mark.parametrize("collapse, dropout", [(False, 0.0), (True, 0.0), (True, 0.5)])
+def test_one_step_equals_released_transcription(tiny, config, collapse, dropout):
     ds = tiny()
     torch.manual_seed(0)
-    model = BM3(ds, config(dropout=0.0, collapse_teacher=collapse, ce_weight=0.3,
+    model = BM3(ds, config(dropout=dropout, collapse_teacher=collapse, ce_weight=0.3,
                            kd_weight=0.7)).double()
+    model.step_key = 987654321
     users, items = _batch(ds)
     out = model.calculate_loss(users, items)
     want = _released_loss(model, _dense_adjacency(ds, torch.float64), users, items)
