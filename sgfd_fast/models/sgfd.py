@@ -13,7 +13,8 @@ Fusion head over all M modalities' teacher features (in ``modalities`` order):
 ``g = leaky_relu(Linear(M*D, D)([f^t_1; ...; f^t_M]))``, ``L_F = CE(Linear(D, K)(g), y)``.
 
 Losses on a batch of item ids (a multiset: duplicates weigh more, as released), docs/RELEASED_CODE.md
-§3.4-3.6::
+§3.4-3.6, evaluated once per distinct item with its multiplicity as row weight (exact up to
+rounding)::
 
     L = ce_weight * (mean_m CE_m + L_F) + kd_weight * (mean_m LD_m + mean_m FD_m)
 
@@ -58,7 +59,6 @@ from torch import nn
 from .. import ops
 from ..choices import SGFD_LOSSES
 from ..errors import ConfigError, DataError
-from .base import rows
 
 __all__ = ["SGFD", "attach_item_features", "teacher_widths", "teacher_costs", "SHRINK", "Head",
            "resolve_head", "init_head", "apply_head"]
@@ -239,8 +239,9 @@ class SGFD(nn.Module):
                features: list | None = None) -> dict:
         """SGFD losses on a batch of item ids (duplicates count).
 
-        Teacher, student and fusion are computed once per distinct item; the per-row losses see
-        every occurrence, so the result equals the released per-row computation.
+        Teacher, student, fusion and the losses run once per distinct item, each weighted by its
+        number of occurrences (``ops.sgfd_loss``'s ``row_weight``, a weighted fusion CE), so the
+        result equals the released per-row computation over the B ids up to rounding.
 
         Args:
             item_ids: (B,) int64.
@@ -254,7 +255,8 @@ class SGFD(nn.Module):
             "sgfd_ld": mean_m LD_m, "sgfd_fd": mean_m FD_m}``.
         """
         uniq, inv = torch.unique(item_ids, return_inverse=True)
-        y = self.labels[item_ids]
+        y = self.labels[uniq]
+        counts = torch.bincount(inv, minlength=uniq.numel()).to(self.fusion.weight.dtype)
         ce = ld = fd = 0.0
         teachers = []
         for j in range(len(self.modalities)):
@@ -263,13 +265,14 @@ class SGFD(nn.Module):
             f_s = students[j] if students is not None else self.student(j, x=x)
             teachers.append(f_t)
             c = self.classifiers[j]
-            ce_j, ld_j, fd_j = ops.sgfd_loss(rows(f_t, inv), rows(f_s, inv), c.weight, c.bias, y, self.tau,
-                                             self.flavour, validate=False)
+            ce_j, ld_j, fd_j = ops.sgfd_loss(f_t, f_s, c.weight, c.bias, y, self.tau, self.flavour,
+                                             row_weight=counts, validate=False)
             ce, ld, fd = ce + ce_j, ld + ld_j, fd + fd_j
         n = len(self.modalities)
         ce, ld, fd = ce / n, ld / n, fd / n
         g = F.leaky_relu(self.fusion(torch.cat(teachers, dim=1)), NEGATIVE_SLOPE)
-        fusion = F.cross_entropy(rows(self.fusion_classifier(g), inv), y)
+        fusion = (F.cross_entropy(self.fusion_classifier(g), y, reduction="none") @ counts
+                  / item_ids.numel())
         total = self.ce_weight * (ce + fusion) + self.kd_weight * (ld + fd)
         return {"sgfd": total, "sgfd_ce": ce, "sgfd_fusion": fusion, "sgfd_ld": ld, "sgfd_fd": fd}
 

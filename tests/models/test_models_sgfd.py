@@ -111,6 +111,19 @@ def test_losses_equal_transcription(flavour, collapse, widths):
     assert all(g.abs().sum() > 0 for g in got_g.values())
 
 
+@pytest.mark.parametrize("flavour", ["official", "standard"])
+def test_losses_run_on_distinct_items(flavour):
+    """Duplicates enter as row weights: no product (forward or backward) has the batch's B = 8
+    rows, only its 4 distinct items (the equality with the per-row losses is
+    test_losses_equal_transcription)."""
+    s = _sgfd(dim=6, flavour=flavour)
+    items = torch.tensor([4, 1, 4, 9, 0, 4, 1, 9])
+    with products() as shapes:
+        s.losses(items)["sgfd"].backward()
+    assert (4, 5) in shapes  # the classifier's logits
+    assert all(shape[0] != 8 for shape in shapes), shapes
+
+
 def test_standard_flavour_detaches_teacher_from_distillation():
     s = _sgfd(flavour="standard", ce_weight=0.0, kd_weight=1.0)
     _grads(s, s.losses(torch.arange(11))["sgfd"])

@@ -31,9 +31,9 @@ def _case(n_rows, d, n_classes, seed, dtype=torch.float64, device="cpu"):
     return [t.to(device) for t in (f_t, f_s, weight, bias, labels)]
 
 
-def _losses_and_grads(fn, case, tau, flavour, grad_out):
+def _losses_and_grads(fn, case, tau, flavour, grad_out, **kwargs):
     leaves = [t.clone().requires_grad_() for t in case[:4]]
-    losses = fn(*leaves, case[4], tau, flavour)
+    losses = fn(*leaves, case[4], tau, flavour, **kwargs)
     total = sum(w * x for w, x in zip(grad_out, losses))
     grads = torch.autograd.grad(total, leaves, allow_unused=True)
     return torch.stack(list(losses)), [torch.zeros_like(t) if g is None else g
@@ -96,13 +96,84 @@ def test_backends_match_reference(flavour, dtype, shape, tau):
             torch.testing.assert_close(g, h, **TOL[dtype], msg=f"{backend} grad {name}")
 
 
+def _repeated(fn, counts):
+    """fn on the rows repeated by their integer counts: what row weights must reproduce."""
+    index = torch.repeat_interleave(torch.arange(counts.numel(), device=counts.device), counts)
+
+    def on_repeated_rows(f_t, f_s, weight, bias, labels, tau, flavour):
+        return fn(f_t[index], f_s[index], weight, bias, labels[index], tau, flavour)
+    return on_repeated_rows
+
+
+def _counts(n_rows, seed):
+    # multiplicities 0..3 with at least one row counted twice (and, from 3 rows, one not at all)
+    counts = torch.randint(0, 4, (n_rows,), generator=torch.Generator().manual_seed(seed))
+    counts[0] = 2
+    if n_rows >= 3:
+        counts[1] = 0
+    return counts
+
+
+def _assert_matches(got, want, dtype, flavour, tau, what):
+    tol = dict(TOL[dtype])
+    if flavour == "standard" and dtype == torch.float32:
+        tol["atol"] *= max(tau ** 2 / 10, 1.0)  # as in test_backends_match_reference
+    torch.testing.assert_close(got[0], want[0], **tol, msg=f"{what} losses")
+    for name, g, h in zip(("f_t", "f_s", "weight", "bias"), got[1], want[1]):
+        torch.testing.assert_close(g, h, **TOL[dtype], msg=f"{what} grad {name}")
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape, tau", [((1, 3, 1), 1.0), ((1, 5, 4), 5.0), ((7, 13, 5), 5.0),
+                                        ((7, 13, 5), 50.0), ((9, 130, 1024), 5.0)])
+def test_row_weights_equal_repeated_rows(flavour, dtype, shape, tau):
+    """Integer row weights (0 included) = the op on the rows repeated that often: losses and
+    gradients with respect to every input, in the oracle and in every backend."""
+    case = _case(*shape, seed=shape[0] + shape[2], dtype=dtype)
+    counts = _counts(shape[0], seed=shape[1])
+    row_weight = counts.to(dtype)
+    grad_out = (0.7, -1.3, 2.1)
+    want = _losses_and_grads(_repeated(sgfd_loss_reference, counts), case, tau, flavour, grad_out)
+    got = _losses_and_grads(sgfd_loss_reference, case, tau, flavour, grad_out,
+                            row_weight=row_weight)
+    _assert_matches(got, want, dtype, flavour, tau, "sgfd_loss_reference")
+    for backend in backends("cpu"):
+        with sgfd_fast.use_backend(backend):
+            got = _losses_and_grads(sgfd_loss, case, tau, flavour, grad_out,
+                                    row_weight=row_weight)
+        _assert_matches(got, want, dtype, flavour, tau, backend)
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fractional_row_weights_match_reference(flavour, dtype):
+    """Fractional weights: the weighted mean, which only the weights' ratios decide."""
+    case = _case(8, 11, 6, seed=12, dtype=dtype)
+    row_weight = torch.rand(8, generator=torch.Generator().manual_seed(13), dtype=dtype) * 3
+    row_weight[3] = 0
+    grad_out = (1.1, 0.6, -0.4)
+    want = _losses_and_grads(sgfd_loss_reference, case, 5.0, flavour, grad_out,
+                             row_weight=row_weight)
+    scaled = _losses_and_grads(sgfd_loss_reference, case, 5.0, flavour, grad_out,
+                               row_weight=row_weight * 0.37)
+    _assert_matches(scaled, want, dtype, flavour, 5.0, "scaled weights")
+    for backend in backends("cpu"):
+        with sgfd_fast.use_backend(backend):
+            got = _losses_and_grads(sgfd_loss, case, 5.0, flavour, grad_out,
+                                    row_weight=row_weight)
+        _assert_matches(got, want, dtype, flavour, 5.0, backend)
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("flavour", FLAVOURS)
-def test_cuda_triton_matches_reference(flavour):
+@pytest.mark.parametrize("weighted", [False, True])
+def test_cuda_triton_matches_reference(flavour, weighted):
     case = _case(300, 128, 54, seed=5, dtype=torch.float32, device="cuda")
-    want = _losses_and_grads(sgfd_loss_reference, case, 5.0, flavour, (1.0, 2.0, 3.0))
+    kwargs = dict(row_weight=_counts(300, seed=5).float().cuda()) if weighted else {}
+    want = _losses_and_grads(sgfd_loss_reference, case, 5.0, flavour, (1.0, 2.0, 3.0), **kwargs)
     with sgfd_fast.use_backend("triton"):
-        got = _losses_and_grads(sgfd_loss, case, 5.0, flavour, (1.0, 2.0, 3.0))
+        got = _losses_and_grads(sgfd_loss, case, 5.0, flavour, (1.0, 2.0, 3.0), **kwargs)
     torch.testing.assert_close(got[0], want[0], **TOL[torch.float32])
     for g, h in zip(got[1], want[1]):
         torch.testing.assert_close(g, h, **TOL[torch.float32])
@@ -125,13 +196,15 @@ def test_gradients_only_for_inputs_that_require_them(backend):
         torch.testing.assert_close(g, h, **TOL[torch.float32])
 
 
-def test_no_grad_path_and_no_nan_outputs():
+@pytest.mark.parametrize("row_weight", [None, torch.tensor([2.0, 0.0, 1.0, 0.5])])
+def test_no_grad_path_and_no_nan_outputs(row_weight):
     case = _case(4, 6, 3, seed=6, dtype=torch.float32)
+    want = torch.stack(list(sgfd_loss_reference(*case, 5.0, row_weight=row_weight)))
     for backend in backends("cpu"):
         with sgfd_fast.use_backend(backend), torch.no_grad():
-            got = torch.stack(list(sgfd_loss(*case, 5.0, "official")))
-        torch.testing.assert_close(got, torch.stack(list(sgfd_loss_reference(*case, 5.0))),
-                                   **TOL[torch.float32])
+            got = torch.stack(list(sgfd_loss(*case, 5.0, "official", row_weight=row_weight)))
+        assert torch.isfinite(got).all()
+        torch.testing.assert_close(got, want, **TOL[torch.float32])
 
 
 @pytest.mark.parametrize("fn", [sgfd_loss_reference, sgfd_loss])
@@ -160,12 +233,13 @@ def test_gradcheck_standard_where_not_detached(fn):
 
 
 @pytest.mark.parametrize("flavour", FLAVOURS)
-def test_opcheck(flavour):
+@pytest.mark.parametrize("row_weight", [None, torch.tensor([1.0, 3.0, 0.0, 2.0])])
+def test_opcheck(flavour, row_weight):
     f_t, f_s, w, b, y = _case(4, 5, 3, seed=8, dtype=torch.float32)
     for with_grad in (False, True):
         args = [t.clone().requires_grad_(with_grad) for t in (f_t, f_s, w, b)]
         torch.library.opcheck(torch.ops.sgfd_fast.sgfd_loss.default,
-                              (*args, y, 5.0, flavour, with_grad))
+                              (*args, y, row_weight, 5.0, flavour, with_grad))
 
 
 def test_torch_compile_smoke():
@@ -195,6 +269,16 @@ def test_torch_compile_smoke():
     (dict(labels=lambda c: c[4].int()), "int64"),
     (dict(labels=lambda c: c[4] + 10), "labels must lie in"),
     (dict(tau=0.0), "tau must be > 0"),
+    (dict(row_weight=lambda c: torch.ones(3)), r"row_weight must be \(B=4,\) torch.float32"),
+    (dict(row_weight=lambda c: torch.ones(4, 1)), r"row_weight must be \(B=4,\)"),
+    (dict(row_weight=lambda c: torch.ones(4, dtype=torch.float64)), "like f_t"),
+    (dict(row_weight=lambda c: torch.ones(4, dtype=torch.int64)), "like f_t"),
+    (dict(row_weight=lambda c: torch.ones(4, device="meta")), "one device"),
+    (dict(row_weight=lambda c: torch.tensor([1.0, -1.0, 1.0, 1.0])), "finite and >= 0"),
+    (dict(row_weight=lambda c: torch.tensor([1.0, float("nan"), 1.0, 1.0])), "finite and >= 0"),
+    (dict(row_weight=lambda c: torch.tensor([1.0, float("inf"), 1.0, 1.0])), "finite and >= 0"),
+    (dict(row_weight=lambda c: torch.zeros(4)), "finite sum > 0"),
+    (dict(row_weight=lambda c: torch.full((4,), 3e38)), "finite sum > 0"),
 ])
 def test_bad_input_is_one_clear_error(change, message):
     case = _case(4, 5, 3, seed=10, dtype=torch.float32)
