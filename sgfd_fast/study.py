@@ -400,6 +400,10 @@ def run_study(spec: Spec, out, *, shard: tuple[int, int] = (1, 1), arms=None, da
             raise ConfigError(f"--arms: study {spec.name} has no arm {arm!r}"
                               + (f" (did you mean {close[0]!r}?)" if close else "")
                               + f"; its arms: {', '.join(spec.arms)}")
+    if report_only and not out.is_dir():
+        raise ConfigError(f"--report: {out} is not a directory"
+                          f"{'' if out.exists() else ' (it does not exist)'}; give the --out "
+                          f"the study ran in")
     _check_out(spec, out)
     runs = _plan(spec, out, device)
     for run in runs:
@@ -408,8 +412,6 @@ def run_study(spec: Spec, out, *, shard: tuple[int, int] = (1, 1), arms=None, da
     chosen = [r for r in runs if arms is None or r.arm in arms]
     mine = [r for k, r in enumerate(chosen) if k % n == i - 1 and not report_only]
     todo = [r for r in mine if _results(r) is None]
-    if report_only and not out.is_dir():
-        raise ConfigError(f"--report: {out} does not exist; give the --out the study ran in")
     for dev in {d for r in todo for d in _as_list(r.config.values["device"])}:
         training.resolve_device(dev)  # a missing GPU is said before anything is created
     created = not out.exists()
@@ -580,7 +582,10 @@ def summarise(spec: Spec, runs: list, failed: dict | None = None) -> dict:
         arms[arm] = entry
     contrasts = {name: {"arm": a, "reference": r, **_paired(per_arm[a], per_arm[r], keys)}
                  for name, (a, r) in spec.contrasts.items()}
-    return {"study": spec.name, "spec": str(spec.path), "description": spec.description,
+    shipped = spec.path.resolve().parent == STUDIES_DIR  # a path of this machine says nothing
+    return {"study": spec.name,
+            "spec": f"{spec.path.stem} (shipped)" if shipped else str(spec.path),
+            "description": spec.description,
             "model": spec.model,
             "dataset": spec.dataset or (spec.data or {}).get("path") or "a dataset in memory",
             "baseline": spec.baseline, "seeds": spec.seeds, "metrics": keys,

@@ -123,6 +123,9 @@ def test_out_must_be_new_empty_or_the_studys_own(tmp_path, tiny_model, capsys):
     assert not (tmp_path / "seed/base/seed-1/run.json").exists()
     assert study.main([str(spec), "--out", str(tmp_path / "none"), "--report"]) == 2
     assert "--report: " in capsys.readouterr().err and not (tmp_path / "none").exists()
+    assert study.main([str(spec), "--out", str(tmp_path / "file"), "--report"]) == 2
+    err = capsys.readouterr().err  # the study directory is asked for, not a new one
+    assert "is not a directory; give the --out the study ran in" in err, err
     run(tmp_path, "s")  # its own directory, with arms and report files, is accepted again
     assert run(tmp_path, "s")["runs"]["finished"] == 6
 
@@ -314,6 +317,8 @@ def test_shipped_specs_are_valid_and_listed(capsys):
     for path in shipped.values():
         spec = study.load_spec(path)
         assert len(spec.seeds) >= 3
+        # a report names a shipped spec, not where this machine installed it
+        assert study.summarise(spec, [])["spec"] == f"{path.stem} (shipped)"
     assert study.find_spec("office-bm3") == shipped["office-bm3"]
     assert study.main(["--list"]) == 0
     out = capsys.readouterr().out
