@@ -6,7 +6,10 @@ a mask for at once) and 65,536 rows (large). Differentiable in x (the gradient i
 dropout), so all three modes run.
 
 Providers: ``reference`` (``row_dropout_reference``: the splitmix64 hash in int64 PyTorch ops),
-``compiled`` (``torch.compile`` of it), ``sgfd_fast`` (``sgfd_fast.ops.row_dropout``).
+``sgfd_fast`` (``sgfd_fast.ops.row_dropout``). No ``compiled`` provider: inductor (torch 2.13)
+miscompiles the hash's wrapping int64 products (``torch.arange(128) * C`` with a product beyond
+int64 comes out wrong under ``torch.compile``), so the compiled reference draws other masks and
+fails the correctness check. The op itself is opaque to ``torch.compile`` and unaffected.
 """
 
 import pytest
@@ -21,7 +24,7 @@ WIDTH = 128
 P = 0.5
 KEY = 0x5EED
 ROWS = {"small": 2048, "paper": 2048, "large": 65536}
-PROVIDERS = ("reference", "compiled", "sgfd_fast")
+PROVIDERS = ("reference", "sgfd_fast")
 
 
 @pytest.fixture(scope="module")
@@ -34,10 +37,8 @@ def case(bench_size, device):
                 reference=lambda x, ids: row_dropout_reference(x, ids, P, KEY),
                 sizes={"n": n, "D": WIDTH, "p": P},
                 traffic={"forward": (moved, 0), "backward": (moved, 0)})
-    compiled = torch.compile(row_dropout_reference)
     case.providers = {
         "reference": lambda x, ids: row_dropout_reference(x, ids, P, KEY),
-        "compiled": lambda x, ids: compiled(x, ids, P, KEY),
         "sgfd_fast": lambda x, ids: row_dropout(x, ids, P, KEY),
     }
     return case

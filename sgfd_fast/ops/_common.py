@@ -5,6 +5,9 @@ Raw-buffer plumbing (dtype names, addresses, outputs) lives in :mod:`sgfd_fast._
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 
 from .._tensors import INDEX_NAMES
@@ -39,6 +42,36 @@ def check_csr(op: str, rowptr: torch.Tensor, col: torch.Tensor, val: torch.Tenso
             lo, hi = int(col.min()), int(col.max())
             check(lo >= 0 and hi < n_cols, op,
                   f"column indices must lie in [0, {n_cols}), found range [{lo}, {hi}]")
+
+
+# The fused top-k kernels pack an item id into 32 bits of a 64-bit sort key.
+MAX_TOPK_ITEMS = (1 << 32) - 1
+_FLOAT32_MAX = 3.4028234663852886e38
+
+
+def check_topk(op: str, n_items: int, k, mask_value, rowptr: torch.Tensor, col: torch.Tensor,
+               validate: bool) -> float | None:
+    """The arguments every full-ranking top-k op shares (``masked_topk``,
+    ``attentive_distance_topk``): the item count, ``k``, ``mask_value`` (returned as a float, or
+    None) and, with ``validate``, columns sorted ascending within each mask row."""
+    check(n_items <= MAX_TOPK_ITEMS, op, f"at most 2^32 - 1 items can be ranked, got {n_items}")
+    check(isinstance(k, int) and not isinstance(k, bool) and k >= 0, op,
+          f"k must be a non-negative int, got {k!r}")
+    if mask_value is not None:
+        ok = isinstance(mask_value, numbers.Real) and not isinstance(mask_value, bool)
+        check(ok and (math.isnan(mask_value) or math.isinf(mask_value)
+                      or abs(mask_value) <= _FLOAT32_MAX), op,
+              f"mask_value must be None or a number a float32 holds (|v| <= 3.4e38, inf or "
+              f"nan), got {mask_value!r}")
+        mask_value = float(mask_value)
+    if validate and col.numel() > 1:
+        step = col.diff()
+        row_start = torch.zeros_like(step, dtype=torch.bool)
+        starts = rowptr[1:-1].long()
+        row_start[starts[(starts > 0) & (starts < col.numel())] - 1] = True
+        check(bool(((step >= 0) | row_start).all()), op,
+              "mask_col must be sorted ascending within each row (sort each user's items)")
+    return mask_value
 
 
 def csr_transpose(rowptr: torch.Tensor, col: torch.Tensor, n_cols: int):

@@ -30,8 +30,8 @@ and exp are vectorised polynomial forms, accurate to a few ulp).
 
 Backends: reference (the scores in blocks of users, then a stable descending sort); cpp (OpenMP
 over users; per user, items in tiles of 32 pairs: tanh of the pair's hidden row into an L1/L2
-tile, a register-blocked tile × W2^T product, the softmax-weighted distance, a top-k buffer; bitwise
-reproducible); triton (one program per user: item tiles, the hidden axis in chunks through
+tile, a register-blocked tile × W2^T product, the softmax-weighted distance, a top-k buffer;
+bitwise reproducible); triton (one program per user: item tiles, the hidden axis in chunks through
 ``tl.dot`` with W2^T, the running top-k kept on chip and merged like ``masked_topk``'s kernel).
 """
 
@@ -43,7 +43,7 @@ import torch
 
 from .. import _backend, _ext
 from .._tensors import FLOAT_NAMES, INDEX_NAMES, dense, new_output
-from ._common import check, check_csr
+from ._common import check, check_csr, check_topk
 
 __all__ = ["attentive_distance_topk", "attentive_distance_topk_reference"]
 
@@ -167,7 +167,9 @@ def attentive_distance_topk(users: torch.Tensor, items: torch.Tensor, item_featu
         first, ties to the lower id, index -1 / value -inf where fewer than k candidates exist.
 
     Raises:
-        InputError: wrong ranks, shapes, dtypes or devices; a malformed or unsorted mask.
+        InputError: wrong ranks, shapes, dtypes or devices; a malformed or unsorted mask; k not
+            a non-negative int; mask_value not a number a float32 holds; more than 2^32 - 1
+            items.
     """
     op = "attentive_distance_topk"
     tensors = {"users": users, "items": items, "item_features": item_features, "w1": w1,
@@ -191,17 +193,10 @@ def attentive_distance_topk(users: torch.Tensor, items: torch.Tensor, item_featu
           f"b1, w2, b2 must be ({hidden},), ({d}, {hidden}), ({d},), got {tuple(b1.shape)}, "
           f"{tuple(w2.shape)}, {tuple(b2.shape)}")
     check(mask_rowptr.device == users.device, op, "the mask must be on the same device as users")
-    check(isinstance(k, int) and k >= 0, op, f"k must be a non-negative int, got {k!r}")
     check_csr(op, mask_rowptr, mask_col, None, items.shape[0], validate_values=validate)
     check(mask_rowptr.numel() == users.shape[0] + 1, op,
           f"mask_rowptr must have U + 1 = {users.shape[0] + 1} entries, got {mask_rowptr.numel()}")
-    if validate and mask_col.numel() > 1:
-        step = mask_col.diff()
-        row_start = torch.zeros_like(step, dtype=torch.bool)
-        starts = mask_rowptr[1:-1].long()
-        row_start[starts[(starts > 0) & (starts < mask_col.numel())] - 1] = True
-        check(bool(((step >= 0) | row_start).all()), op,
-              "mask_col must be sorted ascending within each row (sort each user's items)")
+    mask_value = check_topk(op, items.shape[0], k, mask_value, mask_rowptr, mask_col, validate)
     return _attentive_distance_topk(users, items, item_features, w1, b1, w2, b2,
                                     mask_rowptr.contiguous(), mask_col.contiguous(), k,
-                                    None if mask_value is None else float(mask_value))
+                                    mask_value)

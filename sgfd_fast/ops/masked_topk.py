@@ -10,7 +10,8 @@ Shapes: users (U, d), items (I, d) sharing float32 or float64; mask_rowptr (U + 
 (U, k) float32 and indices (U, k) int64.
 
 Contract (every backend): scores are computed in the input dtype and ranked as float32 (the
-values returned); ties are broken by the lower item id; an excluded item, and any score of -inf
+values returned; -0.0 and +0.0 are one score, returned as either); ties are broken by the lower
+item id; an excluded item, and any score of -inf
 or NaN (NaN counts as -inf), is absent and never displaces a valid item; when fewer than k
 candidates remain, the trailing slots hold index -1 and value -inf. Every ranking path of the
 package follows this rule (``evaluation.top_k_items``, ``api.TrainedModel.recommend``). Not
@@ -32,7 +33,7 @@ import torch
 
 from .. import _backend, _ext
 from .._tensors import FLOAT_NAMES, INDEX_NAMES, dense, new_output
-from ._common import check, check_csr
+from ._common import check, check_csr, check_topk
 
 __all__ = ["masked_topk", "masked_topk_reference"]
 
@@ -112,6 +113,11 @@ def masked_topk(users: torch.Tensor, items: torch.Tensor, mask_rowptr: torch.Ten
     Returns:
         ``(values, indices)``: (U, k) float32 scores and (U, k) int64 item ids, best first, ties
         to the lower id, index -1 / value -inf where fewer than k candidates exist.
+
+    Raises:
+        InputError: wrong ranks, shapes, dtypes or devices; a malformed or unsorted mask; k not
+            a non-negative int; mask_value not a number a float32 holds; more than 2^32 - 1
+            items (the fused kernels pack an item id into 32 bits).
     """
     op = "masked_topk"
     check(users.dim() == 2 and items.dim() == 2, op,
@@ -122,16 +128,9 @@ def masked_topk(users: torch.Tensor, items: torch.Tensor, mask_rowptr: torch.Ten
           f"users and items must have the same width, got {users.shape[1]} and {items.shape[1]}")
     check(users.device == items.device == mask_rowptr.device, op,
           "users, items and the mask must be on the same device")
-    check(isinstance(k, int) and k >= 0, op, f"k must be a non-negative int, got {k!r}")
     check_csr(op, mask_rowptr, mask_col, None, items.shape[0], validate_values=validate)
     check(mask_rowptr.numel() == users.shape[0] + 1, op,
           f"mask_rowptr must have U + 1 = {users.shape[0] + 1} entries, got {mask_rowptr.numel()}")
-    if validate and mask_col.numel() > 1:
-        step = mask_col.diff()
-        row_start = torch.zeros_like(step, dtype=torch.bool)
-        starts = mask_rowptr[1:-1].long()
-        row_start[starts[(starts > 0) & (starts < mask_col.numel())] - 1] = True
-        check(bool(((step >= 0) | row_start).all()), op,
-              "mask_col must be sorted ascending within each row (sort each user's items)")
+    mask_value = check_topk(op, items.shape[0], k, mask_value, mask_rowptr, mask_col, validate)
     return _masked_topk(users, items, mask_rowptr.contiguous(), mask_col.contiguous(), k,
-                        None if mask_value is None else float(mask_value))
+                        mask_value)

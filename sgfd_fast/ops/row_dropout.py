@@ -12,8 +12,8 @@ holds all of it. Here a row's mask is a pure function of ``(key, id, column)``: 
 process, world size, device, thread count and backend, and the same for duplicates of an id.
 
 Shapes: x (n, D) float32/float64, ids (n,) int64 (any values: an id is only hashed), p in
-[0, 1), key any int, used mod 2⁶⁴ (one key per independent dropout: ``models.base.step_key``). Returns
-(n, D) of x's dtype (x itself when p == 0). Differentiable in x: the gradient is the same
+[0, 1), key any int, used mod 2⁶⁴ (one key per independent dropout: ``models.base.step_key``).
+Returns (n, D) of x's dtype, row-major (x itself when p == 0). Differentiable in x: the gradient is the same
 dropout of the incoming gradient.
 
 Backends: reference (the formula in int64 PyTorch ops: ~20 passes over an (n, D) int64 tensor),
@@ -23,6 +23,8 @@ program; CUDA, and CPU inside the interpreter). The mask is bitwise the same on 
 """
 
 from __future__ import annotations
+
+import numbers
 
 import torch
 
@@ -64,12 +66,16 @@ def row_dropout_reference(x: torch.Tensor, ids: torch.Tensor, p: float,
 
 @torch.library.custom_op("sgfd_fast::row_dropout", mutates_args=())
 def _row_dropout(x: torch.Tensor, ids: torch.Tensor, p: float, key: int) -> torch.Tensor:
-    return row_dropout_reference(x, ids, p, key)
+    return _reference(x, ids, p, key)
+
+
+def _reference(x, ids, p, key):
+    return row_dropout_reference(x.contiguous(), ids, p, key)
 
 
 @_row_dropout.register_fake
 def _row_dropout_fake(x, ids, p, key):
-    return torch.empty_like(x)
+    return x.new_empty(x.shape)  # row-major, as every backend returns
 
 
 def _row_dropout_cpp(x, ids, p, key):
@@ -98,7 +104,7 @@ def _row_dropout_backward(ctx, grad):
 
 
 _row_dropout.register_autograd(_row_dropout_backward, setup_context=_setup_context)
-_backend.define("row_dropout", _row_dropout, row_dropout_reference)
+_backend.define("row_dropout", _row_dropout, _reference)
 _backend.register("row_dropout", "cpu", "cpp", _row_dropout_cpp)
 _backend.register("row_dropout", "cuda", "triton", _row_dropout_triton)
 _backend.register("row_dropout", "cpu", "triton", _row_dropout_triton)
@@ -119,9 +125,12 @@ def row_dropout(x: torch.Tensor, ids: torch.Tensor, p: float, key: int) -> torch
         ``x * keep / (1 - p)``, (n, D) of x's dtype; ``x`` itself when ``p == 0``.
 
     Raises:
-        InputError: wrong shapes, dtypes or devices, or p outside [0, 1).
+        InputError: x or ids not tensors of the shapes, dtypes and device above; p not a
+            number in [0, 1); key not an int.
     """
     op = "row_dropout"
+    check(isinstance(x, torch.Tensor) and isinstance(ids, torch.Tensor), op,
+          f"x and ids must be tensors, got {type(x).__name__} and {type(ids).__name__}")
     check(x.dim() == 2 and x.dtype in FLOAT_NAMES, op,
           f"x must be (n, D) float32 or float64, got {tuple(x.shape)} {x.dtype}")
     check(ids.shape == (x.shape[0],) and ids.dtype == torch.int64, op,
@@ -129,8 +138,12 @@ def row_dropout(x: torch.Tensor, ids: torch.Tensor, p: float, key: int) -> torch
           f"{ids.dtype}")
     check(ids.device == x.device, op, f"x and ids must be on one device, got {x.device} and "
                                       f"{ids.device}")
-    check(0.0 <= float(p) < 1.0, op, f"p must be in [0, 1), got {p}")
-    if float(p) == 0.0:
+    check(isinstance(p, numbers.Real) and not isinstance(p, bool) and 0.0 <= p < 1.0, op,
+          f"p must be a number in [0, 1), got {p!r}")
+    check(isinstance(key, numbers.Integral) and not isinstance(key, bool), op,
+          f"key must be an int, got {key!r}")
+    if p == 0.0:
         return x
     key = (int(key) + (1 << 63)) % (1 << 64) - (1 << 63)  # the int64 of the same bits
-    return _row_dropout(x, ids.contiguous(), float(p), key)
+    # row-major in, row-major out on every backend (and in the fake)
+    return _row_dropout(x.contiguous(), ids.contiguous(), float(p), key)

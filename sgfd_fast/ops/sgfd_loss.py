@@ -15,11 +15,12 @@ p = softmax(z), p^τ = softmax(z / τ):
     ld = τ² · KL(p_t^τ ‖ p_s^τ) averaged over rows (batchmean), z_t detached
     fd = F.mse_loss(f_s, f_t.detach())
 
-Row weights: with ``row_weight`` w (B,), row r counts w_r times: every mean over rows above becomes
-Σ_r w_r·(row r's term) / Σ_r w_r (ce; ld over B·K and fd over B·D elements: Σ_r w_r Σ_k |…| /
-(K·Σw); the KL's batchmean), and row r's gradients scale by w_r/Σw instead of 1/B. With integer
-weights this is the op on the rows repeated by their weights (how ``models.SGFD`` evaluates a batch
-once per distinct item); fractional weights give the weighted mean.
+Row weights: with ``row_weight`` w (B,), row r counts w_r times: every mean over rows above
+becomes Σ_r w_r·(row r's term) / Σ_r w_r (ce; ld over B·K and fd over B·D elements:
+Σ_r w_r Σ_k |…| / (K·Σw); the KL's batchmean), and row r's gradients scale by w_r/Σw instead of
+1/B. With integer weights this is the op on the rows repeated by their weights (how
+``models.SGFD`` evaluates a batch once per distinct item); fractional weights give the weighted
+mean.
 
 Shapes: f_t, f_s (B, D), weight (K, D), bias (K,) sharing float32 or float64; labels (B,) int64 in
 [0, K); row_weight (B,) of f_t's dtype or None; B >= 1. Returns three scalar tensors (ce, ld, fd).
@@ -102,7 +103,7 @@ def _sgfd_loss_eager(f_t, f_s, weight, bias, labels, row_weight, tau, flavour, w
     else:
         # row r's terms times B·w_r/Σw: the unweighted means and 1/B factors below then give
         # Σ_r w_r·(row term)/Σw and gradients scaled by w_r/Σw
-        share = (row_weight * (n_rows / row_weight.sum())).unsqueeze(1)
+        share = (row_weight / row_weight.sum() * n_rows).unsqueeze(1)  # w/Σw first: no overflow
 
         def weigh(x):
             return x * share
@@ -248,6 +249,8 @@ def sgfd_loss(f_t: torch.Tensor, f_s: torch.Tensor, weight: torch.Tensor, bias: 
     check(float(tau) > 0, op, f"tau must be > 0, got {tau}")
     tensors = (f_t, f_s, weight, bias, labels)
     if row_weight is not None:
+        check(isinstance(row_weight, torch.Tensor), op,
+              f"row_weight must be a tensor or None, got {type(row_weight).__name__}")
         check(row_weight.shape == (f_t.shape[0],) and row_weight.dtype == f_t.dtype, op,
               f"row_weight must be (B={f_t.shape[0]},) {f_t.dtype} like f_t, got "
               f"{tuple(row_weight.shape)} {row_weight.dtype}")

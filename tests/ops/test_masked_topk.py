@@ -142,7 +142,8 @@ def test_signed_zeros_and_infinities_tie_by_id(device):
 @pytest.mark.skipif(_ext.cpu is None, reason="C++ extension not built")
 @pytest.mark.parametrize("op", ["masked_topk", "attentive_distance_topk"])
 def test_cpp_refuses_item_ids_beyond_32_bits(op):
-    # The C++ top-k packs item ids into 32 bits; the check runs before any pointer is read.
+    # The C++ top-k packs item ids into 32 bits (the public ops refuse more items first); the
+    # check runs before any pointer is read.
     args = dict(users=0, items=0, rowptr=0, col=0, n_users=0, n_items=2**32, d=1, k=1,
                 has_mask_value=False, mask_value=0.0, out_values=0, out_indices=0,
                 index_dtype="int64", dtype="float32")
@@ -214,6 +215,11 @@ def test_torch_compile_smoke():
     (lambda u, i, r, c: (u[:3], i, r, c, 2), "U \\+ 1"),
     (lambda u, i, r, c: (u, i[:2], r, c, 2), "column indices must lie in"),
     (lambda u, i, r, c: (u, i, r, c.flip(0), 2), "sorted ascending within each row"),
+    (lambda u, i, r, c: (u, i, r, c, 2, 1e39), "mask_value must be None or a number"),
+    (lambda u, i, r, c: (u, i, r, c, 2, "x"), "mask_value must be None or a number"),
+    (lambda u, i, r, c: (u, i, r, c, True), "non-negative int"),
+    (lambda u, i, r, c: (u[:, :0], torch.empty(2**32, 0), r, c, 2),
+     "at most 2\\^32 - 1 items"),
 ])
 def test_bad_input_is_one_clear_error(make, message):
     users = torch.randn(4, 3)

@@ -108,8 +108,18 @@ def test_gradient_is_the_same_dropout(backend):
 def test_opcheck(backend):
     with sgfd_fast.use_backend(backend):
         x = torch.randn(6, 5, requires_grad=True)
-        torch.library.opcheck(torch.ops.sgfd_fast.row_dropout.default,
-                              (x, torch.arange(6), 0.5, -3))
+        for xx in (x, torch.randn(5, 6, requires_grad=True).t()):  # the fake's strides too
+            torch.library.opcheck(torch.ops.sgfd_fast.row_dropout.default,
+                                  (xx, torch.arange(6), 0.5, -3))
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpp"] + (["triton"] if HAS_TRITON else []))
+def test_non_contiguous_x_gives_a_row_major_result(backend):
+    x = torch.randn(30, 40)
+    with sgfd_fast.use_backend(backend):
+        got = row_dropout(x.t(), torch.arange(40), 0.3, 9)
+    assert got.is_contiguous()
+    assert torch.equal(got, row_dropout_reference(x.t().contiguous(), torch.arange(40), 0.3, 9))
 
 
 def test_torch_compile_smoke():
@@ -128,8 +138,17 @@ def test_torch_compile_smoke():
     (lambda x, i: (x.half(), i, 0.5, 1), r"x must be \(n, D\) float32 or float64"),
     (lambda x, i: (x, i[:3], 0.5, 1), r"ids must be \(4,\) int64"),
     (lambda x, i: (x, i.int(), 0.5, 1), r"ids must be \(4,\) int64"),
-    (lambda x, i: (x, i, 1.0, 1), r"p must be in \[0, 1\)"),
-    (lambda x, i: (x, i, -0.1, 1), r"p must be in \[0, 1\)"),
+    (lambda x, i: (x, i, 1.0, 1), r"p must be a number in \[0, 1\)"),
+    (lambda x, i: (x, i, -0.1, 1), r"p must be a number in \[0, 1\)"),
+    (lambda x, i: (x, i, float("nan"), 1), r"p must be a number in \[0, 1\)"),
+    (lambda x, i: (x, i, None, 1), r"p must be a number in \[0, 1\)"),
+    (lambda x, i: (x, i, "0.5", 1), r"p must be a number in \[0, 1\)"),
+    (lambda x, i: (x, i, torch.tensor([0.5, 0.5]), 1), r"p must be a number in \[0, 1\)"),
+    (lambda x, i: (x, i, 0.5, None), "key must be an int"),
+    (lambda x, i: (x, i, 0.5, 1.7), "key must be an int"),
+    (lambda x, i: (x, i, 0.5, "12"), "key must be an int"),
+    (lambda x, i: (x.tolist(), i, 0.5, 1), "x and ids must be tensors"),
+    (lambda x, i: (x, i.tolist(), 0.5, 1), "x and ids must be tensors"),
 ])
 def test_bad_input(make, message):
     with pytest.raises(InputError, match=message):

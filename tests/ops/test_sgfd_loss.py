@@ -279,6 +279,7 @@ def test_torch_compile_smoke():
     (dict(row_weight=lambda c: torch.tensor([1.0, float("inf"), 1.0, 1.0])), "finite and >= 0"),
     (dict(row_weight=lambda c: torch.zeros(4)), "finite sum > 0"),
     (dict(row_weight=lambda c: torch.full((4,), 3e38)), "finite sum > 0"),
+    (dict(row_weight=lambda c: [1.0, 1.0, 1.0, 1.0]), "row_weight must be a tensor or None"),
 ])
 def test_bad_input_is_one_clear_error(change, message):
     case = _case(4, 5, 3, seed=10, dtype=torch.float32)
@@ -287,3 +288,16 @@ def test_bad_input_is_one_clear_error(change, message):
         args[key] = value(case) if callable(value) else value
     with pytest.raises(InputError, match=message):
         sgfd_loss(**args)
+
+
+@pytest.mark.parametrize("flavour", ["official", "standard"])
+def test_denormal_row_weights_stay_finite(flavour):
+    # Σw of a denormal: n / Σw overflows, w / Σw does not (every backend, reference included)
+    f_t, f_s, weight, bias, labels = _case(4, 5, 3, seed=11, dtype=torch.float32)
+    w = torch.tensor([1e-45, 0.0, 0.0, 0.0])
+    want = sgfd_loss(f_t[:1], f_s[:1], weight, bias, labels[:1], 2.0, flavour)
+    for backend in ["reference"] + (["triton"] if HAS_TRITON else []):
+        with sgfd_fast.use_backend(backend):
+            got = sgfd_loss(f_t, f_s, weight, bias, labels, 2.0, flavour, row_weight=w)
+        for g, e in zip(got, want):
+            torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-7)
