@@ -287,7 +287,9 @@ def released_metrics(topk_index, pos_items, ks) -> dict:
 
 
 def _gemm_rate() -> float:
-    """This process's float32 GEMM rate (FLOP/s): the median of five 2048³ ``torch.mm``."""
+    """This process's float32 GEMM rate (FLOP/s): the fastest of five 2048³ ``torch.mm`` (a floor
+    divides by the best rate: a slower round, e.g. a neighbour's load, must not lower the floor
+    below what was timed)."""
     import time
 
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
@@ -296,12 +298,12 @@ def _gemm_rate() -> float:
         start = time.perf_counter()
         torch.mm(a, b)
         times.append(time.perf_counter() - start)
-    return 2 * 2048 ** 3 / sorted(times)[2]
+    return 2 * 2048 ** 3 / min(times)
 
 
 def gemm_floor(run, step: str) -> dict | None:
     """FLOPs of the step's necessary dense GEMMs, and the seconds they take at this machine's
-    GEMM rate (the median of a 2048³ float32 ``torch.mm`` in this process, same threads).
+    GEMM rate (the fastest of five 2048³ float32 ``torch.mm`` in this process, same threads).
 
     ``epoch`` (BM3+SGFD): per batch with n distinct items and per modality m (width d_m, teacher
     weight shapes S_m), ``2 · (min(teacher_costs(S_m, n)) + 2·n·D·d_m)`` — the teacher in its
