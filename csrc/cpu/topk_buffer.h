@@ -76,6 +76,12 @@ class TopK {
     // reload and store size_ around every append.
     std::int64_t size = size_;
     float thr = thr_;
+    const auto cut = [&] {  // the selection, then the locals again
+      size_ = size;
+      shrink();
+      size = size_;
+      thr = thr_;
+    };
     for (std::int64_t r0 = 0; r0 < n; r0 += kChunk) {
       const std::int64_t r1 = std::min(r0 + kChunk, n);
 #if defined(__AVX512F__)
@@ -103,12 +109,7 @@ class TopK {
                                              _mm512_cvtepu32_epi64(lh));
         _mm512_storeu_si512(buf_ + size, _mm512_maskz_compress_epi64(mh, keys));
         size += __builtin_popcount(mh);
-        if (size > cap_) {
-          size_ = size;
-          shrink();
-          size = size_;
-          thr = thr_;
-        }
+        if (size > cap_) cut();
       }
 #else
       // Once the threshold has risen most chunks hold no candidate: one vector compare skips them.
@@ -121,12 +122,7 @@ class TopK {
       for (std::int64_t r = r0; r < r1; ++r) {
         buf_[size] = topk_key(scores[r], first_id + r);
         size += scores[r] > thr;  // false for NaN and -inf: absent
-        if (size > cap_) {
-          size_ = size;
-          shrink();
-          size = size_;
-          thr = thr_;
-        }
+        if (size > cap_) cut();
       }
 #endif
     }
