@@ -11,7 +11,9 @@ Two protocols (docs/DESIGN.md §3.6):
   (IDCG from the hits in the first K-1 positions, DCG over the whole top-``max(topk)`` list;
   the released config uses ``topk: [10, 20]``), Hit = any hit in the first 20 positions for every
   K; GRCN/MAML report per-user Recall and NDCG normalised by the number of hits, and GRCN scores
-  training items 1e-5 instead of excluding them (``Recommender.legacy_mask_value``).
+  training items 1e-5 instead of excluding them. A model declares which it follows in its class
+  attributes ``legacy_metrics`` (:data:`LEGACY_METRICS`: ``mmrec`` for BM3's, the default;
+  ``hit_normalized`` for GRCN/MAML's) and ``legacy_mask_value``.
 
 Everything runs as batched tensor code on the model's device: never a per-user Python loop, never
 the full users x items score matrix. :func:`top_k_items` ranks (evaluation and ``api.recommend``
@@ -36,7 +38,11 @@ from .choices import METRICS, PROTOCOLS
 from .errors import ConfigError, DataError, InputError
 from .graph import CSR
 
-__all__ = ["ranking_metrics", "evaluate", "top_k_items", "METRICS", "LEGACY_HIT_DEPTH"]
+__all__ = ["ranking_metrics", "evaluate", "top_k_items", "METRICS", "LEGACY_HIT_DEPTH",
+           "LEGACY_METRICS"]
+
+#: the ``protocol: legacy`` metric definitions a model may declare (``Recommender.legacy_metrics``)
+LEGACY_METRICS = ("mmrec", "hit_normalized")
 
 # the released BM3 ``hk_`` looks at the first 20 positions whatever K is
 LEGACY_HIT_DEPTH = 20
@@ -60,7 +66,7 @@ def _hit_matrix(topk: torch.Tensor, truth_rowptr: torch.Tensor,
 
 def ranking_metrics(topk_indices: torch.Tensor, truth_rowptr: torch.Tensor,
                     truth_items: torch.Tensor, ks, protocol: str = "standard",
-                    model: str = "BM3") -> dict[str, float]:
+                    legacy_metrics: str = "mmrec") -> dict[str, float]:
     """Ranking metrics from top-L lists and the users' held-out items.
 
     Args:
@@ -69,17 +75,18 @@ def ranking_metrics(topk_indices: torch.Tensor, truth_rowptr: torch.Tensor,
         truth_rowptr: (U + 1,) int64 offsets into ``truth_items``; every user needs >= 1 item.
         truth_items: (nnz,) int64 held-out item ids, grouped per user (any order within a user).
         ks: cut-offs, e.g. [10, 20, 50].
-        protocol: ``"standard"`` or ``"legacy"``; model: under legacy, ``"BM3"`` selects the
-            MMRec/BM3 definitions, ``"GRCN"``/``"MAML"`` the hit-normalised NDCG.
+        protocol: ``"standard"`` or ``"legacy"``; legacy_metrics: under legacy, ``"mmrec"``
+            selects the MMRec/BM3 definitions, ``"hit_normalized"`` GRCN/MAML's hit-normalised
+            NDCG (a model's ``legacy_metrics`` attribute).
 
     Returns:
         ``{"recall@k", "ndcg@k", "precision@k", "map@k", "hit@k"}`` for every k, as floats.
     """
     return {name: float(num / den) for name, (num, den) in _metric_sums(
-        topk_indices, truth_rowptr, truth_items, ks, protocol, model).items()}
+        topk_indices, truth_rowptr, truth_items, ks, protocol, legacy_metrics).items()}
 
 
-def _metric_sums(topk_indices, truth_rowptr, truth_items, ks, protocol, model):
+def _metric_sums(topk_indices, truth_rowptr, truth_items, ks, protocol, legacy_metrics):
     """Per metric ``(numerator, denominator)`` (a sum over users and the user count; legacy BM3
     recall: all hits and all truth pairs), so that shards of the users add up exactly."""
     ks = [int(k) for k in ks]
@@ -96,6 +103,9 @@ def _metric_sums(topk_indices, truth_rowptr, truth_items, ks, protocol, model):
     if protocol not in PROTOCOLS:
         raise InputError(f"ranking_metrics: protocol must be one of {', '.join(PROTOCOLS)}, got "
                          f"{protocol!r}")
+    if legacy_metrics not in LEGACY_METRICS:
+        raise InputError(f"ranking_metrics: legacy_metrics must be one of "
+                         f"{', '.join(LEGACY_METRICS)}, got {legacy_metrics!r}")
     if n_users == 0:
         raise InputError("ranking_metrics: no users to evaluate")
     n_truth = truth_rowptr.diff().to(torch.float64)
@@ -110,7 +120,7 @@ def _metric_sums(topk_indices, truth_rowptr, truth_items, ks, protocol, model):
     dcg = (hits * disc).cumsum(1)
     idcg = disc.cumsum(0)
     ap = (cum / positions * hits).cumsum(1)
-    legacy_bm3 = protocol == "legacy" and str(model).upper() not in ("GRCN", "MAML")
+    legacy_bm3 = protocol == "legacy" and legacy_metrics == "mmrec"
     legacy_hitnorm = protocol == "legacy" and not legacy_bm3
 
     n = float(n_users)
@@ -233,8 +243,8 @@ def evaluate(model, dataset, split: str, config: dict, *, shard: tuple[int, int]
         dataset: the :class:`~sgfd_fast.data.Dataset` it was trained on.
         split: ``"valid"`` or ``"test"`` (legacy protocol: both mean test).
         config: a resolved config (checked by :func:`sgfd_fast.config.load_config`); reads
-            ``topk``, ``eval_batch_size`` and ``protocol``. The legacy metric definitions follow
-            the model's class name (BM3 vs GRCN/MAML).
+            ``topk``, ``eval_batch_size`` and ``protocol``. The legacy metric definitions are the
+            model's ``legacy_metrics``.
         shard: ``(rank, world)``: rank only the rank-th of ``world`` contiguous shares of the
             evaluated users (several processes, ``sgfd_fast.training.distributed``).
         reduce: with ``shard``, a function that sums a float64 vector over the processes
@@ -280,7 +290,7 @@ def evaluate(model, dataset, split: str, config: dict, *, shard: tuple[int, int]
         finally:
             model.train(was_training)
         sums = _metric_sums(top, truth_csr.rowptr, truth_csr.col, ks, protocol,
-                            type(model).__name__)
+                            model.legacy_metrics)
     if reduce is not None:
         total = reduce(torch.tensor([sums[n] for n in names], dtype=torch.float64))
         sums = dict(zip(names, total.tolist()))

@@ -53,7 +53,7 @@ def test_standard_table():
 def test_legacy_bm3_table():
     """recall2_ (micro), ndcg2_ (IDCG from hits in the first k-1 positions, DCG over the whole
     list: user 3 scores 1.5 at k=2), hk_ (any hit in the list, same for every k)."""
-    m = ranking_metrics(TOPK, *_csr(TRUTH), ks=[1, 2, 3], protocol="legacy", model="BM3")
+    m = ranking_metrics(TOPK, *_csr(TRUTH), ks=[1, 2, 3], protocol="legacy", legacy_metrics="mmrec")
     n_total = 2 + 1 + 4 + 2
     assert m["recall@1"] == pytest.approx(2 / n_total)
     assert m["recall@2"] == pytest.approx(3 / n_total)
@@ -73,14 +73,18 @@ def test_legacy_bm3_table():
 
 
 def test_legacy_hit_normalised_table():
-    for model in ("GRCN", "MAML"):
-        m = ranking_metrics(TOPK, *_csr(TRUTH), ks=[2, 3], protocol="legacy", model=model)
-        assert m["recall@3"] == pytest.approx((1 / 2 + 0 + 1 / 4 + 1) / 4)
-        # NDCG normalised by the number of hits: a single hit at position 2 gives ln2/ln3
-        assert m["ndcg@2"] == pytest.approx((ln(2) / ln(3) + 0 + 1 + 1) / 4)
-        u3 = (1 / ln(2) + 1 / ln(4)) / (1 / ln(2) + 1 / ln(3))
-        assert m["ndcg@3"] == pytest.approx((ln(2) / ln(3) + 0 + 1 + u3) / 4)
-        assert m["hit@2"] == pytest.approx(3 / 4)
+    from sgfd_fast.models import BM3, GRCN, MAML
+
+    assert GRCN.legacy_metrics == MAML.legacy_metrics == "hit_normalized"
+    assert BM3.legacy_metrics == "mmrec"
+    m = ranking_metrics(TOPK, *_csr(TRUTH), ks=[2, 3], protocol="legacy",
+                        legacy_metrics="hit_normalized")
+    assert m["recall@3"] == pytest.approx((1 / 2 + 0 + 1 / 4 + 1) / 4)
+    # NDCG normalised by the number of hits: a single hit at position 2 gives ln2/ln3
+    assert m["ndcg@2"] == pytest.approx((ln(2) / ln(3) + 0 + 1 + 1) / 4)
+    u3 = (1 / ln(2) + 1 / ln(4)) / (1 / ln(2) + 1 / ln(3))
+    assert m["ndcg@3"] == pytest.approx((ln(2) / ln(3) + 0 + 1 + u3) / 4)
+    assert m["hit@2"] == pytest.approx(3 / 4)
 
 
 def test_metric_input_errors():

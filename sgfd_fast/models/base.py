@@ -1,11 +1,21 @@
-"""The interface every recommender implements, and the row gather models share.
+"""The interface every recommender implements (the trainer-model contract), and the row gather
+models share.
 
 A model receives the loaded :class:`~sgfd_fast.data.Dataset` and the resolved flat config dict,
 whose types and ranges :func:`sgfd_fast.config.load_config` has checked: models read
-``config[key]`` as it is. The trainer calls :meth:`Recommender.calculate_loss` per batch of
-positive (user, item) pairs (plus ``n_negatives`` sampled negatives per pair) and
-:mod:`sgfd_fast.evaluation` ranks with :meth:`Recommender.ranking_embeddings` (dot-product
-scorers) or :meth:`Recommender.score_users`.
+``config[key]`` as it is. Per epoch and step the trainer (``training.loop``) calls, in order::
+
+    model.begin_epoch(epoch, key)                      # once per epoch, before its first step
+    model.begin_step(key, shard_fraction, batch)       # every step: the step context
+    parts = model.calculate_loss(users, items, negatives)
+    parts["loss"] * shard_fraction -> backward, gradients summed over processes, optimizer step
+    model.post_step()                                  # after the optimizer step
+
+:mod:`sgfd_fast.evaluation` ranks with :meth:`Recommender.ranking_topk` (a fused op),
+:meth:`Recommender.ranking_embeddings` (dot-product scorers) or :meth:`Recommender.score_users`;
+under ``protocol: legacy`` it reads the class attributes ``legacy_metrics`` and
+``legacy_mask_value``. A backbone that consumes item features gets them from
+:func:`~sgfd_fast.models.features.item_features` (:meth:`Recommender.attach_features`).
 """
 
 from __future__ import annotations
@@ -14,6 +24,7 @@ import torch
 
 from ..graph import CSR
 from ..ops.row_dropout import mix64
+from .features import EXTRA_TOTAL, ItemFeatures
 
 __all__ = ["Recommender", "rows", "step_key"]
 
@@ -32,33 +43,44 @@ def rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 
 def step_key(seed: int, epoch: int, batch: int) -> int:
-    """The :attr:`Recommender.step_key` of batch ``batch`` of epoch ``epoch`` (both from 0) of a
+    """The step key (:meth:`Recommender.begin_step`) of batch ``batch`` of epoch ``epoch`` (both from 0) of a
     run seeded with ``seed``: an int64 that depends on the global position only."""
     z = torch.tensor([seed & ((1 << 63) - 1), epoch, batch], dtype=torch.int64)
     return int(mix64(mix64(mix64(z[0]) + z[1]) + z[2]))
 
 
 class Recommender(torch.nn.Module):
-    """Base class of all recommenders.
+    """Base class of all recommenders (one backbone = one file: docs/DEVELOPING.md).
 
     Subclasses set ``n_negatives`` (negatives per positive pair the trainer samples) and implement
-    :meth:`calculate_loss` and either :meth:`ranking_embeddings` or :meth:`score_users`.
-    ``legacy_mask_value`` is the score the released code gives a user's training items under
-    ``protocol: legacy`` (``None`` = excluded from the ranking, like BM3's -1e10).
+    :meth:`calculate_loss` and one of :meth:`ranking_topk`, :meth:`ranking_embeddings`,
+    :meth:`score_users`; the hooks (:meth:`begin_epoch`, :meth:`post_step`) default to nothing.
     """
 
     n_negatives: int = 0
+    #: ``protocol: legacy`` metric definitions (``evaluation.LEGACY_METRICS``): ``mmrec`` = the
+    #: released BM3's (MMRec's micro recall, its NDCG); ``hit_normalized`` = GRCN/MAML's.
+    legacy_metrics: str = "mmrec"
+    #: the score the released code gives a user's training items under ``protocol: legacy``
+    #: (None = excluded from the ranking, like BM3's -1e10)
     legacy_mask_value: float | None = None
-    #: Counter-based RNG key of the current training step, set by the trainer before each
-    #: :meth:`calculate_loss` from the step's global position ``(seed, epoch, batch)``; models
-    #: draw their random masks with :func:`sgfd_fast.ops.row_dropout` from it, never from the
-    #: global RNG, so every process of a distributed run draws the masks one process would.
+
+    # -- the step context (:meth:`begin_step`); the defaults are a single-process step --------
+    #: Counter-based RNG key of the current training step, from its global position
+    #: ``(seed, epoch, batch)`` (:func:`step_key`); models draw their random masks with
+    #: :func:`sgfd_fast.ops.row_dropout` from it, never from the global RNG, so every process of a
+    #: distributed run draws the masks one process would.
     step_key: int = 0
     #: Share of the global batch's rows this process's :meth:`calculate_loss` sees (1.0 in one
     #: process). The trainer scales the loss by it and sums gradients over processes, which is
     #: exact for means over the batch's rows and for terms over the whole model; a term that
     #: SUMS over the batch's rows divides by it (MAML's hinge sum).
     shard_fraction: float = 1.0
+    #: ``(users, items, negatives)`` of the whole global batch (None: the batch
+    #: :meth:`calculate_loss` receives is the whole batch). A term that is neither a mean nor a
+    #: sum over rows (a norm of the batch's rows) is computed by every process on this whole
+    #: batch: scaled by the shard fractions, which sum to 1, the processes count it once.
+    global_batch: tuple | None = None
 
     def __init__(self, dataset, config: dict):
         super().__init__()
@@ -68,6 +90,61 @@ class Recommender(torch.nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+    # -- item features -----------------------------------------------------------------------
+
+    def attach_features(self, features: ItemFeatures) -> ItemFeatures:
+        """Register the item-feature seam under its ``state_name`` (its checkpoint-key prefix,
+        ``sgfd`` or ``extractors``); :attr:`features` returns it."""
+        setattr(self, features.state_name, features)
+        self._features_name = features.state_name
+        return features
+
+    @property
+    def features(self) -> ItemFeatures | None:
+        """The item features this backbone consumes (None: a model without item features)."""
+        name = self.__dict__.get("_features_name")
+        return None if name is None else self._modules[name]
+
+    @property
+    def sgfd(self):
+        """The :class:`~sgfd_fast.models.sgfd.SGFD` seam when the model distils, else None."""
+        f = self.features
+        return f if f is not None and f.distills else None
+
+    @property
+    def modalities(self) -> list[str]:
+        """The item-feature modalities, in the order of the seam's ``j``."""
+        f = self.features
+        return [] if f is None else f.modalities
+
+    # -- the training contract -----------------------------------------------------------------
+
+    def begin_epoch(self, epoch: int, key: int) -> None:
+        """Called before the first step of epoch ``epoch`` (from 0; also when a run resumes
+        inside it), on every process; ``key``: an RNG key of the epoch (:func:`step_key` with
+        batch -1), for per-epoch random choices. Default: nothing."""
+
+    def begin_step(self, key: int, shard_fraction: float = 1.0,
+                   global_batch: tuple | None = None) -> None:
+        """Set the step context (:attr:`step_key`, :attr:`shard_fraction`,
+        :attr:`global_batch`) before :meth:`calculate_loss`."""
+        self.step_key, self.shard_fraction, self.global_batch = key, shard_fraction, global_batch
+
+    def post_step(self) -> None:
+        """Called after every optimizer step (MAML clips its embedding rows). Default: nothing."""
+
+    def loss_output(self, total: torch.Tensor, parts: dict, extra: dict) -> dict:
+        """What :meth:`calculate_loss` returns, from the backbone's weighted ``total``, its
+        logged ``parts`` and the seam's extra losses (``features.losses(...)``, ``{}``
+        without): ``{"loss": total + extra total, **parts, **extra}``, everything detached but
+        ``"loss"`` and the extra total (``training.diagnostics`` measures its gradient)."""
+        if extra:
+            total = total + extra[EXTRA_TOTAL]
+        parts = {**parts, **extra}
+        return {"loss": total,
+                **{k: v if k == EXTRA_TOTAL else v.detach() for k, v in parts.items()}}
+
 
     def _apply(self, fn, recurse=True):
         # A model's graphs (CSR attributes) are constants of the dataset: rebuilt with the model,
@@ -116,5 +193,7 @@ class Recommender(torch.nn.Module):
         return u[users] @ i.T
 
     def student_features(self) -> dict[str, torch.Tensor]:
-        """Per-modality item features the backbone consumes, ``{modality: (n_items, D)}``."""
-        return {}
+        """Per-modality item features the backbone consumes, ``{modality: (n_items, D)}``, without
+        gradient (``{}`` without item features)."""
+        f = self.features
+        return {} if f is None else f.student_features()

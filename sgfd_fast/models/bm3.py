@@ -14,7 +14,7 @@
 
 ``sgfd: true``: s_m is the SGFD student (leaky-ReLU + L2 normalisation, docs/RELEASED_CODE.md §3.2). ``sgfd: false``:
 s_m comes from original BM3's extractor, one Linear(d_m, D) per modality (xavier_normal, no
-activation; the ``student_*`` keys change that head, ``sgfd.resolve_head``), on the same frozen
+activation; the ``student_*`` keys change that head, :mod:`.heads`), on the same frozen
 features (original BM3 fine-tuned the raw features; we keep them constant in both variants so the
 comparison isolates SGFD).
 
@@ -35,11 +35,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import DataError
 from ..graph import normalized_bipartite
 from ..ops import row_dropout
 from .base import Recommender, rows
-from .sgfd import apply_head, attach_item_features, init_head, resolve_head
+from .features import item_features
 
 __all__ = ["BM3"]
 
@@ -68,10 +67,6 @@ class BM3(Recommender):
         self.dropout = config["dropout"]
         self.reg_weight = config["reg_weight"]
         self.cl_weight = config["cl_weight"]
-        if not dataset.features:
-            raise DataError(f"BM3 needs at least one item feature modality; dataset "
-                            f"{dataset.name!r} has none")
-        self.modalities = list(dataset.features)
 
         self.user_embedding = nn.Embedding(self.n_users, dim)
         self.item_embedding = nn.Embedding(self.n_items, dim)
@@ -80,30 +75,12 @@ class BM3(Recommender):
         self.predictor = nn.Linear(dim, dim)
         nn.init.xavier_normal_(self.predictor.weight)
 
-        features = attach_item_features(self, dataset, config, leaky=True)
-        self.extractors = None
-        if self.sgfd is None:
-            self.head = resolve_head(config, activation="identity", norm="none",
-                                     init="xavier_normal")
-            self.extractors = nn.ModuleList(nn.Linear(a.shape[1], dim) for a in features.values())
-            for layer in self.extractors:
-                init_head(layer, self.head.init)
+        # s_m: the SGFD student, or original BM3's extractor (a Linear, xavier_normal)
+        self.attach_features(item_features(
+            dataset, config, model="BM3", leaky=True,
+            extractor=dict(activation="identity", norm="none", init="xavier_normal")))
         # the graph is a constant of the dataset: rebuilt, not checkpointed; ``.to()`` moves it
         self.graph = normalized_bipartite(self.n_users, self.n_items, dataset.train)
-
-    def feature_rows(self, j: int, items: torch.Tensor | None = None) -> torch.Tensor:
-        """Modality j's raw feature rows for ``items`` (all items when None)."""
-        x = self.sgfd.feature(j) if self.sgfd is not None else getattr(self, f"feature{j}")
-        return x if items is None else x.index_select(0, items)
-
-    def item_features(self, j: int, items: torch.Tensor | None = None, *,
-                      x: torch.Tensor | None = None) -> torch.Tensor:
-        """Modality j's features as the backbone consumes them (SGFD student or BM3 extractor);
-        ``x``: the rows of ``items`` already gathered by :meth:`feature_rows`."""
-        x = self.feature_rows(j, items) if x is None else x
-        if self.sgfd is not None:
-            return self.sgfd.student(j, x=x)
-        return apply_head(x, self.extractors[j], self.head)
 
     def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(u_o (n_users, D), i_o (n_items, D))``: propagated embeddings, item-ID residual."""
@@ -129,10 +106,10 @@ class BM3(Recommender):
         bm3 = _neg_cos(u_on, i_tgt) + _neg_cos(i_on, u_tgt)
         reg = (u_o.norm() + i_o.norm()) / self.n_items
 
-        students, gathered, cl = [], [], 0.0
-        for j in range(len(self.modalities)):
-            x = self.feature_rows(j, uniq_i)  # once, for the student here and SGFD's teacher
-            s = self.item_features(j, x=x)
+        features, students, gathered, cl = self.features, [], [], 0.0
+        for j in range(len(features.modalities)):
+            x = features.rows(j, uniq_i)  # once, for the student here and SGFD's teacher
+            s = features.student(j, x=x)
             students.append(s)
             gathered.append(x)
             q = self.predictor(s)
@@ -141,18 +118,9 @@ class BM3(Recommender):
             cl = cl + _neg_cos(q, i_drop, i_count) + _neg_cos(q, s_tgt, i_count)
 
         total = bm3 + self.reg_weight * reg + self.cl_weight * cl
-        parts = {"bm3": bm3, "reg": reg, "cl": cl}
-        if self.sgfd is not None:
-            sgfd = self.sgfd.losses(items, students=students, features=gathered)
-            total = total + sgfd["sgfd"]
-            parts.update(sgfd)
-        # "sgfd" keeps its graph: the trainer measures its share of the student's gradient
-        return {"loss": total, **{k: v if k == "sgfd" else v.detach() for k, v in parts.items()}}
+        return self.loss_output(total, {"bm3": bm3, "reg": reg, "cl": cl},
+                                features.losses(items, students=students, features=gathered))
 
     def ranking_embeddings(self):
         u_g, i_o = self.forward()
         return self.predictor(u_g), self.predictor(i_o)
-
-    def student_features(self):
-        with torch.no_grad():
-            return {m: self.item_features(j) for j, m in enumerate(self.modalities)}

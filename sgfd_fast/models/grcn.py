@@ -57,10 +57,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
-from ..errors import DataError
 from ..graph import CSR, normalized_bipartite
 from .base import Recommender, rows
-from .sgfd import apply_head, attach_item_features, init_head, resolve_head
+from .features import item_features, require_features
 
 __all__ = ["GRCN"]
 
@@ -73,6 +72,7 @@ class GRCN(Recommender):
     """
 
     n_negatives = 1
+    legacy_metrics = "hit_normalized"
     legacy_mask_value = 1e-5
 
     def __init__(self, dataset, config: dict):
@@ -81,11 +81,8 @@ class GRCN(Recommender):
         self.num_routing = config["num_routing"]
         self.reg_weight = config["reg_weight"]
         self.legacy = config["protocol"] == "legacy"
-        if not dataset.features:
-            raise DataError(f"GRCN needs at least one item feature modality; dataset "
-                            f"{dataset.name!r} has none")
-        self.modalities = list(dataset.features)
-        n_nodes, n_mod = self.n_users + self.n_items, len(self.modalities)
+        require_features(dataset, "GRCN")  # before the per-modality parameters below
+        n_nodes, n_mod = self.n_users + self.n_items, len(dataset.features)
 
         # xavier_normal on a (rows, D) matrix, as released for every node-level parameter
         self.id_embedding = nn.Parameter(nn.init.xavier_normal_(torch.empty(n_nodes, dim)))
@@ -94,13 +91,10 @@ class GRCN(Recommender):
             for _ in range(n_mod))
         self.confidence = nn.Parameter(nn.init.xavier_normal_(torch.empty(n_nodes, n_mod)))
 
-        features = attach_item_features(self, dataset, config, leaky=False)
-        self.extractors = None
-        if self.sgfd is None:  # original GRCN's CGCN.MLP: default nn.Linear initialisation
-            self.head = resolve_head(config, activation="identity", norm="none", init="pytorch")
-            self.extractors = nn.ModuleList(nn.Linear(a.shape[1], dim) for a in features.values())
-            for layer in self.extractors:
-                init_head(layer, self.head.init)
+        # the SGFD student, or original GRCN's CGCN.MLP (default nn.Linear initialisation)
+        self.attach_features(item_features(
+            dataset, config, model="GRCN", leaky=False,
+            extractor=dict(activation="identity", norm="none", init="pytorch")))
 
         # Graphs (constants of the dataset: rebuilt, not checkpointed; ``.to()`` moves them). Both
         # directions of the training interactions; the edge order is the CSR order, shared by the
@@ -115,12 +109,6 @@ class GRCN(Recommender):
             self.register_buffer("legacy_rep", torch.zeros(n_nodes, dim * (n_mod + 1)))
             self.register_buffer("legacy_rep_set", torch.zeros((), dtype=torch.bool))
 
-    def _raw_features(self, j: int) -> torch.Tensor:
-        """Modality j's item features before the graph's leaky-ReLU + L2, (n_items, D)."""
-        if self.sgfd is not None:
-            return self.sgfd.student(j)
-        return apply_head(getattr(self, f"feature{j}"), self.extractors[j], self.head)
-
     def _routed_preference(self, j: int, content: torch.Tensor) -> torch.Tensor:
         pref = F.normalize(self.preferences[j])
         if self.legacy:  # released: users receive no routing message (see module doc)
@@ -134,7 +122,7 @@ class GRCN(Recommender):
 
     def forward(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """``(rep (n_users + n_items, D * (M + 1)), [pre-graph item features per modality])``."""
-        raw = [self._raw_features(j) for j in range(len(self.modalities))]
+        raw = [self.features.student(j) for j in range(len(self.modalities))]
         rowptr, col, transpose = self.graph.rowptr, self.graph.col, self.graph.transpose()
         reps, alphas = [], []
         for j, s in enumerate(raw):
@@ -174,14 +162,9 @@ class GRCN(Recommender):
         for pref in self.preferences:
             reg = reg + rows(pref, users).pow(2).mean()
         total = bpr + self.reg_weight * reg
-        parts = {"bpr": bpr, "reg": reg}
-        if self.sgfd is not None:
-            uniq = torch.unique(item_ids)
-            sgfd = self.sgfd.losses(item_ids, students=[rows(s, uniq) for s in raw])
-            total = total + sgfd["sgfd"]
-            parts.update(sgfd)
-        # "sgfd" keeps its graph: the trainer measures its share of the student's gradient
-        return {"loss": total, **{k: v if k == "sgfd" else v.detach() for k, v in parts.items()}}
+        uniq = torch.unique(item_ids)  # the students of the batch's items are computed already
+        return self.loss_output(total, {"bpr": bpr, "reg": reg}, self.features.losses(
+            item_ids, students=[rows(s, uniq) for s in raw]))
 
     def ranking_embeddings(self):
         if self.legacy and bool(self.legacy_rep_set):
@@ -193,5 +176,4 @@ class GRCN(Recommender):
     def student_features(self):
         """The item features the graph consumes, ``normalize(leaky_relu(S_m(F_m)))``."""
         with torch.no_grad():
-            return {m: F.normalize(F.leaky_relu(self._raw_features(j)))
-                    for j, m in enumerate(self.modalities)}
+            return {m: F.normalize(F.leaky_relu(s)) for m, s in self.features.student_features().items()}

@@ -58,9 +58,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
-from ..errors import ConfigError, DataError
 from .base import Recommender, rows
-from .sgfd import attach_item_features
+from .features import item_features
 
 __all__ = ["MAML"]
 
@@ -92,6 +91,7 @@ class MAML(Recommender):
     """
 
     n_negatives = 4
+    legacy_metrics = "hit_normalized"
 
     def __init__(self, dataset, config: dict):
         super().__init__(dataset, config)
@@ -104,22 +104,11 @@ class MAML(Recommender):
         self.use_rank_weight = config["use_rank_weight"]
         self.cov_loss_weight = config["cov_loss_weight"]
         self.legacy = config["protocol"] == "legacy"
-        if not dataset.features:
-            raise DataError(f"MAML needs at least one item feature modality; dataset "
-                            f"{dataset.name!r} has none")
-        self.modalities = list(dataset.features)
 
-        if not config["sgfd"]:
-            changed = [k for k in ("student_activation", "student_norm", "student_init")
-                       if config.get(k, "auto") != "auto"]
-            if changed:
-                raise ConfigError(f"{', '.join(changed)} set with sgfd=false, but plain MAML feeds "
-                                  f"the raw features to its projection MLP and has no feature "
-                                  f"head; for MAML with the student's head and no distillation "
-                                  f"use sgfd=true ce_weight=0 kd_weight=0")
-        features = attach_item_features(self, dataset, config, leaky=True)
-        width = (dim * len(self.modalities) if self.sgfd is not None
-                 else sum(a.shape[1] for a in features.values()))
+        # x: the SGFD students, or the raw features (original MAML has no feature head)
+        features = self.attach_features(item_features(dataset, config, model="MAML", leaky=True,
+                                                      extractor=None))
+        width = sum(features.width(j) for j in range(len(features.modalities)))
         self.projection = nn.ModuleList([_dense(width, hidden), _dense(hidden, hidden // 2),
                                          _dense(hidden // 2, hidden // 2),
                                          _dense(hidden // 2, dim)])
@@ -128,21 +117,15 @@ class MAML(Recommender):
         with torch.no_grad():  # released: V is assigned the feature projection after init
             self.item_embedding = nn.Parameter(self.item_projection()[0].clone())
         if self.legacy:  # released var_list=[U, V]: nothing else is ever updated
-            for module in (self.sgfd, self.projection, self.attention):
-                if module is not None:
-                    module.requires_grad_(False)
+            for module in (features, self.projection, self.attention):
+                module.requires_grad_(False)
 
     # -- features and metric ------------------------------------------------------------------
 
     def item_projection(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """``(f (n_items, D), [SGFD student features per modality, or [] without SGFD])``."""
-        if self.sgfd is not None:
-            students = [self.sgfd.student(j) for j in range(len(self.modalities))]
-            x = torch.cat(students, dim=1)
-        else:
-            students = []
-            x = torch.cat([getattr(self, f"feature{j}") for j in range(len(self.modalities))], 1)
-        h = x
+        """``(f (n_items, D), [x per modality: the SGFD students or the raw features])``."""
+        students = [self.features.student(j) for j in range(len(self.modalities))]
+        h = torch.cat(students, dim=1)
         for layer in self.projection[:-1]:
             h = F.relu(layer(F.normalize(h, dim=-1)))
         return _clip_rows(self.projection[-1](h) * self.scaling, self.clip_norm), students
@@ -191,14 +174,10 @@ class MAML(Recommender):
             cov_loss = self.cov_loss_weight * (cov.sum() - cov.diagonal().sum())
             total = total + cov_loss
             parts["cov"] = cov_loss
-        if self.sgfd is not None:
-            item_ids = torch.cat([items.unsqueeze(1), negatives], 1).reshape(-1)
-            uniq = torch.unique(item_ids)
-            sgfd = self.sgfd.losses(item_ids, students=[rows(s, uniq) for s in students])
-            total = total + sgfd["sgfd"]
-            parts.update(sgfd)
-        # "sgfd" keeps its graph: the trainer measures its share of the student's gradient
-        return {"loss": total, **{k: v if k == "sgfd" else v.detach() for k, v in parts.items()}}
+        item_ids = torch.cat([items.unsqueeze(1), negatives], 1).reshape(-1)
+        uniq = torch.unique(item_ids)  # the students of the batch's items are computed already
+        return self.loss_output(total, parts, self.features.losses(
+            item_ids, students=[rows(s, uniq) for s in students]))
 
     # -- ranking ------------------------------------------------------------------------------
 
@@ -239,7 +218,5 @@ class MAML(Recommender):
         return torch.cat(out) if out else V.new_zeros(0, self.n_items)
 
     def student_features(self):
-        if self.sgfd is None:
-            return {}
-        with torch.no_grad():
-            return {m: self.sgfd.student(j) for j, m in enumerate(self.modalities)}
+        """The SGFD students; ``{}`` without SGFD (plain MAML has no feature head)."""
+        return self.features.student_features() if self.features.distills else {}

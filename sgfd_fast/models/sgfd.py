@@ -30,8 +30,9 @@ crashes (a width not divisible by 4 along the chain: 1000, 4095, ...) ours floor
 Widths <= 4D give a single layer, the same shape as the student.
 
 The student's head is configurable (config keys ``student_activation``, ``student_norm``,
-``student_init``; :func:`resolve_head`), and so is the plain backbone's own extractor, so that the
-head and the distillation can be measured apart; ``auto`` keeps the released head.
+``student_init``; :mod:`.heads`), and so is the plain backbone's own extractor
+(:class:`~sgfd_fast.models.features.Projection`), so that the head and the distillation can be
+measured apart; ``auto`` keeps the released head.
 
 Every head (teacher's last layer, student) runs through ``ops.feature_head`` (linear with a fused
 bias/leaky-ReLU/L2 epilogue).
@@ -50,8 +51,6 @@ integer settings 5, 50, 100).
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -59,52 +58,12 @@ from torch import nn
 from .. import ops
 from ..choices import SGFD_LOSSES
 from ..errors import ConfigError, DataError
+from .features import ItemFeatures
+from .heads import NEGATIVE_SLOPE, Head, apply_head, init_head, resolve_head
 
-__all__ = ["SGFD", "attach_item_features", "teacher_widths", "teacher_costs", "SHRINK", "Head",
-           "resolve_head", "init_head", "apply_head"]
+__all__ = ["SGFD", "teacher_widths", "teacher_costs", "SHRINK"]
 
 SHRINK = 4              # the released ``decay_ration``
-NEGATIVE_SLOPE = 0.01   # F.leaky_relu's default, used by the released code
-
-
-class Head(NamedTuple):
-    """An item-feature head: ``Linear`` → leaky-ReLU with ``slope`` (None: no activation) → row
-    L2 normalisation (``l2``); ``init``: how its weight is initialised
-    (``choices.STUDENT_INITS``)."""
-
-    slope: float | None
-    l2: bool
-    init: str
-
-
-def resolve_head(config: dict, *, activation: str, norm: str, init: str) -> Head:
-    """The head that the config keys ``student_activation``, ``student_norm`` and
-    ``student_init`` describe, ``auto`` (also: key absent) standing for the given released
-    choice of the head in question (``activation`` ``leaky_relu``/``identity``, ``norm``
-    ``l2``/``none``, ``init`` one of ``choices.STUDENT_INITS``)."""
-    def pick(key, released):
-        value = config.get(key, "auto")
-        return released if value == "auto" else value
-
-    return Head(NEGATIVE_SLOPE if pick("student_activation", activation) == "leaky_relu" else None,
-                pick("student_norm", norm) == "l2", pick("student_init", init))
-
-
-def init_head(layer: nn.Linear, init: str) -> None:
-    """Initialise ``layer.weight`` as ``init`` says; ``pytorch`` keeps what ``nn.Linear`` drew."""
-    if init == "xavier_normal":
-        nn.init.xavier_normal_(layer.weight)
-    elif init == "xavier_uniform":
-        nn.init.xavier_uniform_(layer.weight)
-
-
-def apply_head(x: torch.Tensor, layer: nn.Linear, head: Head) -> torch.Tensor:
-    """``head`` applied to raw feature rows x (n, d) → (n, D). An L2 head runs the fused
-    ``ops.feature_head``; without L2 it is ``F.linear`` (+ leaky-ReLU), what ``nn.Linear`` does."""
-    if head.l2:
-        return ops.feature_head(x, layer.weight, layer.bias, head.slope)
-    h = F.linear(x, layer.weight, layer.bias)
-    return h if head.slope is None else F.leaky_relu(h, head.slope)
 
 
 def teacher_widths(d: int, dim: int, shrink: int = SHRINK) -> list[int]:
@@ -137,8 +96,10 @@ def teacher_costs(shapes, n_rows: int) -> tuple[int, int]:
     return stacked, 3 * chain + 2 * n_rows * dim * shapes[0][1]
 
 
-class SGFD(nn.Module):
-    """Teacher, student and classifier per modality plus the fusion head (see module doc).
+class SGFD(ItemFeatures):
+    """Teacher, student and classifier per modality plus the fusion head (see module doc): the
+    SGFD kind of :class:`~sgfd_fast.models.features.ItemFeatures`, whose :meth:`student` feeds
+    the backbone and whose :meth:`losses` are the SGFD losses.
 
     Args:
         features: ``{modality: (n_items, d_m) float tensor}``, one or more modalities.
@@ -150,27 +111,26 @@ class SGFD(nn.Module):
         tau, ce_weight, kd_weight, flavour, collapse_teacher: see module doc.
     """
 
+    state_name = "sgfd"
+    distills = True
+
     def __init__(self, features: dict, labels: torch.Tensor, n_labels: int, dim: int, *,
                  leaky: bool = True, tau: float = 50.0, ce_weight: float = 0.1,
                  kd_weight: float = 0.01, flavour: str = "official",
                  collapse_teacher: bool = True, student: Head | None = None):
-        super().__init__()
         if not features:
             raise DataError("SGFD needs at least one item feature modality")
         if flavour not in SGFD_LOSSES:
             raise ConfigError(f"sgfd_loss must be one of {list(SGFD_LOSSES)}, got {flavour!r}")
         if n_labels < 1:
             raise DataError("SGFD needs item category labels (n_labels >= 1)")
-        self.modalities = list(features)
+        super().__init__(features)
         self.dim, self.n_labels = int(dim), int(n_labels)
         self.slope = NEGATIVE_SLOPE if leaky else None
         self.student_head = student if student is not None else Head(self.slope, True, "pytorch")
         self.tau, self.ce_weight, self.kd_weight = float(tau), float(ce_weight), float(kd_weight)
         self.flavour, self.collapse_teacher = flavour, bool(collapse_teacher)
         # constants: not saved in checkpoints (they come with the dataset), moved by .to()
-        for j, m in enumerate(self.modalities):
-            self.register_buffer(f"feature{j}", torch.as_tensor(features[m], dtype=torch.float32),
-                                 persistent=False)
         self.register_buffer("labels", torch.as_tensor(labels, dtype=torch.long), persistent=False)
         self.teachers = nn.ModuleList()
         self.students = nn.ModuleList()
@@ -199,14 +159,8 @@ class SGFD(nn.Module):
                    kd_weight=config["kd_weight"], flavour=config["sgfd_loss"],
                    collapse_teacher=config["collapse_teacher"], student=student)
 
-    def feature(self, j: int) -> torch.Tensor:
-        return getattr(self, f"feature{j}")
-
-    def rows(self, j: int, items: torch.Tensor | None = None) -> torch.Tensor:
-        """Raw feature rows of modality j for ``items`` (all items when None), (n, d_j): gathered
-        once per batch and shared by teacher and student."""
-        x = self.feature(j)
-        return x if items is None else x.index_select(0, items)
+    def width(self, j):
+        return self.dim
 
     def student(self, j: int, items: torch.Tensor | None = None, *,
                 x: torch.Tensor | None = None) -> torch.Tensor:
@@ -276,21 +230,3 @@ class SGFD(nn.Module):
         total = self.ce_weight * (ce + fusion) + self.kd_weight * (ld + fd)
         return {"sgfd": total, "sgfd_ce": ce, "sgfd_fusion": fusion, "sgfd_ld": ld, "sgfd_fd": fd}
 
-
-def attach_item_features(model: nn.Module, dataset, config: dict, *, leaky: bool) -> dict:
-    """Give a backbone its item features, the one interface every backbone consumes (docs/DESIGN.md §3.8).
-
-    ``sgfd: true`` sets ``model.sgfd`` to an :class:`SGFD` whose students produce the features;
-    ``sgfd: false`` sets ``model.sgfd = None`` and keeps the raw features as non-persistent
-    buffers ``feature0, feature1, ...`` (in ``model.modalities`` order) for the backbone's own
-    extractor. Returns the raw feature tensors by modality.
-    """
-    features = {m: torch.from_numpy(a) for m, a in dataset.features.items()}
-    if config["sgfd"]:
-        model.sgfd = SGFD.from_config(features, torch.from_numpy(dataset.labels),
-                                      dataset.n_labels, config, leaky=leaky)
-    else:
-        model.sgfd = None
-        for j, m in enumerate(features):
-            model.register_buffer(f"feature{j}", features[m], persistent=False)
-    return features

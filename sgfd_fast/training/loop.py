@@ -82,9 +82,7 @@ class Trainer:
         self.optimizer = torch.optim.Adam(self.params,
                                           lr=self.config["learning_rate"],
                                           weight_decay=self.config["weight_decay"], fused=True)
-        self.n_negatives = int(getattr(self.model, "n_negatives", 0) or 0)
-        # optional per-model hook after each optimizer step (MAML clips embedding rows there)
-        self._post_step = getattr(self.model, "post_step", None)
+        self.n_negatives = int(self.model.n_negatives)
         self.sampler = NegativeSampler.from_pairs(
             dataset.n_users, dataset.n_items, dataset.train, n_neg=self.n_negatives,
             seed=self.config["seed"] + 1, device=device) if self.n_negatives else None
@@ -231,6 +229,8 @@ class Trainer:
         sums = {k: v if is_main() or not self.dist else 0.0
                 for k, v in self.partial["losses"].items()}
         r, w = (rank(), world_size()) if self.dist else (0, 1)
+        # the model's per-epoch hook (models.base: the trainer-model contract), also on resume
+        self.model.begin_epoch(self.epoch, step_key(cfg["seed"], self.epoch, -1))
         start = time.perf_counter() - self.partial["time"]
         bar = tqdm(total=n_batches, initial=self.batch, leave=False, disable=not self.progress,
                    desc=f"epoch {self.epoch + 1}/{cfg['epochs']}", unit="batch", file=sys.stderr)
@@ -241,15 +241,15 @@ class Trainer:
                 items = self.train_pairs[idx, 1].to(self.device)
                 # negatives of the global batch: a pair's draw depends on its global position
                 negatives = self.sampler.sample(users) if self.sampler else None
-                self.model.step_key = step_key(cfg["seed"], self.epoch, self.batch)
+                key = step_key(cfg["seed"], self.epoch, self.batch)
                 self.optimizer.zero_grad(set_to_none=True)
                 if self.dist:
                     distributed.fail_if_asked(self.epoch * n_batches + self.batch)
                     lo, hi = distributed.shard_bounds(idx.numel(), r, w)
+                    fraction = (hi - lo) / idx.numel()
+                    self.model.begin_step(key, fraction, (users, items, negatives))
                     users, items = users[lo:hi], items[lo:hi]
                     negatives = negatives[lo:hi] if negatives is not None else None
-                    fraction = (hi - lo) / idx.numel()
-                    self.model.shard_fraction = fraction
                     parts = {}
                     if hi > lo:  # a global batch smaller than the world leaves a rank idle
                         parts = self.model.calculate_loss(users, items, negatives)
@@ -258,12 +258,12 @@ class Trainer:
                         parts = {k: v.detach() * fraction for k, v in parts.items()}
                     distributed.all_reduce_grads(self.params)
                 else:
+                    self.model.begin_step(key)
                     parts = self.model.calculate_loss(users, items, negatives)
                     self._diagnose(parts, n_batches)
                     parts["loss"].backward()
                 self.optimizer.step()
-                if self._post_step is not None:
-                    self._post_step()
+                self.model.post_step()
                 for k, v in parts.items():
                     # float64 sums on the device: no host sync per step, same sums after resume
                     sums[k] = sums.get(k, 0.0) + v.detach().double()

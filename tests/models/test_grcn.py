@@ -34,7 +34,7 @@ def dense_transcription(m, ds, routed):
     reps, alphas = [], []
     for j in range(len(m.modalities)):
         raw = m.sgfd.student(j) if m.sgfd is not None else \
-            m.extractors[j](getattr(m, f"feature{j}"))
+            m.extractors[j](m.features.rows(j))
         c = F.normalize(F.leaky_relu(raw))
         pref = F.normalize(m.preferences[j])
         for _ in range(m.num_routing if routed else 0):

@@ -57,7 +57,7 @@ def _head_output(model, j=0):
     """(raw rows, head layer, head output) of modality j over all items."""
     if model.sgfd is not None:
         return model.sgfd.feature(j), model.sgfd.students[j], model.sgfd.student(j)
-    return model.feature_rows(j), model.extractors[j], model.item_features(j)
+    return model.features.rows(j), model.extractors[j], model.features.student(j)
 
 
 @pytest.mark.parametrize("sgfd", [True, False])
@@ -72,9 +72,9 @@ def test_activation_and_norm_do_what_they_say(tiny, sgfd):
 
 def test_grcn_extractor_takes_the_students_head(tiny):
     m = _model(tiny, "GRCN", False, activation="leaky_relu", norm="l2")
-    x, layer = m.feature0, m.extractors[0]
+    x, layer = m.features.rows(0), m.extractors[0]
     h = F.leaky_relu(F.linear(x, layer.weight, layer.bias), NEGATIVE_SLOPE)
-    torch.testing.assert_close(m._raw_features(0), F.normalize(h))
+    torch.testing.assert_close(m.features.student(0), F.normalize(h))
 
 
 @pytest.mark.parametrize("sgfd", [True, False])
