@@ -131,6 +131,36 @@ def test_grid_parallel_selects_as_the_serial_grid(data_dir, tmp_path):
 # --- in-process pieces ------------------------------------------------------------------------
 
 
+def sharded_gradients(model, users, items, neg, world):
+    """Parameter gradients of ``model``'s loss on the batch split into ``world`` shards as the
+    trainer splits it (``begin_step`` with the shard's fraction and the global batch; each shard's
+    loss scaled by its fraction, the gradients summed)."""
+    model.zero_grad(set_to_none=True)
+    n = users.numel()
+    for lo, hi in (shard_bounds(n, r, world) for r in range(world)):
+        fraction = (hi - lo) / n
+        model.begin_step(12345, fraction, (users, items, neg) if world > 1 else None)
+        sl = slice(lo, hi)
+        loss = model.calculate_loss(users[sl], items[sl], neg[sl] if neg is not None else None)
+        (loss["loss"] * fraction).backward()
+    model.begin_step(0)
+    return {k: p.grad.clone() if p.grad is not None else None
+            for k, p in model.named_parameters()}
+
+
+def assert_shards_add_up(model, users, items, neg, world=3):
+    """The sharded gradients equal the whole batch's (what summing gradients over ranks relies
+    on), for a float64 ``model``."""
+    whole = sharded_gradients(model, users, items, neg, 1)
+    split = sharded_gradients(model, users, items, neg, world)
+    assert any(g is not None and g.abs().max() > 0 for g in whole.values())
+    for k, g in whole.items():
+        if g is None:
+            assert split[k] is None, k
+        else:
+            assert torch.allclose(split[k], g, rtol=1e-9, atol=1e-12), k
+
+
 @pytest.mark.parametrize("name", list(MODELS))
 def test_sharded_losses_add_up_to_the_batch_gradient(name):
     """Each model's loss on W shards, scaled by the shard fractions, has the gradient of the
@@ -143,28 +173,7 @@ def test_sharded_losses_add_up_to_the_batch_gradient(name):
     users, items = (torch.from_numpy(ds.train[:, c].copy()) for c in (0, 1))
     neg = torch.randint(ds.n_items, (users.numel(), model.n_negatives), generator=torch.Generator()
                         .manual_seed(0)) if model.n_negatives else None
-    model.step_key = 12345
-
-    def grads(shards):
-        model.zero_grad(set_to_none=True)
-        n = users.numel()
-        for lo, hi in shards:
-            model.shard_fraction = (hi - lo) / n
-            sl = slice(lo, hi)
-            loss = model.calculate_loss(users[sl], items[sl], neg[sl] if neg is not None else None)
-            (loss["loss"] * model.shard_fraction).backward()
-        model.shard_fraction = 1.0
-        return {k: p.grad.clone() if p.grad is not None else None
-                for k, p in model.named_parameters()}
-
-    whole = grads([(0, users.numel())])
-    split = grads([shard_bounds(users.numel(), r, 3) for r in range(3)])
-    assert any(g is not None and g.abs().max() > 0 for g in whole.values())
-    for k, g in whole.items():
-        if g is None:
-            assert split[k] is None, k
-        else:
-            assert torch.allclose(split[k], g, rtol=1e-9, atol=1e-12), k
+    assert_shards_add_up(model, users, items, neg)
 
 
 @pytest.mark.parametrize("protocol", ["standard", "legacy"])

@@ -26,7 +26,7 @@ from ..graph import CSR
 from ..ops.row_dropout import mix64
 from .features import EXTRA_TOTAL, ItemFeatures
 
-__all__ = ["Recommender", "rows", "step_key"]
+__all__ = ["Recommender", "bpr_loss", "emb_loss", "rows", "step_key"]
 
 
 def rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -40,6 +40,19 @@ def rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     if x.device.type != "cpu":
         return x[index]
     return x.index_select(0, index.reshape(-1)).reshape(*index.shape, *x.shape[1:])
+
+
+def bpr_loss(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+    """MMRec's ``BPRLoss``: ``-mean log(1e-10 + sigmoid(pos - neg))`` over the rows, a scalar
+    (Rendle et al., UAI 2009; the 1e-10 keeps the log finite)."""
+    return -torch.log(1e-10 + torch.sigmoid(pos - neg)).mean()
+
+
+def emb_loss(*blocks: torch.Tensor) -> torch.Tensor:
+    """MMRec's ``EmbLoss``: the sum of the blocks' Frobenius norms (not squared) divided by the
+    last block's row count, a scalar. A norm of the batch's rows: a distributed model computes it
+    on :attr:`Recommender.global_batch`."""
+    return sum(b.norm() for b in blocks) / blocks[-1].shape[0]
 
 
 def step_key(seed: int, epoch: int, batch: int) -> int:
@@ -130,6 +143,11 @@ class Recommender(torch.nn.Module):
         """Set the step context (:attr:`step_key`, :attr:`shard_fraction`,
         :attr:`global_batch`) before :meth:`calculate_loss`."""
         self.step_key, self.shard_fraction, self.global_batch = key, shard_fraction, global_batch
+
+    def whole_batch(self, users, items, negatives) -> tuple:
+        """:attr:`global_batch`, or ``(users, items, negatives)`` (the step's own batch) when the
+        step runs in one process."""
+        return self.global_batch if self.global_batch is not None else (users, items, negatives)
 
     def post_step(self) -> None:
         """Called after every optimizer step (MAML clips its embedding rows). Default: nothing."""
