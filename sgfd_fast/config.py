@@ -75,7 +75,10 @@ class Range(NamedTuple):
 RANGES = {
     **dict.fromkeys(("epochs", "train_batch_size", "eval_batch_size", "eval_step",
                      "stopping_step", "embedding_size"), Range(1)),
-    **dict.fromkeys(("n_layers", "num_routing"), Range(0)),  # 0: no propagation / routing
+    **dict.fromkeys(("n_layers", "num_routing", "n_mm_layers", "n_ui_layers"),
+                    Range(0)),  # 0: no propagation / routing
+    "knn_k": Range(1),
+    "mm_image_weight": Range(0, 1),
     "hidden_layer_dim": Range(2),                              # MAML's next layers have H/2
     **dict.fromkeys(("weight_decay", "ce_weight", "kd_weight", "reg_weight", "cl_weight",
                      "margin", "feature_l2_reg", "cov_loss_weight"), Range(0)),

@@ -5,18 +5,19 @@ from __future__ import annotations
 from ..errors import ConfigError
 from .base import Recommender
 from .bm3 import BM3
+from .freedom import FREEDOM
 from .grcn import GRCN
 from .lightgcn import LightGCN
 from .maml import MAML
 from .sgfd import SGFD
 from .vbpr import VBPR
 
-__all__ = ["BM3", "GRCN", "LightGCN", "MAML", "MODELS", "Recommender", "SGFD", "VBPR",
+__all__ = ["BM3", "FREEDOM", "GRCN", "LightGCN", "MAML", "MODELS", "Recommender", "SGFD", "VBPR",
            "build_model"]
 
 #: every model by name: the trainer, the CLI (``-m``) and tests/models/test_contract.py read it
 MODELS: dict[str, type[Recommender]] = {"BM3": BM3, "GRCN": GRCN, "MAML": MAML, "VBPR": VBPR,
-                                        "LightGCN": LightGCN}
+                                        "LightGCN": LightGCN, "FREEDOM": FREEDOM}
 
 
 def build_model(name: str, dataset, config: dict) -> Recommender:
