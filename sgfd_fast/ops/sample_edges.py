@@ -34,7 +34,7 @@ import numbers
 import torch
 
 from .. import _backend, _ext
-from .._tensors import FLOAT_NAMES
+from .._tensors import FLOAT_NAMES, new_output
 from ._common import check
 from .row_dropout import ROW_STEP, _shr, mix64
 
@@ -53,7 +53,7 @@ def sample_edges_reference(weight: torch.Tensor, n_keep: int, key: int) -> torch
 
 def _sample_edges_cpp(weight, n_keep, key):
     weight = weight.cpu().contiguous()
-    out = torch.empty(n_keep, dtype=torch.int64)
+    out = new_output(n_keep, like=weight, dtype=torch.int64)
     _ext.cpu.sample_edges(weight=weight.data_ptr(), n_edges=weight.numel(), n_keep=n_keep,
                           key=key, out=out.data_ptr(), dtype=FLOAT_NAMES[weight.dtype])
     return out
