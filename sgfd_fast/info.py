@@ -29,8 +29,8 @@ def _version(package: str) -> str | None:
 
 
 def _bf16() -> dict:
-    """Which ISA serves bf16 products per device; a warning where they are emulated (slower than
-    float32: ``masked_topk(precision="auto")`` then stays fp32)."""
+    """Which ISA serves bf16 products per device, and a warning where they are emulated (slower
+    than float32)."""
     from .ops._bf16_filter import bf16_hardware
 
     cpu = bf16_hardware("cpu")

@@ -38,7 +38,7 @@ from ._common import check, check_csr, check_topk
 
 __all__ = ["masked_topk", "masked_topk_reference", "PRECISIONS"]
 
-PRECISIONS = ("fp32", "bf16", "auto")
+PRECISIONS = ("fp32", "bf16")
 
 
 def masked_topk_reference(users: torch.Tensor, items: torch.Tensor, mask_rowptr: torch.Tensor,
@@ -115,9 +115,8 @@ def masked_topk(users: torch.Tensor, items: torch.Tensor, mask_rowptr: torch.Ten
         validate: check index ranges and per-row sortedness (one pass and a host sync).
         precision: ``"fp32"`` scores in the input dtype; ``"bf16"`` ranks through a bf16 filter
             whose result is the fp32 path's, ids and scores bit for bit (``ops._bf16_filter``;
-            float32 or float64 inputs; under the reference backend it runs the fp32 path);
-            ``"auto"``: the filter where bf16 products run natively (AMX, AVX512-BF16, GPU
-            tensor cores) on float32 inputs, else fp32.
+            served by the C++ backend, elsewhere it runs the fp32 path). Not chosen
+            automatically: it is slower than fp32 on every device measured so far (see there).
 
     Returns:
         ``(values, indices)``: (U, k) float32 scores and (U, k) int64 item ids, best first, ties
@@ -126,8 +125,8 @@ def masked_topk(users: torch.Tensor, items: torch.Tensor, mask_rowptr: torch.Ten
     Raises:
         InputError: wrong ranks, shapes, dtypes or devices; a malformed or unsorted mask; k not
             a non-negative int; mask_value not a number a float32 holds; more than 2^32 - 1
-            items (the fused kernels pack an item id into 32 bits); precision not one of
-            fp32, bf16, auto.
+            items (the fused kernels pack an item id into 32 bits); precision not fp32 or
+            bf16.
     """
     op = "masked_topk"
     check(users.dim() == 2 and items.dim() == 2, op,
@@ -145,6 +144,6 @@ def masked_topk(users: torch.Tensor, items: torch.Tensor, mask_rowptr: torch.Ten
     check(precision in PRECISIONS, op,
           f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     args = (users, items, mask_rowptr.contiguous(), mask_col.contiguous(), k, mask_value)
-    if _bf16_filter.use_filter(precision, users):
+    if precision == "bf16" and _bf16_filter.serves(users.device):
         return _bf16_filter.masked_topk_bf16(_masked_topk, *args)
     return _masked_topk(*args)

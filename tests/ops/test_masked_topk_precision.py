@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import sgfd_fast
-from sgfd_fast import _backend, _ext
+from sgfd_fast import _ext
 from sgfd_fast.errors import InputError
 from sgfd_fast.ops import _bf16_filter, masked_topk
 from sgfd_fast.testing import random_csr
@@ -201,22 +201,22 @@ def test_trained_like_office_embeddings():
     _assert_same(users[:1500], items, rowptr[:1501], pairs[:int(rowptr[1500]), 1], 50)
 
 
-def test_automatic_choice(monkeypatch):
-    users = torch.randn(3, 4)
+def test_bf16_hardware_and_where_the_filter_serves(monkeypatch):
     monkeypatch.setattr(_bf16_filter, "_cpu_flags", lambda: frozenset({"avx2", "fma"}))
     assert _bf16_filter.bf16_hardware("cpu") is None
-    assert not _bf16_filter.use_filter("auto", users)
     monkeypatch.setattr(_bf16_filter, "_cpu_flags", lambda: frozenset({"avx512_bf16", "amx_bf16"}))
     assert _bf16_filter.bf16_hardware("cpu") == "amx_bf16"
-    compiled = _backend.serving("masked_topk", "cpu") != "reference"
-    assert _bf16_filter.use_filter("auto", users) == compiled
-    assert not _bf16_filter.use_filter("auto", users.double())
-    assert not _bf16_filter.use_filter("fp32", users)
+    assert _bf16_filter.serves(torch.device("cpu")) == (_ext.cpu is not None)
     with sgfd_fast.use_backend("reference"):     # no row-independent fp32 path to rescore with
-        assert not _bf16_filter.use_filter("bf16", users)
+        assert not _bf16_filter.serves(torch.device("cpu"))
+        users, items = torch.randn(4, 3), torch.randn(9, 3)
+        rowptr, col = _mask(4, 9, seed=0)
+        want = masked_topk(users, items, rowptr, col, 3)
+        got = masked_topk(users, items, rowptr, col, 3, precision="bf16")
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
 def test_bad_precision_is_one_clear_error():
     rowptr, col = _mask(2, 5, seed=0)
-    with pytest.raises(InputError, match="precision must be one of fp32, bf16, auto"):
+    with pytest.raises(InputError, match="precision must be one of fp32, bf16"):
         masked_topk(torch.randn(2, 3), torch.randn(5, 3), rowptr, col, 2, precision="fp16")
