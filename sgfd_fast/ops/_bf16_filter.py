@@ -4,8 +4,8 @@ The fp32 path (``masked_topk``'s custom op, whichever backend serves it) compute
 per (user, item). The filter returns that path's top-k, ids and scores bit for bit, in three steps
 per block of users:
 
-1. ŝ = users.bf16 @ items.bf16ᵀ (bf16 operands, fp32 accumulation: oneDNN on CPUs with AMX or
-   AVX512-BF16, tensor cores on GPUs) and a bound E with |ŝ - s32| <= E per pair (below);
+1. ŝ = users.bf16 @ items.bf16ᵀ (``torch.mm``: bf16 operands, fp32 accumulation, oneDNN's AMX or
+   AVX512-BF16 kernels where the CPU has them) and a bound E with |ŝ - s32| <= E per pair (below);
 2. per user, τ = the k-th largest lower bound ŝ - E over the items it may rank (a masked item
    counts with its fixed score ``mask_value``, or not at all); an item whose upper bound ŝ + E lies
    below τ scores below at least k items in the fp32 path and cannot be in its top-k, whatever the
@@ -44,16 +44,17 @@ gradual or flushed to zero, errs by less per operation). Sources: the inner-prod
   rounded once to float32 errs by less).
 * bf16 operands: x̂_c = x_c (1 + α_c) + a_c with |α_c| <= v, |a_c| <= η, likewise ŷ; so
   Σ|x̂_c ŷ_c| <= (1+v)² T + (1+v)η √d (‖x‖ + ‖y‖) + dη² =: T̂ and |Σ x̂_c ŷ_c - s| <= T̂ - T.
-* fp32 accumulation of the (exact, 16-bit) products: |s_acc - Σ x̂_c ŷ_c| <= γ_d(u_acc) T̂ + 2dη,
-  u_acc = u on CPUs; on GPUs 4u, for the truncating, multi-term adders of tensor cores (Fasi,
-  Higham, Mikaitis, Pranesh, "Numerical behavior of NVIDIA tensor cores", PeerJ CS 2021).
+* fp32 accumulation of the (exact, 16-bit) products, rounded to nearest: |s_acc - Σ x̂_c ŷ_c| <=
+  γ_d(u) T̂ + 2dη. (A GPU path would need more: tensor cores add several products at once and
+  truncate, Fasi, Higham, Mikaitis, Pranesh, "Numerical behavior of NVIDIA tensor cores", PeerJ CS
+  2021; 4u in place of u covers that.)
 * the product's output rounded to bf16 (CPU ``torch.mm`` returns bf16): |ŝ - s_acc| <=
   v_o |s_acc| + η, v_o = v (0 where the product returns float32).
 
 Adding them, |ŝ - s32| <= E = c P + a (‖x‖ + ‖y‖) + b with
 
-    c = (1+v)² (1+γ_d(u_acc)) (1+v_o) - 1 + γ_d(u)        (≈ 3 · 2^-8 on a CPU)
-    a = (1+v) η √d (1+γ_d(u_acc)) (1+v_o)
+    c = (1+v)² (1+γ_d(u)) (1+v_o) - 1 + γ_d(u)        (≈ 3 · 2^-8 with v_o = v)
+    a = (1+v) η √d (1+γ_d(u)) (1+v_o)
     b = (4d + 4) η (1+v_o)
 
 E and ŝ ∓ E are evaluated in float32: with c + 2^-22 (the rounding of ŝ ∓ E, as |ŝ| + E <= 2P +
@@ -92,13 +93,13 @@ def _gamma(n: int, u: float) -> float:
     return n * u / (1.0 - n * u)
 
 
-def score_error_bound(d: int, *, out_bf16: bool, device_type: str = "cpu") -> tuple[float, ...]:
+def score_error_bound(d: int, *, out_bf16: bool) -> tuple[float, ...]:
     """``(c, a, b)``: |ŝ - s32| <= c ‖x‖‖y‖ + a (‖x‖ + ‖y‖) + b for every pair, margins for
     evaluating it in float32 included (module docstring). ``out_bf16``: the bf16 product returns
     bf16 (CPU) rather than float32."""
     v_o = _V if out_bf16 else 0.0
-    g_acc = _gamma(d, 4 * _U if device_type == "cuda" else _U)
-    c = (1 + _V) ** 2 * (1 + g_acc) * (1 + v_o) - 1 + _gamma(d, _U)
+    g_acc = _gamma(d, _U)
+    c = (1 + _V) ** 2 * (1 + g_acc) * (1 + v_o) - 1 + g_acc
     a = (1 + _V) * _ETA * math.sqrt(d) * (1 + g_acc) * (1 + v_o)
     b = (4 * d + 4) * _ETA * (1 + v_o)
     return (c + 2.0 ** -22) * (1 + 2.0 ** -20), 2 * a, 2 * b
@@ -157,8 +158,7 @@ def masked_topk_bf16(op, users, items, mask_rowptr, mask_col, k, mask_value):
     for u0 in range(0, n_users, block):
         u1 = min(u0 + block, n_users)
         s = torch.mm(users[u0:u1].to(torch.bfloat16), items_b)
-        c, a, b = score_error_bound(users.shape[1], out_bf16=s.dtype == torch.bfloat16,
-                                    device_type=dev.type)
+        c, a, b = score_error_bound(users.shape[1], out_bf16=s.dtype == torch.bfloat16)
         s = s.float()
         # E = c‖x‖‖y‖ + a(‖x‖ + max‖y‖) + b >= the pair's bound (a(‖x‖ + ‖y‖) <= the per-user term)
         err = torch.addcmul((a * (nu[u0:u1] + ni.max()) + b)[:, None], c * nu[u0:u1, None],
