@@ -7,11 +7,14 @@ large: the generated graph (100,000 items).
 Providers: ``reference`` (dense scores, mask, stable sort: the op's exact tie rule),
 ``compiled`` (``torch.compile`` of it), ``dense_topk`` (what MMRec's evaluation does: dense
 scores, masked to -inf, ``torch.topk``), ``sgfd_fast`` (``sgfd_fast.ops.masked_topk``: no score
-matrix). Forward only (not differentiable).
+matrix), ``sgfd_fast_bf16`` (the same with ``precision="bf16"``: bf16 scores filter the items, the
+fp32 kernel re-ranks the candidates; where bf16 is emulated, as on AVX2 CPUs, it is slower).
+Forward only (not differentiable).
 
 Check (before timing): the returned values equal the float64 reference's top-k values, every
 returned index scores its returned value, no masked item and no duplicate is returned. Indices
-are not compared one to one: float32 rounding may reorder near-ties.
+are not compared one to one: float32 rounding may reorder near-ties. ``sgfd_fast_bf16`` must
+also equal ``sgfd_fast``'s (fp32) result exactly, ids and scores.
 """
 
 import numpy as np
@@ -21,12 +24,12 @@ import torch
 from benchlib import Case, GRAPH_FOR_SIZE, graph, randn
 
 from sgfd_fast import _backend
-from sgfd_fast.ops import masked_topk, masked_topk_reference
+from sgfd_fast.ops import _bf16_filter, masked_topk, masked_topk_reference
 
 WIDTH = 64
 K = 50
 EVAL_USERS = {"small": 1024, "paper": 4096, "large": 4096}  # eval_batch_size is 4096
-PROVIDERS = ("reference", "compiled", "dense_topk", "sgfd_fast")
+PROVIDERS = ("reference", "compiled", "dense_topk", "sgfd_fast", "sgfd_fast_bf16")
 
 
 def dense_topk(users, items, mask_rowptr, mask_col, k):
@@ -92,6 +95,8 @@ def case(bench_size, device):
         "compiled": lambda u, i: compiled(u, i, mask_rowptr, mask_col, K),
         "dense_topk": lambda u, i: dense_topk(u, i, mask_rowptr, mask_col, K),
         "sgfd_fast": lambda u, i: masked_topk(u, i, mask_rowptr, mask_col, K, validate=False),
+        "sgfd_fast_bf16": lambda u, i: masked_topk(u, i, mask_rowptr, mask_col, K,
+                                                   validate=False, precision="bf16"),
     }
     return case
 
@@ -99,5 +104,11 @@ def case(bench_size, device):
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_masked_topk(bench, case, provider):
     backend = _backend.serving("masked_topk", bench.device.type) \
-        if provider == "sgfd_fast" else None
+        if provider.startswith("sgfd_fast") else None
+    if provider == "sgfd_fast_bf16":
+        fp32, got = (case.providers[p](*case.inputs) for p in ("sgfd_fast", provider))
+        assert torch.equal(got[1], fp32[1]) and torch.equal(got[0], fp32[0]), \
+            "masked_topk: the bf16 filter's top-k differs from the fp32 path's"
+        filtered = _bf16_filter.serves(bench.device)
+        backend += "+bf16 filter" if filtered else " (fp32: no row-independent backend)"
     bench.run(case, provider, "forward", case.providers[provider], backend=backend)

@@ -7,8 +7,10 @@ for each provider's epoch row (``extra_info["peak_rss_own_process_bytes"]``); by
 
     PYTHONPATH=$PWD python bench/peak_rss.py BM3 office-synthetic released
 
-Output: ``{"peak_rss_bytes": ru_maxrss of the process, "setup_rss_bytes": resident set after the
-dataset and model are built, ...}`` (Linux: ru_maxrss is in KiB).
+Output: ``{"peak_rss_bytes": ru_maxrss of the process, "imports_rss_bytes": resident set after
+the imports (torch, sgfd_fast), "setup_rss_bytes": after the dataset, model and optimizer are
+built (the first torch optimizer imports torch._dynamo: ≈ 130 MiB of either provider's setup),
+...}`` (Linux: ru_maxrss is in KiB).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from bench_end_to_end import PROVIDERS, ReleasedBM3, Run, _vm_kb  # noqa: E402
 
 
 def measure(model_name: str, dataset_name: str, provider: str, batches: int | None) -> dict:
+    imports = _vm_kb("VmRSS") * 1024
     run = Run(model_name, dataset_name, torch.device("cpu"))
     evaluation = run.evaluation
     if provider == "released":
@@ -38,7 +41,8 @@ def measure(model_name: str, dataset_name: str, provider: str, batches: int | No
         run.epoch(batches)
         evaluation()
     return {"model": model_name, "dataset": dataset_name, "provider": provider,
-            "batches": batches or run.n_batches, "setup_rss_bytes": setup,
+            "batches": batches or run.n_batches, "imports_rss_bytes": imports,
+            "setup_rss_bytes": setup,
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
 

@@ -1,7 +1,9 @@
-"""``python -m sgfd_fast.info [--json]``: versions, what was built, and which backend serves each op.
+"""``python -m sgfd_fast.info [--json]``: versions, what was built, which backend serves each op,
+and what multiplies bf16 natively here.
 
-The JSON form has at least ``extension.built``, ``extension.cuda_compiled``, ``extension.error``
-and ``ops.<name>.cpu`` / ``ops.<name>.cuda``.
+The JSON form has at least ``extension.built``, ``extension.cuda_compiled``, ``extension.error``,
+``ops.<name>.cpu`` / ``ops.<name>.cuda`` and ``bf16.cpu`` / ``bf16.cuda`` (``"amx_bf16"``,
+``"avx512_bf16"``, ``"tensor cores (sm_XY)"`` or None) with ``bf16.warnings``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,24 @@ def _version(package: str) -> str | None:
         return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
         return None
+
+
+def _bf16() -> dict:
+    """Which ISA serves bf16 products per device, and a warning where they are emulated (slower
+    than float32)."""
+    from .ops._bf16_filter import bf16_hardware
+
+    cpu = bf16_hardware("cpu")
+    cuda = bf16_hardware("cuda") if torch.cuda.is_available() else None
+    capability = torch.backends.cpu.get_cpu_capability()
+    warnings = []
+    if cpu is None:
+        warnings.append(f"CPU: no AMX-BF16 or AVX512-BF16 (torch's kernels: {capability}): bf16 "
+                        "products are emulated here and run slower than float32")
+    if torch.cuda.is_available() and cuda is None:
+        warnings.append(f"GPU {torch.cuda.get_device_name(0)}: no bf16 tensor cores (compute "
+                        "capability < 8.0): bf16 products run slower than float32")
+    return {"cpu": cpu, "cuda": cuda, "torch_cpu_capability": capability, "warnings": warnings}
 
 
 def collect() -> dict:
@@ -55,6 +75,7 @@ def collect() -> dict:
             "cuda_runtime": _ext.cuda.runtime_version() if _ext.cuda is not None else None,
             "cuda_devices": _ext.cuda_device_count(),
         },
+        "bf16": _bf16(),
         "triton_interpreter": _backend.triton_usable("cpu"),
         "backend_request": os.environ.get("SGFD_FAST_BACKEND", "auto"),
         # Without a GPU nothing compiled can serve CUDA tensors, so "cuda" reads "reference".
@@ -80,6 +101,11 @@ def _print(info: dict) -> None:
               f"{ext['cuda_path']}")
     else:
         print(f"CUDA extension: NOT available: {ext['cuda_error']}")
+    bf16 = info["bf16"]
+    print(f"bf16 products: CPU {bf16['cpu'] or 'emulated'} (torch: {bf16['torch_cpu_capability']})"
+          f", GPU {bf16['cuda'] or ('emulated' if info['gpu'] else 'none')}")
+    for line in bf16["warnings"]:
+        print(f"warning: {line}")
     print(f"Triton interpreter on CPU: {info['triton_interpreter']}   "
           f"SGFD_FAST_BACKEND: {info['backend_request']}")
     width = max(len(op) for op in info["ops"]) if info["ops"] else 2

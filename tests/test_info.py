@@ -51,3 +51,21 @@ def test_info_text():
                     reason="CI sets SGFD_FAST_EXPECT_CUDA_BUILD=1 where nvcc exists")
 def test_cuda_module_was_compiled():
     assert _ext.cuda is not None, _ext.cuda_error
+
+
+def test_info_names_the_bf16_isa(monkeypatch):
+    from sgfd_fast import info as info_mod
+    from sgfd_fast.ops import _bf16_filter
+
+    info = json.loads(run_info("--json"))
+    report = info["bf16"]
+    assert report["cpu"] == _bf16_filter.bf16_hardware("cpu")
+    assert report["cpu"] in (None, "amx_bf16", "avx512_bf16")
+    assert bool(report["warnings"]) == (report["cpu"] is None
+                                        or (info["cuda_available"] and report["cuda"] is None))
+    monkeypatch.setattr(_bf16_filter, "_cpu_flags", lambda: frozenset({"avx2", "fma"}))
+    emulated = info_mod._bf16()
+    assert emulated["cpu"] is None and "slower than float32" in emulated["warnings"][0]
+    monkeypatch.setattr(_bf16_filter, "_cpu_flags", lambda: frozenset({"avx512_bf16"}))
+    assert info_mod._bf16()["cpu"] == "avx512_bf16"
+    assert "bf16 products: CPU" in run_info()

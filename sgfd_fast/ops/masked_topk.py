@@ -33,9 +33,12 @@ import torch
 
 from .. import _backend, _ext
 from .._tensors import FLOAT_NAMES, INDEX_NAMES, dense, new_output
+from . import _bf16_filter
 from ._common import check, check_csr, check_topk
 
-__all__ = ["masked_topk", "masked_topk_reference"]
+__all__ = ["masked_topk", "masked_topk_reference", "PRECISIONS"]
+
+PRECISIONS = ("fp32", "bf16")
 
 
 def masked_topk_reference(users: torch.Tensor, items: torch.Tensor, mask_rowptr: torch.Tensor,
@@ -98,7 +101,8 @@ _backend.register("masked_topk", "cpu", "triton", _masked_topk_triton)
 
 def masked_topk(users: torch.Tensor, items: torch.Tensor, mask_rowptr: torch.Tensor,
                 mask_col: torch.Tensor, k: int, mask_value: Optional[float] = None, *,
-                validate: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                validate: bool = True,
+                precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k items per user by dot-product score, with each user's mask row excluded or re-scored.
 
     Args:
@@ -109,6 +113,10 @@ def masked_topk(users: torch.Tensor, items: torch.Tensor, mask_rowptr: torch.Ten
         k: number of items to return per user (may exceed the number of candidates).
         mask_value: None excludes masked items; a float gives them that score instead.
         validate: check index ranges and per-row sortedness (one pass and a host sync).
+        precision: ``"fp32"`` scores in the input dtype; ``"bf16"`` ranks through a bf16 filter
+            whose result is the fp32 path's, ids and scores bit for bit (``ops._bf16_filter``;
+            served by the C++ backend, elsewhere it runs the fp32 path). Not chosen
+            automatically: it is slower than fp32 on every device measured so far (see there).
 
     Returns:
         ``(values, indices)``: (U, k) float32 scores and (U, k) int64 item ids, best first, ties
@@ -117,7 +125,8 @@ def masked_topk(users: torch.Tensor, items: torch.Tensor, mask_rowptr: torch.Ten
     Raises:
         InputError: wrong ranks, shapes, dtypes or devices; a malformed or unsorted mask; k not
             a non-negative int; mask_value not a number a float32 holds; more than 2^32 - 1
-            items (the fused kernels pack an item id into 32 bits).
+            items (the fused kernels pack an item id into 32 bits); precision not fp32 or
+            bf16.
     """
     op = "masked_topk"
     check(users.dim() == 2 and items.dim() == 2, op,
@@ -132,5 +141,9 @@ def masked_topk(users: torch.Tensor, items: torch.Tensor, mask_rowptr: torch.Ten
     check(mask_rowptr.numel() == users.shape[0] + 1, op,
           f"mask_rowptr must have U + 1 = {users.shape[0] + 1} entries, got {mask_rowptr.numel()}")
     mask_value = check_topk(op, items.shape[0], k, mask_value, mask_rowptr, mask_col, validate)
-    return _masked_topk(users, items, mask_rowptr.contiguous(), mask_col.contiguous(), k,
-                        mask_value)
+    check(precision in PRECISIONS, op,
+          f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    args = (users, items, mask_rowptr.contiguous(), mask_col.contiguous(), k, mask_value)
+    if precision == "bf16" and _bf16_filter.serves(users.device):
+        return _bf16_filter.masked_topk_bf16(_masked_topk, *args)
+    return _masked_topk(*args)
