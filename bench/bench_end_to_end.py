@@ -1,12 +1,13 @@
-"""End to end: one training epoch and one full evaluation of each model (BM3+SGFD; GRCN and MAML
-once registered in ``sgfd_fast.models.MODELS``), ``sgfd_fast`` (automatic backends) against the
-``reference`` backend (``sgfd_fast.use_backend("reference")``: every op on its PyTorch reference).
+"""End to end: one training epoch and one full evaluation of each model (BM3+SGFD, GRCN, MAML,
+VBPR+SGFD, LightGCN; those registered in ``sgfd_fast.models.MODELS``), ``sgfd_fast`` (automatic
+backends) against the ``reference`` backend (``sgfd_fast.use_backend("reference")``: every op on its PyTorch reference).
 
 Models: ``--e2e-models`` (default: all on CUDA, BM3 only on a CPU). Datasets: office at
 ``--bench-size small``; office, office-synthetic (the office graph with SYNTHETIC seeded
 stand-ins of the paper's shapes: 4096-d image, 384-d text; office's labels) and
 toysgames-synthetic at ``paper``; none at ``large`` (no large built-in dataset). Providers:
-``reference``, ``sgfd_fast`` and, for BM3+SGFD, ``released`` (:class:`ReleasedBM3`). CPU epoch rows of
+``reference``, ``sgfd_fast``, for BM3+SGFD ``released`` (:class:`ReleasedBM3`) and for VBPR and
+LightGCN ``mmrec`` (:class:`MMRecStyle`). CPU epoch rows of
 BM3+SGFD and CPU evaluation rows of dot-product models record the GEMM floor
 (:func:`gemm_floor`) and the step's fraction of it. Config: the package defaults for the model and dataset
 (``sgfd_fast.config.load_config``), so the batch size, width and layers are those a user gets.
@@ -35,13 +36,14 @@ import numpy as np
 import pytest
 import torch
 
-MODEL_NAMES = ("BM3", "GRCN", "MAML")
+MODEL_NAMES = ("BM3", "GRCN", "MAML", "VBPR", "LightGCN")
 # office-synthetic: the office graph with SYNTHETIC stand-in features of the paper's shapes
 # (toysgames-synthetic has them built in); generated from a seed in _dataset
 OFFICE_STANDIN = "office-synthetic"
 DATASETS = {"small": ("office",),
             "paper": ("office", OFFICE_STANDIN, "toysgames-synthetic"), "large": ()}
-PROVIDERS = ("reference", "released", "sgfd_fast")
+PROVIDERS = ("reference", "released", "mmrec", "sgfd_fast")
+MMREC_MODELS = ("VBPR", "LightGCN")   # the "mmrec" provider: MMRecStyle
 STEPS = ("epoch", "evaluation")
 
 
@@ -170,10 +172,11 @@ class ReleasedBM3:
         from sgfd_fast.ops import sgfd_loss_reference
 
         self.m, self.F, self.sgfd_loss = model, F, sgfd_loss_reference
-        g = model.graph
-        rows = torch.repeat_interleave(torch.arange(g.rowptr.numel() - 1), g.rowptr.diff())
-        self.adj = torch.sparse_coo_tensor(torch.stack([rows, g.col]), g.val,
-                                           (g.rowptr.numel() - 1,) * 2)  # never coalesced
+        g = getattr(model, "graph", None)   # VBPR has none
+        if g is not None:
+            rows = torch.repeat_interleave(torch.arange(g.rowptr.numel() - 1), g.rowptr.diff())
+            self.adj = torch.sparse_coo_tensor(torch.stack([rows, g.col]), g.val,
+                                               (g.rowptr.numel() - 1,) * 2)  # never coalesced
         known = torch.as_tensor(dataset.train, dtype=torch.long)
         self.known, self.ks, self.topk = known, list(config["topk"]), max(config["topk"])
         self.eval_batch = config["eval_batch_size"]
@@ -191,6 +194,10 @@ class ReleasedBM3:
             layers.append(ego)
         u_g, i_g = torch.stack(layers, dim=1).mean(dim=1).split([m.n_users, m.n_items])
         return u_g, i_g + m.item_embedding.weight
+
+    def _ranking_embeddings(self):
+        u_g, i_o = self._forward()
+        return self.m.predictor(u_g), self.m.predictor(i_o)
 
     def _head(self, x, layers):
         for layer in layers:
@@ -231,13 +238,12 @@ class ReleasedBM3:
 
     def ranking(self) -> torch.Tensor:
         """(U, max(topk)) ranked items of ``self.users``, as the released trainer computes them."""
-        m = self.m
         with torch.no_grad():
             tops = []
             for start in range(0, self.users.numel(), self.eval_batch):
                 users = self.users[start:start + self.eval_batch]
-                u_g, i_o = self._forward()  # recomputed per batch, as released
-                scores = m.predictor(u_g)[users] @ m.predictor(i_o).T
+                u, i = self._ranking_embeddings()  # recomputed per batch, as released
+                scores = u[users] @ i.T
                 sel = torch.isin(self.known[:, 0], users)
                 order = torch.argsort(users)
                 rows = order[torch.searchsorted(users[order], self.known[sel, 0].contiguous())]
@@ -247,6 +253,43 @@ class ReleasedBM3:
 
     def evaluation(self) -> dict:
         return released_metrics(self.ranking().cpu().numpy(), self.truth, self.ks)
+
+
+class MMRecStyle(ReleasedBM3):
+    """VBPR and LightGCN as MMRec's ``vbpr.py`` / ``lightgcn.py`` compute them, in plain PyTorch,
+    on the weights of one of our models. Step: LightGCN propagates with COO ``torch.sparse.mm`` per
+    layer; VBPR projects every item's features every step (MMRec's ``forward``; with SGFD through
+    the model's own students, plus its SGFD losses); then ``BPRLoss`` + ``EmbLoss`` on gathered
+    rows. Evaluation: MMRec's trainer, as for
+    :class:`ReleasedBM3` (the forward again per batch of users, dense scores, ``torch.topk``,
+    the host metric loops)."""
+
+    def _ranking_embeddings(self):
+        m = self.m
+        if m.features is None:   # LightGCN
+            ego = torch.cat([m.user_embedding, m.item_embedding])
+            layers = [ego]
+            for _ in range(m.n_layers):
+                ego = torch.sparse.mm(self.adj, ego)
+                layers.append(ego)
+            return torch.stack(layers, dim=1).mean(dim=1).split([m.n_users, m.n_items])
+        f = m.features            # VBPR: every item projected
+        phi = sum(f.student(j) for j in range(len(f.modalities)))
+        return m.user_embedding, torch.cat([m.item_embedding, phi], 1)
+
+    def calculate_loss(self, users, items, negatives=None):
+        m = self.m
+        neg = negatives.reshape(-1)
+        u_all, i_all = self._ranking_embeddings()
+        u, p, q = u_all[users], i_all[items], i_all[neg]
+        mf = -torch.log(1e-10 + torch.sigmoid((u * p).sum(1) - (u * q).sum(1))).mean()
+        if m.features is None:   # LightGCN's EmbLoss is on the layer-0 rows
+            u, p, q = m.user_embedding[users], m.item_embedding[items], m.item_embedding[neg]
+        reg = (u.norm() + p.norm() + q.norm()) / users.numel()
+        loss = mf + m.reg_weight * reg
+        if m.sgfd is not None:
+            loss = loss + m.sgfd.losses(torch.cat([items, neg]))["sgfd"]
+        return {"loss": loss}
 
 
 def released_metrics(topk_index, pos_items, ks) -> dict:
@@ -411,11 +454,38 @@ def check_released_agrees(model_name: str, dataset_name: str, device_type: str) 
     counts = torch.as_tensor([len(t) for t in released.truth])
     rowptr = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
     truth = torch.as_tensor(np.concatenate(released.truth), dtype=torch.long)
-    want = ranking_metrics(ranked, rowptr, truth, released.ks, "legacy", "BM3")
+    want = ranking_metrics(ranked, rowptr, truth, released.ks, "legacy", "mmrec")
     got = released_metrics(ranked.numpy(), released.truth, released.ks)
     wrong = {k: (got[k], v) for k, v in want.items() if abs(got[k] - v) > 5.1e-5}
     if wrong:
         pytest.fail(f"released metrics on {dataset_name} (got, legacy ranking_metrics): {wrong}")
+    return "ok"
+
+
+@functools.lru_cache(maxsize=None)
+def check_mmrec_agrees(model_name: str, dataset_name: str, device_type: str) -> str:
+    """The MMRec-style formulation computes our step's loss and the same top-k lists; skips the
+    models it does not cover."""
+    run = Run(model_name, dataset_name, torch.device(device_type))
+    if model_name not in MMREC_MODELS:
+        pytest.skip(f"the MMRec-style formulation covers {', '.join(MMREC_MODELS)} only")
+    mmrec = MMRecStyle(run.model, run.dataset, run.config)
+    batch = run.batch(torch.arange(min(run.batch_size, run.pairs.shape[0])))
+    want = float(run.model.calculate_loss(*batch)["loss"])
+    got = float(mmrec.calculate_loss(*batch)["loss"])
+    if abs(got - want) > 1e-4 * abs(want):
+        pytest.fail(f"MMRec-style {model_name} step on {dataset_name}: loss {got} vs {want}")
+    users = torch.sort(mmrec.users).values
+    with torch.no_grad():
+        u, i = run.model.ranking_embeddings()
+        scores = u[users] @ i.T
+    known = mmrec.known[torch.isin(mmrec.known[:, 0], users)]
+    scores[torch.searchsorted(users, known[:, 0].contiguous()), known[:, 1]] = -1e10
+    top = torch.topk(scores, mmrec.topk, dim=1)[1]
+    agree = float((mmrec.ranking()[torch.argsort(mmrec.users)] == top).float().mean())
+    if agree < 0.99:  # float ties may swap a few ranks
+        pytest.fail(f"MMRec-style {model_name} evaluation on {dataset_name}: top-k agrees on "
+                    f"{agree:.3f}")
     return "ok"
 
 
@@ -490,6 +560,10 @@ def test_end_to_end(bench, request, device, model_name, dataset_name, step, prov
         run.stepper = ReleasedBM3(run.model, run.dataset, run.config)
         run.optimizer = torch.optim.Adam(run.model.parameters(), lr=run.config["learning_rate"],
                                          weight_decay=run.config["weight_decay"])  # as released
+        action = run.stepper.evaluation
+    elif provider == "mmrec":
+        check_mmrec_agrees(model_name, dataset_name, device.type)
+        run.stepper = MMRecStyle(run.model, run.dataset, run.config)
         action = run.stepper.evaluation
     if step == "epoch":  # the --benchmark-disable smoke runs 2 batches of the epoch, not all
         action = functools.partial(run.epoch, 2 if bench.benchmark.disabled else None)

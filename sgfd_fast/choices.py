@@ -20,7 +20,7 @@ DIST_BACKENDS = ("auto", "nccl", "gloo")
 METRICS = ("recall", "ndcg", "precision", "map", "hit")
 #: ``student_activation``, ``student_norm``, ``student_init``: the item-feature head that feeds the
 #: backbone (the SGFD student, or the plain backbone's own extractor); ``auto`` keeps what that
-#: head does as released (``sgfd_fast.models.sgfd.resolve_head``).
+#: head does as released (``sgfd_fast.models.heads.resolve_head``).
 STUDENT_ACTIVATIONS = ("auto", "leaky_relu", "identity")
 STUDENT_NORMS = ("auto", "l2", "none")
 #: ``pytorch``: ``nn.Linear``'s own initialisation (kaiming-uniform, a = sqrt(5)).

@@ -56,8 +56,8 @@ def emb_loss(*blocks: torch.Tensor) -> torch.Tensor:
 
 
 def step_key(seed: int, epoch: int, batch: int) -> int:
-    """The step key (:meth:`Recommender.begin_step`) of batch ``batch`` of epoch ``epoch`` (both from 0) of a
-    run seeded with ``seed``: an int64 that depends on the global position only."""
+    """The step key (:meth:`Recommender.begin_step`) of batch ``batch`` of epoch ``epoch`` (both
+    from 0) of a run seeded with ``seed``: an int64 that depends on the global position only."""
     z = torch.tensor([seed & ((1 << 63) - 1), epoch, batch], dtype=torch.int64)
     return int(mix64(mix64(mix64(z[0]) + z[1]) + z[2]))
 

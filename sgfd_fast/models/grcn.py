@@ -175,5 +175,5 @@ class GRCN(Recommender):
 
     def student_features(self):
         """The item features the graph consumes, ``normalize(leaky_relu(S_m(F_m)))``."""
-        with torch.no_grad():
-            return {m: F.normalize(F.leaky_relu(s)) for m, s in self.features.student_features().items()}
+        return {m: F.normalize(F.leaky_relu(s))
+                for m, s in self.features.student_features().items()}

@@ -104,8 +104,10 @@ def test_ranking_shape_and_checkpoint_round_trip(name, sgfd):
     restored.load_state_dict(torch.load(buf))
     v2, i2 = _ranking(restored, ds)
     assert torch.equal(i2, indices) and torch.equal(v2, values)
-    model.train(), restored.train()
-    assert torch.equal(restored.calculate_loss(*batch)["loss"], model.calculate_loss(*batch)["loss"])
+    model.train()
+    restored.train()
+    want = model.calculate_loss(*batch)["loss"]
+    assert torch.equal(restored.calculate_loss(*batch)["loss"], want)
 
 
 @pytest.mark.parametrize("name,sgfd", VARIANTS)
