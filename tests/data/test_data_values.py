@@ -245,10 +245,16 @@ def test_labels_are_resolved_alike_by_inspect_and_train(tmp_path, mmrec_dir, mon
     assert res["data"]["labels"] == str(tmp_path / lp.name)
 
 
-def test_home_relative_paths_are_expanded(tmp_path, sgfd_dir, monkeypatch):
+def test_home_relative_paths_are_expanded(tmp_path, sgfd_dir, tiny, monkeypatch):
+    from sgfd_fast.data import write_mmrec, write_sgfd
+
     monkeypatch.setenv("HOME", str(sgfd_dir.parent))
+    monkeypatch.chdir(tmp_path)
     ds = load_dataset(path=f"~/{sgfd_dir.name}", labels=f"~/{sgfd_dir.name}/MetaData_normal.npy")
     assert ds.name == sgfd_dir.name and ds.n_items == 9
+    assert write_sgfd(tiny, "~/again") == tmp_path / "again"
+    assert write_mmrec(tiny, "~/mm2") == tmp_path / "mm2" / "labels.tsv"
+    assert not (tmp_path / "~").exists()
 
 
 # ---- train prints each data warning once -----------------------------------------------------

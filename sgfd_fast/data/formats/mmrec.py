@@ -124,8 +124,8 @@ def write_mmrec(dataset, path, *, name: str | None = None, labels_file: str = "l
     """Write a Dataset as an MMRec-format directory (``<name>.inter``, ``<modality>_feat.npy``,
     ``i_id_mapping.csv`` when item ids are known) plus ``labels_file`` (TSV itemID<TAB>label; MMRec
     itself has no labels, so readers must be given it: ``labels=<dir>/labels.tsv``).
-    Returns the path of the labels file."""
-    root = Path(path)
+    Returns the path of the labels file (``~`` expanded)."""
+    root = Path(path).expanduser()
     root.mkdir(parents=True, exist_ok=True)
     name = name or root.name
     with open(root / f"{name}.inter", "w", encoding="utf-8", newline="\n") as fh:

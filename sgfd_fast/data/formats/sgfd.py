@@ -110,8 +110,8 @@ def write_sgfd(dataset, path, *, write_valid: bool = True) -> Path:
     """Write a Dataset as an SGFD-format directory (train/valid/test.csv, Feature*_normal.npy,
     MetaData_normal.npy). Columns are ``itemID,userID`` (+ ``asin`` when item ids are known), as in
     the SGFD release. ``write_valid=False`` folds the validation rows back into train.csv (the
-    release's layout, which has no valid.csv). Returns the directory."""
-    root = Path(path)
+    release's layout, which has no valid.csv). Returns the directory (``~`` expanded)."""
+    root = Path(path).expanduser()
     root.mkdir(parents=True, exist_ok=True)
     if write_valid:
         splits = [("train", dataset.train), ("test", dataset.test)]
