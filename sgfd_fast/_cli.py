@@ -78,3 +78,9 @@ def refuse_empty(args, **options) -> None:
     for attr, name in options.items():
         if getattr(args, attr, None) == "":
             raise ConfigError(f"{name} is empty; give a path")
+
+
+def show_warning(message, category, filename, lineno, file=None, line=None):
+    """``warnings.showwarning`` of the CLIs: one ``warning: <message>`` line on stderr (Python's
+    own adds the file, the line number and that line's source)."""
+    print(f"warning: {message}", file=sys.stderr)

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -74,11 +75,37 @@ class TrainedModel:
                                  f"index (int), got {type(u).__name__}")
         return np.asarray(out, dtype=np.int64)
 
+    def _user_indices(self, users) -> np.ndarray:
+        """``users`` as (U,) int64 internal indices, each checked against ``[0, n_users)``."""
+        arr = users.cpu().numpy() if isinstance(users, torch.Tensor) else np.asarray(users)
+        if arr.ndim != 1:
+            raise InputError(f"scores: users must be a 1-D sequence of internal user indices, "
+                             f"got shape {arr.shape}")
+        if arr.size and not np.issubdtype(arr.dtype, np.integer):  # bool is no integer here
+            first = arr.reshape(-1)[0]
+            raise InputError(f"scores: users must be internal user indices (ints), got dtype "
+                             f"{arr.dtype} (first {first.item()!r}); 1.5 or True is no user")
+        n = self.dataset.n_users
+        bad = np.flatnonzero((arr < 0) | (arr >= n))
+        if bad.size:  # a negative index would wrap to the last users
+            raise InputError(f"scores: user index {arr[bad[0]].item()} (position {bad[0]}) is "
+                             f"outside the dataset's users 0 to {n - 1}")
+        return arr.astype(np.int64)
+
     @torch.no_grad()
-    def scores(self, users: np.ndarray) -> torch.Tensor:
-        """(len(users), n_items) scores of internal user indices."""
+    def scores(self, users) -> torch.Tensor:
+        """The full score matrix of some users.
+
+        Args:
+            users: (U,) internal user indices (a list, NumPy array or tensor of ints).
+        Returns:
+            (U, n_items) float32 scores on the model's device (higher is better).
+        Raises:
+            InputError: an index outside ``[0, n_users)`` (no negative indexing), a value that is
+                not an int (``1.5``, ``True``), or not a 1-D sequence.
+        """
         emb = self.model.ranking_embeddings()
-        idx = torch.as_tensor(users, dtype=torch.long, device=self.device)
+        idx = torch.as_tensor(self._user_indices(users), dtype=torch.long, device=self.device)
         if emb is not None:
             u, i = emb
             return u[idx] @ i.T
@@ -100,12 +127,13 @@ class TrainedModel:
 
         Args:
             user_ids: original ids (str) or internal indices (int).
-            k: items per user.
+            k: items per user, 1 to ``n_items``.
             batch_size: users ranked at once (default: the config's ``eval_batch_size``).
         Returns:
             one list per user of item names (fewer than ``k`` when fewer items remain).
         Raises:
-            InputError: an unknown, empty or shared original id, an index out of range, k < 1.
+            InputError: an unknown, empty or shared original id, an index out of range, k < 1
+                or k above the number of items.
         """
         from .evaluation import top_k_items
 
@@ -113,6 +141,10 @@ class TrainedModel:
             raise InputError("recommend() takes a list of user ids")
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise InputError(f"k must be a positive int, got {k!r}")
+        if k > self.dataset.n_items:
+            raise InputError(f"k={k} is more than the dataset's {self.dataset.n_items} items; "
+                             f"give k <= {self.dataset.n_items} (k={self.dataset.n_items} "
+                             f"returns every item a user does not have yet)")
         if batch_size is None:
             batch_size = int(self.config.get("eval_batch_size", 4096))
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or \
@@ -130,18 +162,22 @@ class TrainedModel:
         score is their dot product), ``student_<modality>.npy`` (the distilled student features,
         with SGFD), and ``user_ids.npy``/``item_ids.npy`` (row → original id) when known.
 
+        All or nothing: every file is written to a temporary file first and renamed over its
+        target only once all are written, so a failed write (a full disk) leaves ``out_dir`` as
+        it was, with no partial ``.npy``.
+
         Args:
-            out_dir: a new or empty directory (created with its parents).
+            out_dir: a new or empty directory (created with its parents; ``~`` is expanded).
             overwrite: also write into a non-empty directory, replacing same-named files.
         Returns:
             ``{name: path}`` of the files written.
         Raises:
-            InputError: ``out_dir`` is ``""``, a file, cannot be created, or is not empty (without
-                ``overwrite``).
+            InputError: ``out_dir`` is ``""``, a file, cannot be created, is not empty (without
+                ``overwrite``), or a file cannot be written (the message names it and why).
         """
         if str(out_dir) == "":  # Path("") is the current directory: never meant
             raise InputError("export: the directory is ''; give a path")
-        out = Path(out_dir)
+        out = Path(out_dir).expanduser()
         if out.exists() and not out.is_dir():
             raise InputError(f"export: {out} is a file; give a new or empty directory")
         if out.is_dir() and not overwrite and any(out.iterdir()):
@@ -149,11 +185,6 @@ class TrainedModel:
             shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
             raise InputError(f"export: {out} is not empty ({shown}); give a new or empty "
                              f"directory, or pass overwrite=True to replace same-named files")
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise InputError(f"export: cannot create {out}: {e.strerror or e}; give another "
-                             f"directory") from None
         arrays = {}
         emb = self.model.ranking_embeddings()
         if emb is not None:
@@ -161,16 +192,47 @@ class TrainedModel:
         student = getattr(self.model, "student_features", None)
         for m, f in (student() if student else {}).items():
             arrays[f"student_{m}"] = f
-        written = {}
-        for name, t in arrays.items():
-            written[name] = out / f"{name}.npy"
-            np.save(written[name], t.detach().float().cpu().numpy())
+        arrays = {name: t.detach().float().cpu().numpy() for name, t in arrays.items()}
         for name in ("user_ids", "item_ids"):
             ids = getattr(self.dataset, name)
             if ids is not None:
-                written[name] = out / f"{name}.npy"
-                np.save(written[name], np.asarray(ids))
-        return written
+                arrays[name] = np.asarray(ids).astype(str)  # loads without allow_pickle
+        created = not out.exists()
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise InputError(f"export: cannot create {out}: {e.strerror or e}; give another "
+                             f"directory") from None
+        try:
+            return _save_all(out, arrays)
+        except BaseException:
+            if created and not any(out.iterdir()):
+                out.rmdir()
+            raise
+
+
+def _save_all(out: Path, arrays: dict) -> dict[str, Path]:
+    """``out/<name>.npy`` for every array, all or nothing: each is written to a temporary file,
+    and the files are renamed over their targets only once every one is written."""
+    written = {name: out / f"{name}.npy" for name in arrays}
+    tmps, renamed = {}, []
+    try:
+        for name, a in arrays.items():
+            tmps[name] = out / f".{name}.npy.tmp{os.getpid()}"
+            with open(tmps[name], "wb") as f:
+                np.save(f, a, allow_pickle=False)
+        for name, tmp in tmps.items():
+            os.replace(tmp, written[name])
+            renamed.append(name)
+    except OSError as e:
+        done = (f"{len(renamed)} of {len(arrays)} files were replaced before it" if renamed else
+                f"nothing was exported (the files in {out} are as they were)")
+        raise InputError(f"export: cannot write {written[name]}: {e.strerror or e}; {done}: "
+                         f"free space, or give another directory") from None
+    finally:
+        for tmp in tmps.values():
+            tmp.unlink(missing_ok=True)
+    return written
 
 
 def _index(ids) -> tuple[dict, dict]:
@@ -198,7 +260,7 @@ def load_run(run_dir, device: str = "cpu", dataset=None) -> TrainedModel:
 
     if str(run_dir) == "":  # Path("") is the current directory: never meant
         raise ConfigError("load_run: the run directory is ''; give a path")
-    run_dir = Path(run_dir)
+    run_dir = Path(run_dir).expanduser()
     rpath = run_dir / "results.json"
     if not run_dir.is_dir():
         what = "is a file" if run_dir.exists() else "no such directory"

@@ -7,7 +7,7 @@ without it every function raises :class:`PlotUnavailable`, which says so.
   validation metric, the training loss and, for SGFD runs, the SGFD losses' share of the
   student's gradient (``sgfd_fast.training.diagnostics``) against the epoch.
 * :func:`study_plots`: ``bars.png`` (per metric, each arm's mean with ± one sample std and its
-  seeds as dots) and ``curves.png`` (the validation curves of every arm x seed, one colour per
+  seeds as dots, on an axis from 0) and ``curves.png`` (the validation curves of every arm x seed, one colour per
   arm) from a :func:`sgfd_fast.study.summarise` summary.
 """
 
@@ -144,33 +144,49 @@ def run_curves(run_dirs, path, *, metric: str | None = None) -> Path:
 
 
 def study_plots(summary: dict, out) -> list[Path]:
-    """``bars.png`` and ``curves.png`` of a study summary into the study directory ``out``."""
+    """``bars.png`` and ``curves.png`` of a study summary into the study directory ``out``.
+
+    Bars start at 0 (the report's table gives the differences); an arm without a finished run
+    gets no bar but the words "no finished run", and a summary without any says so instead of
+    drawing axes (either would otherwise look like a score of 0)."""
     plt = _pyplot()
     out = Path(out)
     arms = list(summary["arms"])
     keys = summary["metrics"]
+    runs = summary["runs"]
+    if not runs["finished"]:
+        written = []
+        for name in ("bars.png", "curves.png"):
+            fig, ax = plt.subplots(figsize=(6, 2))
+            ax.axis("off")
+            ax.text(0.5, 0.5, f"{summary['study']}: no finished runs yet (0 of {runs['total']})",
+                    ha="center", va="center")
+            written.append(out / name)
+            _save(fig, written[-1])
+            plt.close(fig)
+        return written
     cols = min(len(keys), 2)
     rows = -(-len(keys) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(1.2 * len(arms) * cols + 2, 3.5 * rows),
                              squeeze=False)
     for ax, key in zip(axes.flat, keys):
-        means = [summary["arms"][a]["metrics"][key]["mean"] for a in arms]
-        stds = [summary["arms"][a]["metrics"][key]["std"] or 0.0 for a in arms]
-        xs = range(len(arms))
-        ax.bar(xs, [m if m is not None else 0.0 for m in means], yerr=stds, capsize=4,
-               color=["tab:gray" if a == summary["baseline"] else "tab:blue" for a in arms])
-        for i, a in enumerate(arms):
-            seeds = summary["arms"][a]["per_seed"].values()
-            ax.plot([i] * len(seeds), [x[key] for x in seeds], "k.", ms=4)
-        finite = [m for m in means if m is not None]
-        if finite:  # differences of a few 1e-3 vanish on an axis from 0
-            lo = min(min(min(x[key] for x in summary["arms"][a]["per_seed"].values())
-                         for a in arms if summary["arms"][a]["per_seed"]),
-                     min(m - s for m, s in zip(means, stds) if m is not None))
-            hi = max(m + s for m, s in zip(means, stds) if m is not None)
-            pad = 0.15 * (hi - lo) or 0.01 * hi or 0.01
-            ax.set_ylim(lo - pad, hi + pad)
-        ax.set_xticks(list(xs), arms, rotation=30, ha="right")
+        stats = [summary["arms"][a]["metrics"][key] for a in arms]
+        seeds = [[x[key] for x in summary["arms"][a]["per_seed"].values()] for a in arms]
+        drawn = [i for i, m in enumerate(stats) if m["n"]]
+        ax.bar(drawn, [stats[i]["mean"] for i in drawn],
+               yerr=[stats[i]["std"] or 0.0 for i in drawn], capsize=4,
+               color=["tab:gray" if arms[i] == summary["baseline"] else "tab:blue"
+                      for i in drawn])
+        for i, values in enumerate(seeds):
+            ax.plot([i] * len(values), values, "k.", ms=4)
+        top = max(max(stats[i]["mean"] + (stats[i]["std"] or 0.0) for i in drawn),
+                  max(v for values in seeds for v in values))
+        ax.set_ylim(0, 1.15 * top or 1.0)  # from 0: small differences must look small
+        for i in set(range(len(arms))) - set(drawn):
+            ax.text(i, 0.02 * ax.get_ylim()[1], "no finished run", rotation=90, ha="center",
+                    va="bottom", fontsize="small", color="tab:gray")
+        ax.set_xlim(-0.6, len(arms) - 0.4)
+        ax.set_xticks(range(len(arms)), arms, rotation=30, ha="right")
         ax.set_title(key)
         ax.grid(axis="y", alpha=0.3)
     for ax in list(axes.flat)[len(keys):]:

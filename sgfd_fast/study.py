@@ -1,24 +1,7 @@
 """``python -m sgfd_fast.study SPEC``: does SGFD help on my data? Every arm x seed, then statistics.
 
-A spec (YAML; a shipped one by name, ``python -m sgfd_fast.study --list``, or a path)::
-
-    name: office-bm3                  # default: the file name; names the default --out
-    description: one line for --list
-    model: BM3                        # a key of sgfd_fast.models.MODELS
-    dataset: office                   # a built-in dataset, or instead:
-    # data_path: data/baby            #   a dataset directory (relative to the spec file)
-    # format: mmrec                   #   its format (sgfd or mmrec, default sgfd)
-    # labels: baby_labels.tsv         #   its label file (relative to the spec file)
-    seeds: [1, 2, 3, 4, 5]            # every arm is trained once per seed (key ``seed``)
-    baseline: plain                   # the arm the others are compared with, seed by seed
-    metrics: [recall@20, ndcg@20]     # reported on valid and test (default these two)
-    config: {epochs: 300}             # overrides shared by every arm
-    arms:                             # name: overrides (config keys; a grid via hyper_parameters)
-      plain: {sgfd: false}
-      sgfd: {}
-      sgfd_control: {ce_weight: 0, kd_weight: 0}
-    contrasts:                        # optional: more paired comparisons, name: [arm, reference]
-      distillation: [sgfd, sgfd_control]
+A spec is a YAML file (a shipped one by name, ``python -m sgfd_fast.study --list``, or a path) in
+the format :data:`SPEC_FORMAT` shows (``python -m sgfd_fast.study --help`` prints it).
 
 The whole spec is checked before anything trains: an unknown key names the arm and the closest
 known keys; errors exit with status 2. Each arm x seed is a normal run directory,
@@ -26,6 +9,10 @@ known keys; errors exit with status 2. Each arm x seed is a normal run directory
 runs (``results.json`` present) and continues unfinished ones with
 :func:`sgfd_fast.training.resume`, so an interrupted study is resumed by running the same command
 again; a run directory trained with another configuration is an error (never silently reused).
+A smaller study, from the command line without editing the spec: ``--seeds 1,2`` replaces the
+spec's seeds, ``--epochs N`` and ``key=value`` overrides apply to every arm (after the spec's
+``config`` and the arm's own keys); the report says what was changed, and reruns and ``--report``
+need the same options.
 ``--shard I/N`` trains only every N-th run (the I-th of each N, in seed-major order), so N
 independent processes (or machines sharing the directory) split a study; each writes the report
 of whatever has finished, the last one the full report; ``--report`` only writes it. ``--arms
@@ -44,9 +31,9 @@ with matplotlib (``pip install 'sgfd_fast[plot]'``) ``bars.png`` and ``curves.pn
 * per arm against the baseline, on the seeds both finished: the paired differences
   ``d_s = arm_s - baseline_s``, their mean with a 95 % confidence interval
   ``mean ± t_{0.975, n-1} · sd / sqrt(n)`` (Student's t, ``scipy.stats.t``) and the two-sided
-  Wilcoxon signed-rank p-value (``scipy.stats.wilcoxon``, exact for small n). With n pairs the
-  smallest p the signed-rank test can give is ``2 / 2^n`` (all differences of one sign): n < 6
-  cannot reach 0.05, which the report says;
+  Wilcoxon signed-rank p-value (``scipy.stats.wilcoxon``, exact for small n). The test drops
+  zero differences; with m non-zero ones the smallest p it can give is ``2 / 2^m`` (all of one
+  sign): m < 6 cannot reach 0.05, which the report says;
 * per contrast ``name: [arm, reference]``: the same paired statistics of ``arm - reference``
   (e.g. the effect of distillation alone: SGFD against the same student without its losses).
 """
@@ -65,7 +52,7 @@ from pathlib import Path
 
 import yaml
 
-from ._cli import quiet_on_closed_stdout, refuse_empty
+from ._cli import quiet_on_closed_stdout, refuse_empty, show_warning
 from .config import Config, load_config, yaml_problem
 from .errors import ConfigError, SGFDError, TrainingError
 from .records import read_json, read_metrics, read_results, read_run, written_for
@@ -78,6 +65,28 @@ STUDIES_DIR = Path(__file__).resolve().parent / "studies"
 _SPEC_KEYS = ("name", "description", "model", "dataset", "data_path", "format", "labels", "seeds",
               "baseline", "metrics", "config", "arms", "contrasts")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+#: The spec format, as ``--help`` prints it.
+SPEC_FORMAT = """\
+spec format (YAML; model, dataset or data_path, seeds, baseline and arms are required):
+  name: office-bm3                  # default: the file name; names the default --out
+  description: one line for --list
+  model: BM3                        # a key of sgfd_fast.models.MODELS
+  dataset: office                   # a built-in dataset, or instead:
+  # data_path: data/baby            #   a dataset directory (relative to the spec file)
+  # format: mmrec                   #   its format (sgfd or mmrec, default sgfd)
+  # labels: baby_labels.tsv         #   its label file (relative to the spec file)
+  seeds: [1, 2, 3, 4, 5]            # every arm is trained once per seed (key seed)
+  baseline: plain                   # the arm the others are compared with, seed by seed
+  metrics: [recall@20, ndcg@20]     # reported on valid and test (default these two)
+  config: {epochs: 300}             # overrides shared by every arm
+  arms:                             # name: overrides (config keys; a grid via hyper_parameters)
+    plain: {sgfd: false}
+    sgfd: {}
+    sgfd_control: {ce_weight: 0, kd_weight: 0}
+  contrasts:                        # optional: more paired comparisons, name: [arm, reference]
+    distillation: [sgfd, sgfd_control]
+"""
 
 
 @dataclass
@@ -97,10 +106,15 @@ class Spec:
     description: str = ""
     contrasts: dict[str, tuple[str, str]] = field(default_factory=dict)
     configs: dict[str, Config] = field(default_factory=dict)
+    #: config overrides from the command line, applied to every arm after its own keys
+    command_line: dict = field(default_factory=dict)
+    #: the spec's own seeds when the command line replaced them (None: not replaced)
+    spec_seeds: list[int] | None = None
 
     def overrides(self, arm: str, seed: int, device: str | None = None) -> list:
         extra = [("device", device)] if device else []
-        return [*self.shared.items(), *self.arms[arm].items(), ("seed", seed), *extra]
+        return [*self.shared.items(), *self.arms[arm].items(), *self.command_line.items(),
+                ("seed", seed), *extra]
 
 
 def shipped_specs() -> dict[str, Path]:
@@ -129,11 +143,22 @@ def _unknown(what: str, key: str, known) -> ConfigError:
     return ConfigError(f"{what} sets {key!r}, which is not a config key{hint}")
 
 
-def load_spec(path, *, in_memory: bool = False) -> Spec:
+def _check_seeds(seeds, where: str) -> None:
+    if not isinstance(seeds, list) or not seeds or not all(
+            isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds) or \
+            len(set(seeds)) != len(seeds):
+        raise ConfigError(f"{where}: seeds must be a non-empty list of distinct non-negative ints, "
+                          f"got {seeds!r}")
+
+
+def load_spec(path, *, in_memory: bool = False, seeds: list[int] | None = None,
+              overrides: dict | None = None) -> Spec:
     """Read and check a whole spec (raises ConfigError naming the file, the arm and the key).
 
     ``in_memory``: the dataset is passed to :func:`run_study` as a Dataset; the spec's dataset
-    keys are then not required.
+    keys are then not required. ``seeds`` replaces the spec's seeds and ``overrides`` (``{key:
+    value}``) applies to every arm, after the arm's own keys: a smaller study from the command
+    line (``--seeds``, ``--epochs``, ``key=value``), checked like the spec.
     """
     from .models import MODELS
 
@@ -193,12 +218,11 @@ def load_spec(path, *, in_memory: bool = False) -> Spec:
     elif not in_memory:
         raise ConfigError(f"{where}: no dataset; give dataset (a built-in name) or data_path")
 
-    seeds = raw.get("seeds")
-    if not isinstance(seeds, list) or not seeds or not all(
-            isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds) or \
-            len(set(seeds)) != len(seeds):
-        raise ConfigError(f"{where}: seeds must be a non-empty list of distinct non-negative ints, "
-                          f"got {seeds!r}")
+    spec_seeds = raw.get("seeds")
+    _check_seeds(spec_seeds, where)
+    if seeds is not None:
+        _check_seeds(seeds, "--seeds")
+    command_line = dict(overrides or {})
 
     arms = raw.get("arms")
     if not isinstance(arms, dict) or not arms:
@@ -238,22 +262,30 @@ def load_spec(path, *, in_memory: bool = False) -> Spec:
         raise ConfigError(f"{where}: metrics must be a list such as [recall@20, ndcg@20]")
 
     spec = Spec(name=str(raw.get("name") or path.stem), path=path, model=model, dataset=dataset,
-                data=data, seeds=seeds, baseline=baseline, metrics=[str(m) for m in metrics],
-                shared=shared, arms=arms, description=str(raw.get("description") or ""),
-                contrasts={str(n): (str(a), str(r)) for n, (a, r) in contrasts.items()})
+                data=data, seeds=spec_seeds if seeds is None else list(seeds), baseline=baseline,
+                metrics=[str(m) for m in metrics], shared=shared, arms=arms,
+                description=str(raw.get("description") or ""),
+                contrasts={str(n): (str(a), str(r)) for n, (a, r) in contrasts.items()},
+                command_line=command_line, spec_seeds=None if seeds is None else spec_seeds)
     if not _NAME_RE.match(spec.name):
         raise ConfigError(f"{where}: name {spec.name!r} must be letters, digits, '_', '-', '.'")
 
     known = load_config(model, dataset).values
-    for what, overrides in (("config", shared), *((f"arm {a!r}", o) for a, o in arms.items())):
-        for k in overrides:
+    for what, keys in (("config", shared), *((f"arm {a!r}", o) for a, o in arms.items())):
+        for k in keys:
             if k == "seed":
                 raise ConfigError(f"{where}: {what} sets seed; a study sets it from seeds")
             if k not in known:
                 raise _unknown(f"{where}: {what}", k, known)
+    for k in command_line:
+        if k == "seed":
+            raise ConfigError("the command line sets seed; give the study's seeds with --seeds")
+        if k not in known:
+            raise _unknown("the command line", k, known)
+    load_config(model, dataset, overrides=list(command_line.items()))  # its own values first
     for arm in arms:
         try:
-            cfg = load_config(model, dataset, overrides=spec.overrides(arm, seeds[0]))
+            cfg = load_config(model, dataset, overrides=spec.overrides(arm, spec.seeds[0]))
         except ConfigError as e:
             raise ConfigError(f"{where}: arm {arm!r}: "
                               + str(e).replace(" (from the command line)", "")) from None
@@ -381,7 +413,8 @@ def run_study(spec: Spec, out, *, shard: tuple[int, int] = (1, 1), arms=None, da
         dataset: a loaded Dataset to train on instead of the spec's dataset.
         device: overrides the ``device`` key (resumable: it may change between reruns).
         report_only: train nothing.
-        progress: a bar over the runs (None: when stderr is a terminal).
+        progress: True: a bar over the runs; False: neither bar nor log lines; None: the bar
+            when stderr is a terminal, else each run's log lines (one per epoch, on stderr).
     Raises:
         ConfigError: ``out`` holds what this study did not write, a run directory holds another
         configuration or a higher ``epochs``, ``arms`` names an arm the spec lacks, or a run's
@@ -436,9 +469,11 @@ def _train_and_report(spec: Spec, out: Path, runs: list, todo: list, n_mine: int
 
     datasets: dict = {}
     failed = {}
+    # a bar on a terminal; elsewhere (a log file, CI) each run's log lines, one per epoch
+    show_bar = sys.stderr.isatty() if progress is None else progress
+    lines = progress is None and not show_bar
     bar = tqdm(total=n_mine, initial=n_mine - len(todo), unit="run", file=sys.stderr,
-               desc=f"study {spec.name}", disable=(not sys.stderr.isatty()) if progress is None
-               else not progress)
+               desc=f"study {spec.name}", disable=not show_bar)
     try:
         for run in todo:
             bar.set_postfix_str(f"{run.arm} seed {run.seed}")
@@ -456,10 +491,10 @@ def _train_and_report(spec: Spec, out: Path, runs: list, todo: list, n_mine: int
                 if (run.dir / "run.json").exists():
                     keep = [(k, values[k]) for k in training.RESUMABLE_KEYS if k in values]
                     res = training.resume(run.dir, keep, dataset=ds, progress=False,
-                                          console=False)
+                                          console=lines)
                 else:
                     res = training.train(spec.model, run.config, run_dir=run.dir, dataset=ds,
-                                         data=spec.data, progress=False, console=False)
+                                         data=spec.data, progress=False, console=lines)
             except TrainingError as e:
                 failed[f"{run.arm}/seed-{run.seed}"] = str(e)
                 bar.write(f"{run.arm} seed {run.seed}: FAILED ({e}); see {run.dir / 'train.log'}")
@@ -493,19 +528,21 @@ def describe(values) -> dict:
 
 def paired_difference(arm, baseline) -> dict:
     """Paired differences ``d = arm - baseline`` (same seeds, same order): ``{"n", "diffs",
-    "mean", "std", "ci95": [low, high] | None, "wilcoxon_p": float | None, "min_p"}``.
+    "mean", "std", "ci95": [low, high] | None, "wilcoxon_p": float | None, "n_nonzero",
+    "min_p": float | None}``.
 
     CI: ``mean ± t_{0.975, n-1} · std / sqrt(n)`` (std with ddof = 1; None for n < 2). Wilcoxon:
-    two-sided signed-rank p (``scipy.stats.wilcoxon``, zero differences dropped; None when every
-    difference is 0). ``min_p = 2 / 2^n``: the smallest p the signed-rank test can reach with n
-    pairs (n < 6: above 0.05).
+    two-sided signed-rank p (``scipy.stats.wilcoxon``, whose default drops zero differences; None
+    when every difference is 0). ``min_p = 2 / 2^m`` over the m = ``n_nonzero`` differences the
+    test ranks: the smallest p it can reach (m < 6: above 0.05; None when m = 0).
     """
     import numpy as np
     from scipy import stats
 
     d = np.asarray(arm, dtype=np.float64) - np.asarray(baseline, dtype=np.float64)
+    m = int(np.count_nonzero(d))
     out = {"diffs": d.tolist(), **describe(d), "ci95": None, "wilcoxon_p": None,
-           "min_p": 2.0 / 2 ** d.size if d.size else None}
+           "n_nonzero": m, "min_p": 2.0 / 2 ** m if m else None}
     if d.size > 1:
         half = stats.t.ppf(0.975, d.size - 1) * out["std"] / math.sqrt(d.size)
         out["ci95"] = [out["mean"] - half, out["mean"] + half]
@@ -589,7 +626,10 @@ def summarise(spec: Spec, runs: list, failed: dict | None = None) -> dict:
             "model": spec.model,
             "dataset": spec.dataset or (spec.data or {}).get("path") or "a dataset in memory",
             "baseline": spec.baseline, "seeds": spec.seeds, "metrics": keys,
-            "shared_config": spec.shared, "arms": arms, "contrasts": contrasts,
+            "shared_config": spec.shared,
+            # what the command line changed: the spec's own seeds (None: kept), every arm's keys
+            "command_line": {"spec_seeds": spec.spec_seeds, "config": spec.command_line},
+            "arms": arms, "contrasts": contrasts,
             "runs": {"total": len(runs), "finished": finished, "pending": pending,
                      "failed": failed or {}, "at_epoch_cap": at_cap,
                      "compute_time_s": seconds}}
@@ -610,7 +650,8 @@ def _fmt(x, digits=4):
 def _diff_cells(d: dict) -> tuple[str, str]:
     """The "Δ [95 % CI] (n)" and "p" cells of a paired difference."""
     ci = f" [{_fmt(d['ci95'][0])}, {_fmt(d['ci95'][1])}]" if d["ci95"] else ""
-    p = _fmt(d["wilcoxon_p"], 3) + (f" (min {d['min_p']:.3f})" if d["min_p"] > 0.05 else "")
+    floor = d.get("min_p")
+    p = _fmt(d["wilcoxon_p"], 3) + (f" (min {floor:.3f})" if floor and floor > 0.05 else "")
     return f"{d['mean']:+.4f}{ci} (n={d['n']})", p
 
 
@@ -620,6 +661,15 @@ def _markdown(s: dict) -> str:
     if s["description"]:
         lines += [s["description"], ""]
     cap = runs["at_epoch_cap"]
+    changed = s.get("command_line") or {}
+    if changed.get("spec_seeds") is not None or changed.get("config"):
+        parts = ([f"seeds {s['seeds']} (the spec has {changed['spec_seeds']})"]
+                 if changed.get("spec_seeds") is not None else [])
+        if changed.get("config"):
+            parts.append("every arm: " + ", ".join(f"{k}={json.dumps(v)}"
+                                                   for k, v in changed["config"].items()))
+        lines += [f"**Changed from the command line, not the spec's study:** "
+                  f"{'; '.join(parts)}.", ""]
     lines += [f"Spec `{s['spec']}`; seeds {s['seeds']}; baseline arm `{s['baseline']}`. "
               f"{runs['finished']} of {runs['total']} runs finished"
               + (f", {len(runs['pending'])} pending" if runs["pending"] else "")
@@ -634,8 +684,8 @@ def _markdown(s: dict) -> str:
                  if cap > 0.1 * runs["finished"] else ""), "",
               "Mean ± sample std (ddof 1) over seeds. Δ: mean paired difference arm − baseline "
               "over the seeds both finished, with its 95 % t confidence interval; p: two-sided "
-              "Wilcoxon signed-rank test of those differences (with n pairs no p below 2/2^n "
-              "exists: n < 6 cannot reach 0.05).", ""]
+              "Wilcoxon signed-rank test of those differences (it drops zero differences; with "
+              "m non-zero ones no p below 2/2^m exists: m < 6 cannot reach 0.05).", ""]
     for key in s["metrics"]:
         lines += [f"## {key}", "", f"| arm | n | {key} | Δ vs {s['baseline']} [95 % CI] | "
                                    f"Wilcoxon p |", "|---|---|---|---|---|"]
@@ -716,9 +766,17 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n  python -m sgfd_fast.study --list\n"
                "  python -m sgfd_fast.study office-bm3                # runs/study-office-bm3\n"
                "  python -m sgfd_fast.study my_spec.yaml --out runs/mine --shard 1/2\n"
-               "A rerun of the same command skips finished runs and resumes unfinished ones.",
+               "  python -m sgfd_fast.study office-bm3 --seeds 1,2 --epochs 5 --out runs/try\n"
+               "A rerun of the same command skips finished runs and resumes unfinished ones.\n\n"
+               + SPEC_FORMAT,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("spec", nargs="?", help="a shipped spec's name (see --list) or a spec file")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="config overrides applied to every arm, after the spec's (parsed as "
+                        "YAML, as train's)")
+    p.add_argument("--seeds", metavar="S,T",
+                   help="train these seeds instead of the spec's, e.g. --seeds 1,2")
+    p.add_argument("--epochs", metavar="N", help="epochs=N for every arm (the same as epochs=N)")
     p.add_argument("--out", metavar="DIR", help="the study directory (default runs/study-<name>)")
     p.add_argument("--shard", metavar="I/N", default="1/1",
                    help="train only the I-th of every N runs (N independent processes)")
@@ -732,6 +790,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _parse_seeds(text: str) -> list[int]:
+    parts = [x.strip() for x in text.split(",")]
+    if not all(x.isascii() and x.isdigit() for x in parts):
+        raise ConfigError(f"--seeds {text!r} must be comma-separated non-negative ints, e.g. "
+                          f"--seeds 1,2")
+    return [int(x) for x in parts]
+
+
+def _parse_overrides(items) -> dict:
+    from .config import parse_override
+
+    out = {}
+    for item in items:
+        k, v = parse_override(item)
+        if k in out:
+            raise ConfigError(f"{k} is given twice on the command line ({k}={out[k]!r} and "
+                              f"{item}); give it once")
+        out[k] = v
+    return out
+
+
 def _require_scipy() -> None:
     try:
         import scipy.stats  # noqa: F401
@@ -743,7 +822,11 @@ def _require_scipy() -> None:
 @quiet_on_closed_stdout
 def main(argv=None) -> int:
     """Entry point of ``python -m sgfd_fast.study``."""
-    args = build_parser().parse_args(argv)
+    import warnings
+
+    # intermixed: key=value overrides may come before, between or after the options
+    args = build_parser().parse_intermixed_args(argv)
+    warnings.showwarning = show_warning  # a data warning is one line, as train prints it
     if args.list:
         _list()
         return 0
@@ -753,9 +836,12 @@ def main(argv=None) -> int:
             raise ConfigError("give a study spec (a name from --list, or a YAML file)")
         refuse_empty(args, out="--out")
         shard = _parse_shard(args.shard)
-        spec = load_spec(find_spec(args.spec))
+        seeds = None if args.seeds is None else _parse_seeds(args.seeds)
+        overrides = _parse_overrides(args.overrides
+                                     + ([f"epochs={args.epochs}"] if args.epochs else []))
+        spec = load_spec(find_spec(args.spec), seeds=seeds, overrides=overrides)
         _require_scipy()  # the statistics need it: fail before hours of training, not after
-        out = Path(args.out) if args.out else Path("runs") / f"study-{spec.name}"
+        out = Path(args.out).expanduser() if args.out else Path("runs") / f"study-{spec.name}"
         arms = None if args.arms is None else [a.strip() for a in args.arms.split(",")
                                                if a.strip()]
         if arms == []:

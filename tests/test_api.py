@@ -52,8 +52,39 @@ def test_recommend_excludes_known_items_and_maps_ids(run_dir):
 
 def test_recommend_more_than_available(run_dir):
     tm = load_run(run_dir)
-    rec = tm.recommend([0], k=1000)[0]
+    rec = tm.recommend([0], k=tm.dataset.n_items)[0]
     assert len(rec) == tm.dataset.n_items - len(known_items(tm.dataset, 0))
+
+
+@pytest.mark.parametrize("k", [10**20, 2**63, 31])  # the tiny dataset has 30 items
+def test_recommend_k_beyond_the_items_is_an_input_error(run_dir, k):
+    tm = load_run(run_dir)
+    with pytest.raises(InputError, match=rf"k={k} is more than the dataset's 30 items; give "
+                                         rf"k <= 30"):
+        tm.recommend([0], k=k)
+
+
+@pytest.mark.parametrize("users, match", [
+    ([-1], r"user index -1 \(position 0\) is outside the dataset's users 0 to 39"),
+    (np.array([0, 40]), r"user index 40 \(position 1\) is outside"),
+    (torch.tensor([0, -3]), r"user index -3 \(position 1\)"),
+    ([1.5], r"users must be internal user indices \(ints\), got dtype float64 \(first 1.5\)"),
+    ([True], r"got dtype bool"),
+    (["u1"], r"got dtype <U2"),
+    ([[0, 1]], r"a 1-D sequence of internal user indices, got shape \(1, 2\)"),
+])
+def test_scores_refuses_what_is_no_user_index(run_dir, users, match):
+    tm = load_run(run_dir)
+    with pytest.raises(InputError, match="scores: .*" + match):
+        tm.scores(users)
+
+
+def test_scores_of_user_indices(run_dir):
+    tm = load_run(run_dir)
+    u, i = tm.model.ranking_embeddings()
+    for users in ([2, 0], np.array([2, 0], dtype=np.int32), torch.tensor([2, 0])):
+        assert torch.equal(tm.scores(users), (u[[2, 0]] @ i.T).detach())
+    assert tm.scores([]).shape == (0, tm.dataset.n_items)
 
 
 def test_recommend_with_original_user_ids(tmp_path, tiny_model):  # noqa: F811
@@ -243,3 +274,47 @@ def test_recommend_skips_nan_scores_on_every_path(tmp_path, tiny_model, monkeypa
         recs = tm.recommend(users, k=k, batch_size=8)
         assert recs == [expected_top(scores[u], ds, u, k, drop={nan_item}) for u in users]
     assert all(b <= 8 for b in batches)
+
+
+def _disk_full_on_call(monkeypatch, n):
+    """np.save writes part of its array and then fails with ENOSPC on its n-th call."""
+    import errno
+
+    real, calls = np.save, []
+
+    def save(f, a, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == n:
+            f.write(b"\x93NUMPY partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(f, a, *args, **kwargs)
+
+    monkeypatch.setattr(np, "save", save)
+
+
+def test_export_onto_a_full_disk_leaves_no_partial_file(run_dir, tmp_path, monkeypatch):
+    tm = load_run(run_dir)
+    out = tmp_path / "exp"
+    with monkeypatch.context() as m:
+        _disk_full_on_call(m, 2)
+        with pytest.raises(InputError, match=rf"export: cannot write {out}/item_embeddings.npy: "
+                                             rf"No space left on device; nothing was exported"):
+            tm.export(out)
+    assert not out.exists()  # it created the directory: removed again
+    first = tm.export(out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with monkeypatch.context() as m:
+        _disk_full_on_call(m, 3)
+        with pytest.raises(InputError, match="No space left on device; nothing was exported"):
+            tm.export(out, overwrite=True)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the earlier export intact
+    assert tm.export(out, overwrite=True) == first
+
+
+def test_export_and_load_run_expand_the_home_directory(run_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    tm = load_run(f"~/{run_dir.relative_to(tmp_path)}")
+    files = tm.export("~/exported")
+    assert files["user_embeddings"] == tmp_path / "exported" / "user_embeddings.npy"
+    assert files["user_embeddings"].exists() and not (tmp_path / "~").exists()

@@ -5,6 +5,7 @@ own and uses the installed one; see sgfd_fast/_ext.py)."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -46,3 +47,21 @@ def test_one_epoch_train_from_the_checkout_serves_cpp(tmp_path):
     line = next(x for x in log.splitlines() if "kernels on cpu: " in x)
     assert all(f"{op}=cpp" in line for op in cpp_ops()), line
     assert "kernels unavailable" not in log
+
+
+def test_readme_default_run_names_its_cpu_and_leaves_early_stopping_room():
+    """README's default-run figures say which CPU gave them and how far another CPU's rounding
+    moves them; the default epoch cap lets the run end by early stopping on any CPU (at a cap of
+    50 another CPU's rounding moved the best epoch from 36 to 49, and that run ended at the cap)."""
+    from sgfd_fast.config import load_config
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("The default run"):text.index("On this data")]
+    for cpu in ("AMD EPYC (Zen 3, AVX2", "Intel Xeon"):
+        assert cpu in section, cpu
+    row = next(x for x in section.splitlines()
+               if x.startswith("| `python -m sgfd_fast.train` (BM3+SGFD"))
+    best, trained = map(int, re.search(r"\| (\d+) / (\d+) \|", row).groups())
+    config = load_config("BM3", "office").values
+    assert best + config["stopping_step"] == trained  # ended by early stopping
+    assert config["epochs"] >= 2 * trained            # with room for another CPU's trajectory

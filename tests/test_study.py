@@ -393,3 +393,158 @@ def test_matplotlib_is_imported_only_to_draw():
     code = ("import sys, sgfd_fast.study, sgfd_fast.plot; "
             "assert 'matplotlib' not in sys.modules and 'scipy' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---- a smaller study from the command line ---------------------------------------------------
+
+@pytest.fixture
+def data_spec(tmp_path):
+    from sgfd_fast.data import write_sgfd
+
+    write_sgfd(tiny_dataset(), tmp_path / "data")
+    return write_spec(tmp_path, data_path="data")
+
+
+def test_seeds_epochs_and_overrides_from_the_command_line(tmp_path, tiny_model, data_spec,
+                                                          capsys):
+    out = tmp_path / "small"
+    args = [str(data_spec), "--out", str(out), "embedding_size=4", "--seeds", "2", "--epochs",
+            "2", "--arms", "base,grid"]
+    assert study.main(args) == 0, capsys.readouterr().err
+    assert sorted(p.relative_to(out).as_posix() for p in out.glob("*/seed-*")) == \
+        ["base/seed-2", "grid/seed-2"]
+    for run_json in out.glob("*/seed-2/run.json"):
+        config = json.loads(run_json.read_text())["config"]
+        assert (config["epochs"], config["embedding_size"], config["seed"]) == (2, 4, 2)
+    s = json.loads((out / "study.json").read_text())
+    assert s["seeds"] == [2] and s["runs"]["total"] == 3 and s["runs"]["finished"] == 2
+    assert s["command_line"] == {"spec_seeds": [1, 2],
+                                 "config": {"embedding_size": 4, "epochs": 2}}
+    md = (out / "study.md").read_text()
+    assert ("**Changed from the command line, not the spec's study:** seeds [2] (the spec has "
+            "[1, 2]); every arm: embedding_size=4, epochs=2.") in md, md
+    # the same options again: nothing to train; the spec's own study cannot reuse these runs
+    assert study.main(args) == 0
+    assert "2/3 runs finished" in capsys.readouterr().out
+    assert study.main([str(data_spec), "--out", str(out), "--report"]) == 2
+    assert "trained with another configuration (embedding_size: 4 there, 8 now)" in \
+        capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["seed=3"], "the command line sets seed; give the study's seeds with --seeds"),
+    (["lerning_rate=0.1"], "the command line sets 'lerning_rate', which is not a config key; "
+                           "did you mean 'learning_rate'"),
+    (["--epochs", "2", "epochs=3"], "epochs is given twice on the command line"),
+    (["--epochs", "-1"], "epochs=-1"),
+    (["--seeds", "1,x"], "--seeds '1,x' must be comma-separated non-negative ints"),
+    (["--seeds", "1,1"], "--seeds: seeds must be a non-empty list of distinct"),
+    (["learning_rate"], "command-line override 'learning_rate' must look like key=value"),
+])
+def test_command_line_changes_are_checked_before_anything_trains(tmp_path, tiny_model,
+                                                                 data_spec, capsys, args,
+                                                                 message):
+    out = tmp_path / "never"
+    assert study.main([str(data_spec), "--out", str(out), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
+    assert not out.exists()
+
+
+def test_help_describes_the_spec_format():
+    text = study.build_parser().format_help()
+    for line in ("spec format (YAML", "  model: BM3", "  # data_path: data/baby",
+                 "  seeds: [1, 2, 3, 4, 5]", "  baseline: plain", "  arms:",
+                 "    sgfd_control: {ce_weight: 0, kd_weight: 0}", "  contrasts:",
+                 "--seeds 1,2 --epochs 5", "key=value"):
+        assert line in text, line
+
+
+def test_progress_off_a_terminal_is_one_line_per_epoch(tmp_path, tiny_model, capsys):
+    spec = study.load_spec(write_spec(tmp_path, seeds=[1], arms={"base": {}}), in_memory=True)
+    study.run_study(spec, tmp_path / "s", dataset=tiny_dataset())  # capsys: not a terminal
+    captured = capsys.readouterr()
+    assert [x.split(":")[0] for x in captured.err.splitlines() if x.startswith("epoch ")] == \
+        ["epoch 1", "epoch 2", "epoch 3"], captured.err
+    assert "run directory " + str(tmp_path / "s/base/seed-1") in captured.err
+    assert "base seed 1: test recall@20" in captured.out
+    spec = study.load_spec(write_spec(tmp_path, seeds=[2], arms={"base": {}}), in_memory=True)
+    for progress in (True, False):  # the bar instead, or nothing
+        study.run_study(spec, tmp_path / f"t{progress}", dataset=tiny_dataset(),
+                        progress=progress)
+        assert "epoch 1: " not in capsys.readouterr().err
+
+
+# ---- the Wilcoxon floor and the bars ---------------------------------------------------------
+
+def test_min_p_counts_only_the_differences_the_test_ranks():
+    pytest.importorskip("scipy")
+    base = [0.10, 0.11, 0.12, 0.13, 0.14, 0.15]
+    diffs = [0, .15, .08, .07, 0, .10]
+    d = study.paired_difference([b + x for b, x in zip(base, diffs)], base)
+    assert d["n"] == 6 and d["n_nonzero"] == 4
+    assert d["min_p"] == pytest.approx(0.125)          # 2 / 2^4, not 2 / 2^6 = 0.03125
+    assert d["wilcoxon_p"] == pytest.approx(0.125)     # all four of one sign: the floor itself
+    assert study._diff_cells(d)[1] == "0.125 (min 0.125)"
+    assert study.paired_difference([0.1, 0.2], [0.1, 0.2])["min_p"] is None
+
+
+def _hand_made_study(tmp_path, values):
+    """A study directory whose runs finished with the given test recall@20 per arm and seed."""
+    spec = study.load_spec(write_spec(tmp_path, seeds=[1, 2], arms={a: {} for a in values}),
+                           in_memory=True)
+    out = tmp_path / "s"
+    for arm, vs in values.items():
+        for seed, v in zip([1, 2], vs):
+            d = out / arm / f"seed-{seed}"
+            d.mkdir(parents=True)
+            m = {"recall@20": v, "ndcg@20": v / 2}
+            (d / "results.json").write_text(json.dumps({
+                "valid": m, "test": m, "best_epoch": 2, "epochs_trained": 3,
+                "early_stopped": True, "checkpoint": "best.pt",
+                "config": {"epochs": SHARED["epochs"]}, "data": None}))
+    out.mkdir(exist_ok=True)
+    return spec, out
+
+
+def _drawn(monkeypatch):
+    """The figures study_plots saves, by file name."""
+    figures = {}
+    monkeypatch.setattr(plot, "_save", lambda fig, path: figures.__setitem__(path.name, fig))
+    return figures
+
+
+def test_bars_start_at_zero_and_an_arm_without_runs_has_no_bar(tmp_path, tiny_model,
+                                                                monkeypatch):
+    pytest.importorskip("matplotlib")
+    spec, out = _hand_made_study(tmp_path, {"base": [0.100, 0.101], "fast": [0.103, 0.104],
+                                            "grid": []})
+    figures = _drawn(monkeypatch)
+    study.run_study(spec, out, report_only=True)
+    ax = figures["bars.png"].axes[0]
+    assert ax.get_ylim()[0] == 0 and ax.get_ylim()[1] > 0.104
+    assert len(ax.patches) == 2  # base and fast; grid has no finished run, so no bar at 0
+    assert "no finished run" in [t.get_text() for t in ax.texts]
+
+
+def test_an_empty_report_draws_no_bars(tmp_path, tiny_model, monkeypatch):
+    pytest.importorskip("matplotlib")
+    spec, out = _hand_made_study(tmp_path, {"base": [], "fast": []})
+    figures = _drawn(monkeypatch)
+    assert study.run_study(spec, out, report_only=True)["runs"]["finished"] == 0
+    assert set(figures) == {"bars.png", "curves.png"}
+    for fig in figures.values():
+        (ax,) = fig.axes
+        assert not ax.patches and not ax.lines
+        assert [t.get_text() for t in ax.texts] == ["tiny: no finished runs yet (0 of 4)"]
+
+
+def test_a_data_warning_is_one_line(tmp_path, tiny_model, data_spec, capsys):
+    with open(tmp_path / "data/train.csv", "a") as fh:
+        fh.write("0,0,i0\n0,0,i0\n")
+    out = tmp_path / "s"
+    assert study.main([str(data_spec), "--out", str(out), "--seeds", "1", "--arms", "base",
+                       "--epochs", "1"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("duplicate interactions") == 1 and "DataWarning" not in err, err
+    assert next(x for x in err.splitlines() if "duplicate" in x).startswith("warning: ")

@@ -7,7 +7,7 @@ import json
 import sys
 import warnings
 
-from .._cli import quiet_on_closed_stdout, refuse_empty
+from .._cli import quiet_on_closed_stdout, refuse_empty, show_warning
 from ..errors import SGFDError
 
 
@@ -38,7 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     ins.add_argument("--format", choices=["sgfd", "mmrec"],
                      help="format of --path (default: sgfd)")
     ins.add_argument("--labels", help="labels file: .npy of ints (row = itemID) or TSV "
-                                      "itemID<TAB>label; required for mmrec")
+                                      "itemID<TAB>label; required for mmrec; a relative path "
+                                      "is looked up in the current directory, then in --path")
     ins.add_argument("--modality", action="append", metavar="NAME=FILE",
                      help="read modality NAME from FILE (.npy, rows = itemID, relative to --path); "
                           "repeat for several; replaces the automatic discovery")
@@ -74,14 +75,10 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None):
-    print(f"warning: {message}", file=sys.stderr)
-
-
 @quiet_on_closed_stdout
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    warnings.showwarning = _show_warning
+    warnings.showwarning = show_warning
     try:
         if args.command == "inspect":
             from .dataset import load_dataset

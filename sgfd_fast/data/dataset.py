@@ -224,8 +224,13 @@ def assemble(parts: dict, *, name: str, valid_ratio: float = 0.1, seed: int = 20
         valid_source = (f"carved from train: valid_ratio={valid_ratio}, seed={seed}"
                         if splits["valid"].shape[0] else "none")
 
-    labels, n_labels, values = remap_labels(np.asarray(parts["raw_labels"]),
-                                                    source=parts.get("labels_source", "labels"))
+    labels_source = parts.get("labels_source", "labels")
+    labels, n_labels, values = remap_labels(np.asarray(parts["raw_labels"]), source=labels_source)
+    if n_labels == 1 and n_items > 1:
+        warn(f"{labels_source}: all {n_items} items carry one label ({int(values[0])}): SGFD's "
+             f"teacher classification loss is then constant (a one-class classifier has nothing "
+             f"to learn) and the labels guide no distillation; give the items their categories "
+             f"(one integer id per item), or train the plain backbone (sgfd=false)")
     meta = {
         "n_train_total": int(n_train_total),
         "valid_source": valid_source,
@@ -292,7 +297,7 @@ def load_dataset(name: str | None = None, *, path=None, format: str = "sgfd", la
         parts = read_mmrec(path, labels=labels, modalities=modalities)
     else:
         raise DataError(f"unknown format {format!r}; use 'sgfd' or 'mmrec'")
-    root = Path(path).resolve()
+    root = Path(path).expanduser().resolve()
     desc = f"{fmt.upper()}-format dataset loaded from {root}"
     return assemble(parts, name=root.name, valid_ratio=valid_ratio, seed=seed, split=split,
                     synthetic=(), description=desc)
@@ -307,7 +312,7 @@ def load_interactions(path, *, user_col: str = "userID", item_col: str = "itemID
     internal user k. Split it with ``sgfd_fast.data.splits.random_split(pairs, len(user_ids),
     "8:1:1", seed)``.
     """
-    path = Path(path)
+    path = Path(path).expanduser()
     columns, rows, numbers = read_table(path, sep=sep, required=(user_col, item_col))
     ui, ii = columns.index(user_col), columns.index(item_col)
 

@@ -73,10 +73,12 @@ def _load_holding_warnings(spec: dict, config: dict, held: list):
 
 
 def _show_held(held: list) -> None:
-    """Show the data warnings a run ended before logging."""
+    """Show the data warnings a run ended before logging: on rank 0 only, which speaks for every
+    rank as its log does (under torchrun each rank printed them, once per process)."""
     while held:
         w = held.pop(0)
-        warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+        if is_main():
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
 
 def _model_label(model: str, values: dict, grid_keys) -> str:
@@ -248,9 +250,13 @@ def train(model: str, config: Config, *, run_dir, dataset=None, data: dict | Non
         if dataset is None:
             raise ConfigError("train() needs dataset= or data=")
         data = {"in_memory": dataset.name}
-    data = {k: (str(Path(v).resolve()) if k in ("path", "labels") and v is not None else v)
-            for k, v in data.items()}
-    run_dir = Path(run_dir)
+    if data.get("path") is not None and data.get("labels") is not None:
+        from ..data.formats import resolve_labels  # load_dataset's rule, recorded absolute
+
+        data = {**data, "labels": resolve_labels(Path(data["path"]).expanduser(), data["labels"])}
+    data = {k: (str(Path(v).expanduser().resolve()) if k in ("path", "labels") and v is not None
+                else v) for k, v in data.items()}
+    run_dir = Path(run_dir).expanduser()
     if distributed.broadcast_object((run_dir / "run.json").exists()):  # rank 0 decides
         raise ConfigError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
                           f"or choose another --out")

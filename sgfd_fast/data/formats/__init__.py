@@ -8,7 +8,7 @@ the fix. Recoverable oddities (duplicate rows, users without training items) are
 """
 
 from .common import (DataWarning, read_features, read_interactions, read_labels, read_table,
-                     remap_labels, select_modalities)
+                     remap_labels, resolve_labels, select_modalities)
 from .mmrec import read_mmrec, write_mmrec
 from .sgfd import read_sgfd, write_sgfd
 
@@ -20,6 +20,7 @@ __all__ = [
     "read_labels",
     "remap_labels",
     "select_modalities",
+    "resolve_labels",
     "read_sgfd",
     "read_mmrec",
     "write_sgfd",

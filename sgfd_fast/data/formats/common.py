@@ -9,6 +9,7 @@ the fix. Recoverable oddities (duplicate rows, users without training items) are
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 from pathlib import Path
 
@@ -20,7 +21,8 @@ logger = logging.getLogger("sgfd_fast")
 
 __all__ = ["DataWarning", "ItemRefs", "read_table", "parse_ids", "read_interactions",
            "check_features", "load_features", "read_features", "remap_labels", "load_labels",
-           "check_labels", "read_labels", "fit_to_items", "select_modalities"]
+           "check_labels", "read_labels", "fit_to_items", "select_modalities", "resolve_labels",
+           "discovered_modalities", "LABEL_LIMIT"]
 
 
 # How each caller names a dataset's files: the train CLI, the data CLI and Python differ, and one
@@ -111,29 +113,38 @@ def read_table(path, *, sep: str | None = None, required=(), what: str = "intera
     return columns, rows, numbers
 
 
+def _is_decimal(v: str) -> bool:
+    # str.isdigit alone accepts any Unicode digit (full-width "１", "²") and int() also "1_0", "+1"
+    return v.isascii() and v.isdigit()
+
+
 def parse_ids(values: list[str], *, path, column: str, line_numbers: list[int]) -> np.ndarray:
-    """Parse a column of non-negative integer ids, naming the first bad row on failure."""
-    arr = None
+    """Parse a column of ids, naming the first bad row on failure.
+
+    An id is a 0-based index written with the ASCII digits 0-9 only (blanks around it ignored,
+    leading zeros allowed). Anything else is refused, not read as a number: ``1_0``, ``+1``,
+    ``1e3``, ``1.0``, full-width ``１``, a negative id, one beyond the 64-bit range.
+    """
+    stripped = [v.strip() for v in values]
+    joined = "".join(stripped)
+    if not (_is_decimal(joined) and all(stripped)):
+        k = next(k for k, v in enumerate(stripped) if not _is_decimal(v))
+        v, no = stripped[k], line_numbers[k]
+        if v.startswith("-") and _is_decimal(v[1:]):
+            raise DataError(f"{path} line {no}: {column} {v} is negative; ids must be 0-based "
+                            f"non-negative integers")
+        raise DataError(
+            f"{path} line {no}: {column} {v!r} is not an integer; ids must be 0-based integer "
+            f"indices written with the digits 0-9 only (not '1_0', '+1', '1e3', '1.0' or "
+            f"non-ASCII digits such as '１'); map raw ids such as ASINs to 0..n-1 first, e.g. "
+            f"with sgfd_fast.data.load_interactions")
     try:
-        arr = np.array(values, dtype=np.int64)
-    except (ValueError, OverflowError):
-        pass
-    if arr is None:
-        for v, no in zip(values, line_numbers):
-            try:
-                int(v)
-            except ValueError:
-                raise DataError(
-                    f"{path} line {no}: {column} {v.strip()!r} is not an integer; ids must be "
-                    f"0-based integer indices (map raw ids such as ASINs to 0..n-1 first, e.g. "
-                    f"with sgfd_fast.data.load_interactions)") from None
-        raise DataError(f"{path}: column {column} holds values that are not 64-bit integers")
-    neg = np.flatnonzero(arr < 0)
-    if neg.size:
-        k = int(neg[0])
-        raise DataError(f"{path} line {line_numbers[k]}: {column} {int(arr[k])} is negative; ids "
-                        f"must be 0-based non-negative integers")
-    return arr
+        return np.array(stripped, dtype=np.int64)
+    except OverflowError:
+        k = next(k for k, v in enumerate(stripped) if int(v) > np.iinfo(np.int64).max)
+        raise DataError(f"{path} line {line_numbers[k]}: {column} {stripped[k]} is beyond the "
+                        f"64-bit integer range; ids must be 0-based indices 0..n-1 (map raw "
+                        f"ids to them first, e.g. with sgfd_fast.data.load_interactions)") from None
 
 
 def read_interactions(path, *, sep: str | None = None, what: str = "interaction"):
@@ -253,12 +264,19 @@ def check_features(arr, n_items: int, *, source: str, modality: str,
     if arr.shape[0] > n_items:
         _warn_extra(source, f"feature rows of modality {modality!r}", arr.shape[0], n_items)
         arr = arr[:n_items]
-    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    stored = arr
+    with np.errstate(over="ignore"):  # a value beyond float32 becomes inf: reported below
+        arr = np.ascontiguousarray(arr, dtype=np.float32)
     finite = np.isfinite(arr)
     if not finite.all():
         bad_rows = np.flatnonzero(~finite.all(axis=1))
         r = int(bad_rows[0])
         c = int(np.flatnonzero(~finite[r])[0])
+        if np.isfinite(stored[r, c]):  # a float64 (or integer) value float32 cannot hold
+            raise DataError(
+                f"{source}: features of modality {modality!r} hold values beyond float32's range "
+                f"(±3.4e38), which the models compute in ({bad_rows.size} rows affected; first "
+                f"at row {r} = itemID {r}, column {c}: {stored[r, c].item()!r}); rescale them")
         raise DataError(
             f"{source}: features of modality {modality!r} contain NaN or Inf ({bad_rows.size} "
             f"rows affected; first at row {r} = itemID {r}, column {c}: {arr[r, c]}); replace "
@@ -292,10 +310,25 @@ def remap_labels(labels: np.ndarray, *, source: str = "labels") -> tuple[np.ndar
     return inverse.reshape(-1).astype(np.int64), k, values
 
 
+#: Labels are category ids in ``[-LABEL_LIMIT, LABEL_LIMIT]`` (int64 without its minimum, which
+#: :data:`NO_LABEL` takes); a larger value (10**30, 2**63 + 5) is refused, never wrapped.
+LABEL_LIMIT = np.iinfo(np.int64).max
+
+#: Marks an item a labels table gives no label (never a valid label: it is beyond LABEL_LIMIT).
+NO_LABEL = np.iinfo(np.int64).min
+
+_LABEL_RANGE = ("outside the 64-bit integer range ±(2^63 - 1); labels are category ids: "
+                "renumber them, e.g. to 0..K-1")
+
+
 def _integral(arr: np.ndarray, source: str) -> np.ndarray:
     if arr.dtype == np.bool_:
         return arr.astype(np.int64)
     if np.issubdtype(arr.dtype, np.integer):
+        big = np.flatnonzero((arr > LABEL_LIMIT) | (arr < -LABEL_LIMIT))  # uint64 would wrap
+        if big.size:
+            i = int(big[0])
+            raise DataError(f"{source}: item {i} has label {arr[i].item()}, {_LABEL_RANGE}")
         return arr.astype(np.int64)
     if np.issubdtype(arr.dtype, np.floating):
         bad = np.flatnonzero(~np.isfinite(arr) | (arr != np.round(arr)))
@@ -304,13 +337,13 @@ def _integral(arr: np.ndarray, source: str) -> np.ndarray:
             raise DataError(f"{source}: labels must be integers; item {i} has label {arr[i].item()!r} "
                             f"({bad.size} non-integer values); store one integer category id "
                             f"per item")
+        big = np.flatnonzero(np.abs(arr) >= 2.0 ** 63)  # astype(int64) would wrap
+        if big.size:
+            i = int(big[0])
+            raise DataError(f"{source}: item {i} has label {arr[i].item()!r}, {_LABEL_RANGE}")
         return arr.astype(np.int64)
     raise DataError(f"{source}: labels must be integers, got dtype {arr.dtype}; store one integer "
                     f"category id per item")
-
-
-#: Marks an item a labels table gives no label (never a valid label: labels are checked first).
-NO_LABEL = np.iinfo(np.int64).min
 
 
 def load_labels(path) -> tuple[np.ndarray, bool]:
@@ -319,7 +352,7 @@ def load_labels(path) -> tuple[np.ndarray, bool]:
     itemID, with :data:`NO_LABEL` where an item has no row."""
     path = Path(path)
     require_file(path, "labels", f"give {LABELS_HINT}: a .npy of ints or a TSV itemID<TAB>label")
-    if path.suffix == ".npy":
+    if path.suffix.lower() == ".npy":  # .NPY as well
         arr = load_npy(path, "labels")
         if arr.ndim == 2 and arr.shape[1] == 1:
             arr = arr[:, 0]
@@ -330,8 +363,7 @@ def load_labels(path) -> tuple[np.ndarray, bool]:
     _, rows, numbers = read_table(path, header=False, what="labels")
     if len(rows[0]) < 2:
         raise DataError(f"{path} line {numbers[0]}: expected two columns itemID<TAB>label")
-    first = rows[0][0].strip()
-    if not first.lstrip("-").isdigit():  # a header line
+    if not any(c.isdigit() for c in rows[0][0]):  # a header line ("1_0" or "１" is a bad row)
         rows, numbers = rows[1:], numbers[1:]
         if not rows:
             raise DataError(f"{path}: has a header but no data rows")
@@ -339,11 +371,14 @@ def load_labels(path) -> tuple[np.ndarray, bool]:
     vals = []
     for r, no in zip(rows, numbers):
         v = r[1].strip()
-        try:
-            vals.append(int(v))
-        except ValueError:
+        if not _is_decimal(v[1:] if v.startswith("-") else v):
             raise DataError(f"{path} line {no}: label {v!r} of itemID {r[0].strip()} is not an "
-                            f"integer; labels must be integer category ids") from None
+                            f"integer; labels must be integer category ids written with the "
+                            f"digits 0-9 (and a leading '-')")
+        if abs(int(v)) > LABEL_LIMIT:
+            raise DataError(f"{path} line {no}: label {v} of itemID {r[0].strip()} is "
+                            f"{_LABEL_RANGE}")
+        vals.append(int(v))
     labels = np.full(int(items.max()) + 1, NO_LABEL, dtype=np.int64)
     for it, v, no in zip(items.tolist(), vals, numbers):
         if labels[it] != NO_LABEL and labels[it] != v:
@@ -393,7 +428,7 @@ def read_labels(path, n_items: int, refs: ItemRefs | None = None) -> np.ndarray:
 
 
 def require_dir(path) -> Path:
-    path = Path(path)
+    path = Path(path).expanduser()
     if not path.exists():
         raise DataError(f"{path}: dataset directory not found; check {PATH_HINT}")
     if not path.is_dir():
@@ -416,12 +451,49 @@ def select_modalities(feats: dict, modalities, source: str) -> dict:
     return {m: feats[m] for m in names}
 
 
+_MODALITY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+MODALITY_RULE = "letters, digits, '_' and '-' (starting with a letter or digit)"
+
+
+def _check_unique(named, source: str) -> None:
+    """``named``: ``(modality name, what names it)`` pairs. Names that differ only in case are one
+    DataError: configs and exported files would not tell them apart (one was dropped before)."""
+    seen = {}
+    for name, what in named:
+        other = seen.setdefault(name.lower(), (name, what))
+        if other[1] != what:
+            raise DataError(f"{source}: {other[1]} and {what} both name modality {name.lower()!r} "
+                            f"(modality names ignore case: {other[0]!r}, {name!r}); keep one, or "
+                            f"give them distinct names: {MODALITIES_HINT}")
+
+
+def discovered_modalities(root: Path, found) -> dict:
+    """``{name: path}`` of the feature files a directory listing matched (``found``: ``(name,
+    file name)`` pairs, in order). A name other than :data:`MODALITY_RULE` allows (a stray copy
+    such as ``image copy_feat.npy``) is ignored with a DataWarning; two names that differ only
+    in case (``FeatureImage_normal.npy`` and ``Featureimage_normal.npy``) are a DataError."""
+    kept = []
+    for name, file in found:
+        if _MODALITY_NAME.fullmatch(name):
+            kept.append((name, file))
+        else:
+            warn(f"{root / file}: ignored: its modality name {name!r} is not {MODALITY_RULE} "
+                 f"(a stray copy?); rename the file to use it")
+    _check_unique(kept, str(root))
+    return {name: root / file for name, file in kept}
+
+
 def explicit_modalities(root: Path, modalities) -> dict:
-    """``{name: path}`` of ``modalities={name: file}``, files relative to ``root``."""
+    """``{name: path}`` of ``modalities={name: file}``, files relative to ``root``; names follow
+    :data:`MODALITY_RULE` and may not differ only in case."""
     files = {}
     for name, file in modalities.items():
-        p = Path(file)
+        if not _MODALITY_NAME.fullmatch(str(name)):
+            raise DataError(f"modality name {str(name)!r} ({file}): a name is {MODALITY_RULE}; "
+                            f"it names the model's parameters and exported files")
+        p = Path(file).expanduser()
         files[str(name)] = p if p.is_absolute() else root / p
+    _check_unique([(name, repr(name)) for name in files], str(root))
     return files
 
 
@@ -444,9 +516,12 @@ def fit_to_items(feature_files: dict, labels_file: Path, n_items: int, refs: Ite
     return feats, check_labels(labels, n_items, source=str(labels_file), table=table, refs=refs)
 
 
-def resolve_labels(root: Path, labels) -> Path:
-    p = Path(labels)
-    if not p.is_absolute() and not p.exists() and (root / p).exists():
-        p = root / p
+def resolve_labels(root, labels) -> Path:
+    """The labels file ``labels`` names, for a dataset in directory ``root``: ``~`` expanded; a
+    relative path in the current directory when it exists there, else in ``root`` (``--labels
+    labels.tsv`` finds ``DIR/labels.tsv``). The one rule of ``load_dataset``, ``data inspect``
+    and ``train`` (which records the result in run.json)."""
+    p = Path(labels).expanduser()
+    if not p.is_absolute() and not p.exists() and (Path(root) / p).exists():
+        p = Path(root) / p
     return p
-

@@ -1,7 +1,7 @@
 """MMRec's format (a directory), read and written::
 
     <name>.inter               TSV with columns userID, itemID, x_label (0/1/2 = train/valid/test)
-    image_feat.npy, text_feat.npy, <modality>_feat.npy
+    image_feat.npy, text_feat.npy, <modality>_feat.npy   (any case of .npy)
     i_id_mapping.csv           optional TSV mapping an original id (e.g. asin) to itemID
     labels                     not part of MMRec: pass a file (.npy of ints, or TSV itemID<TAB>label)
 """
@@ -15,24 +15,27 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import DataError
-from .common import (LABELS_HINT, MODALITIES_HINT, ItemRefs, explicit_modalities, fit_to_items,
-                     parse_ids, read_table, require_dir, resolve_labels, select_modalities, warn)
+from .common import (LABELS_HINT, MODALITIES_HINT, ItemRefs, discovered_modalities,
+                     explicit_modalities, fit_to_items, parse_ids, read_table, require_dir,
+                     resolve_labels, select_modalities, warn)
 
 __all__ = ["read_mmrec", "write_mmrec"]
 
-MMREC_FEATURE_RE = re.compile(r"^(.+)_feat\.npy$")
+MMREC_FEATURE_RE = re.compile(r"^(.+)_feat(?i:\.npy)$")
+#: MMRec's own modalities come first, in its order; any other <name>_feat.npy after them
+MMREC_ORDER = ("image", "text")
 
 
 def _find_inter(root: Path) -> Path:
-    inters = sorted(root.glob("*.inter"))
+    inters = sorted(p for p in root.iterdir() if p.suffix.lower() == ".inter")
     if not inters:
         raise DataError(f"{root}: no <name>.inter file found; an MMRec dataset directory holds a "
                         f"TSV <name>.inter with columns userID, itemID, x_label")
     if len(inters) == 1:
         return inters[0]
-    named = root / f"{root.name}.inter"
-    if named.exists():
-        return named
+    named = [p for p in inters if p.stem == root.name]
+    if len(named) == 1:
+        return named[0]
     raise DataError(f"{root}: several .inter files ({', '.join(p.name for p in inters)}); keep one, "
                     f"or name it {root.name}.inter")
 
@@ -73,13 +76,10 @@ def read_mmrec(path, *, labels=None, modalities=None) -> dict:
     if isinstance(modalities, dict):
         files = explicit_modalities(root, modalities)
     else:
-        files = {}
-        names = sorted(os.listdir(root))
-        # image and text first, in MMRec's order, then any other <name>_feat.npy
-        ordered = [f for f in ("image_feat.npy", "text_feat.npy") if f in names]
-        ordered += [f for f in names if MMREC_FEATURE_RE.match(f) and f not in ordered]
-        for f in ordered:
-            files[MMREC_FEATURE_RE.match(f).group(1)] = root / f
+        found = [(m.group(1), f) for f in sorted(os.listdir(root))
+                 if (m := MMREC_FEATURE_RE.match(f))]
+        found.sort(key=lambda x: (MMREC_ORDER + (x[0],)).index(x[0]))  # stable: others by name
+        files = discovered_modalities(root, found)
         if not files:
             raise DataError(f"{root}: no feature files found; expected image_feat.npy, text_feat.npy "
                             f"or <modality>_feat.npy (rows = itemID), or name the files: "
@@ -124,8 +124,8 @@ def write_mmrec(dataset, path, *, name: str | None = None, labels_file: str = "l
     """Write a Dataset as an MMRec-format directory (``<name>.inter``, ``<modality>_feat.npy``,
     ``i_id_mapping.csv`` when item ids are known) plus ``labels_file`` (TSV itemID<TAB>label; MMRec
     itself has no labels, so readers must be given it: ``labels=<dir>/labels.tsv``).
-    Returns the path of the labels file."""
-    root = Path(path)
+    Returns the path of the labels file (``~`` expanded)."""
+    root = Path(path).expanduser()
     root.mkdir(parents=True, exist_ok=True)
     name = name or root.name
     with open(root / f"{name}.inter", "w", encoding="utf-8", newline="\n") as fh:

@@ -6,6 +6,7 @@
     FeatureText_normal.npy     modality "text"
     Feature<Name>_normal.npy   any further modality "<name>" (first letter lower-cased)
     MetaData_normal.npy        one integer category label per item
+    (the .npy suffix in any case: .NPY is read alike)
 """
 
 from __future__ import annotations
@@ -17,14 +18,15 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import DataError
-from .common import (LABELS_HINT, MODALITIES_HINT, ItemRefs, explicit_modalities, fit_to_items,
-                     read_interactions, require_dir, require_file, resolve_labels,
-                     select_modalities)
+from .common import (LABELS_HINT, MODALITIES_HINT, ItemRefs, discovered_modalities,
+                     explicit_modalities, fit_to_items, read_interactions, require_dir,
+                     require_file, resolve_labels, select_modalities)
 
 __all__ = ["read_sgfd", "write_sgfd"]
 
-SGFD_FEATURE_RE = re.compile(r"^Feature(.+)_normal\.npy$")
+SGFD_FEATURE_RE = re.compile(r"^Feature(.+)_normal(?i:\.npy)$")
 SGFD_LABELS = "MetaData_normal.npy"
+SGFD_LABELS_RE = re.compile(r"^MetaData_normal(?i:\.npy)$")
 
 
 def _ids_from_extras(pairs_list, extras_list, col: str, key: str, n: int, source: str):
@@ -60,19 +62,19 @@ def read_sgfd(path, *, labels=None, modalities=None) -> dict:
     if isinstance(modalities, dict):
         files = explicit_modalities(root, modalities)
     else:
-        files = {}
-        for f in sorted(os.listdir(root)):
-            m = SGFD_FEATURE_RE.match(f)
-            if m:
-                name = m.group(1)
-                files[name[:1].lower() + name[1:]] = root / f
+        found = [(m.group(1)[:1].lower() + m.group(1)[1:], f) for f in sorted(os.listdir(root))
+                 if (m := SGFD_FEATURE_RE.match(f))]
+        files = discovered_modalities(root, found)
         if not files:
             raise DataError(f"{root}: no feature files found; expected FeatureImage_normal.npy, "
                             f"FeatureText_normal.npy or Feature<Name>_normal.npy (rows = itemID), "
                             f"or name the files: {MODALITIES_HINT}")
         files = select_modalities(files, modalities, str(root))
     if labels is None:
-        lp = root / SGFD_LABELS
+        named = [f for f in sorted(os.listdir(root)) if SGFD_LABELS_RE.match(f)]
+        if len(named) > 1:
+            raise DataError(f"{root}: {' and '.join(named)} are both the labels file; keep one")
+        lp = root / (named[0] if named else SGFD_LABELS)
         if not lp.exists():
             raise DataError(f"{root}: labels file {SGFD_LABELS} not found; SGFD needs one integer "
                             f"category label per item: add {SGFD_LABELS} or give "
@@ -108,8 +110,8 @@ def write_sgfd(dataset, path, *, write_valid: bool = True) -> Path:
     """Write a Dataset as an SGFD-format directory (train/valid/test.csv, Feature*_normal.npy,
     MetaData_normal.npy). Columns are ``itemID,userID`` (+ ``asin`` when item ids are known), as in
     the SGFD release. ``write_valid=False`` folds the validation rows back into train.csv (the
-    release's layout, which has no valid.csv). Returns the directory."""
-    root = Path(path)
+    release's layout, which has no valid.csv). Returns the directory (``~`` expanded)."""
+    root = Path(path).expanduser()
     root.mkdir(parents=True, exist_ok=True)
     if write_valid:
         splits = [("train", dataset.train), ("test", dataset.test)]
