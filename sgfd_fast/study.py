@@ -66,7 +66,7 @@ from pathlib import Path
 import yaml
 
 from ._cli import quiet_on_closed_stdout, refuse_empty
-from .config import Config, load_config, yaml_problem
+from .config import RANGES, Config, load_config, read_yaml
 from .errors import ConfigError, SGFDError, TrainingError
 from .records import read_json, read_metrics, read_results, read_run, written_for
 
@@ -138,15 +138,7 @@ def load_spec(path, *, in_memory: bool = False) -> Spec:
     from .models import MODELS
 
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise ConfigError(f"cannot read study spec {path}: {e.strerror or e}") from None
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"study spec {path} is not UTF-8 text ({e.reason} at byte "
-                          f"{e.start}); give a YAML file") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"study spec {path} is not valid YAML: {yaml_problem(e)}") from None
+    raw = read_yaml(path, "study spec")  # a key given twice (two arms of one name) is an error
     if not isinstance(raw, dict):
         raise ConfigError(f"study spec {path} must be a YAML mapping (model, dataset, seeds, "
                           f"baseline, arms, ...)")
@@ -195,8 +187,8 @@ def load_spec(path, *, in_memory: bool = False) -> Spec:
 
     seeds = raw.get("seeds")
     if not isinstance(seeds, list) or not seeds or not all(
-            isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds) or \
-            len(set(seeds)) != len(seeds):
+            isinstance(s, int) and not isinstance(s, bool) and s in RANGES["seed"]
+            for s in seeds) or len(set(seeds)) != len(seeds):
         raise ConfigError(f"{where}: seeds must be a non-empty list of distinct non-negative ints, "
                           f"got {seeds!r}")
 
@@ -278,13 +270,14 @@ class _Run:
 
 
 def _plan(spec: Spec, out: Path, device: str | None) -> list[_Run]:
-    """Every arm x seed, seed-major (after the first seeds every arm has a result)."""
-    runs = []
-    for seed in spec.seeds:
-        for arm in spec.arms:
-            cfg = load_config(spec.model, spec.dataset, overrides=spec.overrides(arm, seed, device))
-            runs.append(_Run(arm, seed, out / arm / f"seed-{seed}", cfg))
-    return runs
+    """Every arm x seed, seed-major (after the first seeds every arm has a result); each arm's
+    config is resolved once (the seed, checked with the spec, is its only difference)."""
+    arms = {arm: load_config(spec.model, spec.dataset,
+                             overrides=spec.overrides(arm, spec.seeds[0], device))
+            for arm in spec.arms}
+    return [_Run(arm, seed, out / arm / f"seed-{seed}",
+                 Config({**cfg.values, "seed": seed}, cfg.grid_keys, cfg.sources, cfg.files))
+            for seed in spec.seeds for arm, cfg in arms.items()]
 
 
 def _check_existing(run: _Run) -> None:
@@ -412,6 +405,9 @@ def run_study(spec: Spec, out, *, shard: tuple[int, int] = (1, 1), arms=None, da
     chosen = [r for r in runs if arms is None or r.arm in arms]
     mine = [r for k, r in enumerate(chosen) if k % n == i - 1 and not report_only]
     todo = [r for r in mine if _results(r) is None]
+    print(f"study {spec.name}: {len(spec.arms)} arm{'s' * (len(spec.arms) > 1)} × "
+          f"{len(spec.seeds):,} seed{'s' * (len(spec.seeds) > 1)} = {len(runs):,} runs; "
+          f"{len(todo):,} to train here", file=sys.stderr)
     for dev in {d for r in todo for d in _as_list(r.config.values["device"])}:
         training.resolve_device(dev)  # a missing GPU is said before anything is created
     created = not out.exists()

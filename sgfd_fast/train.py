@@ -152,7 +152,6 @@ def main(argv=None) -> int:
     import warnings
 
     from . import training
-    from .records import read_run
 
     warnings.showwarning = _show_warning  # one line per DataWarning, as the data CLI prints them
     try:
@@ -178,7 +177,8 @@ def main(argv=None) -> int:
                                 f"--device")
             run_dir = Path(args.resume)
             # under torchrun the process group needs the run's dist_* keys before resuming
-            values = read_run(run_dir)["config"] if (run_dir / "run.json").exists() else {}
+            values = training.read_checked_run(run_dir)["config"] \
+                if (run_dir / "run.json").exists() else {}
             with _process_group(values, args.device):
                 results = training.resume(run_dir, overrides,
                                           allow_data_change=args.allow_data_change)
@@ -213,7 +213,9 @@ def main(argv=None) -> int:
                 from .training import distributed
 
                 run_dir = distributed.broadcast_object(run_dir)  # rank 0's timestamp
-                results = training.train(args.model, cfg, run_dir=run_dir, data=data)
+                results = training.train(args.model, cfg, run_dir=run_dir, data=data,
+                                         unique_name=not args.out)
+                run_dir = Path(results["run_dir"])
     except SGFDError as e:
         rank = os.environ.get("RANK", "0")
         print(f"error: {e}" if rank == "0" else f"error: [rank {rank}] {e}", file=sys.stderr)

@@ -13,7 +13,8 @@ from sgfd_fast.data import write_sgfd
 from sgfd_fast.errors import ConfigError, InputError, RunDirectoryError
 from test_trainer import tiny_dataset, tiny_model  # noqa: F401  (tiny_model is a fixture)
 
-OVERRIDES = ["epochs=2", "train_batch_size=32", "embedding_size=8", "device=cpu"]
+OVERRIDES = ["epochs=2", "train_batch_size=32", "embedding_size=8", "device=cpu",
+             "topk=[10,20]"]  # the tiny data have 30 items
 
 
 @pytest.fixture
@@ -123,10 +124,12 @@ def test_load_run_errors(tmp_path):
     (tmp_path / "results.json").write_text('{"model": "BM3", "te')   # damaged by hand
     with pytest.raises(RunDirectoryError, match="results.json is not valid JSON"):
         load_run(tmp_path)
-    good = {"valid": {}, "test": {}, "best_epoch": 1, "epochs_trained": 1, "early_stopped": True,
-            "config": {}, "checkpoint": "best.pt", "data": None}
+    good = {"model": "BM3", "dataset": "tiny", "sgfd": True, "protocol": "standard",
+            "valid_metric": "recall@20", "valid": {}, "test": {}, "best_epoch": 1,
+            "epochs_trained": 1, "early_stopped": True, "config": {}, "checkpoint": "best.pt",
+            "data": None}
     for record, message in [([], "holds a JSON list, not an object"),
-                            ({"test": {}}, "lacks valid, best_epoch, .*checkpoint"),
+                            ({"test": {}}, "lacks model, .*valid, best_epoch, .*checkpoint"),
                             ({**good, "checkpoint": 5}, "has checkpoint=5 of the wrong type"),
                             ({**good, "best_epoch": True}, "has best_epoch=True of the wrong")]:
         (tmp_path / "results.json").write_text(json.dumps(record))  # JSON, not the record

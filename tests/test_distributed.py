@@ -24,7 +24,8 @@ from sgfd_fast.training import distributed
 from sgfd_fast.training.distributed import shard_bounds
 from test_trainer import tiny_dataset
 
-BASE = ["--device", "cpu", "epochs=2", "train_batch_size=64", "embedding_size=16"]
+BASE = ["--device", "cpu", "epochs=2", "train_batch_size=64", "embedding_size=16",
+        "topk=[10,20]"]  # the tiny data have 40 items
 ENV = {**os.environ, "OMP_NUM_THREADS": "1",
        "PYTHONPATH": str(Path(sgfd_fast.__file__).resolve().parents[1])}
 

@@ -19,7 +19,8 @@ from sgfd_fast.training import checkpoint
 from sgfd_fast.training.rundir import LOCK_NAME, RunDirectory
 from test_trainer import tiny_dataset
 
-FAST = ["--device", "cpu", "epochs=1", "train_batch_size=64", "embedding_size=8"]
+FAST = ["--device", "cpu", "epochs=1", "train_batch_size=64", "embedding_size=8",
+        "topk=[10,20]"]  # the tiny data have 30 items
 
 
 @pytest.fixture

@@ -106,7 +106,7 @@ def test_config_file_unknown_key_names_the_file(tmp_path, capsys):
 def test_bm3_run_then_resume(tmp_path, data_dir, capsys):
     out = tmp_path / "run"
     args = ["--data-path", data_dir, "--format", "sgfd", "--out", out, "epochs=1",
-            "train_batch_size=64", "embedding_size=16", "--device", "cpu"]
+            "train_batch_size=64", "embedding_size=16", "--device", "cpu", "topk=[10,20]"]
     p = cli(*args)
     assert p.returncode == 0, p.stderr
     assert "test recall@20" in p.stdout and "test ndcg@20" in p.stdout
@@ -132,7 +132,7 @@ def test_bm3_run_then_resume(tmp_path, data_dir, capsys):
 def test_default_out_dir(tmp_path, data_dir, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(["--data-path", str(data_dir), "epochs=1", "sgfd=false",
-                 "train_batch_size=128", "embedding_size=8"]) == 0
+                 "train_batch_size=128", "embedding_size=8", "topk=[10,20]"]) == 0
     (run,) = (tmp_path / "runs").iterdir()
     assert run.name.startswith("BM3-tiny-") and (run / "results.json").exists()
     assert json.loads((run / "results.json").read_text())["sgfd"] is False
