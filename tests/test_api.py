@@ -246,3 +246,27 @@ def test_recommend_skips_nan_scores_on_every_path(tmp_path, tiny_model, monkeypa
         recs = tm.recommend(users, k=k, batch_size=8)
         assert recs == [expected_top(scores[u], ds, u, k, drop={nan_item}) for u in users]
     assert all(b <= 8 for b in batches)
+
+
+def test_load_run_checks_the_data_and_best_pt(run_dir, tmp_path):
+    """Issue 22: data of the same shape but other values were used silently."""
+    from sgfd_fast.data.formats.sgfd import SGFD_LABELS
+    from sgfd_fast.errors import DataError
+
+    data = tmp_path / "data"
+    labels = np.load(data / SGFD_LABELS)
+    np.save(data / SGFD_LABELS, (labels + 1) % 3)  # the same shape, other labels
+    with pytest.raises(DataError, match="the data differ from those .* was trained on .*; "
+                                        "restore them, or pass allow_data_change=True"):
+        load_run(run_dir)
+    assert load_run(run_dir, allow_data_change=True).recommend([0], k=3)
+    np.save(data / SGFD_LABELS, labels)
+    other = tmp_path / "other"
+    training.train("TinyMF", load_config("TinyMF", None, overrides=[*OVERRIDES,
+                                                                    "embedding_size=16"]),
+                   run_dir=other, data={"path": data, "format": "sgfd"}, progress=False,
+                   console=False)
+    (run_dir / "best.pt").write_bytes((other / "best.pt").read_bytes())
+    with pytest.raises(RunDirectoryError, match="best.pt holds another model or configuration "
+                                                "than .*results.json reports"):
+        load_run(run_dir)

@@ -393,3 +393,27 @@ def test_matplotlib_is_imported_only_to_draw():
     code = ("import sys, sgfd_fast.study, sgfd_fast.plot; "
             "assert 'matplotlib' not in sys.modules and 'scipy' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_two_arms_of_one_name_are_refused(tmp_path, tiny_model):  # noqa: F811
+    """Issue 22: PyYAML keeps the second of two same-named arms silently."""
+    path = tmp_path / "spec.yaml"
+    path.write_text("name: tiny\nmodel: TinyMF\nseeds: [1, 2]\nbaseline: base\narms:\n"
+                    "  base: {}\n  fast: {learning_rate: 0.1}\n  fast: {learning_rate: 0.2}\n")
+    with pytest.raises(ConfigError, match=r"study spec .*spec.yaml, line 8, column 3: 'fast' is "
+                                          r"given twice \(first on line 7\)"):
+        study.load_spec(path, in_memory=True)
+
+
+def test_a_large_study_says_its_size_first(tmp_path, tiny_model, capsys):  # noqa: F811
+    """Issue 22: 2,000 seeds are planned without resolving a config per run, and the size is
+    printed before anything runs."""
+    spec = study.load_spec(write_spec(tmp_path, seeds=list(range(2_000))), in_memory=True)
+    (tmp_path / "s").mkdir()
+    summary = study.run_study(spec, tmp_path / "s", dataset=tiny_dataset(), report_only=True,
+                              progress=False)
+    assert "study tiny: 3 arms × 2,000 seeds = 6,000 runs; 0 to train here" in \
+        capsys.readouterr().err
+    assert summary["runs"]["total"] == 6_000
+    with pytest.raises(ConfigError, match="seeds must be a non-empty list of distinct"):
+        study.load_spec(write_spec(tmp_path, seeds=[1, 2**63]), in_memory=True)

@@ -20,14 +20,19 @@ import torch
 
 from ..errors import ConfigError, RunDirectoryError
 
-__all__ = ["CHECKPOINT_VERSION", "CHECKPOINT_KEYS", "write_json", "write_text", "save_checkpoint", "load_checkpoint",
+__all__ = ["CHECKPOINT_VERSION", "CHECKPOINT_KEYS", "WriteFailed", "write_json", "write_text", "save_checkpoint", "load_checkpoint",
            "append_line", "trim_metrics"]
 
 CHECKPOINT_VERSION = 1
 
 
-def _write_failed(path: Path, e: OSError, kept: str) -> RunDirectoryError:
-    return RunDirectoryError(f"cannot write {path}: {e.strerror or e}; {kept}")
+class WriteFailed(RunDirectoryError):
+    """A write to the run directory failed (a full disk, a lost permission); what was written
+    before it is intact, so the run can continue with ``--resume`` once the cause is fixed."""
+
+
+def _write_failed(path: Path, e: OSError, kept: str) -> WriteFailed:
+    return WriteFailed(f"cannot write {path}: {e.strerror or e}; {kept}")
 
 
 def _write_bytes(path: Path, data) -> None:
@@ -80,8 +85,10 @@ def append_line(path: Path, line: str) -> None:
 
 
 _OPT = type(None)
-#: What the trainer's checkpoints hold, with the types (``"data"``, the data's shape, is absent
-#: from checkpoints written before it was recorded).
+_RECENT = ("data", "valid")
+#: What the trainer's checkpoints hold, with the types; :data:`_RECENT` keys are absent from
+#: checkpoints written before them (the data's shape; ``valid`` of a ``best.pt`` that held the
+#: trainer's whole state).
 CHECKPOINT_KEYS = {
     "best": {"version": int, "model_name": str, "config": dict, "model": dict, "epoch": int,
              "valid": (dict, _OPT), "data": (dict, _OPT)},
@@ -107,15 +114,17 @@ def load_checkpoint(path: Path, kind: str | None = None) -> dict:
         ck = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise ConfigError(f"checkpoint {path} does not exist") from None
-    except Exception as e:  # a truncated or foreign file: say which and why
-        raise ConfigError(f"cannot read checkpoint {path}: {e}") from None
+    except Exception as e:  # a truncated or foreign file: say which and why, in one line
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ConfigError(f"cannot read checkpoint {path}: it is damaged or not a checkpoint "
+                          f"sgfd_fast wrote ({why})") from None
     if kind is None:
         return ck
     keys = CHECKPOINT_KEYS[kind]
     if not isinstance(ck, dict):
         problem = f"holds a {type(ck).__name__}, not a checkpoint's dict"
     else:
-        missing = [k for k in keys if k not in ck and k != "data"]
+        missing = [k for k in keys if k not in ck and k not in _RECENT]
         wrong = [k for k, t in keys.items() if k in ck and
                  (not isinstance(ck[k], t) or (isinstance(ck[k], bool) and t is not bool))]
         problem = (f"lacks {', '.join(missing)}" if missing else

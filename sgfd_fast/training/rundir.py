@@ -292,10 +292,11 @@ def check_data_shape(states: list[PointState], shape: dict, recorded: dict | Non
         trained = {k: recorded[k] for k in shape if k in recorded}
     if trained is not None and any(trained.get(k) != v for k, v in shape.items()
                                    if k in trained):
-        raise DataError(f"the data now have another shape ({_describe_shape(shape)}) than "
-                        f"{run_dir} was trained on ({_describe_shape(trained)}), so its model "
-                        f"cannot continue on them: --allow-data-change continues only on data "
-                        f"of the same shape; restore the data, or start a new run")
+        raise DataError(f"the data now have another shape ({_describe_shape(shape)}) than its "
+                        f"checkpoints were trained on ({_describe_shape(trained)}), so the model "
+                        f"of {run_dir} cannot continue on them (--allow-data-change continues "
+                        f"only on data of the same shape); restore the data or this run's "
+                        f"checkpoints, or start a new run")
 
 
 def _describe_shape(shape: dict) -> str:

@@ -25,7 +25,7 @@ from ..config import Config, check_point, check_recorded
 from ..errors import ConfigError, DataError, RunDirectoryError, SGFDError
 from ..records import read_metrics, read_results, read_run, written_for
 from . import budget, distributed
-from .checkpoint import write_json
+from .checkpoint import WriteFailed, write_json
 from .loop import Trainer
 from .rundir import (RunDirectory, check_data_shape, data_fingerprint, data_shape,
                      describe_fingerprint, point_states, remove_temporaries)
@@ -266,7 +266,7 @@ def _run(run: dict, run_dir: Path, dataset, *, states=None, notes=(), held=(), p
         return results
 
 
-def _resume_hint(e: RunDirectoryError, run_dir: Path) -> RunDirectoryError:
+def _resume_hint(e: WriteFailed, run_dir: Path) -> RunDirectoryError:
     return RunDirectoryError(f"{e}. Free space or restore write access, then continue with "
                              f"--resume {run_dir}")
 
@@ -304,7 +304,7 @@ def train(model: str, config: Config, *, run_dir, dataset=None, data: dict | Non
     data = {k: (str(Path(v).resolve()) if k in ("path", "labels") and v is not None else v)
             for k, v in data.items()}
     run_dir = Path(run_dir)
-    if distributed.broadcast_object((run_dir / "run.json").exists()):  # rank 0 decides
+    if not unique_name and distributed.broadcast_object((run_dir / "run.json").exists()):
         raise ConfigError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
                           f"or choose another --out")
     values = config.values
@@ -347,7 +347,7 @@ def train(model: str, config: Config, *, run_dir, dataset=None, data: dict | Non
             rd.discard()  # nothing to resume: leave --out as it was before
             if isinstance(e, SGFDError):
                 e.args = (f"{e} ({run_dir} was removed: nothing was saved yet)",)
-        elif isinstance(e, RunDirectoryError):
+        elif isinstance(e, WriteFailed):
             raise _resume_hint(e, run_dir) from None
         raise
     finally:
@@ -450,7 +450,7 @@ def resume(run_dir, overrides=(), *, dataset=None, allow_data_change: bool = Fal
                 write_json(run_dir / "run.json", run)
             return _run(run, run_dir, dataset, states=states, notes=notes, held=held,
                         progress=progress, console=console, size=size.describe())
-        except RunDirectoryError as e:  # a failed write: the files before it are intact
+        except WriteFailed as e:  # the files before it are intact
             raise _resume_hint(e, run_dir) from None
     finally:
         _show_held(held)
