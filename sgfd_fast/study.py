@@ -405,9 +405,6 @@ def run_study(spec: Spec, out, *, shard: tuple[int, int] = (1, 1), arms=None, da
     chosen = [r for r in runs if arms is None or r.arm in arms]
     mine = [r for k, r in enumerate(chosen) if k % n == i - 1 and not report_only]
     todo = [r for r in mine if _results(r) is None]
-    print(f"study {spec.name}: {len(spec.arms)} arm{'s' * (len(spec.arms) > 1)} × "
-          f"{len(spec.seeds):,} seed{'s' * (len(spec.seeds) > 1)} = {len(runs):,} runs; "
-          f"{len(todo):,} to train here", file=sys.stderr)
     for dev in {d for r in todo for d in _as_list(r.config.values["device"])}:
         training.resolve_device(dev)  # a missing GPU is said before anything is created
     created = not out.exists()
@@ -416,6 +413,9 @@ def run_study(spec: Spec, out, *, shard: tuple[int, int] = (1, 1), arms=None, da
     except OSError as e:
         raise ConfigError(f"cannot create the study directory {out}: {e.strerror or e}") \
             from None
+    print(f"study {spec.name}: {len(spec.arms)} arm{'s' * (len(spec.arms) > 1)} × "
+          f"{len(spec.seeds):,} seed{'s' * (len(spec.seeds) > 1)} = {len(runs):,} runs; "
+          f"{len(todo):,} to train here", file=sys.stderr)
     try:
         return _train_and_report(spec, out, runs, todo, len(mine), dataset, progress)
     except BaseException:

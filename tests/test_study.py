@@ -187,6 +187,7 @@ def test_arms_train_only_those_arms_and_shards_split_them(tmp_path, tiny_model, 
                                         "fast/seed-2"]
     assert run(tmp_path, "s", arms=["fast"])["runs"]["finished"] == 4
     out = tmp_path / "x"
+    capsys.readouterr()  # the studies' size lines
     assert study.main(["office-grcn", "--out", str(out), "--arms", "plain,sgfd_contrl"]) == 2
     assert capsys.readouterr().err == ("error: --arms: study office-grcn has no arm "
                                        "'sgfd_contrl' (did you mean 'sgfd_control'?); its arms: "
@@ -216,6 +217,8 @@ def test_statistics_match_hand_computation(tmp_path, tiny_model):
             d.mkdir(parents=True)
             m = {"recall@20": v, "ndcg@20": v / 2}
             (d / "results.json").write_text(json.dumps({
+                "model": "TinyMF", "dataset": "tiny", "sgfd": False, "protocol": "standard",
+                "valid_metric": "recall@20",
                 "valid": m, "test": m, "best_epoch": 2, "epochs_trained": 5 + seed,
                 "early_stopped": seed != 3, "checkpoint": "best.pt",
                 "config": {"epochs": SHARED["epochs"]}, "data": None}))
