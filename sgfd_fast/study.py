@@ -250,11 +250,11 @@ def load_spec(path, *, in_memory: bool = False) -> Spec:
             raise ConfigError(f"{where}: arm {arm!r}: "
                               + str(e).replace(" (from the command line)", "")) from None
         for m in spec.metrics:
-            for point in cfg.points():
+            for topk in cfg["topk"] if "topk" in cfg.grid_keys else [cfg["topk"]]:
                 name, _, k = m.partition("@")
-                if not k.isdigit() or int(k) not in point["topk"]:
+                if not k.isdigit() or int(k) not in topk:
                     raise ConfigError(f"{where}: metric {m!r} must look like recall@20 with k in "
-                                      f"topk={point['topk']} (arm {arm!r})")
+                                      f"topk={topk} (arm {arm!r})")
         spec.configs[arm] = cfg
     return spec
 

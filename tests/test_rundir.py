@@ -386,7 +386,7 @@ def test_resume_onto_data_of_another_shape_rewrites_nothing(tmp_path, data_dir, 
     assert epochs_in(out) == [1, 2]
 
 
-@pytest.mark.parametrize("edit, match", [
+RUN_EDITS = [
     (lambda r: r.update(model="GRCN"), "does not hold a valid configuration (unknown config key"),
     (lambda r: r.update(model="NoSuch"), "names the model 'NoSuch', which is not one of"),
     (lambda r: r["config"].pop("learning_rate"), "lacks the config key learning_rate"),
@@ -394,16 +394,20 @@ def test_resume_onto_data_of_another_shape_rewrites_nothing(tmp_path, data_dir, 
     (lambda r: r["config"].update(embedding_size="8"), "embedding_size (from"),
     (lambda r: r.update(data="tiny"), "has data='tiny', which is not"),
     (lambda r: r.update(data_fingerprint=7), "the data of"),
-])
-def test_a_hand_edited_run_json_is_one_clear_error(tmp_path, data_dir, capsys, edit, match):
+]
+
+
+def test_a_hand_edited_run_json_is_one_clear_error(tmp_path, data_dir, capsys):
     out = tmp_path / "run"
     assert train(data_dir, out) == 0
-    run = json.loads((out / "run.json").read_text())
-    edit(run)
-    (out / "run.json").write_text(json.dumps(run))
-    before = snapshot(out)
-    assert_failed(main(["--resume", str(out), "epochs=2"]), capsys.readouterr().err, match)
-    assert snapshot(out) == before
+    original = (out / "run.json").read_text()
+    for edit, match in RUN_EDITS:
+        run = json.loads(original)
+        edit(run)
+        (out / "run.json").write_text(json.dumps(run))
+        before = snapshot(out)
+        assert_failed(main(["--resume", str(out), "epochs=2"]), capsys.readouterr().err, match)
+        assert snapshot(out) == before
 
 
 @pytest.mark.parametrize("other, match", [
@@ -440,25 +444,20 @@ def test_a_last_pt_of_another_run_is_refused(tmp_path, data_dir, capsys, other, 
     assert_failed(rc, capsys.readouterr().err, match)
 
 
-@pytest.mark.parametrize("content, match", [
-    (b"not a checkpoint", "cannot read checkpoint"),
-    ("list", "holds a list, not a checkpoint's dict"),
-    ("no epoch", "lacks epoch"),
-])
-def test_a_damaged_last_pt_is_one_clear_error(tmp_path, data_dir, capsys, content, match):
+def test_a_damaged_last_pt_is_one_clear_error(tmp_path, data_dir, capsys):
     out = tmp_path / "run"
     assert train(data_dir, out) == 0
-    if content == "list":
-        torch.save([1, 2], out / "last.pt")
-    elif content == "no epoch":
-        ck = torch.load(out / "last.pt", weights_only=True)
-        del ck["epoch"]
-        torch.save(ck, out / "last.pt")
-    else:
-        (out / "last.pt").write_bytes(content)
-    before = snapshot(out)
-    assert_failed(main(["--resume", str(out), "epochs=2"]), capsys.readouterr().err, match)
-    assert snapshot(out) == before
+    ck = torch.load(out / "last.pt", weights_only=True)
+    for content, match in [(b"not a checkpoint", "cannot read checkpoint"),
+                           ([1, 2], "holds a list, not a checkpoint's dict"),
+                           ({k: v for k, v in ck.items() if k != "epoch"}, "lacks epoch")]:
+        if isinstance(content, bytes):
+            (out / "last.pt").write_bytes(content)
+        else:
+            torch.save(content, out / "last.pt")
+        before = snapshot(out)
+        assert_failed(main(["--resume", str(out), "epochs=2"]), capsys.readouterr().err, match)
+        assert snapshot(out) == before
 
 
 def test_a_killed_writes_temporary_file_is_removed_on_resume(tmp_path, data_dir):
@@ -470,18 +469,19 @@ def test_a_killed_writes_temporary_file_is_removed_on_resume(tmp_path, data_dir)
     assert not [p.name for p in out.iterdir() if ".tmp" in p.name]
 
 
-@pytest.mark.parametrize("edit, match", [
-    (lambda r: r.update(selected_point=5, grid=[]), "selected_point=5, which is not one of"),
-    (lambda r: r.update(test={"recall@20": "high"}), "test={'recall@20': 'high'}, which is not"),
-    (lambda r: r.pop("model"), "lacks model"),
-])
-def test_a_hand_edited_results_json_is_one_clear_error(tmp_path, data_dir, capsys, edit, match):
+def test_a_hand_edited_results_json_is_one_clear_error(tmp_path, data_dir, capsys):
     out = tmp_path / "run"
     assert train(data_dir, out) == 0
-    res = json.loads((out / "results.json").read_text())
-    edit(res)
-    (out / "results.json").write_text(json.dumps(res))
-    assert_failed(main(["--resume", str(out)]), capsys.readouterr().err, match)
+    original = (out / "results.json").read_text()
+    for edit, match in [
+        (lambda r: r.update(selected_point=5, grid=[]), "selected_point=5, which is not one of"),
+        (lambda r: r.update(test={"recall@20": "high"}), "test={'recall@20': 'high'}, which is"),
+        (lambda r: r.pop("model"), "lacks model"),
+    ]:
+        res = json.loads(original)
+        edit(res)
+        (out / "results.json").write_text(json.dumps(res))
+        assert_failed(main(["--resume", str(out)]), capsys.readouterr().err, match)
 
 
 def test_a_hand_edited_metrics_line_is_one_clear_error(tmp_path, data_dir, capsys):

@@ -312,8 +312,7 @@ def train(model: str, config: Config, *, run_dir, dataset=None, data: dict | Non
     try:
         if dataset is None:
             dataset = _load_holding_warnings(data, values, held)
-        if dataset.valid.shape[0] == 0 and any(p["protocol"] == "standard"
-                                               for p in config.points()):
+        if dataset.valid.shape[0] == 0 and values["protocol"] == "standard":  # never a grid key
             fix = ("set valid_ratio > 0 or give the dataset a valid split"
                    if not values.get("valid_ratio") or "in_memory" in data else
                    "give the dataset a valid split")
