@@ -199,7 +199,8 @@ def test_plain_run_never_starts_a_process_group(data_dir, tmp_path):
             "after = {m for m in sys.modules if m.startswith('torch.distributed')}\n"
             "assert after == before, sorted(after - before)\n"
             f"assert sgfd_fast.train.main(['--data-path', {str(data_dir)!r}, '--out', "
-            f"{str(tmp_path / 'r')!r}, '--device', 'cpu', 'epochs=1', 'embedding_size=8']) == 0\n"
+            f"{str(tmp_path / 'r')!r}, '--device', 'cpu', 'epochs=1', 'embedding_size=8', "
+            "'topk=[10,20]']) == 0\n"
             "assert not torch.distributed.is_initialized()\n"
             "assert not [m for m in sys.modules if m.startswith(('torch.distributed.run', "
             "'torch.distributed.elastic'))]\n")

@@ -241,3 +241,18 @@ def test_a_raw_user_id_never_sizes_an_array(tmp_path, data_dir, capsys):
                  capsys.readouterr().err, "the user ids run to 200,000,000 while 40 distinct "
                                           "users appear, and ids are row indices")
     assert not out.exists()
+
+
+def test_an_allocation_beyond_the_estimate_is_one_error(tmp_path, data_dir, capsys, monkeypatch):
+    """The estimate is a lower bound: an allocation failure past it is still no traceback."""
+    from sgfd_fast.training import loop
+
+    def fit(self):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't "
+                           "allocate memory: you tried to allocate 102 GB")
+    monkeypatch.setattr(loop.Trainer, "fit", fit)
+    out = tmp_path / "run"
+    assert_error(main(["--data-path", str(data_dir), "--out", str(out), *TINY, "topk=[10,20]"]),
+                 capsys.readouterr().err.splitlines()[-1] + "\n",
+                 "out of memory training grid point 1 (the estimate was 1 point; at least")
+    assert not out.exists()

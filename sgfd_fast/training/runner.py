@@ -22,7 +22,7 @@ import torch
 
 from .. import _backend
 from ..config import Config, check_point, check_recorded
-from ..errors import ConfigError, DataError, RunDirectoryError, SGFDError
+from ..errors import ConfigError, DataError, RunDirectoryError, SGFDError, TrainingError
 from ..records import read_metrics, read_results, read_run, written_for
 from . import budget, distributed
 from .checkpoint import WriteFailed, write_json
@@ -205,6 +205,16 @@ def _run(run: dict, run_dir: Path, dataset, *, states=None, notes=(), held=(), p
                 s["params"] = {k: point[k] for k in cfg.grid_keys}
                 s["dir"] = str(pdir.relative_to(run_dir)) if pdir != run_dir else "."
                 summaries.append(s)
+        except (MemoryError, torch.OutOfMemoryError) as e:  # beyond the estimate's lower bound
+            raise TrainingError(f"out of memory training grid point {i + 1} ({e.__class__.__name__}"
+                                f"; the estimate was {size}); lower embedding_size, "
+                                f"train_batch_size or eval_batch_size") from None
+        except RuntimeError as e:
+            if "can't allocate memory" not in str(e):  # torch's CPU allocator says so
+                raise
+            raise TrainingError(f"out of memory training grid point {i + 1} (the estimate was "
+                                f"{size}); lower embedding_size, train_batch_size or "
+                                f"eval_batch_size") from None
         except KeyboardInterrupt:
             log.warning(f"interrupted; nothing completed is lost. Resume with:\n"
                         f"  python -m sgfd_fast.train --resume {run_dir}")
