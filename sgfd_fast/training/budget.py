@@ -27,11 +27,13 @@ _INDEX = 8   # bytes of an int64 index
 
 
 def _size(n: float) -> str:
+    """``n`` bytes in decimal units (``"9.7 KB"``)."""
+    unit = "B"
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+            break
         n /= 1000
-    return ""
+    return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
 
 
 class Budget:
