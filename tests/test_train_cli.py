@@ -85,7 +85,8 @@ def test_config_file_invalid_yaml_is_one_line_naming_file_line_column(tmp_path, 
     assert main(["--config", str(f)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "<unicode string>" not in err, err
-    assert err.startswith(f"error: {f} is not valid YAML: line 3, column 5: expected ','"), err
+    assert err.startswith(f"error: config file {f} is not valid YAML: line 3, column 5: "
+                          f"expected ','"), err
 
 
 def test_config_file_not_utf8_is_one_line(tmp_path, capsys):
