@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -248,15 +249,24 @@ def _index(ids) -> tuple[dict, dict]:
             {v: r for v, r in rows.items() if len(r) > 1})
 
 
-def load_run(run_dir, device: str = "cpu", dataset=None) -> TrainedModel:
+def load_run(run_dir, device: str = "cpu", dataset=None, *,
+             allow_data_change: bool = False) -> TrainedModel:
     """Load the best checkpoint of a finished run directory (``results.json`` present).
 
     The dataset is loaded again as the run loaded it (a built-in name, or the directory path
     stored in the run); a run trained on a Dataset passed in memory needs it as ``dataset``.
+
+    Raises:
+        DataError: the data differ from the fingerprint in ``run.json`` (unless
+            ``allow_data_change``; data of another shape are refused even then).
+        RunDirectoryError: a record is unreadable or not what sgfd_fast wrote, or ``best.pt``
+            holds another model, configuration or data shape.
     """
+    from .errors import DataError, RunDirectoryError
     from .models import build_model
-    from .training import load_checkpoint, load_data, resolve_device
-    from .records import read_results
+    from .records import read_results, read_run
+    from .training import RESUMABLE_KEYS, load_checkpoint, load_data, resolve_device
+    from .training.rundir import data_fingerprint, data_shape, describe_fingerprint
 
     if str(run_dir) == "":  # Path("") is the current directory: never meant
         raise ConfigError("load_run: the run directory is ''; give a path")
@@ -271,12 +281,39 @@ def load_run(run_dir, device: str = "cpu", dataset=None) -> TrainedModel:
                 if (run_dir / "run.json").exists() else "")
         raise ConfigError(f"{run_dir} holds no results.json{hint}")
     results = read_results(run_dir)
-    ckpt = load_checkpoint(run_dir / results["checkpoint"])
+    best = run_dir / results["checkpoint"]
+    ckpt = load_checkpoint(best, "best")
     config = ckpt["config"]
+    theirs = json.loads(json.dumps(config))  # a resume may change RESUMABLE_KEYS since
+    if ckpt["model_name"] != results["model"] or any(
+            theirs.get(k) != results["config"].get(k) for k in set(theirs) | set(results["config"])
+            if k not in RESUMABLE_KEYS):
+        raise RunDirectoryError(f"{best} holds another model or configuration than "
+                                f"{run_dir / 'results.json'} reports: it comes from another run; "
+                                f"restore this run's best.pt")
     if dataset is None:
         dataset = load_data(results["data"], config)
+    recorded = (read_run(run_dir).get("data_fingerprint")
+                if (run_dir / "run.json").exists() else None)
+    fp = data_fingerprint(dataset)
+    if isinstance(recorded, dict) and recorded.get("sha256") != fp["sha256"]:
+        shape = data_shape(dataset)
+        same_shape = all(recorded.get(k, v) == v for k, v in shape.items())
+        if not (allow_data_change and same_shape):
+            raise DataError(
+                f"the data differ from those {run_dir} was trained on (run.json records "
+                f"{describe_fingerprint(recorded)}, the data give {describe_fingerprint(fp)}); "
+                f"restore them" + (", or pass allow_data_change=True to use these"
+                                   if same_shape else
+                                   " (data of another shape cannot serve this model)"))
     torch.manual_seed(config["seed"])
     model = build_model(ckpt["model_name"], dataset, config)
+    ours = model.state_dict()
+    if set(ours) != set(ckpt["model"]) or any(
+            tuple(v.shape) != tuple(ckpt["model"][k].shape) for k, v in ours.items()):
+        raise RunDirectoryError(f"{best} does not fit the model built for these data and its "
+                                f"configuration: it comes from another run; restore this run's "
+                                f"best.pt")
     model.load_state_dict(ckpt["model"])
     model.to(resolve_device(device))
     return TrainedModel(model, dataset, config, results)

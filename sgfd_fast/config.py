@@ -12,18 +12,24 @@ float, bool, str, list; an int is accepted where a float is expected), against t
 of :mod:`sgfd_fast.choices` (``protocol``, ``sgfd_loss``, ``device``, ``student_*``, ``valid_metric`` =
 ``metric@k`` with k in ``topk``) and against the ranges of :data:`RANGES`. The models, the
 evaluation and the trainer read the resolved values without checking them again.
-Command-line values are parsed with ``yaml.safe_load`` (``n_layers=[1,2]``, ``sgfd=false``),
-never evaluated.
+Files and command-line values are parsed by :data:`Loader`, PyYAML's safe loader made strict where
+YAML 1.1 reads what a user did not mean (``n_layers=[1,2]``, ``sgfd=false``; never evaluated): a
+key given twice in one mapping is an error (PyYAML keeps the last silently), and so is a number
+written other than in decimal (``010``, which YAML 1.1 reads as octal 8; ``0x3``; ``1_0``, read as
+10; ``1:30``, read as 90).
 
 ``hyper_parameters: [n_layers, reg_weight]`` makes the listed keys' list values a grid: every
 combination (cartesian product, in the order listed) is one point, trained from the same seed;
-the trainer selects the point on the validation metric.
+the trainer selects the point on the validation metric. Keys that hold for the whole run (the data
+keys, the metric and protocol points are compared on, the device and process keys) cannot be grid
+keys, a grid value may appear once, and the grid is counted from its lists' lengths and checked
+key by key, never expanded: :meth:`Config.points` is a lazy sequence.
 """
 
 from __future__ import annotations
 
 import difflib
-import itertools
+import math
 import re
 from pathlib import Path
 from typing import NamedTuple
@@ -34,9 +40,9 @@ from .choices import (DEVICES, DIST_BACKENDS, METRICS, PROTOCOLS, SGFD_LOSSES,
                       STUDENT_ACTIVATIONS, STUDENT_INITS, STUDENT_NORMS)
 from .errors import ConfigError
 
-__all__ = ["Config", "load_config", "parse_override", "CONFIG_DIR", "dataset_config_file",
-           "model_config_file", "key_docs", "check_point", "DATA_KEYS", "CHOICES", "RANGES",
-           "Range"]
+__all__ = ["Config", "GridPoints", "load_config", "parse_override", "read_yaml", "Loader",
+           "CONFIG_DIR", "dataset_config_file", "model_config_file", "key_docs", "check_point",
+           "check_recorded", "DATA_KEYS", "RUN_KEYS", "CHOICES", "RANGES", "Range"]
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -93,6 +99,19 @@ RANGES = {
 
 #: Keys that shape the loaded dataset; they are read once per run, so they cannot be grid keys.
 DATA_KEYS = ("valid_ratio", "split_seed", "modalities")
+#: Further keys that cannot be grid keys, with the reason: grid points are compared with each
+#: other on one metric of one validation split, and a run has one device and one process group.
+RUN_KEYS = {
+    "valid_metric": "the metric grid points are selected and compared on: points selected on "
+                    "different metrics cannot be compared; give one valid_metric (one run per "
+                    "metric to see each)",
+    "protocol": "what the points are validated on (legacy: the test split): points validated on "
+                "different splits cannot be compared; give one protocol (one run per protocol)",
+    **dict.fromkeys(("device", "dist_backend", "dist_timeout", "grid_parallel"),
+                    "a setting of the whole run; give one value"),
+}
+#: List keys whose elements must be distinct.
+_DISTINCT = {"topk": "cut-off", "modalities": "modality", "hyper_parameters": "key"}
 
 # Keys whose default is null: the types a value may take besides null.
 _NULLABLE = {"modalities": list}
@@ -128,20 +147,92 @@ def yaml_problem(e: yaml.YAMLError) -> str:
             + (f" ({context})" if context else ""))
 
 
-def _read_yaml(path: Path) -> dict:
+_DECIMAL_INT = re.compile(r"[-+]?(0|[1-9][0-9]*)")
+_DECIMAL_FLOAT = re.compile(r"[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?")
+
+
+def _number_problem(text: str, meaning) -> str:
+    """Why a YAML 1.1 number other than plain decimal is refused (``meaning``: PyYAML's value)."""
+    t = text.lstrip("+-")
+    if ":" in t:
+        how = f"as base 60 ({text} = {meaning})"
+    elif "_" in t:
+        how = f"with its underscores dropped ({text} = {meaning})"
+    elif t[:2].lower() in ("0x", "0b"):
+        how = f"as {'hexadecimal' if t[1] in 'xX' else 'binary'} ({text} = {meaning})"
+    else:
+        how = f"with a leading 0 as octal ({text} = {meaning})"
+    return (f"{text} reads as a number only in YAML 1.1, {how}, which is seldom what was meant; "
+            f"numbers are taken in plain decimal only: write the value you mean in decimal (or "
+            f"quote it to give a string)")
+
+
+class StrictYAMLError(yaml.constructor.ConstructorError):
+    """What :class:`Loader` refuses (a key given twice, a YAML 1.1 number form)."""
+
+
+class Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, strict where YAML 1.1 differs from what a reader sees: a key given
+    twice in one mapping and a number written other than in plain decimal are errors (a
+    ``yaml.MarkedYAMLError`` pointing at the text) instead of a silent choice."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    first = seen.setdefault(key, key_node.start_mark)
+                except TypeError:  # an unhashable key: PyYAML's own error follows
+                    continue
+                if first is not key_node.start_mark:
+                    raise StrictYAMLError(
+                        None, None, f"{key!r} is given twice (first on line {first.line + 1}); "
+                        f"give each key once (YAML readers would keep only the last)",
+                        key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+    def _strict_number(self, node, value_of):
+        value = value_of(self, node)
+        if isinstance(value, float) and not math.isfinite(value):
+            return value  # .inf, .nan: the value checks refuse them
+        pattern = _DECIMAL_INT if isinstance(value, int) else _DECIMAL_FLOAT
+        text = node.value.strip()
+        if not pattern.fullmatch(text):
+            raise StrictYAMLError(None, None, _number_problem(text, value), node.start_mark)
+        return value
+
+
+Loader.add_constructor("tag:yaml.org,2002:int", lambda loader, node: loader._strict_number(
+    node, yaml.SafeLoader.construct_yaml_int))
+Loader.add_constructor("tag:yaml.org,2002:float", lambda loader, node: loader._strict_number(
+    node, yaml.SafeLoader.construct_yaml_float))
+
+
+def read_yaml(path: Path, what: str = "config file") -> object:
+    """A YAML file parsed with :class:`Loader`; every failure is one ConfigError naming ``what``,
+    the file and, for a YAML error, the line and column."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
+        raise ConfigError(f"{what} {path} does not exist") from None
     except UnicodeDecodeError as e:
-        raise ConfigError(f"config file {path} is not UTF-8 text ({e.reason} at byte "
+        raise ConfigError(f"{what} {path} is not UTF-8 text ({e.reason} at byte "
                           f"{e.start}); give a YAML file") from None
     except OSError as e:
-        raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
+        raise ConfigError(f"cannot read {what} {path}: {e.strerror or e}") from None
     try:
-        data = yaml.safe_load(text)
+        return yaml.load(text, Loader=Loader)
+    except StrictYAMLError as e:
+        raise ConfigError(f"{what} {path}, {yaml_problem(e)}") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path} is not valid YAML: {yaml_problem(e)}") from None
+        raise ConfigError(f"{what} {path} is not valid YAML: {yaml_problem(e)}") from None
+
+
+def _read_yaml(path: Path) -> dict:
+    data = read_yaml(path)
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -154,14 +245,16 @@ def _read_yaml(path: Path) -> dict:
 
 
 def parse_override(item: str) -> tuple[str, object]:
-    """``"key=value"`` → ``(key, yaml.safe_load(value))``."""
+    """``"key=value"`` → ``(key, value parsed as YAML by`` :class:`Loader` ``)``."""
     key, sep, raw = item.partition("=")
     key = key.strip()
     if not sep or not key:
         raise ConfigError(f"command-line override {item!r} must look like key=value "
                           f"(for example learning_rate=0.01 or n_layers=[1,2])")
     try:
-        return key, yaml.safe_load(raw) if raw.strip() else None
+        return key, yaml.load(raw, Loader=Loader) if raw.strip() else None
+    except StrictYAMLError as e:
+        raise ConfigError(f"command-line override {item!r}: {e.problem}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"command-line override {item!r}: the value is not valid YAML "
                           f"({e.problem if hasattr(e, 'problem') else e})") from None
@@ -175,6 +268,34 @@ def key_docs(path: Path) -> dict[str, str]:
         if m:
             docs[m.group(1)] = m.group(2).strip()
     return docs
+
+
+class GridPoints:
+    """The points of a grid as a lazy sequence: ``len()`` is the product of the grid lists'
+    lengths, point ``i`` is built when asked for (cartesian product in the order of
+    ``grid_keys``, the last key varying fastest), so no grid is ever expanded in memory."""
+
+    def __init__(self, values: dict, grid_keys: list):
+        self._values = values
+        self._keys = list(grid_keys)
+        self._lists = [values[k] for k in self._keys]
+        self._n = math.prod(len(v) for v in self._lists)
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i: int) -> dict:
+        if not -self._n <= i < self._n:
+            raise IndexError(f"grid point {i} of {self._n}")
+        i %= self._n
+        point = dict(self._values)
+        for k, values in zip(reversed(self._keys), reversed(self._lists)):
+            i, j = divmod(i, len(values))
+            point[k] = values[j]
+        return point
+
+    def __iter__(self):
+        return (self[i] for i in range(self._n))
 
 
 class Config:
@@ -193,15 +314,17 @@ class Config:
         self.sources = sources
         self.files = files
 
-    def points(self) -> list[dict]:
-        """Every grid point as a full flat dict (one point when there is no grid)."""
-        lists = [self.values[k] for k in self.grid_keys]
-        out = []
-        for combo in itertools.product(*lists):
-            point = dict(self.values)
-            point.update(zip(self.grid_keys, combo))
-            out.append(point)
-        return out
+    def points(self) -> GridPoints:
+        """Every grid point as a full flat dict (one point when there is no grid), as a lazy
+        sequence (:class:`GridPoints`)."""
+        return GridPoints(self.values, self.grid_keys)
+
+    def describe_grid(self) -> str:
+        """``"12 points (n_layers: 3 values × reg_weight: 4 values)"``, or ``"1 point"``."""
+        n = len(self.points())
+        sizes = " × ".join(f"{k}: {len(self.values[k])} value{'s' if len(self.values[k]) > 1 else ''}"
+                           for k in self.grid_keys)
+        return f"{n:,} point{'s' if n != 1 else ''}" + (f" ({sizes})" if sizes else "")
 
     def __getitem__(self, key):
         return self.values[key]
@@ -249,15 +372,14 @@ def _coerce(key: str, value, typ, where: str):
     elif typ is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif typ is float:
-        if isinstance(value, str):
-            try:  # YAML 1.1 reads 1e-3 (no dot) as a string
-                value = float(value)
-            except ValueError:
-                ok = False
+        if isinstance(value, str) and _DECIMAL_FLOAT.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             value = float(value)
         else:
             ok = False
+        if ok and not math.isfinite(value):
+            raise ConfigError(f"{key}={value} (from {where}) must be a finite number")
     elif typ is str:
         ok = isinstance(value, str)
     elif typ is list:
@@ -287,6 +409,10 @@ def check_point(values: dict, where=lambda k: "config") -> None:
         if not topk or not all(isinstance(k, int) and not isinstance(k, bool) and k > 0
                                for k in topk):
             bad("topk", "must be a non-empty list of positive integers, e.g. [10, 20, 50]")
+    for key, what in _DISTINCT.items():
+        repeated = _repeated(values.get(key) or [])
+        if repeated is not None:
+            bad(key, f"lists the {what} {repeated!r} twice; list each {what} once")
     vm = values.get("valid_metric")
     if vm is not None:
         m = _METRIC_RE.match(str(vm).lower())
@@ -297,8 +423,19 @@ def check_point(values: dict, where=lambda k: "config") -> None:
             bad("valid_metric", f"uses k={m.group(2)}, which is not in topk={topk}")
 
 
+def _repeated(items: list):
+    """The first element of ``items`` that occurs twice (None when all are distinct)."""
+    seen = []
+    for x in items:
+        if x in seen:
+            return x
+        seen.append(x)
+    return None
+
+
 def load_config(model: str, dataset: str | None = None, files=(), overrides=(), *,
-                model_file: Path | None = None) -> Config:
+                model_file: Path | None = None, overrides_from: str = "the command line"
+                ) -> Config:
     """Resolve the configuration of ``model`` on ``dataset`` (a built-in name, or None for a
     dataset directory).
 
@@ -306,6 +443,7 @@ def load_config(model: str, dataset: str | None = None, files=(), overrides=(), 
         files: user YAML files, applied in order after the package defaults.
         overrides: ``"key=value"`` strings (or ``(key, value)`` pairs), applied last.
         model_file: the model layer to use instead of ``configs/model/<model>.yaml``.
+        overrides_from: where the overrides come from, for error messages.
     """
     default_files = [CONFIG_DIR / "overall.yaml", dataset_config_file(dataset)]
     mf = model_file if model_file is not None else model_config_file(model)
@@ -333,7 +471,7 @@ def load_config(model: str, dataset: str | None = None, files=(), overrides=(), 
             apply(k, v, str(f))
     for item in overrides:
         k, v = parse_override(item) if isinstance(item, str) else item
-        apply(k, v, "the command line")
+        apply(k, v, overrides_from)
 
     def where(k):
         return sources.get(k, "config")
@@ -351,6 +489,9 @@ def load_config(model: str, dataset: str | None = None, files=(), overrides=(), 
         if k in DATA_KEYS:
             raise ConfigError(f"hyper_parameters (from {where('hyper_parameters')}) names {k!r}, "
                               f"which selects the data; run one configuration per value instead")
+        if k in RUN_KEYS:
+            raise ConfigError(f"hyper_parameters (from {where('hyper_parameters')}) names {k!r}, "
+                              f"which cannot vary over a grid: it is {RUN_KEYS[k]}")
     if len(set(hp)) != len(hp):
         raise ConfigError(f"hyper_parameters (from {where('hyper_parameters')}) repeats a key: "
                           f"{hp}")
@@ -367,6 +508,10 @@ def load_config(model: str, dataset: str | None = None, files=(), overrides=(), 
             if not grid:
                 raise ConfigError(f"{k} (from {where(k)}) is a grid key with no values")
             values[k] = [_coerce(k, x, typ, where(k)) for x in grid]
+            repeated = _repeated(values[k])
+            if repeated is not None:
+                raise ConfigError(f"{k}={v!r} (from {where(k)}) lists {repeated!r} twice; each "
+                                  f"value of a grid key is one grid point: list it once")
         else:
             if isinstance(v, list) and typ is not list and typ is not object and \
                     not (typ is _NULLABLE.get(k)):
@@ -378,8 +523,30 @@ def load_config(model: str, dataset: str | None = None, files=(), overrides=(), 
             values[k] = _coerce(k, v, typ, where(k))
 
     cfg = Config(values, hp, sources, [str(f) for f in default_files] + [str(f) for f in files])
-    for point in cfg.points():
-        check_point(point, where)
+    # every grid value in a point of the others' first values: the checks couple no two grid
+    # keys (valid_metric, which is checked against topk, cannot be one), so this covers every
+    # point without expanding the grid
+    first = cfg.points()[0]
+    check_point(first, where)
+    for k in hp:
+        for x in values[k][1:]:
+            check_point({**first, k: x}, where)
+    return cfg
+
+
+def check_recorded(model: str, dataset: str | None, values: dict, grid_keys: list,
+                   where: str) -> Config:
+    """A configuration recorded by a run (``run.json``), resolved again and checked like a new
+    one: every key known and present, every value of its type and range, ``grid_keys`` its
+    ``hyper_parameters``. Raises ConfigError naming ``where``."""
+    cfg = load_config(model, dataset, overrides=list(values.items()), overrides_from=where)
+    missing = sorted(set(cfg.values) - set(values))
+    if missing:
+        raise ConfigError(f"{where} lacks the config key{'s' if len(missing) > 1 else ''} "
+                          f"{', '.join(missing)}")
+    if list(grid_keys) != cfg.grid_keys:
+        raise ConfigError(f"{where} has grid_keys={grid_keys!r} but hyper_parameters="
+                          f"{cfg.grid_keys!r}")
     return cfg
 
 

@@ -12,11 +12,31 @@ from .errors import RunDirectoryError
 __all__ = ["read_json", "read_run", "read_results", "read_metrics", "written_for"]
 
 _DATA = (dict, str, type(None))  # a built-in name, a directory and format, or None: in memory
+_NUMBER = (int, float)
 #: Keys every ``run.json`` holds (sgfd_fast.training.runner writes them), with their types.
 RUN_KEYS = {"model": str, "dataset": str, "data": _DATA, "config": dict, "grid_keys": list}
 #: Keys every ``results.json`` holds, with their types.
-RESULTS_KEYS = {"valid": dict, "test": dict, "best_epoch": int, "epochs_trained": int,
+RESULTS_KEYS = {"model": str, "dataset": str, "sgfd": bool, "protocol": str, "valid_metric": str,
+                "valid": dict, "test": dict, "best_epoch": int, "epochs_trained": int,
                 "early_stopped": bool, "config": dict, "checkpoint": str, "data": _DATA}
+#: Optional keys of a ``results.json`` (a grid's), with their types.
+GRID_KEYS = {"grid": list, "selected_point": int}
+#: Keys of a ``metrics.jsonl`` line besides ``epoch``, with their types (all optional).
+METRICS_KEYS = {"losses": dict, "valid": dict, "epoch_time_s": _NUMBER, "eval_time_s": _NUMBER,
+                "world_size": int, "sgfd": dict}
+
+
+def _wrong_type(value, t) -> bool:
+    """Not of type ``t`` (bool is an int to Python, but ``true`` is no epoch or count)."""
+    if isinstance(value, bool):
+        return t is not bool and not (isinstance(t, tuple) and bool in t)
+    return not isinstance(value, t)
+
+
+def _scores(d) -> bool:
+    """``{"recall@20": 0.1, ...}``: metric names to numbers."""
+    return isinstance(d, dict) and all(isinstance(k, str) and not _wrong_type(v, _NUMBER)
+                                       for k, v in d.items())
 
 
 def read_json(path) -> object:
@@ -36,8 +56,9 @@ def read_json(path) -> object:
                                 f"damaged") from None
 
 
-def _record(path: Path, keys: dict, what: str, fix: str) -> dict:
-    """A JSON object holding ``keys`` (name: type), or one RunDirectoryError ending in ``fix``."""
+def _record(path: Path, keys: dict, what: str, fix: str, more=None) -> dict:
+    """A JSON object holding ``keys`` (name: type), or one RunDirectoryError ending in ``fix``;
+    ``more(record)`` returns a further problem of a record whose keys are right (or None)."""
     try:
         record = read_json(path)
     except RunDirectoryError as e:
@@ -46,12 +67,10 @@ def _record(path: Path, keys: dict, what: str, fix: str) -> dict:
         problem = f"holds a JSON {type(record).__name__}, not an object"
     else:
         missing = [k for k in keys if k not in record]
-        # bool is an int to Python: best_epoch true is not an epoch
-        wrong = [k for k, t in keys.items() if k in record and (
-            not isinstance(record[k], t) or (t is int and isinstance(record[k], bool)))]
+        wrong = [k for k, t in keys.items() if k in record and _wrong_type(record[k], t)]
         problem = (f"lacks {', '.join(missing)}" if missing else
                    f"has {', '.join(f'{k}={record[k]!r}' for k in wrong)} of the wrong type"
-                   if wrong else None)
+                   if wrong else more(record) if more else None)
     if problem:
         raise RunDirectoryError(f"{path} {problem}; it is not {what} written by "
                                 f"sgfd_fast.train; {fix}")
@@ -69,20 +88,46 @@ def read_run(run_dir) -> dict:
                    "a new run")
 
 
+def _results_problem(r: dict) -> str | None:
+    bad = [k for k in ("valid", "test") if not _scores(r[k])]
+    if bad:
+        return f"has {bad[0]}={r[bad[0]]!r}, which is not metric names mapped to numbers"
+    if r["best_epoch"] < 1 or r["epochs_trained"] < r["best_epoch"]:
+        return (f"has best_epoch={r['best_epoch']} of epochs_trained={r['epochs_trained']}, "
+                f"which no training gives")
+    wrong = [k for k, t in GRID_KEYS.items() if k in r and _wrong_type(r[k], t)]
+    if wrong:
+        return f"has {wrong[0]}={r[wrong[0]]!r} of the wrong type"
+    if ("grid" in r) != ("selected_point" in r):
+        return "has one of grid and selected_point without the other"
+    if "grid" in r:
+        if not all(isinstance(x, dict) and isinstance(x.get("params"), dict) and
+                   not _wrong_type(x.get("valid_score"), _NUMBER) for x in r["grid"]):
+            return "has a grid entry that is not {params, valid_score, ...}"
+        if not 0 <= r["selected_point"] < len(r["grid"]):
+            return (f"has selected_point={r['selected_point']}, which is not one of its "
+                    f"{len(r['grid'])} grid points")
+    return None
+
+
 def read_results(run_dir) -> dict:
-    """``results.json`` of a finished run, checked to hold :data:`RESULTS_KEYS`.
+    """``results.json`` of a finished run, checked to hold :data:`RESULTS_KEYS` (and, for a grid,
+    :data:`GRID_KEYS` with ``selected_point`` one of its points).
 
     Raises:
         RunDirectoryError: it cannot be read, is not JSON, or lacks one of those keys.
     """
     return _record(Path(run_dir) / "results.json", RESULTS_KEYS, "the results record",
-                   "train the run again, or restore the file")
+                   "train the run again, or restore the file", _results_problem)
 
 
-def written_for(results: dict, points: list[dict]) -> bool:
+def written_for(results: dict, points) -> bool:
     """Whether ``results`` (a results.json) was written under the ``epochs`` that ``points``
-    (the run's grid points, full configs) now ask for: a raised cap leaves it stale."""
-    return results["config"].get("epochs") == points[results.get("selected_point", 0)]["epochs"]
+    (the run's grid points, full configs) now ask for: a raised cap leaves it stale, and so
+    does a grid of another size."""
+    i = results.get("selected_point", 0)
+    return len(results.get("grid", [None])) == len(points) and \
+        results["config"].get("epochs") == points[i]["epochs"]
 
 
 def read_metrics(point_dir) -> list[dict]:
@@ -110,7 +155,11 @@ def read_metrics(point_dir) -> list[dict]:
             x, why = None, str(e)
         else:
             why = "not an object with an epoch"
-        if not isinstance(x, dict) or not isinstance(x.get("epoch"), int):
+        if isinstance(x, dict) and not _wrong_type(x.get("epoch"), int):
+            wrong = [k for k, t in METRICS_KEYS.items() if k in x and _wrong_type(x[k], t)]
+            wrong += [k for k in ("losses", "valid") if k in x and not _scores(x[k])]
+            why = f"{wrong[0]}={x[wrong[0]]!r} is of the wrong type" if wrong else None
+        if why:
             raise RunDirectoryError(f"{path}, line {n}: {why}; sgfd_fast appends one JSON "
                                     f"object per epoch, so the file was changed by hand or "
                                     f"damaged")

@@ -53,7 +53,7 @@ from pathlib import Path
 import yaml
 
 from ._cli import quiet_on_closed_stdout, refuse_empty, show_warning
-from .config import Config, load_config, yaml_problem
+from .config import RANGES, Config, load_config, read_yaml
 from .errors import ConfigError, SGFDError, TrainingError
 from .records import read_json, read_metrics, read_results, read_run, written_for
 
@@ -145,7 +145,7 @@ def _unknown(what: str, key: str, known) -> ConfigError:
 
 def _check_seeds(seeds, where: str) -> None:
     if not isinstance(seeds, list) or not seeds or not all(
-            isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds) or \
+            isinstance(s, int) and not isinstance(s, bool) and s in RANGES["seed"] for s in seeds) or \
             len(set(seeds)) != len(seeds):
         raise ConfigError(f"{where}: seeds must be a non-empty list of distinct non-negative ints, "
                           f"got {seeds!r}")
@@ -163,15 +163,7 @@ def load_spec(path, *, in_memory: bool = False, seeds: list[int] | None = None,
     from .models import MODELS
 
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise ConfigError(f"cannot read study spec {path}: {e.strerror or e}") from None
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"study spec {path} is not UTF-8 text ({e.reason} at byte "
-                          f"{e.start}); give a YAML file") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"study spec {path} is not valid YAML: {yaml_problem(e)}") from None
+    raw = read_yaml(path, "study spec")  # a key given twice (two arms of one name) is an error
     if not isinstance(raw, dict):
         raise ConfigError(f"study spec {path} must be a YAML mapping (model, dataset, seeds, "
                           f"baseline, arms, ...)")
@@ -290,11 +282,11 @@ def load_spec(path, *, in_memory: bool = False, seeds: list[int] | None = None,
             raise ConfigError(f"{where}: arm {arm!r}: "
                               + str(e).replace(" (from the command line)", "")) from None
         for m in spec.metrics:
-            for point in cfg.points():
+            for topk in cfg["topk"] if "topk" in cfg.grid_keys else [cfg["topk"]]:
                 name, _, k = m.partition("@")
-                if not k.isdigit() or int(k) not in point["topk"]:
+                if not k.isdigit() or int(k) not in topk:
                     raise ConfigError(f"{where}: metric {m!r} must look like recall@20 with k in "
-                                      f"topk={point['topk']} (arm {arm!r})")
+                                      f"topk={topk} (arm {arm!r})")
         spec.configs[arm] = cfg
     return spec
 
@@ -310,13 +302,14 @@ class _Run:
 
 
 def _plan(spec: Spec, out: Path, device: str | None) -> list[_Run]:
-    """Every arm x seed, seed-major (after the first seeds every arm has a result)."""
-    runs = []
-    for seed in spec.seeds:
-        for arm in spec.arms:
-            cfg = load_config(spec.model, spec.dataset, overrides=spec.overrides(arm, seed, device))
-            runs.append(_Run(arm, seed, out / arm / f"seed-{seed}", cfg))
-    return runs
+    """Every arm x seed, seed-major (after the first seeds every arm has a result); each arm's
+    config is resolved once (the seed, checked with the spec, is its only difference)."""
+    arms = {arm: load_config(spec.model, spec.dataset,
+                             overrides=spec.overrides(arm, spec.seeds[0], device))
+            for arm in spec.arms}
+    return [_Run(arm, seed, out / arm / f"seed-{seed}",
+                 Config({**cfg.values, "seed": seed}, cfg.grid_keys, cfg.sources, cfg.files))
+            for seed in spec.seeds for arm, cfg in arms.items()]
 
 
 def _check_existing(run: _Run) -> None:
@@ -453,6 +446,9 @@ def run_study(spec: Spec, out, *, shard: tuple[int, int] = (1, 1), arms=None, da
     except OSError as e:
         raise ConfigError(f"cannot create the study directory {out}: {e.strerror or e}") \
             from None
+    print(f"study {spec.name}: {len(spec.arms)} arm{'s' * (len(spec.arms) > 1)} × "
+          f"{len(spec.seeds):,} seed{'s' * (len(spec.seeds) > 1)} = {len(runs):,} runs; "
+          f"{len(todo):,} to train here", file=sys.stderr)
     try:
         return _train_and_report(spec, out, runs, todo, len(mine), dataset, progress)
     except BaseException:

@@ -32,9 +32,12 @@ Configuration layers (later ones win):
   5. key=value ...                              command-line overrides (YAML values: 0.01, true,
                                                 [1,2]); never evaluated as code
 A key that no default file defines is an error (with the closest known names); values keep
-their default's type. hyper_parameters=[k1,k2] turns list values of k1, k2 into a grid: every
+their default's type; a key given twice in a file, a number other than plain decimal (YAML 1.1
+reads 010 as 8, 1_0 as 10) and a value listed twice are errors. hyper_parameters=[k1,k2] turns list values of k1, k2 into a grid: every
 combination is trained from the same seed, selected on the validation valid_metric, and the
-test metrics of the selected point are reported.
+test metrics of the selected point are reported (valid_metric, protocol, device and the data
+keys cannot be grid keys). For several seeds, which are compared rather than selected, run a
+study: python -m sgfd_fast.study --help.
 """
 
 _EPILOG = """\
@@ -49,19 +52,25 @@ examples:
   python -m sgfd_fast.train --resume runs/BM3-office-20250101-120000 epochs=80
   torchrun --standalone --nproc_per_node=4 -m sgfd_fast.train   # 4 GPUs (README: several GPUs or machines)
 
-run directory (--out, default runs/<model>-<dataset>-<timestamp>; new, or empty):
+run directory (--out, default runs/<model>-<dataset>-<timestamp>, -2, -3, ... when taken; new,
+or empty):
   train.log, metrics.jsonl (one line per epoch; with SGFD also "sgfd": the SGFD losses' share of
   the student's gradient and the teacher's/student's label accuracy), last.pt (resumable
   checkpoint), best.pt (the best epoch's model; grid-<i>/ per grid point), run.json (the config
   and a fingerprint of the data), results.json (best epoch, valid and test metrics, mean epoch
   and evaluation times, the resolved config), run.lock (one process per run directory; a second
   one is refused with the holder's pid).
-  Config, data and device are checked before the directory is created; a run that fails before
-  its first last.pt removes what it created. Ctrl-C saves last.pt; --resume RUN_DIR continues
+  Config, data and device are checked before the directory is created, and the run's size
+  (grid points, parameters, memory per point, disk) is logged; a run whose estimate exceeds the
+  available memory or free disk is refused with it. A run that fails before its first last.pt
+  removes what it created. Ctrl-C saves last.pt; --resume RUN_DIR continues
   exactly (only epochs, stopping_step, device, eval_batch_size may change then; epochs not below
   what was trained). --resume refuses data that differ from the recorded fingerprint (unless
-  --allow-data-change) and a grid point with metrics but no last.pt; a point with neither starts
-  at epoch 1; a finished run reports its results and trains nothing.
+  --allow-data-change, which continues on data of the same shape only), a record that is not
+  what sgfd_fast wrote (run.json, results.json, metrics.jsonl, a last.pt or best.pt of another
+  model, configuration or data shape) and a grid point with metrics but no last.pt, all before
+  anything is written; a point with neither starts at epoch 1; a finished run reports its
+  results and trains nothing.
 
 shared keys (configs/overall.yaml):
 """
@@ -103,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="configuration overrides, applied last")
     p.add_argument("--out", metavar="RUN_DIR", default=None,
-                   help="the run directory (default runs/<model>-<dataset>-<timestamp>)")
+                   help="the run directory (default runs/<model>-<dataset>-<timestamp>, with "
+                        "-2, -3, ... when that name is taken)")
     p.add_argument("--resume", metavar="RUN_DIR", default=None,
                    help="continue the run in RUN_DIR from its last.pt")
     p.add_argument("--allow-data-change", action="store_true",
@@ -152,7 +162,6 @@ def main(argv=None) -> int:
     import warnings
 
     from . import training
-    from .records import read_run
 
     warnings.showwarning = _show_warning  # one line per DataWarning, as the data CLI prints them
     try:
@@ -178,7 +187,8 @@ def main(argv=None) -> int:
                                 f"--device")
             run_dir = Path(args.resume)
             # under torchrun the process group needs the run's dist_* keys before resuming
-            values = read_run(run_dir)["config"] if (run_dir / "run.json").exists() else {}
+            values = training.read_checked_run(run_dir)["config"] \
+                if (run_dir / "run.json").exists() else {}
             with _process_group(values, args.device):
                 results = training.resume(run_dir, overrides,
                                           allow_data_change=args.allow_data_change)
@@ -213,7 +223,9 @@ def main(argv=None) -> int:
                 from .training import distributed
 
                 run_dir = distributed.broadcast_object(run_dir)  # rank 0's timestamp
-                results = training.train(args.model, cfg, run_dir=run_dir, data=data)
+                results = training.train(args.model, cfg, run_dir=run_dir, data=data,
+                                         unique_name=not args.out)
+                run_dir = Path(results["run_dir"])
     except SGFDError as e:
         rank = os.environ.get("RANK", "0")
         print(f"error: {e}" if rank == "0" else f"error: [rank {rank}] {e}", file=sys.stderr)

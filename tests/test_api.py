@@ -13,7 +13,8 @@ from sgfd_fast.data import write_sgfd
 from sgfd_fast.errors import ConfigError, InputError, RunDirectoryError
 from test_trainer import tiny_dataset, tiny_model  # noqa: F401  (tiny_model is a fixture)
 
-OVERRIDES = ["epochs=2", "train_batch_size=32", "embedding_size=8", "device=cpu"]
+OVERRIDES = ["epochs=2", "train_batch_size=32", "embedding_size=8", "device=cpu",
+             "topk=[10,20]"]  # the tiny data have 30 items
 
 
 @pytest.fixture
@@ -154,10 +155,12 @@ def test_load_run_errors(tmp_path):
     (tmp_path / "results.json").write_text('{"model": "BM3", "te')   # damaged by hand
     with pytest.raises(RunDirectoryError, match="results.json is not valid JSON"):
         load_run(tmp_path)
-    good = {"valid": {}, "test": {}, "best_epoch": 1, "epochs_trained": 1, "early_stopped": True,
-            "config": {}, "checkpoint": "best.pt", "data": None}
+    good = {"model": "BM3", "dataset": "tiny", "sgfd": True, "protocol": "standard",
+            "valid_metric": "recall@20", "valid": {}, "test": {}, "best_epoch": 1,
+            "epochs_trained": 1, "early_stopped": True, "config": {}, "checkpoint": "best.pt",
+            "data": None}
     for record, message in [([], "holds a JSON list, not an object"),
-                            ({"test": {}}, "lacks valid, best_epoch, .*checkpoint"),
+                            ({"test": {}}, "lacks model, .*valid, best_epoch, .*checkpoint"),
                             ({**good, "checkpoint": 5}, "has checkpoint=5 of the wrong type"),
                             ({**good, "best_epoch": True}, "has best_epoch=True of the wrong")]:
         (tmp_path / "results.json").write_text(json.dumps(record))  # JSON, not the record
@@ -318,3 +321,27 @@ def test_export_and_load_run_expand_the_home_directory(run_dir, tmp_path, monkey
     files = tm.export("~/exported")
     assert files["user_embeddings"] == tmp_path / "exported" / "user_embeddings.npy"
     assert files["user_embeddings"].exists() and not (tmp_path / "~").exists()
+
+
+def test_load_run_checks_the_data_and_best_pt(run_dir, tmp_path):
+    """Issue 22: data of the same shape but other values were used silently."""
+    from sgfd_fast.data.formats.sgfd import SGFD_LABELS
+    from sgfd_fast.errors import DataError
+
+    data = tmp_path / "data"
+    labels = np.load(data / SGFD_LABELS)
+    np.save(data / SGFD_LABELS, (labels + 1) % 3)  # the same shape, other labels
+    with pytest.raises(DataError, match="the data differ from those .* was trained on .*; "
+                                        "restore them, or pass allow_data_change=True"):
+        load_run(run_dir)
+    assert load_run(run_dir, allow_data_change=True).recommend([0], k=3)
+    np.save(data / SGFD_LABELS, labels)
+    other = tmp_path / "other"
+    training.train("TinyMF", load_config("TinyMF", None, overrides=[*OVERRIDES,
+                                                                    "embedding_size=16"]),
+                   run_dir=other, data={"path": data, "format": "sgfd"}, progress=False,
+                   console=False)
+    (run_dir / "best.pt").write_bytes((other / "best.pt").read_bytes())
+    with pytest.raises(RunDirectoryError, match="best.pt holds another model or configuration "
+                                                "than .*results.json reports"):
+        load_run(run_dir)

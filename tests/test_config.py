@@ -1,5 +1,6 @@
 """Layered configuration: layers, unknown keys, types, values, overrides, grids."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -200,3 +201,84 @@ def test_grid(model_yaml):
     with pytest.raises(ConfigError, match="learning_rate=-1.0 .* must be positive"):
         load_config("Fake", "office", overrides=["hyper_parameters=[learning_rate]",
                                                  "learning_rate=[0.1, -1]"])
+
+
+# --- issue 22, kind 4: what YAML 1.1 and PyYAML would read silently ---------------------------
+
+
+@pytest.mark.parametrize("item, meant", [("epochs=010", "octal (010 = 8)"),
+                                         ("seed=0x3", "hexadecimal (0x3 = 3)"),
+                                         ("epochs=1_0", "underscores dropped (1_0 = 10)"),
+                                         ("epochs=1:30", "base 60 (1:30 = 90)"),
+                                         ("learning_rate=1_0.5", "(1_0.5 = 10.5)")])
+def test_yaml_1_1_numbers_are_refused_with_the_reason(tmp_path, item, meant):
+    with pytest.raises(ConfigError, match=rf"override '{item}': .*{re.escape(meant)}.*decimal"):
+        load_config("Fake", "office", overrides=[item])
+    key, value = item.split("=")
+    f = write(tmp_path, "u.yaml", f"stopping_step: 5\n{key}: {value}\n")
+    with pytest.raises(ConfigError, match=rf"{f}, line 2, column \d+: .*{re.escape(meant)}"):
+        load_config("Fake", "office", [f])
+    # plain decimal, quoted strings and 1e-3 (a string to YAML 1.1) still read as written
+    assert load_config("Fake", "office", overrides=["epochs=10", "learning_rate=1e-3",
+                                                    "seed=0"])["epochs"] == 10
+
+
+def test_non_finite_floats_are_refused():
+    for item in ("learning_rate=.inf", "weight_decay=-.inf", "kd_weight=1e999"):
+        with pytest.raises(ConfigError, match="must be a finite number"):
+            load_config("Fake", "office", overrides=[item])
+    with pytest.raises(ConfigError, match="must be a float, got 'nan'"):  # a string to YAML
+        load_config("Fake", "office", overrides=["weight_decay=nan"])
+
+
+def test_a_key_given_twice_in_a_file_is_refused(tmp_path):
+    f = write(tmp_path, "u.yaml", "epochs: 3\nlearning_rate: 0.1\nepochs: 5\n")
+    with pytest.raises(ConfigError, match=rf"{f}, line 3, column 1: 'epochs' is given twice "
+                                          r"\(first on line 1\)"):
+        load_config("Fake", "office", [f])
+
+
+@pytest.mark.parametrize("items, match", [
+    (["hyper_parameters=[seed]", "seed=[1,1]"], r"seed=\[1, 1\] .* lists 1 twice"),
+    (["hyper_parameters=[n_layers]", "n_layers=[1,2,1]"], "lists 1 twice"),
+    (["modalities=[text,text]"], "lists the modality 'text' twice"),
+    (["topk=[10,20,10]"], "lists the cut-off 10 twice"),
+])
+def test_repeated_values_are_refused(items, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config("BM3", "office", overrides=items)
+
+
+@pytest.mark.parametrize("key, values, why", [
+    ("valid_metric", "[recall@20,precision@10]", "selected and compared on"),
+    ("protocol", "[standard,legacy]", "validated on"),
+    ("device", "[cpu,cpu]", "a setting of the whole run"),
+    ("dist_backend", "[gloo,auto]", "a setting of the whole run"),
+])
+def test_run_wide_keys_cannot_be_grid_keys(key, values, why):
+    with pytest.raises(ConfigError, match=rf"names '{key}', which cannot vary over a grid: .*"
+                                          rf"{why}"):
+        load_config("BM3", "office", overrides=[f"hyper_parameters=[{key}]", f"{key}={values}"])
+
+
+def test_a_huge_grid_is_counted_not_expanded():
+    import tracemalloc
+
+    items = ["hyper_parameters=[seed,n_layers,reg_weight,learning_rate,dropout,cl_weight,"
+             "embedding_size]", "seed=[" + ",".join(map(str, range(10))) + "]",
+             "n_layers=[0,1,2,3,4,5,6,7,8,9]", "embedding_size=[" +
+             ",".join(str(8 * i) for i in range(1, 11)) + "]"]
+    items += [f"{k}=[" + ",".join(str(0.01 * i) for i in range(1, 11)) + "]"
+              for k in ("reg_weight", "learning_rate", "dropout", "cl_weight")]
+    tracemalloc.start()
+    cfg = load_config("BM3", "office", overrides=items)
+    points = cfg.points()
+    assert len(points) == 10**7
+    assert points[-1]["seed"] == 9 and points[-1]["embedding_size"] == 80 and \
+        points[10**6]["seed"] == 1 and points[10**6]["n_layers"] == 0
+    assert cfg.describe_grid().startswith("10,000,000 points (seed: 10 values × ")
+    assert tracemalloc.get_traced_memory()[1] < 50 * 2**20  # never expanded
+    tracemalloc.stop()
+    with pytest.raises(ConfigError, match="dropout=1.5 .* must lie in"):  # yet every value checked
+        load_config("BM3", "office", overrides=["hyper_parameters=[cl_weight,dropout]",
+                                                "cl_weight=[1,2,3]", "dropout=[0.1,0.2,1.5]"])

@@ -17,7 +17,7 @@ from test_trainer import tiny_dataset
 
 def _config(*overrides):
     return load_config("BM3", None, overrides=["epochs=3", "train_batch_size=32",
-                                               "embedding_size=16", "device=cpu",
+                                               "embedding_size=16", "device=cpu", "topk=[10,20]",
                                                *overrides])
 
 

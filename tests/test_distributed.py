@@ -24,7 +24,8 @@ from sgfd_fast.training import distributed
 from sgfd_fast.training.distributed import shard_bounds
 from test_trainer import tiny_dataset
 
-BASE = ["--device", "cpu", "epochs=2", "train_batch_size=64", "embedding_size=16"]
+BASE = ["--device", "cpu", "epochs=2", "train_batch_size=64", "embedding_size=16",
+        "topk=[10,20]"]  # the tiny data have 40 items
 ENV = {**os.environ, "OMP_NUM_THREADS": "1",
        "PYTHONPATH": str(Path(sgfd_fast.__file__).resolve().parents[1])}
 
@@ -207,7 +208,8 @@ def test_plain_run_never_starts_a_process_group(data_dir, tmp_path):
             "after = {m for m in sys.modules if m.startswith('torch.distributed')}\n"
             "assert after == before, sorted(after - before)\n"
             f"assert sgfd_fast.train.main(['--data-path', {str(data_dir)!r}, '--out', "
-            f"{str(tmp_path / 'r')!r}, '--device', 'cpu', 'epochs=1', 'embedding_size=8']) == 0\n"
+            f"{str(tmp_path / 'r')!r}, '--device', 'cpu', 'epochs=1', 'embedding_size=8', "
+            "'topk=[10,20]']) == 0\n"
             "assert not torch.distributed.is_initialized()\n"
             "assert not [m for m in sys.modules if m.startswith(('torch.distributed.run', "
             "'torch.distributed.elastic'))]\n")

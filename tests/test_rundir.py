@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 
 from sgfd_fast.data import write_sgfd
@@ -19,7 +20,8 @@ from sgfd_fast.training import checkpoint
 from sgfd_fast.training.rundir import LOCK_NAME, RunDirectory
 from test_trainer import tiny_dataset
 
-FAST = ["--device", "cpu", "epochs=1", "train_batch_size=64", "embedding_size=8"]
+FAST = ["--device", "cpu", "epochs=1", "train_batch_size=64", "embedding_size=8",
+        "topk=[10,20]"]  # the tiny data have 30 items
 
 
 @pytest.fixture
@@ -361,3 +363,136 @@ def test_empty_test_split_gives_no_validation_hint():
     with pytest.raises(DataError) as e:
         evaluate(None, ds, "test", load_config("BM3", None).values)
     assert str(e.value) == "dataset 'tiny' has no test interactions to evaluate"
+
+
+# --- issue 22, kind 3: records that must agree ---------------------------------------------
+
+
+def test_resume_onto_data_of_another_shape_rewrites_nothing(tmp_path, data_dir, capsys):
+    out = tmp_path / "run"
+    assert train(data_dir, out) == 0
+    before = snapshot(out)
+    original = {f: (data_dir / f).read_bytes() for f in ("test.csv",)}
+    with open(data_dir / "test.csv", "a") as f:  # a 41st user: another embedding table
+        f.write("0,40,i0\n1,40,i1\n")
+    (data_dir / "train.csv").write_text((data_dir / "train.csv").read_text() + "2,40,i2\n")
+    assert_failed(main(["--resume", str(out), "epochs=2", "--allow-data-change"]),
+                  capsys.readouterr().err, "the data now have another shape (41 users, 30 items")
+    assert snapshot(out) == before  # run.json still records the data it was trained on
+    (data_dir / "test.csv").write_bytes(original["test.csv"])
+    lines = (data_dir / "train.csv").read_text().splitlines()[:-1]
+    (data_dir / "train.csv").write_text("\n".join(lines) + "\n")
+    assert main(["--resume", str(out), "epochs=2"]) == 0  # the original data still resume
+    assert epochs_in(out) == [1, 2]
+
+
+RUN_EDITS = [
+    (lambda r: r.update(model="GRCN"), "does not hold a valid configuration (unknown config key"),
+    (lambda r: r.update(model="NoSuch"), "names the model 'NoSuch', which is not one of"),
+    (lambda r: r["config"].pop("learning_rate"), "lacks the config key learning_rate"),
+    (lambda r: r["config"].update(topk=5), "topk (from"),
+    (lambda r: r["config"].update(embedding_size="8"), "embedding_size (from"),
+    (lambda r: r.update(data="tiny"), "has data='tiny', which is not"),
+    (lambda r: r.update(data_fingerprint=7), "the data of"),
+]
+
+
+def test_a_hand_edited_run_json_is_one_clear_error(tmp_path, data_dir, capsys):
+    out = tmp_path / "run"
+    assert train(data_dir, out) == 0
+    original = (out / "run.json").read_text()
+    for edit, match in RUN_EDITS:
+        run = json.loads(original)
+        edit(run)
+        (out / "run.json").write_text(json.dumps(run))
+        before = snapshot(out)
+        assert_failed(main(["--resume", str(out), "epochs=2"]), capsys.readouterr().err, match)
+        assert snapshot(out) == before
+
+
+@pytest.mark.parametrize("other, match", [
+    (["-m", "GRCN"], "holds a GRCN model, but the run trains BM3"),
+    (["embedding_size=16"], "was written with another configuration than the run's "
+                            "(embedding_size: 16 there, 8 in run.json)"),
+    ("data", "another shape (40 users, 30 items, 3 labels, features image 6-d) than its "
+             "checkpoints were trained on (45 users"),
+    ("old data", "last.pt does not fit this model and data (user_embedding.weight: (45, 8) "
+                 "there, (40, 8) here); it comes from another run or other data"),
+])
+def test_a_last_pt_of_another_run_is_refused(tmp_path, data_dir, capsys, other, match):
+    out = tmp_path / "run"
+    assert train(data_dir, out) == 0
+    if other in ("data", "old data"):  # the same model and config, on data with more users
+        ds = tiny_dataset(n_users=45)
+        assert train(write_sgfd(ds, tmp_path / "more"), tmp_path / "other") == 0
+    if other == "old data":  # checkpoints record no data shape: the tensors' shapes still tell
+        ck = torch.load(tmp_path / "other" / "last.pt", weights_only=True)
+        del ck["data"]
+        torch.save(ck, tmp_path / "other" / "last.pt")
+        ck = torch.load(tmp_path / "other" / "best.pt", weights_only=True)
+        del ck["data"]
+        torch.save(ck, tmp_path / "other" / "best.pt")
+        run = json.loads((out / "run.json").read_text())
+        del run["data_fingerprint"]["features"]  # an old fingerprint
+        (out / "run.json").write_text(json.dumps(run))
+    elif other != "data":
+        assert train(data_dir, tmp_path / "other", *other) == 0
+    for name in ("last.pt", "best.pt"):
+        (out / name).write_bytes((tmp_path / "other" / name).read_bytes())
+    capsys.readouterr()
+    rc = main(["--resume", str(out), "epochs=2"])
+    assert_failed(rc, capsys.readouterr().err, match)
+
+
+def test_a_damaged_last_pt_is_one_clear_error(tmp_path, data_dir, capsys):
+    out = tmp_path / "run"
+    assert train(data_dir, out) == 0
+    ck = torch.load(out / "last.pt", weights_only=True)
+    for content, match in [(b"not a checkpoint", "cannot read checkpoint"),
+                           ([1, 2], "holds a list, not a checkpoint's dict"),
+                           ({k: v for k, v in ck.items() if k != "epoch"}, "lacks epoch")]:
+        if isinstance(content, bytes):
+            (out / "last.pt").write_bytes(content)
+        else:
+            torch.save(content, out / "last.pt")
+        before = snapshot(out)
+        assert_failed(main(["--resume", str(out), "epochs=2"]), capsys.readouterr().err, match)
+        assert snapshot(out) == before
+
+
+def test_a_killed_writes_temporary_file_is_removed_on_resume(tmp_path, data_dir):
+    out = tmp_path / "run"
+    assert train(data_dir, out) == 0
+    (out / ".last.pt.tmp99999").write_bytes(b"half a checkpoint")   # SIGKILL mid-write
+    (out / ".metrics.jsonl.tmp99999").write_text("{")
+    assert main(["--resume", str(out), "epochs=2"]) == 0
+    assert not [p.name for p in out.iterdir() if ".tmp" in p.name]
+
+
+def test_a_hand_edited_results_json_is_one_clear_error(tmp_path, data_dir, capsys):
+    out = tmp_path / "run"
+    assert train(data_dir, out) == 0
+    original = (out / "results.json").read_text()
+    for edit, match in [
+        (lambda r: r.update(selected_point=5, grid=[]), "selected_point=5, which is not one of"),
+        (lambda r: r.update(test={"recall@20": "high"}), "test={'recall@20': 'high'}, which is"),
+        (lambda r: r.pop("model"), "lacks model"),
+    ]:
+        res = json.loads(original)
+        edit(res)
+        (out / "results.json").write_text(json.dumps(res))
+        assert_failed(main(["--resume", str(out)]), capsys.readouterr().err, match)
+
+
+def test_a_hand_edited_metrics_line_is_one_clear_error(tmp_path, data_dir, capsys):
+    from sgfd_fast.records import read_metrics
+    from sgfd_fast.errors import RunDirectoryError
+
+    out = tmp_path / "run"
+    assert train(data_dir, out) == 0
+    line = json.loads((out / "metrics.jsonl").read_text())
+    line["epoch_time_s"] = "fast"
+    (out / "metrics.jsonl").write_text(json.dumps(line) + "\n")
+    with pytest.raises(RunDirectoryError, match=r"metrics.jsonl, line 1: epoch_time_s='fast' is "
+                                                r"of the wrong type"):
+        read_metrics(out)

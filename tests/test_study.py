@@ -187,6 +187,7 @@ def test_arms_train_only_those_arms_and_shards_split_them(tmp_path, tiny_model, 
                                         "fast/seed-2"]
     assert run(tmp_path, "s", arms=["fast"])["runs"]["finished"] == 4
     out = tmp_path / "x"
+    capsys.readouterr()  # the studies' size lines
     assert study.main(["office-grcn", "--out", str(out), "--arms", "plain,sgfd_contrl"]) == 2
     assert capsys.readouterr().err == ("error: --arms: study office-grcn has no arm "
                                        "'sgfd_contrl' (did you mean 'sgfd_control'?); its arms: "
@@ -216,6 +217,8 @@ def test_statistics_match_hand_computation(tmp_path, tiny_model):
             d.mkdir(parents=True)
             m = {"recall@20": v, "ndcg@20": v / 2}
             (d / "results.json").write_text(json.dumps({
+                "model": "TinyMF", "dataset": "tiny", "sgfd": False, "protocol": "standard",
+                "valid_metric": "recall@20",
                 "valid": m, "test": m, "best_epoch": 2, "epochs_trained": 5 + seed,
                 "early_stopped": seed != 3, "checkpoint": "best.pt",
                 "config": {"epochs": SHARED["epochs"]}, "data": None}))
@@ -548,3 +551,27 @@ def test_a_data_warning_is_one_line(tmp_path, tiny_model, data_spec, capsys):
     err = capsys.readouterr().err
     assert err.count("duplicate interactions") == 1 and "DataWarning" not in err, err
     assert next(x for x in err.splitlines() if "duplicate" in x).startswith("warning: ")
+
+
+def test_two_arms_of_one_name_are_refused(tmp_path, tiny_model):  # noqa: F811
+    """Issue 22: PyYAML keeps the second of two same-named arms silently."""
+    path = tmp_path / "spec.yaml"
+    path.write_text("name: tiny\nmodel: TinyMF\nseeds: [1, 2]\nbaseline: base\narms:\n"
+                    "  base: {}\n  fast: {learning_rate: 0.1}\n  fast: {learning_rate: 0.2}\n")
+    with pytest.raises(ConfigError, match=r"study spec .*spec.yaml, line 8, column 3: 'fast' is "
+                                          r"given twice \(first on line 7\)"):
+        study.load_spec(path, in_memory=True)
+
+
+def test_a_large_study_says_its_size_first(tmp_path, tiny_model, capsys):  # noqa: F811
+    """Issue 22: 2,000 seeds are planned without resolving a config per run, and the size is
+    printed before anything runs."""
+    spec = study.load_spec(write_spec(tmp_path, seeds=list(range(2_000))), in_memory=True)
+    (tmp_path / "s").mkdir()
+    summary = study.run_study(spec, tmp_path / "s", dataset=tiny_dataset(), report_only=True,
+                              progress=False)
+    assert "study tiny: 3 arms × 2,000 seeds = 6,000 runs; 0 to train here" in \
+        capsys.readouterr().err
+    assert summary["runs"]["total"] == 6_000
+    with pytest.raises(ConfigError, match="seeds must be a non-empty list of distinct"):
+        study.load_spec(write_spec(tmp_path, seeds=[1, 2**63]), in_memory=True)

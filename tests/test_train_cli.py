@@ -85,7 +85,8 @@ def test_config_file_invalid_yaml_is_one_line_naming_file_line_column(tmp_path, 
     assert main(["--config", str(f)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "<unicode string>" not in err, err
-    assert err.startswith(f"error: {f} is not valid YAML: line 3, column 5: expected ','"), err
+    assert err.startswith(f"error: config file {f} is not valid YAML: line 3, column 5: "
+                          f"expected ','"), err
 
 
 def test_config_file_not_utf8_is_one_line(tmp_path, capsys):
@@ -106,7 +107,7 @@ def test_config_file_unknown_key_names_the_file(tmp_path, capsys):
 def test_bm3_run_then_resume(tmp_path, data_dir, capsys):
     out = tmp_path / "run"
     args = ["--data-path", data_dir, "--format", "sgfd", "--out", out, "epochs=1",
-            "train_batch_size=64", "embedding_size=16", "--device", "cpu"]
+            "train_batch_size=64", "embedding_size=16", "--device", "cpu", "topk=[10,20]"]
     p = cli(*args)
     assert p.returncode == 0, p.stderr
     assert "test recall@20" in p.stdout and "test ndcg@20" in p.stdout
@@ -132,7 +133,7 @@ def test_bm3_run_then_resume(tmp_path, data_dir, capsys):
 def test_default_out_dir(tmp_path, data_dir, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(["--data-path", str(data_dir), "epochs=1", "sgfd=false",
-                 "train_batch_size=128", "embedding_size=8"]) == 0
+                 "train_batch_size=128", "embedding_size=8", "topk=[10,20]"]) == 0
     (run,) = (tmp_path / "runs").iterdir()
     assert run.name.startswith("BM3-tiny-") and (run / "results.json").exists()
     assert json.loads((run / "results.json").read_text())["sgfd"] is False
@@ -143,4 +144,116 @@ def test_overrides_may_follow_options(tmp_path, capsys):
     out = tmp_path / "never"
     rc = main(["--device", "cpu", "dropout=1.5", "--out", str(out), "epochs=1"])
     assert_error(rc, capsys.readouterr().err, "dropout=1.5")
+    assert not out.exists()
+
+
+# --- issue 22 ---------------------------------------------------------------------------------
+
+TINY = ["--device", "cpu", "epochs=1", "train_batch_size=128", "embedding_size=8", "sgfd=false"]
+
+
+def test_topk_beyond_the_items_is_refused_at_load(tmp_path, data_dir, capsys):
+    out = tmp_path / "run"
+    assert_error(main(["--data-path", str(data_dir), "--out", str(out), *TINY]),
+                 capsys.readouterr().err, "topk=[10, 20, 50] (from the config) asks for the top "
+                                          "50 items, but dataset 'tiny' has 30 items")
+    assert not out.exists()
+
+
+def test_two_runs_in_one_second_get_two_directories(tmp_path, data_dir, monkeypatch, capsys):
+    """The default name is a timestamp of seconds: the second run takes -2, made atomically."""
+    import time
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(time, "strftime", lambda *a: "20260101-120000")
+    for _ in range(2):
+        assert main(["--data-path", str(data_dir), *TINY, "topk=[10,20]"]) == 0
+    runs = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert runs == ["BM3-tiny-20260101-120000", "BM3-tiny-20260101-120000-2"]
+    assert "run directory: runs/BM3-tiny-20260101-120000-2" in capsys.readouterr().out
+    from sgfd_fast.training.rundir import RunDirectory
+
+    with RunDirectory.create(tmp_path / "runs" / "x", unique=True) as a, \
+            RunDirectory.create(tmp_path / "runs" / "x", unique=True) as b:  # both alive
+        assert (a.path.name, b.path.name) == ("x", "x-2")
+
+
+def test_a_run_that_cannot_fit_is_refused_with_its_estimate(tmp_path, data_dir, capsys):
+    """embedding_size far beyond the memory: refused before any allocation, with the figure."""
+    out = tmp_path / "run"
+    assert_error(main(["--data-path", str(data_dir), "--out", str(out), *TINY, "topk=[10,20]",
+                       "embedding_size=100000000"]), capsys.readouterr().err,
+                 "this run needs at least 243.2 GB of CPU memory per grid point (7,600,000,000 "
+                 "parameters at least")
+    assert not out.exists()
+
+
+def test_a_grid_that_cannot_fit_the_disk_is_refused_first(tmp_path, data_dir, capsys,
+                                                           monkeypatch):
+    from sgfd_fast.training import budget
+
+    monkeypatch.setattr(budget, "_free_disk", lambda path: (10**9, tmp_path))
+    grid = ["hyper_parameters=[seed,learning_rate,reg_weight]",
+            "seed=[" + ",".join(map(str, range(100))) + "]",
+            "learning_rate=[" + ",".join(str(0.001 * i) for i in range(1, 101)) + "]",
+            "reg_weight=[" + ",".join(str(0.001 * i) for i in range(1, 101)) + "]"]
+    out = tmp_path / "run"
+    assert_error(main(["--data-path", str(data_dir), "--out", str(out), *TINY, "topk=[10,20]",
+                       *grid]), capsys.readouterr().err,
+                 "this run writes about 9.7 GB of checkpoints (1,000,000 points (seed: 100 "
+                 "values × learning_rate: 100 values × reg_weight: 100 values), last.pt and "
+                 "best.pt of 9.7 KB each), but 1.0 GB are free")
+    assert not out.exists()
+
+
+def test_the_run_logs_its_size(tmp_path, data_dir, capsys):
+    out = tmp_path / "run"
+    assert main(["--data-path", str(data_dir), "--out", str(out), *TINY, "topk=[10,20]",
+                 "hyper_parameters=[n_layers]", "n_layers=[0,1]"]) == 0
+    assert "size: 2 points (n_layers: 2 values); at least 608 parameters" in \
+        (out / "train.log").read_text()
+
+
+def _sparse_user_ids(data_dir, dest):
+    """The tiny data with user 0 renamed 200000000 (a raw id, not a row index), no valid.csv."""
+    import shutil
+
+    shutil.copytree(data_dir, dest)
+    (dest / "valid.csv").unlink()
+    for f in ("train.csv", "test.csv"):
+        lines = (dest / f).read_text().splitlines()
+        rows = [ln.split(",") for ln in lines[1:]]
+        (dest / f).write_text("\n".join([lines[0]] + [",".join(
+            [r[0], "200000000" if r[1] == "0" else r[1], *r[2:]]) for r in rows]) + "\n")
+    return dest
+
+
+def test_a_raw_user_id_never_sizes_an_array(tmp_path, data_dir, capsys):
+    data = _sparse_user_ids(data_dir, tmp_path / "sparse")
+    code = ("import resource, sys\n"
+            "resource.setrlimit(resource.RLIMIT_AS, (1500 * 2**20, resource.RLIM_INFINITY))\n"
+            "from sgfd_fast.data.__main__ import main\n"
+            f"sys.exit(main(['inspect', '--path', {str(data)!r}]))\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]  # 1.5 GB of address space is plenty
+    assert json.loads(p.stdout)["n_users"] == 200_000_001
+    out = tmp_path / "run"
+    assert_error(main(["--data-path", str(data), "--out", str(out), *TINY, "topk=[10,20]"]),
+                 capsys.readouterr().err, "the user ids run to 200,000,000 while 40 distinct "
+                                          "users appear, and ids are row indices")
+    assert not out.exists()
+
+
+def test_an_allocation_beyond_the_estimate_is_one_error(tmp_path, data_dir, capsys, monkeypatch):
+    """The estimate is a lower bound: an allocation failure past it is still no traceback."""
+    from sgfd_fast.training import loop
+
+    def fit(self):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't "
+                           "allocate memory: you tried to allocate 102 GB")
+    monkeypatch.setattr(loop.Trainer, "fit", fit)
+    out = tmp_path / "run"
+    assert_error(main(["--data-path", str(data_dir), "--out", str(out), *TINY, "topk=[10,20]"]),
+                 capsys.readouterr().err.splitlines()[-1] + "\n",
+                 "out of memory training grid point 1 (the estimate was 1 point; at least")
     assert not out.exists()

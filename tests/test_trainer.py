@@ -126,7 +126,7 @@ def test_run_directory_files(tmp_path, tiny_model):
     assert set(ck["rng"]) >= {"python", "numpy", "torch"}
     assert ck["optimizer"]["param_groups"][0]["fused"] is True  # one fused Adam kernel per step
     best = torch.load(d / "best.pt", weights_only=True)  # the model alone: no optimizer state
-    assert set(best) == {"version", "model_name", "config", "model", "epoch", "valid"}
+    assert set(best) == {"version", "model_name", "config", "model", "epoch", "valid", "data"}
     assert best["epoch"] == res["best_epoch"] and best["model"].keys() == ck["model"].keys()
     with pytest.raises(ConfigError, match="already holds a run"):
         run(tmp_path, "r")
@@ -220,8 +220,9 @@ def test_grid_selects_on_validation(tmp_path, tiny_model, monkeypatch):
 
 
 def test_grid_points_start_from_the_same_seed(tmp_path, tiny_model):
-    res = run(tmp_path, "g", "epochs=2", "hyper_parameters=[weight_decay]",
-              "weight_decay=[0.0, 0.0]")
+    # two batch sizes of evaluation: the same training twice (a grid value may not repeat)
+    res = run(tmp_path, "g", "epochs=2", "hyper_parameters=[eval_batch_size]",
+              "eval_batch_size=[16, 32]")
     a, b = (metric_lines(tmp_path / "g" / f"grid-{i}") for i in range(2))
     assert a == b and res["selected_point"] == 0
 
@@ -291,7 +292,8 @@ def test_bm3_resume_is_exact(tmp_path):
 
     def bm3(name, epochs):
         c = load_config("BM3", None, overrides=[f"epochs={epochs}", "train_batch_size=32",
-                                                "embedding_size=16", "device=cpu"])
+                                                "embedding_size=16", "device=cpu",
+                                                "topk=[10,20]"])
         return training.train("BM3", c, run_dir=tmp_path / name, dataset=ds,
                               progress=False, console=False)
 

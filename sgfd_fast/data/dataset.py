@@ -133,11 +133,18 @@ def _dedupe(splits: dict, n_items: int, source: str) -> dict:
     within = {}
     across = {}
     out = {}
+    rows = [splits[k] for k in ("train", "valid", "test") if splits.get(k) is not None]
+    # one int64 key per distinct (user, item), from the pairs themselves: a user id times
+    # n_items could overflow int64
+    _, keys = np.unique(np.concatenate(rows), axis=0, return_inverse=True)
+    keys = keys.reshape(-1).astype(np.int64)
+    offset = 0
     for name in ("train", "valid", "test"):
         arr = splits.get(name)
         if arr is None:
             continue
-        key = arr[:, 0] * np.int64(n_items) + arr[:, 1]
+        key = keys[offset:offset + arr.shape[0]]
+        offset += arr.shape[0]
         _, first = np.unique(key, return_index=True)
         keep = np.zeros(arr.shape[0], dtype=bool)
         keep[first] = True
@@ -191,14 +198,15 @@ def assemble(parts: dict, *, name: str, valid_ratio: float = 0.1, seed: int = 20
         valid_source = "file" if splits.get("valid") is not None else None
         n_train_total = splits["train"].shape[0]
 
-    # users with no training interaction cannot be scored: drop their valid/test rows
-    has_train = np.bincount(splits["train"][:, 0], minlength=n_users) > 0
+    # users with no training interaction cannot be scored: drop their valid/test rows (looked
+    # up among the training users, never in an array sized by the ids' values)
+    train_users = np.unique(splits["train"][:, 0])
     n_dropped = 0
     for s in ("valid", "test"):
         arr = splits.get(s)
         if arr is None or not arr.shape[0]:
             continue
-        bad = ~has_train[arr[:, 0]]
+        bad = ~np.isin(arr[:, 0], train_users)
         if bad.all():
             raise DataError(
                 f"{_split_file(parts, s)}: none of the {int(np.unique(arr[:, 0]).size)} users of "
@@ -231,7 +239,9 @@ def assemble(parts: dict, *, name: str, valid_ratio: float = 0.1, seed: int = 20
              f"teacher classification loss is then constant (a one-class classifier has nothing "
              f"to learn) and the labels guide no distillation; give the items their categories "
              f"(one integer id per item), or train the plain backbone (sgfd=false)")
+    present = [a[:, 0] for a in splits.values() if a is not None]
     meta = {
+        "n_users_present": int(np.unique(np.concatenate(present)).size),
         "n_train_total": int(n_train_total),
         "valid_source": valid_source,
         "n_duplicates_dropped": int(n_dup),

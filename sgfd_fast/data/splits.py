@@ -23,14 +23,17 @@ __all__ = ["carve_valid", "random_split", "parse_ratios"]
 
 
 def _per_user_rank(users: np.ndarray, n_users: int, rng: np.random.Generator):
+    """Each row's rank among its user's rows (by a uniform key) and, per row, its user's row
+    count; sized by the rows, never by the user ids' values (``n_users`` is not needed)."""
     keys = rng.random(users.shape[0])
     order = np.lexsort((keys, users))
-    counts = np.bincount(users, minlength=n_users)
-    starts = np.zeros(n_users + 1, dtype=np.int64)
-    np.cumsum(counts, out=starts[1:])
+    _, first, inverse, counts = np.unique(users[order], return_index=True, return_inverse=True,
+                                          return_counts=True)
     rank = np.empty(users.shape[0], dtype=np.int64)
-    rank[order] = np.arange(users.shape[0]) - starts[users[order]]
-    return rank, counts
+    rank[order] = np.arange(users.shape[0]) - first[inverse.reshape(-1)]
+    per_row = np.empty(users.shape[0], dtype=np.int64)
+    per_row[order] = counts[inverse.reshape(-1)]
+    return rank, per_row
 
 
 def carve_valid(train: np.ndarray, n_users: int, valid_ratio: float = 0.1, seed: int = 2023):
@@ -46,7 +49,7 @@ def carve_valid(train: np.ndarray, n_users: int, valid_ratio: float = 0.1, seed:
     k = np.floor(valid_ratio * counts + 0.5).astype(np.int64)
     k = np.maximum(k, 1)
     k = np.minimum(k, counts - 1)  # leave >= 1 train item; users with 1 item get k = 0
-    to_valid = rank < k[users]
+    to_valid = rank < k
     return (np.ascontiguousarray(train[~to_valid]), np.ascontiguousarray(train[to_valid]))
 
 
@@ -80,8 +83,8 @@ def random_split(pairs: np.ndarray, n_users: int, split="8:1:1", seed: int = 202
     n_valid -= over - cut
     n_valid = np.maximum(n_valid, 0)
     r = rank
-    is_test = r < n_test[users]
-    is_valid = (~is_test) & (r < (n_test + n_valid)[users])
+    is_test = r < n_test
+    is_valid = (~is_test) & (r < n_test + n_valid)
     is_train = ~(is_test | is_valid)
     return (np.ascontiguousarray(pairs[is_train]), np.ascontiguousarray(pairs[is_valid]),
             np.ascontiguousarray(pairs[is_test]))

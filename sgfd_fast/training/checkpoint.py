@@ -20,14 +20,19 @@ import torch
 
 from ..errors import ConfigError, RunDirectoryError
 
-__all__ = ["CHECKPOINT_VERSION", "write_json", "write_text", "save_checkpoint", "load_checkpoint",
+__all__ = ["CHECKPOINT_VERSION", "CHECKPOINT_KEYS", "WriteFailed", "write_json", "write_text", "save_checkpoint", "load_checkpoint",
            "append_line", "trim_metrics"]
 
 CHECKPOINT_VERSION = 1
 
 
-def _write_failed(path: Path, e: OSError, kept: str) -> RunDirectoryError:
-    return RunDirectoryError(f"cannot write {path}: {e.strerror or e}; {kept}")
+class WriteFailed(RunDirectoryError):
+    """A write to the run directory failed (a full disk, a lost permission); what was written
+    before it is intact, so the run can continue with ``--resume`` once the cause is fixed."""
+
+
+def _write_failed(path: Path, e: OSError, kept: str) -> WriteFailed:
+    return WriteFailed(f"cannot write {path}: {e.strerror or e}; {kept}")
 
 
 def _write_bytes(path: Path, data) -> None:
@@ -79,14 +84,60 @@ def append_line(path: Path, line: str) -> None:
         raise _write_failed(path, e, "its earlier lines are unchanged") from None
 
 
-def load_checkpoint(path: Path) -> dict:
-    """Read a checkpoint written by the trainer (plain tensors and containers only)."""
+_OPT = type(None)
+_RECENT = ("data", "valid")
+#: What the trainer's checkpoints hold, with the types; :data:`_RECENT` keys are absent from
+#: checkpoints written before them (the data's shape; ``valid`` of a ``best.pt`` that held the
+#: trainer's whole state).
+CHECKPOINT_KEYS = {
+    "best": {"version": int, "model_name": str, "config": dict, "model": dict, "epoch": int,
+             "valid": (dict, _OPT), "data": (dict, _OPT)},
+    "last": {"version": int, "model_name": str, "config": dict, "model": dict,
+             "optimizer": dict, "rng": dict, "sampler": (dict, _OPT), "epoch": int,
+             "batch": int, "partial": dict, "best_score": (float, int), "best_epoch": (int, _OPT),
+             "best_valid": (dict, _OPT), "patience": int, "stopped": bool,
+             "epoch_times": list, "eval_times": list, "data": (dict, _OPT)},
+}
+
+
+def load_checkpoint(path: Path, kind: str | None = None) -> dict:
+    """Read a checkpoint written by the trainer (plain tensors and containers only).
+
+    Args:
+        kind: ``"last"`` or ``"best"``: also check that it holds what the trainer writes there
+            (:data:`CHECKPOINT_KEYS`, :data:`CHECKPOINT_VERSION`, a state dict of tensors).
+    Raises:
+        ConfigError: it does not exist, cannot be read, or (with ``kind``) is not such a
+            checkpoint.
+    """
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        ck = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise ConfigError(f"checkpoint {path} does not exist") from None
-    except Exception as e:  # a truncated or foreign file: say which and why
-        raise ConfigError(f"cannot read checkpoint {path}: {e}") from None
+    except Exception as e:  # a truncated or foreign file: say which and why, in one line
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ConfigError(f"cannot read checkpoint {path}: it is damaged or not a checkpoint "
+                          f"sgfd_fast wrote ({why})") from None
+    if kind is None:
+        return ck
+    keys = CHECKPOINT_KEYS[kind]
+    if not isinstance(ck, dict):
+        problem = f"holds a {type(ck).__name__}, not a checkpoint's dict"
+    else:
+        missing = [k for k in keys if k not in ck and k not in _RECENT]
+        wrong = [k for k, t in keys.items() if k in ck and
+                 (not isinstance(ck[k], t) or (isinstance(ck[k], bool) and t is not bool))]
+        problem = (f"lacks {', '.join(missing)}" if missing else
+                   f"has {wrong[0]} of the wrong type ({type(ck[wrong[0]]).__name__})" if wrong
+                   else f"is of checkpoint version {ck['version']}, this sgfd_fast reads "
+                        f"version {CHECKPOINT_VERSION}" if ck["version"] != CHECKPOINT_VERSION
+                   else "holds a model state that is not named tensors"
+                   if not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                              for k, v in ck["model"].items()) else None)
+    if problem:
+        raise ConfigError(f"checkpoint {path} {problem}: it is not a {kind}.pt written by "
+                          f"sgfd_fast.train")
+    return ck
 
 
 def _epoch_of_line(line: str) -> float:

@@ -24,11 +24,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import ConfigError, TrainingError
+from ..errors import ConfigError, RunDirectoryError, TrainingError
 from ..sampling import NegativeSampler
 from . import diagnostics, distributed
 from .checkpoint import (CHECKPOINT_VERSION, append_line, load_checkpoint, save_checkpoint,
                          trim_metrics)
+from .rundir import data_shape
 from .runtime import is_main, rank, rng_state, seed_everything, set_rng_state, world_size
 
 __all__ = ["Trainer"]
@@ -118,9 +119,25 @@ class Trainer:
             "best_score": self.best_score, "best_epoch": self.best_epoch,
             "best_valid": self.best_valid, "patience": self.patience, "stopped": self.stopped,
             "epoch_times": self.epoch_times, "eval_times": self.eval_times,
+            "data": data_shape(self.dataset),
         }
 
-    def load_state_dict(self, state: dict) -> None:
+    def _check_fits(self, theirs: dict, path: Path) -> None:
+        """Refuse a checkpoint's model state whose tensors do not fit the model with one clear
+        error (a checkpoint of other data, or of another run the checks did not tell apart)."""
+        ours = self.model.state_dict()
+        bad = sorted(set(ours) ^ set(theirs)) or \
+            [k for k in ours if tuple(ours[k].shape) != tuple(theirs[k].shape)]
+        if bad:
+            k = bad[0]
+            got = tuple(theirs[k].shape) if k in theirs else "nothing"
+            want = tuple(ours[k].shape) if k in ours else "nothing"
+            raise RunDirectoryError(f"{path} does not fit this model and data ({k}: {got} "
+                                    f"there, {want} here); it comes from another run or other "
+                                    f"data: restore this run's {path.name}, or start a new run")
+
+    def load_state_dict(self, state: dict, path: Path = Path("last.pt")) -> None:
+        self._check_fits(state["model"], path)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.sampler is not None and state.get("sampler") is not None:
@@ -135,7 +152,7 @@ class Trainer:
         no optimizer state, RNG or sampler: a third of ``last.pt``'s size with Adam)."""
         return {"version": CHECKPOINT_VERSION, "model_name": self.model_name,
                 "config": self.config, "model": self.model.state_dict(),
-                "epoch": self.epoch, "valid": self.best_valid}
+                "epoch": self.epoch, "valid": self.best_valid, "data": data_shape(self.dataset)}
 
     def _save(self, name: str, state: dict | None = None) -> None:
         if self.write_files:
@@ -143,9 +160,11 @@ class Trainer:
 
     def resume_from(self, path: Path) -> None:
         """Continue from a ``last.pt``; metrics lines after its epoch are dropped."""
-        self.load_state_dict(load_checkpoint(path))
+        self.load_state_dict(load_checkpoint(path, "last"), path)
         if self.best_epoch is not None:
-            self.best_model = load_checkpoint(self.point_dir / "best.pt")["model"]
+            best = self.point_dir / "best.pt"
+            self.best_model = load_checkpoint(best, "best")["model"]
+            self._check_fits(self.best_model, best)
         if self.write_files:
             trim_metrics(self.point_dir / "metrics.jsonl", self.epoch)
 

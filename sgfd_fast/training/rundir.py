@@ -18,7 +18,12 @@ Cases, each with one outcome (``README.md``, "Run directories"):
   ``epochs`` below what a point has trained is refused; a run whose every point is done and whose
   ``results.json`` exists has nothing to train and nothing is written.
 * the data: ``run.json`` stores :func:`data_fingerprint`; a resume whose data differ is refused
-  unless asked to continue anyway (``--resume RUN --allow-data-change``).
+  unless asked to continue anyway (``--resume RUN --allow-data-change``), and even then when
+  their shape (:func:`data_shape`) differs from the one the checkpoints were trained on.
+* the records agree before anything is written: each ``last.pt`` (and its ``best.pt``) must be
+  a checkpoint of the run's model and configuration (up to the keys a resume may change) for
+  data of the present shape; temporary files a killed write left (``.last.pt.tmp<pid>``) are
+  removed once the resume has passed every check.
 """
 
 from __future__ import annotations
@@ -26,7 +31,9 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
+import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,8 +43,8 @@ import numpy as np
 from ..errors import ConfigError, RunDirectoryError
 from .checkpoint import load_checkpoint
 
-__all__ = ["LOCK_NAME", "RunDirectory", "PointState", "point_states", "data_fingerprint",
-           "describe_fingerprint"]
+__all__ = ["LOCK_NAME", "RunDirectory", "PointState", "point_states", "check_data_shape",
+           "remove_temporaries", "data_fingerprint", "data_shape", "describe_fingerprint"]
 
 LOCK_NAME = "run.lock"
 
@@ -58,9 +65,30 @@ class RunDirectory:
 
     # --- acquisition ---------------------------------------------------------------------
     @classmethod
-    def create(cls, path) -> "RunDirectory":
-        """Make (or adopt an existing, empty) directory for a new run and lock it."""
+    def create(cls, path, unique: bool = False) -> "RunDirectory":
+        """Make (or adopt an existing, empty) directory for a new run and lock it.
+
+        ``unique``: ``path`` is a default name; the first of ``path``, ``path-2``, ``path-3``,
+        ... that this call can create itself (``mkdir`` is atomic) is the run directory, so
+        runs started at once never share one. ``.path`` is the directory made."""
         path = Path(path)
+        if unique:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise RunDirectoryError(f"cannot create {path.parent}: {_reason(e)}; give "
+                                        f"--out") from None
+            for n in range(1, 10_000):
+                candidate = path if n == 1 else path.with_name(f"{path.name}-{n}")
+                try:
+                    candidate.mkdir()
+                except FileExistsError:
+                    continue
+                except OSError as e:
+                    raise RunDirectoryError(f"cannot create the run directory {candidate}: "
+                                            f"{_reason(e)}; choose another --out") from None
+                return cls(candidate, candidate, set(), cls._lock(candidate))
+            raise RunDirectoryError(f"{path} and 9,999 numbered siblings exist; give --out")
         if path.exists() and not path.is_dir():
             raise RunDirectoryError(f"the run directory {path} is a file; give --out a new or "
                                     f"empty directory")
@@ -170,12 +198,14 @@ class RunDirectory:
 @dataclass
 class PointState:
     """Where one grid point stands: ``epoch`` completed, ``batch`` inside the next one, ``stopped``
-    by early stopping; ``checkpoint`` False when it has no ``last.pt`` yet."""
+    by early stopping; ``checkpoint`` False when it has no ``last.pt`` yet. ``data``: the data
+    shape its checkpoints were trained on (None when they predate recording it)."""
 
     checkpoint: bool
     epoch: int = 0
     batch: int = 0
     stopped: bool = False
+    data: dict | None = None
 
     def done(self, epochs: int) -> bool:
         return self.checkpoint and (self.stopped or (self.epoch >= epochs and not self.batch))
@@ -187,11 +217,39 @@ def _n_metric_lines(path: Path) -> int:
     return sum(1 for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip())
 
 
-def point_states(run_dir: Path, point_dirs: list[Path], epochs: list[int]) -> list[PointState]:
-    """Read each point's ``last.pt`` and refuse what cannot be continued exactly: a point with
-    metrics but no checkpoint, and ``epochs`` (per point) below what it has already trained."""
+def _plain(value):
+    """``value`` as run.json stores it (tuples become lists)."""
+    return json.loads(json.dumps(value))
+
+
+def _check_checkpoint(path: Path, kind: str, model: str, config: dict, free_keys) -> dict:
+    """A ``last.pt``/``best.pt`` that belongs to this point: the run's model and configuration
+    (``free_keys`` may differ: a resume may change them)."""
+    ck = load_checkpoint(path, kind)
+    if ck["model_name"] != model:
+        raise RunDirectoryError(f"{path} holds a {ck['model_name']} model, but the run trains "
+                                f"{model}: it comes from another run; restore this run's "
+                                f"{path.name}, or start a new run")
+    theirs, ours = _plain(ck["config"]), _plain(config)
+    changed = sorted(k for k in set(theirs) | set(ours)
+                     if k not in free_keys and theirs.get(k) != ours.get(k))
+    if changed:
+        raise RunDirectoryError(
+            f"{path} was written with another configuration than the run's ("
+            + ", ".join(f"{k}: {theirs.get(k)!r} there, {ours.get(k)!r} in run.json"
+                        for k in changed[:4])
+            + f"): it comes from another run; restore this run's {path.name}, or start a new run")
+    return ck
+
+
+def point_states(run_dir: Path, point_dirs: list[Path], points, model: str,
+                 free_keys=()) -> list[PointState]:
+    """Read and check each point's ``last.pt`` (and the ``best.pt`` it refers to), and refuse
+    what cannot be continued exactly: a checkpoint of another model or configuration (but for
+    ``free_keys``), a point with metrics but no checkpoint, and ``epochs`` below what it has
+    already trained."""
     states = []
-    for i, (pdir, epochs) in enumerate(zip(point_dirs, epochs)):
+    for i, (pdir, point) in enumerate(zip(point_dirs, points)):
         where = f"grid point {i + 1} ({pdir})" if pdir != run_dir else f"{run_dir}"
         last = pdir / "last.pt"
         if not last.exists():
@@ -203,9 +261,16 @@ def point_states(run_dir: Path, point_dirs: list[Path], epochs: list[int]) -> li
                     f"{pdir / 'metrics.jsonl'} to train this point again from epoch 1")
             states.append(PointState(checkpoint=False))
             continue
-        ck = load_checkpoint(last)
-        st = PointState(True, int(ck["epoch"]), int(ck["batch"]), bool(ck["stopped"]))
+        ck = _check_checkpoint(last, "last", model, point, free_keys)
+        st = PointState(True, ck["epoch"], ck["batch"], ck["stopped"], ck.get("data"))
+        if ck["best_epoch"] is not None:
+            best = _check_checkpoint(pdir / "best.pt", "best", model, point, free_keys)
+            if best.get("data") != st.data:
+                raise RunDirectoryError(f"{pdir / 'best.pt'} and {last} were trained on data "
+                                        f"of different shapes; restore this run's files, or "
+                                        f"start a new run")
         trained = st.epoch + (1 if st.batch else 0)
+        epochs = point["epochs"]
         if epochs < trained and not st.stopped:
             raise ConfigError(
                 f"epochs={epochs} is below the {trained} epoch(s) {where} has already "
@@ -213,6 +278,53 @@ def point_states(run_dir: Path, point_dirs: list[Path], epochs: list[int]) -> li
                 f"epochs (start a new run for fewer)")
         states.append(st)
     return states
+
+
+def check_data_shape(states: list[PointState], shape: dict, recorded: dict | None,
+                     run_dir: Path) -> None:
+    """Refuse data whose shape differs from the one the checkpoints (or, where they do not
+    record it, ``run.json``'s fingerprint ``recorded``) were trained on: their tables would not
+    fit. Raises DataError before anything is written."""
+    from ..errors import DataError
+
+    trained = next((st.data for st in states if st.data is not None), None)
+    if trained is None and recorded is not None:
+        trained = {k: recorded[k] for k in shape if k in recorded}
+    if trained is not None and any(trained.get(k) != v for k, v in shape.items()
+                                   if k in trained):
+        raise DataError(f"the data now have another shape ({_describe_shape(shape)}) than its "
+                        f"checkpoints were trained on ({_describe_shape(trained)}), so the model "
+                        f"of {run_dir} cannot continue on them (--allow-data-change continues "
+                        f"only on data of the same shape); restore the data or this run's "
+                        f"checkpoints, or start a new run")
+
+
+def _describe_shape(shape: dict) -> str:
+    feats = shape.get("features")
+    return (f"{shape.get('n_users')} users, {shape.get('n_items')} items"
+            + (f", {shape['n_labels']} labels" if "n_labels" in shape else "")
+            + (", features " + ", ".join(f"{m} {w}-d" for m, w in feats.items())
+               if feats else ""))
+
+
+_TEMPORARY = re.compile(r"\..+\.tmp\d+")  # what a killed write (checkpoint._replace_atomically) left
+
+
+def remove_temporaries(point_dirs: list[Path]) -> None:
+    """Remove the temporary files of writes that a killed process never finished (call only
+    with the run's lock held: no other process writes there)."""
+    for d in dict.fromkeys(point_dirs):
+        if d.is_dir():
+            for p in d.iterdir():
+                if _TEMPORARY.fullmatch(p.name) and p.is_file():
+                    p.unlink(missing_ok=True)
+
+
+def data_shape(dataset) -> dict:
+    """What the model's tables are sized by: users, items, labels and each modality's width."""
+    return {"n_users": int(dataset.n_users), "n_items": int(dataset.n_items),
+            "n_labels": int(dataset.n_labels),
+            "features": {m: int(v.shape[1]) for m, v in dataset.features.items()}}
 
 
 def data_fingerprint(dataset) -> dict:
@@ -228,11 +340,14 @@ def data_fingerprint(dataset) -> dict:
         a = np.ascontiguousarray(np.asarray(a))
         h.update(f"{name}:{a.dtype.str}:{a.shape};".encode())
         h.update(a.reshape(-1).view(np.uint8))  # bytes without a copy; empty splits too
-    return {"n_users": dataset.n_users, "n_items": dataset.n_items,
+    return {**data_shape(dataset),
             "n_train": int(dataset.train.shape[0]), "n_valid": int(dataset.valid.shape[0]),
             "n_test": int(dataset.test.shape[0]), "sha256": h.hexdigest()}
 
 
 def describe_fingerprint(fp: dict) -> str:
-    return (f"{fp['n_users']} users, {fp['n_items']} items, {fp['n_train']}/{fp['n_valid']}/"
-            f"{fp['n_test']} train/valid/test, sha256 {fp['sha256'][:12]}")
+    if not isinstance(fp, dict):
+        return f"{fp!r}"
+    return (f"{fp.get('n_users')} users, {fp.get('n_items')} items, {fp.get('n_train')}/"
+            f"{fp.get('n_valid')}/{fp.get('n_test')} train/valid/test, sha256 "
+            f"{str(fp.get('sha256'))[:12]}")

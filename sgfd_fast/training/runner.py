@@ -21,16 +21,17 @@ from pathlib import Path
 import torch
 
 from .. import _backend
-from ..config import Config, check_point
-from ..errors import ConfigError, DataError, RunDirectoryError, SGFDError
+from ..config import Config, check_point, check_recorded
+from ..errors import ConfigError, DataError, RunDirectoryError, SGFDError, TrainingError
 from ..records import read_metrics, read_results, read_run, written_for
-from . import distributed
-from .checkpoint import write_json
+from . import budget, distributed
+from .checkpoint import WriteFailed, write_json
 from .loop import Trainer
-from .rundir import RunDirectory, data_fingerprint, describe_fingerprint, point_states
+from .rundir import (RunDirectory, check_data_shape, data_fingerprint, data_shape,
+                     describe_fingerprint, point_states, remove_temporaries)
 from .runtime import device_name, is_main, rank, resolve_device, run_logging, world_size
 
-__all__ = ["train", "resume", "load_data", "RESUMABLE_KEYS"]
+__all__ = ["train", "resume", "load_data", "read_checked_run", "check_topk", "RESUMABLE_KEYS"]
 
 #: Keys a ``--resume`` may change: they do not alter what was already trained.
 RESUMABLE_KEYS = ("epochs", "stopping_step", "device", "eval_batch_size")
@@ -52,6 +53,51 @@ def load_data(spec: dict, config: dict):
         return load_dataset(spec["name"], **kw)
     return load_dataset(path=spec["path"], format=spec.get("format", "sgfd"),
                         labels=spec.get("labels"), **kw)
+
+
+def read_checked_run(run_dir) -> dict:
+    """``run.json`` of ``run_dir`` checked whole, as a new run's config is: its model one of
+    ``MODELS``, its data a built-in name, a directory or a Dataset in memory, and its config
+    resolved again (every key known and present, values of their type and range). Its
+    ``config`` is the resolved one.
+
+    Raises:
+        RunDirectoryError: it cannot be read, or is not a run record sgfd_fast wrote (a hand
+        edit, another version), naming what is wrong.
+    """
+    from ..models import MODELS
+
+    run = read_run(run_dir)
+    where = str(Path(run_dir) / "run.json")
+    data = run["data"]
+    if run["model"] not in MODELS:
+        problem = f"names the model {run['model']!r}, which is not one of {', '.join(MODELS)}"
+    elif not (isinstance(data, dict) and sum(isinstance(data.get(k), str) for k in
+                                              ("name", "path", "in_memory")) == 1):
+        problem = (f"has data={data!r}, which is not {{name: <built-in dataset>}}, "
+                   f"{{path: <directory>, format, labels}} or {{in_memory: <name>}}")
+    else:
+        try:
+            cfg = check_recorded(run["model"], data.get("name"), run["config"],
+                                 run["grid_keys"], where)
+        except ConfigError as e:
+            problem = f"does not hold a valid configuration ({e})"
+        else:
+            run["config"] = cfg.values
+            return run
+    raise RunDirectoryError(f"{where} {problem}; it is not a run record written by "
+                            f"sgfd_fast.train (changed by hand?): restore it, or start a new run")
+
+
+def check_topk(config: Config, dataset, where: str = "the config") -> None:
+    """Refuse cut-offs beyond the dataset's items (ConfigError, said once the data are loaded: a
+    top-k list cannot be longer than the items it ranks)."""
+    grid = "topk" in config.grid_keys
+    for topk in config["topk"] if grid else [config["topk"]]:
+        if max(topk) > dataset.n_items:
+            raise ConfigError(f"topk={topk} (from {where}) asks for the top {max(topk)} items, "
+                              f"but dataset {dataset.name!r} has {dataset.n_items} items; use "
+                              f"cut-offs up to {dataset.n_items} (and a valid_metric among them)")
 
 
 def _load_holding_warnings(spec: dict, config: dict, held: list):
@@ -106,7 +152,7 @@ def _log_kernels(log, device: torch.device) -> None:
 
 
 def _run(run: dict, run_dir: Path, dataset, *, states=None, notes=(), held=(), progress,
-         console) -> dict:
+         console, size: str) -> dict:
     """Train every grid point (``states``: where each stands, on a resume) and write
     ``results.json``; ``notes`` and the ``held`` data warnings are logged first."""
     from .. import __version__
@@ -129,6 +175,7 @@ def _run(run: dict, run_dir: Path, dataset, *, states=None, notes=(), held=(), p
                 log.warning(f"dataset {run['dataset']}: SYNTHETIC {', '.join(dataset.synthetic)}")
         else:
             log.info(f"resuming {run_dir} on device {device_name(device)}, {procs}")
+        log.info(f"size: {size}")
         while held:
             log.warning(str(held.pop(0).message))
         for note in notes:
@@ -160,6 +207,16 @@ def _run(run: dict, run_dir: Path, dataset, *, states=None, notes=(), held=(), p
                 s["params"] = {k: point[k] for k in cfg.grid_keys}
                 s["dir"] = str(pdir.relative_to(run_dir)) if pdir != run_dir else "."
                 summaries.append(s)
+        except (MemoryError, torch.OutOfMemoryError) as e:  # beyond the estimate's lower bound
+            raise TrainingError(f"out of memory training grid point {i + 1} ({e.__class__.__name__}"
+                                f"; the estimate was {size}); lower embedding_size, "
+                                f"train_batch_size or eval_batch_size") from None
+        except RuntimeError as e:
+            if "can't allocate memory" not in str(e):  # torch's CPU allocator says so
+                raise
+            raise TrainingError(f"out of memory training grid point {i + 1} (the estimate was "
+                                f"{size}); lower embedding_size, train_batch_size or "
+                                f"eval_batch_size") from None
         except KeyboardInterrupt:
             log.warning(f"interrupted; nothing completed is lost. Resume with:\n"
                         f"  python -m sgfd_fast.train --resume {run_dir}")
@@ -194,6 +251,7 @@ def _run(run: dict, run_dir: Path, dataset, *, states=None, notes=(), held=(), p
                                    for x in read_metrics(run_dir / s["dir"])}),
             "sgfd_fast_version": __version__,
             "torch_version": torch.__version__,
+            "run_dir": str(run_dir),
         }
         if distributed.active():
             results["dist_backend"] = distributed.backend()
@@ -220,13 +278,13 @@ def _run(run: dict, run_dir: Path, dataset, *, states=None, notes=(), held=(), p
         return results
 
 
-def _resume_hint(e: RunDirectoryError, run_dir: Path) -> RunDirectoryError:
+def _resume_hint(e: WriteFailed, run_dir: Path) -> RunDirectoryError:
     return RunDirectoryError(f"{e}. Free space or restore write access, then continue with "
                              f"--resume {run_dir}")
 
 
 def train(model: str, config: Config, *, run_dir, dataset=None, data: dict | None = None,
-          progress: bool | None = None, console: bool = True) -> dict:
+          progress: bool | None = None, console: bool = True, unique_name: bool = False) -> dict:
     """Train ``model`` with a resolved ``config`` (grid included) into ``run_dir``.
 
     Everything is checked (config, data, device) before ``run_dir`` is created; a run that fails
@@ -239,10 +297,15 @@ def train(model: str, config: Config, *, run_dir, dataset=None, data: dict | Non
         dataset: an already loaded Dataset (else loaded from ``data``).
         data: how to load the dataset again (``{"name": "office"}`` or ``{"path": DIR,
             "format": "sgfd", "labels": FILE}``); stored for ``--resume`` and ``load_run``.
+        unique_name: ``run_dir`` is a default name: when it exists, ``-2``, ``-3``, ... is
+            appended until a name is free, and the directory is made atomically (two runs
+            started in the same second get two directories).
     Returns:
-        The ``results.json`` content.
+        The ``results.json`` content (``run_dir``: the run directory).
     Raises:
-        ConfigError: ``run_dir`` already holds a run; a bad config or device.
+        ConfigError: ``run_dir`` already holds a run; a bad config or device; a ``topk``
+            beyond the items; a run whose estimate (:mod:`.budget`) exceeds the memory or
+            disk available.
         DataError: the data cannot be loaded.
         RunDirectoryError: ``run_dir`` cannot be created or written, or another process uses it.
     """
@@ -257,7 +320,7 @@ def train(model: str, config: Config, *, run_dir, dataset=None, data: dict | Non
     data = {k: (str(Path(v).expanduser().resolve()) if k in ("path", "labels") and v is not None
                 else v) for k, v in data.items()}
     run_dir = Path(run_dir).expanduser()
-    if distributed.broadcast_object((run_dir / "run.json").exists()):  # rank 0 decides
+    if not unique_name and distributed.broadcast_object((run_dir / "run.json").exists()):
         raise ConfigError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
                           f"or choose another --out")
     values = config.values
@@ -265,38 +328,41 @@ def train(model: str, config: Config, *, run_dir, dataset=None, data: dict | Non
     try:
         if dataset is None:
             dataset = _load_holding_warnings(data, values, held)
-        if dataset.valid.shape[0] == 0 and any(p["protocol"] == "standard"
-                                               for p in config.points()):
+        if dataset.valid.shape[0] == 0 and values["protocol"] == "standard":  # never a grid key
             fix = ("set valid_ratio > 0 or give the dataset a valid split"
                    if not values.get("valid_ratio") or "in_memory" in data else
                    "give the dataset a valid split")
             raise ConfigError(f"dataset {dataset.name!r} has no validation interactions, which "
                               f"protocol=standard selects on; {fix}, or set protocol=legacy "
                               f"to validate on test")
+        check_topk(config, dataset)
         run = {"model": model,
                "dataset": data.get("name") or data.get("in_memory") or Path(data["path"]).name,
                "data": data, "data_fingerprint": data_fingerprint(dataset), "config": values,
                "grid_keys": config.grid_keys, "config_files": config.files}
-        resolve_device(values["device"])  # fail before creating anything
+        device = resolve_device(values["device"])  # fail before creating anything
         _backend.check_requested()
-        rd = RunDirectory.create(run_dir) if is_main() else None
+        size = budget.estimate(dataset, config)
+        budget.check_fits(size, device, run_dir)
+        rd = RunDirectory.create(run_dir, unique=unique_name) if is_main() else None
     except BaseException:
         _show_held(held)
         raise
     try:
         if rd is not None:
-            write_json(run_dir / "run.json", run)
+            write_json(rd.path / "run.json", run)
         # the other ranks write into run_dir (grid_parallel points) only after rank 0 made it: a
         # rank 1 ahead of it had made grid-1/, and rank 0 then refused the directory as not empty
-        distributed.broadcast_object(None)
-        return _run(run, run_dir, dataset, held=held, progress=progress, console=console)
+        run_dir = Path(distributed.broadcast_object(str(rd.path if rd is not None else run_dir)))
+        return _run(run, run_dir, dataset, held=held, progress=progress, console=console,
+                    size=size.describe())
     except Exception as e:
         _show_held(held)
         if rd is not None and not rd.has_checkpoint():
             rd.discard()  # nothing to resume: leave --out as it was before
             if isinstance(e, SGFDError):
                 e.args = (f"{e} ({run_dir} was removed: nothing was saved yet)",)
-        elif isinstance(e, RunDirectoryError):
+        elif isinstance(e, WriteFailed):
             raise _resume_hint(e, run_dir) from None
         raise
     finally:
@@ -339,25 +405,28 @@ def resume(run_dir, overrides=(), *, dataset=None, allow_data_change: bool = Fal
     rd = RunDirectory.open(run_dir) if is_main() else None
     held: list = []
     try:
-        run = read_run(run_dir)
+        run = read_checked_run(run_dir)
         values = run["config"]
         for item in overrides:
             k, v = parse_override(item) if isinstance(item, str) else item
             if k not in RESUMABLE_KEYS:
                 raise ConfigError(f"{k} cannot be changed when resuming (only "
                                   f"{', '.join(RESUMABLE_KEYS)} can); start a new run instead")
+            if k in run["grid_keys"]:
+                raise ConfigError(f"{k} is a grid key of this run ({k}={values[k]}), so it "
+                                  f"cannot be changed when resuming; start a new run instead")
             if k == "device":
                 if not isinstance(v, str):
                     raise ConfigError(f"device must be a string, got {v!r}")
             elif isinstance(v, bool) or not isinstance(v, int):
                 raise ConfigError(f"{k} must be an int, got {v!r}")
             values[k] = v
-        resolve_device(values["device"])  # before run.json is rewritten with it
-        points = Config(values, run["grid_keys"], {}, []).points()
-        for point in points:
-            check_point(point, lambda k: "the command line")
+        device = resolve_device(values["device"])  # before run.json is rewritten with it
+        config = Config(values, run["grid_keys"], {}, [])
+        points = config.points()
+        check_point(points[0], lambda k: "the command line")  # the overrides: no grid keys
         pdirs = [_point_dir(run_dir, i, len(points)) for i in range(len(points))]
-        states = point_states(run_dir, pdirs, [p["epochs"] for p in points])
+        states = point_states(run_dir, pdirs, points, run["model"], RESUMABLE_KEYS)
         results_path = run_dir / "results.json"
         if all(st.done(p["epochs"]) for st, p in zip(states, points)) and \
                 results_path.exists():
@@ -375,7 +444,7 @@ def resume(run_dir, overrides=(), *, dataset=None, allow_data_change: bool = Fal
         if recorded is None:
             notes.append("run.json records no data fingerprint (written by an older sgfd_fast); "
                          "the data cannot be checked against those the run was trained on")
-        elif recorded != fp:
+        elif not isinstance(recorded, dict) or recorded.get("sha256") != fp["sha256"]:
             change = (f"run.json records {describe_fingerprint(recorded)}, the data now give "
                       f"{describe_fingerprint(fp)}")
             if not allow_data_change:
@@ -384,13 +453,19 @@ def resume(run_dir, overrides=(), *, dataset=None, allow_data_change: bool = Fal
                                 f"with --resume {run_dir} --allow-data-change")
             notes.append(f"the data changed since the run was trained ({change}); continuing "
                          f"on the new data as asked (--allow-data-change)")
+        # every check before the first write: the checkpoints' tables must fit these data
+        check_data_shape(states, data_shape(dataset), recorded if isinstance(recorded, dict)
+                         else None, run_dir)
+        check_topk(config, dataset, "run.json")
+        size = budget.estimate(dataset, config)  # the run's own size: nothing new to check
         run["data_fingerprint"] = fp
         try:
             if is_main():
+                remove_temporaries([run_dir, *pdirs])
                 write_json(run_dir / "run.json", run)
             return _run(run, run_dir, dataset, states=states, notes=notes, held=held,
-                        progress=progress, console=console)
-        except RunDirectoryError as e:  # a failed write: the files before it are intact
+                        progress=progress, console=console, size=size.describe())
+        except WriteFailed as e:  # the files before it are intact
             raise _resume_hint(e, run_dir) from None
     finally:
         _show_held(held)
