@@ -4,7 +4,7 @@ ACM MM 2023) as MMRec implements it, with optional SGFD.
 * Item–item graphs, frozen, built once from the raw features, one per modality m: the k nearest
   items by cosine (``knn_k``, the item itself included; :func:`~sgfd_fast.ops.knn_graph`) weighted
   by their cosines (clamped at 0), ``S_m = D^-1/2 A_m D^-1/2`` with D the row sums
-  (:func:`~sgfd_fast.ops.degree_normalize`; MMRec's ``build_knn_normalized_graph(norm_type='sym')``).
+  (:func:`~sgfd_fast.ops.degree_normalize`; MMRec's ``build_knn_normalized_graph``, ``sym``).
 * User–item graph: the training graph ``Â = D^-1/2 A D^-1/2``; R its user→item block.
 * Behaviour-guided purifier: ``Ẽ_m = E_i ⊙ σ(W_m T_m(f_m) + b_m)`` with ``T_m`` the modality's
   projection ``Linear(d_m, D)`` (MMRec's ``image_trs``/``text_trs``) or, with ``sgfd: true``, the
@@ -33,12 +33,13 @@ Deliberate differences from MMRec: the features stay frozen (MMRec fine-tunes th
 ``nn.Embedding.from_pretrained(freeze=False)``; as for every backbone here); the kNN graphs are
 built in float64 and stored in float32, ties go to the lower item id and a zero feature row has
 cosine 0 (``ops.knn_graph``); a negative cosine among an item's k nearest weighs 0 (MMRec keeps
-it, and a row whose weights sum below 0 turns its normalisation NaN: never with real features and
-k = 10, where the nearest cosines are positive); a modality with fewer than ``knn_k`` items keeps every item as a
-neighbour (MMRec's ``torch.topk`` would fail); the learning rate stays constant (MMRec's
-``learning_rate_scheduler: [0.96, 50]`` has no counterpart in this trainer); under torchrun the
-InfoNCE is of the whole global batch (``Recommender.global_batch``), so several processes train as
-one; training epochs are selected on the validation split (``protocol: standard``).
+it, and a row whose weights sum below 0 turns its normalisation NaN; on office no cosine among
+the 10 nearest is negative, so the graphs are MMRec's); a modality with fewer than ``knn_k``
+items keeps every item as a neighbour (MMRec's ``torch.topk`` would fail); the learning rate
+stays constant (MMRec's ``learning_rate_scheduler: [0.96, 50]`` has no counterpart in this
+trainer); under torchrun the InfoNCE is of the whole global batch (``Recommender.global_batch``),
+so several processes train as one; training epochs are selected on the validation split
+(``protocol: standard``).
 """
 
 from __future__ import annotations
@@ -78,7 +79,8 @@ def knn_cosine_graph(x: torch.Tensor, k: int) -> CSR:
 def user_item_block(graph: CSR, n_users: int, n_items: int) -> CSR:
     """R, the (n_users, n_items) user→item block of the bipartite ``graph`` (users first)."""
     end = int(graph.rowptr[n_users])
-    row = torch.arange(n_users).repeat_interleave(graph.rowptr[1:n_users + 1] - graph.rowptr[:n_users])
+    counts = graph.rowptr[1:n_users + 1] - graph.rowptr[:n_users]
+    row = torch.arange(n_users).repeat_interleave(counts)
     return CSR.from_coo(row, graph.col[:end] - n_users, graph.val[:end], n_users, n_items)
 
 
