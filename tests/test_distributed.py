@@ -167,6 +167,7 @@ def test_sharded_losses_add_up_to_the_batch_gradient(name):
     """Each model's loss on W shards, scaled by the shard fractions, has the gradient of the
     whole batch's loss (what summing gradients over ranks relies on)."""
     ds = tiny_dataset(n_users=12, n_items=10)
+    ds.features["text"] = ds.features["image"][:, ::-1].copy()  # MGCN needs two modalities
     cfg = load_config(name, None, overrides=["embedding_size=8", "dropout=0.5"]
                       if name == "BM3" else ["embedding_size=8"]).values
     torch.manual_seed(0)
