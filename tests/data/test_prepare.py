@@ -4,6 +4,7 @@ all-MiniLM-L6-v2; images: EfficientNet-Lite0), the dataset loaded back and train
 import csv
 import hashlib
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -295,3 +296,17 @@ def test_cli(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "warning: no --category-col" in err
     assert not (tmp_path / "nolab" / "labels.tsv").exists()
+
+
+@pytest.mark.parametrize("module, extra", [("sentence_transformers", "prepare"),
+                                           ("efficientnet_lite_pytorch", "images")])
+def test_a_missing_encoder_names_its_extra(tmp_path, monkeypatch, capsys, module, extra):
+    inter, itp, _, _ = raw_files(tmp_path)
+    (tmp_path / "img").mkdir()
+    monkeypatch.setitem(sys.modules, module, None)  # as if not installed
+    assert main(["prepare", "--interactions", str(inter), "--items", str(itp), "--images",
+                 str(tmp_path / "img"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"needs the optional extra '{extra}' ({module} is missing): pip install " \
+           f"'sgfd_fast[{extra}]'" in err
+    assert not (tmp_path / "out").exists()
