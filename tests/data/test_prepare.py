@@ -116,7 +116,7 @@ def test_prepare_end_to_end_and_train(tmp_path):
     feat = np.load(out / "text_feat.npy")
     assert feat.shape == (len(iid), 384) and feat.dtype == np.float32
     k = iid["I7"]
-    assert np.allclose(feat[k], embed_texts([f'Cordless drill, model "7". Brand1'],
+    assert np.allclose(feat[k], embed_texts(['Cordless drill, model "7". Brand1'],
                                             progress=False)[0], atol=1e-5)
     # loads as MMRec data and trains
     ds = load_dataset(path=out, format="mmrec", labels=out / "labels.tsv")
@@ -181,7 +181,7 @@ def test_random_order_without_timestamps_is_seeded(tmp_path):
     inter, itp, rows, _ = raw_files(tmp_path)
     plain = write_csv(tmp_path / "plain.tsv", ["userID", "itemID"], [r[:2] for r in rows], "\t")
     a = run(plain, itp, tmp_path / "a", seed=1)
-    b = run(plain, itp, tmp_path / "b", seed=1)
+    run(plain, itp, tmp_path / "b", seed=1)
     c = run(plain, itp, tmp_path / "c", seed=2)
     assert "random" in a["options"]["split_order"]
     text = {k: (tmp_path / k / f"{k}.inter").read_text() for k in "abc"}
