@@ -254,9 +254,18 @@ def _read_items(path: Path, id_col, text_cols, category_col, drops: _Drops):
     return text_of, cat_of, set(no_text), {"items_id": header[idc], "text": tcols}
 
 
+def _class_order(value: str):
+    """Numbers by value (category ids such as 2 before 10), then names alphabetically."""
+    try:
+        return (0, float(value), value)
+    except ValueError:
+        return (1, 0.0, value)
+
+
 def _category_labels(item_ids, cat_of: dict, column: str, sep, level: int, path: Path):
-    """Per-item class and the label record: classes sorted by name, ``unknown`` (an empty
-    category, or a path shorter than ``level``) first when it occurs. DataError below 2 classes."""
+    """Per-item class and the label record: classes sorted (numbers by value, then names),
+    ``unknown`` (an empty category, or a path shorter than ``level``) first when it occurs.
+    DataError below 2 classes."""
     raw = []
     for iid in item_ids:
         value = cat_of[iid]
@@ -264,7 +273,7 @@ def _category_labels(item_ids, cat_of: dict, column: str, sep, level: int, path:
             levels = [p.strip() for p in value.split(sep)] if value else []
             value = levels[level - 1] if len(levels) >= level else ""
         raw.append(value)
-    classes = sorted({v for v in raw if v})
+    classes = sorted({v for v in raw if v}, key=_class_order)
     if len(classes) < 2:
         where = (f"level {level} of column {column!r} split at {sep!r}" if sep is not None
                  else f"column {column!r}")

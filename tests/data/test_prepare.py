@@ -196,6 +196,7 @@ def test_random_order_without_timestamps_is_seeded(tmp_path):
     (dict(category_col="categories", category_sep="|", category_level=4),
      r"level 4 of column 'categories' split at '\|' gives 0 class"),
     (dict(category_col="kind"), r"column 'kind' gives 1 class\(es\) on the kept items \('tool'\)"),
+    (dict(category_col="code"), None),  # numeric category ids, ordered by value
     (dict(category_col="title"), "both the category and a text column"),
     (dict(category_col="nope"), "no column 'nope' \\(--category-col\\)"),
     (dict(category_level=2), "--category-level needs --category-sep"),
@@ -206,11 +207,13 @@ def test_random_order_without_timestamps_is_seeded(tmp_path):
 ])
 def test_options_and_their_errors(tmp_path, kw, message):
     inter, itp, rows, items = raw_files(tmp_path)
-    write_csv(itp, ["item_id", "title", "brand", "categories", "kind"],
-              [it + ["tool"] for it in items])
+    write_csv(itp, ["item_id", "title", "brand", "categories", "kind", "code"],
+              [it + ["tool", str(2 + 8 * (k % 2))] for k, it in enumerate(items)])
     if message is None:
         rec = run(inter, itp, tmp_path / "ok", **kw)
         assert len(rec["labels"]["classes"]) >= 2
+        if kw["category_col"] == "code":
+            assert rec["labels"]["classes"] == ["2", "10"]
     else:
         with pytest.raises(DataError, match=message):
             run(inter, itp, tmp_path / "out", **kw)
