@@ -139,7 +139,7 @@ setup(
                                                          exclude=["*__pycache__*"])],
     package_dir={"sgfd_fast": "sgfd_fast", "sgfd_fast.kernels": "kernels"},
     package_data={"sgfd_fast": ["configs/**/*.yaml", "studies/*.yaml", "data/*/*.npz",
-                                "data/*/README.md", "py.typed"]},
+                                "data/*/*.tsv", "data/*/README.md", "py.typed"]},
     ext_modules=[CMakeExtension("sgfd_fast._C"), CMakeExtension("sgfd_fast._C_cuda")],
     cmdclass={"build_ext": CMakeBuild},
 )

@@ -47,6 +47,7 @@ examples:
   python -m sgfd_fast.train sgfd_loss=standard protocol=legacy
   python -m sgfd_fast.train hyper_parameters=[n_layers] n_layers=[1,2]
   python -m sgfd_fast.train -d toysgames-synthetic epochs=5
+  python -m sgfd_fast.train -d scientific                     # the second real dataset
   python -m sgfd_fast.train --data-path data/Office --format sgfd --config my.yaml
   python -m sgfd_fast.train --data-path data/baby --format mmrec --labels baby_labels.tsv
   python -m sgfd_fast.train --resume runs/BM3-office-20250101-120000 epochs=80
@@ -99,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"the backbone: {', '.join(MODELS) or 'BM3'} (default BM3)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("-d", "--dataset", default=None,
-                     help="a built-in dataset: office (default; real) or toysgames-synthetic")
+                     help="a built-in dataset: office (default; real), scientific (real) or "
+                          "toysgames-synthetic")
     src.add_argument("--data-path", metavar="DIR", default=None,
                      help="a dataset directory in SGFD or MMRec format (see --format)")
     p.add_argument("--format", choices=("sgfd", "mmrec"), default=None,

@@ -1,6 +1,6 @@
-"""Datasets for sgfd_fast: loaders for the SGFD and MMRec formats, deterministic splits, and the
-built-in datasets ``office`` (all real) and ``toysgames-synthetic`` (real graph, synthetic features
-and labels).
+"""Datasets for sgfd_fast: loaders for the SGFD and MMRec formats, deterministic splits, the
+built-in datasets ``office`` and ``scientific`` (all real) and ``toysgames-synthetic`` (real graph,
+synthetic features and labels), and ``prepare`` (raw files -> an MMRec-layout dataset).
 
 >>> from sgfd_fast.data import load_dataset
 >>> ds = load_dataset("office")

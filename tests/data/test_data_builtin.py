@@ -68,4 +68,4 @@ def test_toysgames_synthetic_stats():
 
 
 def test_datasets_listed():
-    assert set(DATASETS) == {"office", "toysgames-synthetic"}
+    assert set(DATASETS) == {"office", "toysgames-synthetic", "scientific"}
