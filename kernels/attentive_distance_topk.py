@@ -19,6 +19,10 @@ import triton.language as tl
 from .._tensors import new_output
 from .masked_topk import _bitonic_sort
 
+# tl.maximum's GPU default drops a NaN operand (fmax); torch's clamp and relu keep it, so an item
+# with NaN features scores NaN and is excluded, as in the reference.
+NAN = tl.constexpr(tl.PropagateNan.ALL)
+
 
 @triton.jit
 def _attentive_distance_topk_fwd_kernel(
@@ -58,10 +62,10 @@ def _attentive_distance_topk_fwd_kernel(
     end = tl.load(rowptr_ptr + u + 1).to(tl.int64)
     best = tl.zeros([1, BLOCK_I], dtype=tl.uint64)  # sorted descending; 0 = absent
     for i0 in range(0, n_items, BLOCK_I):
-        offs_i = i0 + tl.arange(0, BLOCK_I)
+        offs_i = (i0 + tl.arange(0, BLOCK_I)).to(tl.int64)  # offs_i * hidden passes 2^31
         i_ok = offs_i < n_items
         i_sq = tl.load(item_sq_ptr + offs_i, mask=i_ok, other=0.0)
-        inv = 1.0 / tl.maximum(tl.sqrt(u_sq + i_sq), 1e-12)
+        inv = 1.0 / tl.maximum(tl.sqrt(u_sq + i_sq), 1e-12, propagate_nan=NAN)
         acc = tl.zeros([BLOCK_I, BLOCK_D], dtype=ACC)
         ss = tl.zeros([BLOCK_I], dtype=ACC)
         for h0 in range(0, hidden, BLOCK_H):
@@ -78,8 +82,8 @@ def _attentive_distance_topk_fwd_kernel(
             w2 = tl.load(w2t_ptr + offs_h[:, None] * d + offs_d[None, :],
                          mask=h_ok[:, None] & d_ok[None, :], other=0.0)
             acc += tl.dot(t, w2, input_precision="ieee")
-        rn = 1.0 / tl.maximum(tl.sqrt(ss), 1e-12)
-        a = tl.maximum(acc * rn[:, None] + b2[None, :], 0.0)
+        rn = 1.0 / tl.maximum(tl.sqrt(ss), 1e-12, propagate_nan=NAN)
+        a = tl.maximum(acc * rn[:, None] + b2[None, :], 0.0, propagate_nan=NAN)
         a = tl.where(d_ok[None, :], a, float("-inf"))
         e = tl.exp(a - tl.max(a, axis=1)[:, None])
         w = e * (d / tl.sum(e, axis=1))[:, None]
@@ -98,6 +102,7 @@ def _attentive_distance_topk_fwd_kernel(
             cur = tl.load(col_ptr + nxt, mask=nxt < end, other=n_items).to(tl.int64)
         absent = (~i_ok) | (s != s) | (s == float("-inf"))
         bits = s.to(tl.uint32, bitcast=True)
+        bits = tl.where(bits == 0x80000000, 0, bits)  # -0.0 (a distance of 0) ties with +0.0
         ordered = tl.where((bits >> 31) == 1, bits ^ 0xFFFFFFFF, bits | 0x80000000).to(tl.uint32)
         key = (ordered.to(tl.uint64) << 32) | (offs_i.to(tl.uint32) ^ 0xFFFFFFFF).to(tl.uint64)
         key = tl.reshape(tl.where(absent, 0, key), [1, BLOCK_I])

@@ -87,7 +87,7 @@ def _masked_topk_fwd_kernel(
     cur = tl.load(col_ptr + nxt, mask=nxt < end, other=n_items).to(tl.int64)
     best = tl.zeros([BLOCK_U, BLOCK_I], dtype=tl.uint64)  # sorted descending; 0 = absent
     for i0 in range(0, n_items, BLOCK_I):
-        offs_i = i0 + tl.arange(0, BLOCK_I)
+        offs_i = (i0 + tl.arange(0, BLOCK_I)).to(tl.int64)  # offs_i * stride passes 2^31
         i_ok = offs_i < n_items
         i_tile = tl.load(items_ptr + offs_i[:, None] * stride_items_row + offs_d[None, :],
                          mask=i_ok[:, None] & (offs_d[None, :] < d), other=0.0)
@@ -107,6 +107,7 @@ def _masked_topk_fwd_kernel(
         if HAS_MASK_VALUE:
             absent = absent | (s != s) | (s == float("-inf"))
         bits = s.to(tl.uint32, bitcast=True)
+        bits = tl.where(bits == 0x80000000, 0, bits)  # -0.0 ties with +0.0, as in torch
         ordered = tl.where((bits >> 31) == 1, bits ^ 0xFFFFFFFF, bits | 0x80000000).to(tl.uint32)
         key = (ordered.to(tl.uint64) << 32) | (offs_i.to(tl.uint32) ^ 0xFFFFFFFF).to(tl.uint64)
         key = tl.where(absent, 0, key)
