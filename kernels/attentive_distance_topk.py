@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 from .._tensors import new_output
-from .masked_topk import _bitonic_sort
+from .masked_topk import _bitonic_sort, _topk_keys
 
 # tl.maximum's GPU default drops a NaN operand (fmax); torch's clamp and relu keep it, so an item
 # with NaN features scores NaN and is excluded, as in the reference.
@@ -89,7 +89,7 @@ def _attentive_distance_topk_fwd_kernel(
         w = e * (d / tl.sum(e, axis=1))[:, None]
         v = tl.load(items_ptr + offs_i[:, None] * d + offs_d[None, :],
                     mask=i_ok[:, None] & d_ok[None, :], other=0.0)
-        diff = w * u_row[None, :] - w * v
+        diff = w * (u_row[None, :] - v)  # exactly 0 for v = u (w*u - w*v would be fused to an FMA)
         s = (-tl.sum(diff * diff, axis=1)).to(tl.float32)  # ranked as float32
         # Masked items of this tile: walk the user's sorted mask row.
         cur = tl.load(col_ptr + nxt, mask=nxt < end, other=n_items).to(tl.int64)
@@ -101,11 +101,7 @@ def _attentive_distance_topk_fwd_kernel(
             nxt += 1
             cur = tl.load(col_ptr + nxt, mask=nxt < end, other=n_items).to(tl.int64)
         absent = (~i_ok) | (s != s) | (s == float("-inf"))
-        bits = s.to(tl.uint32, bitcast=True)
-        bits = tl.where(bits == 0x80000000, 0, bits)  # -0.0 (a distance of 0) ties with +0.0
-        ordered = tl.where((bits >> 31) == 1, bits ^ 0xFFFFFFFF, bits | 0x80000000).to(tl.uint32)
-        key = (ordered.to(tl.uint64) << 32) | (offs_i.to(tl.uint32) ^ 0xFFFFFFFF).to(tl.uint64)
-        key = tl.reshape(tl.where(absent, 0, key), [1, BLOCK_I])
+        key = tl.reshape(_topk_keys(s, offs_i, absent), [1, BLOCK_I])
         if tl.max(key) > tl.min(best):
             if NETWORK_SORT:
                 key = _bitonic_sort(key, I_LOG2, False, 1, 1)
