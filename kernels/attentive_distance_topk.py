@@ -22,6 +22,11 @@ from .masked_topk import _bitonic_sort, _topk_keys
 # tl.maximum's GPU default drops a NaN operand (fmax); torch's clamp and relu keep it, so an item
 # with NaN features scores NaN and is excluded, as in the reference.
 NAN = tl.constexpr(tl.PropagateNan.ALL)
+# The largest k and width the kernel takes: at BLOCK_I = 64, BLOCK_D = 128 (8 warps) it needs 255
+# registers on sm_90 without spilling, and spills from BLOCK_I = 128 (tests/aot_sm90.py); the op
+# serves larger ones with its reference.
+MAX_K = 64
+MAX_D = 128
 
 
 @triton.jit
@@ -136,5 +141,5 @@ def attentive_distance_topk_triton(users, items, p, q, user_sq, item_sq, b1, w2t
         0.0 if mask_value is None else float(mask_value), HAS_MASK_VALUE=mask_value is not None,
         BLOCK_I=block_i, I_LOG2=block_i.bit_length() - 1, BLOCK_H=32,
         BLOCK_D=max(16, triton.next_power_of_2(d)), NETWORK_SORT=users.device.type == "cpu",
-        ACC=tl.float64 if users.dtype == torch.float64 else tl.float32, num_warps=4 if block_i <= 64 else 8)
+        ACC=tl.float64 if users.dtype == torch.float64 else tl.float32, num_warps=4 if block_i <= 32 else 8)
     return values, indices

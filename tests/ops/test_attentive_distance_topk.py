@@ -277,3 +277,14 @@ def test_item_offsets_past_2_to_the_31():
                                                                         device=dev))
     values, indices = attentive_distance_topk_triton(*args, 1, None)
     assert indices[:, 0].tolist() == [n_items - 1] * 2 and values[:, 0].tolist() == [0.0, 0.0]
+
+
+@pytest.mark.parametrize("k, d", [(65, 4), (3, 129)])
+def test_triton_beyond_its_bounds_serves_the_reference(k, d):
+    if not HAS_TRITON:
+        pytest.skip("needs Triton")
+    case = _case(3, 80, d, 8, seed=9)
+    want = attentive_distance_topk_reference(*case, k)
+    with sgfd_fast.use_backend("triton"):
+        got = attentive_distance_topk(*case, k)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
