@@ -15,7 +15,10 @@ returned index scores its returned value (float64, pair by pair), no masked item
 is returned. Indices are not compared one to one: float32 rounding may reorder near-ties.
 """
 
+import os
+
 import numpy as np
+
 import pytest
 import torch
 
@@ -72,7 +75,9 @@ def check_topk(inputs, mask_rowptr, mask_col, *, rtol=1e-5, atol=1e-4):
 @pytest.fixture(scope="module")
 def case(bench_size, device):
     g = graph(GRAPH_FOR_SIZE[bench_size])
-    n_users = min(g.n_users, EVAL_USERS[bench_size])
+    # SGFD_FAST_BENCH_EVAL_USERS: fewer users (device_check.sh --dry-run, on a CPU, takes 16)
+    n_users = min(g.n_users, int(os.environ.get("SGFD_FAST_BENCH_EVAL_USERS",
+                                                EVAL_USERS[bench_size])))
     pairs = np.asarray(g.pairs)
     pairs = pairs[pairs[:, 0] < n_users]
     pairs = pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]  # rows by user, items ascending
