@@ -17,7 +17,16 @@ import triton
 import triton.language as tl
 
 from .._tensors import new_output
-from .masked_topk import _bitonic_sort
+from .masked_topk import _bitonic_sort, _topk_keys
+
+# tl.maximum's GPU default drops a NaN operand (fmax); torch's clamp and relu keep it, so an item
+# with NaN features scores NaN and is excluded, as in the reference.
+NAN = tl.constexpr(tl.PropagateNan.ALL)
+# The largest k and width the kernel takes: at BLOCK_I = 64, BLOCK_D = 128 (8 warps) it needs 255
+# registers on sm_90 without spilling, and spills from BLOCK_I = 128 (tests/aot_sm90.py); the op
+# serves larger ones with its reference.
+MAX_K = 64
+MAX_D = 128
 
 
 @triton.jit
@@ -58,10 +67,10 @@ def _attentive_distance_topk_fwd_kernel(
     end = tl.load(rowptr_ptr + u + 1).to(tl.int64)
     best = tl.zeros([1, BLOCK_I], dtype=tl.uint64)  # sorted descending; 0 = absent
     for i0 in range(0, n_items, BLOCK_I):
-        offs_i = i0 + tl.arange(0, BLOCK_I)
+        offs_i = (i0 + tl.arange(0, BLOCK_I)).to(tl.int64)  # offs_i * hidden passes 2^31
         i_ok = offs_i < n_items
         i_sq = tl.load(item_sq_ptr + offs_i, mask=i_ok, other=0.0)
-        inv = 1.0 / tl.maximum(tl.sqrt(u_sq + i_sq), 1e-12)
+        inv = 1.0 / tl.maximum(tl.sqrt(u_sq + i_sq), 1e-12, propagate_nan=NAN)
         acc = tl.zeros([BLOCK_I, BLOCK_D], dtype=ACC)
         ss = tl.zeros([BLOCK_I], dtype=ACC)
         for h0 in range(0, hidden, BLOCK_H):
@@ -78,14 +87,14 @@ def _attentive_distance_topk_fwd_kernel(
             w2 = tl.load(w2t_ptr + offs_h[:, None] * d + offs_d[None, :],
                          mask=h_ok[:, None] & d_ok[None, :], other=0.0)
             acc += tl.dot(t, w2, input_precision="ieee")
-        rn = 1.0 / tl.maximum(tl.sqrt(ss), 1e-12)
-        a = tl.maximum(acc * rn[:, None] + b2[None, :], 0.0)
+        rn = 1.0 / tl.maximum(tl.sqrt(ss), 1e-12, propagate_nan=NAN)
+        a = tl.maximum(acc * rn[:, None] + b2[None, :], 0.0, propagate_nan=NAN)
         a = tl.where(d_ok[None, :], a, float("-inf"))
         e = tl.exp(a - tl.max(a, axis=1)[:, None])
         w = e * (d / tl.sum(e, axis=1))[:, None]
         v = tl.load(items_ptr + offs_i[:, None] * d + offs_d[None, :],
                     mask=i_ok[:, None] & d_ok[None, :], other=0.0)
-        diff = w * u_row[None, :] - w * v
+        diff = w * (u_row[None, :] - v)  # exactly 0 for v = u (w*u - w*v would be fused to an FMA)
         s = (-tl.sum(diff * diff, axis=1)).to(tl.float32)  # ranked as float32
         # Masked items of this tile: walk the user's sorted mask row.
         cur = tl.load(col_ptr + nxt, mask=nxt < end, other=n_items).to(tl.int64)
@@ -97,10 +106,7 @@ def _attentive_distance_topk_fwd_kernel(
             nxt += 1
             cur = tl.load(col_ptr + nxt, mask=nxt < end, other=n_items).to(tl.int64)
         absent = (~i_ok) | (s != s) | (s == float("-inf"))
-        bits = s.to(tl.uint32, bitcast=True)
-        ordered = tl.where((bits >> 31) == 1, bits ^ 0xFFFFFFFF, bits | 0x80000000).to(tl.uint32)
-        key = (ordered.to(tl.uint64) << 32) | (offs_i.to(tl.uint32) ^ 0xFFFFFFFF).to(tl.uint64)
-        key = tl.reshape(tl.where(absent, 0, key), [1, BLOCK_I])
+        key = tl.reshape(_topk_keys(s, offs_i, absent), [1, BLOCK_I])
         if tl.max(key) > tl.min(best):
             if NETWORK_SORT:
                 key = _bitonic_sort(key, I_LOG2, False, 1, 1)
@@ -135,5 +141,5 @@ def attentive_distance_topk_triton(users, items, p, q, user_sq, item_sq, b1, w2t
         0.0 if mask_value is None else float(mask_value), HAS_MASK_VALUE=mask_value is not None,
         BLOCK_I=block_i, I_LOG2=block_i.bit_length() - 1, BLOCK_H=32,
         BLOCK_D=max(16, triton.next_power_of_2(d)), NETWORK_SORT=users.device.type == "cpu",
-        ACC=tl.float64 if users.dtype == torch.float64 else tl.float32, num_warps=4 if block_i <= 64 else 8)
+        ACC=tl.float64 if users.dtype == torch.float64 else tl.float32, num_warps=4 if block_i <= 32 else 8)
     return values, indices

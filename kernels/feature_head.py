@@ -23,7 +23,7 @@ def _feature_head_fwd_kernel(
     norm_ptr,  # (N,) clamped row norms (written when NORMALIZE)
     n_rows,
     d,
-    negative_slope,
+    slope_ptr,  # (1,) leaky-ReLU slope in y's dtype (read when HAS_ACT)
     HAS_ACT: tl.constexpr,
     NORMALIZE: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -39,10 +39,11 @@ def _feature_head_fwd_kernel(
     h = tl.load(y_ptr + at, mask=ok, other=0.0).to(acc_t)
     h += tl.load(bias_ptr + cols, mask=cols < d, other=0.0).to(acc_t)[None, :]
     if HAS_ACT:
-        h = tl.where(h > 0, h, h * negative_slope)
+        h = tl.where(h > 0, h, h * tl.load(slope_ptr).to(acc_t))
     h = tl.where(ok, h, 0.0)
     if NORMALIZE:
-        norm = tl.maximum(tl.sqrt(tl.sum(h * h, axis=1)), eps)
+        # a NaN norm stays NaN (F.normalize's clamp keeps it; the GPU's default max would drop it)
+        norm = tl.maximum(tl.sqrt(tl.sum(h * h, axis=1)), eps, propagate_nan=tl.PropagateNan.ALL)
         h = h / norm[:, None]
         tl.store(norm_ptr + rows, norm, mask=rows < n_rows)
     tl.store(out_ptr + at, h, mask=ok)
@@ -56,7 +57,7 @@ def _feature_head_bwd_kernel(
     grad_a_ptr,  # (N, D) gradient w.r.t. the pre-activation x @ weight.T + bias
     n_rows,
     d,
-    negative_slope,
+    slope_ptr,  # (1,) leaky-ReLU slope in y's dtype (read when HAS_ACT)
     HAS_ACT: tl.constexpr,
     NORMALIZE: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -76,8 +77,14 @@ def _feature_head_bwd_kernel(
         radial = tl.where(norm > eps, tl.sum(g * out, axis=1), 0.0)
         g = (g - out * radial[:, None]) / norm[:, None]
     if HAS_ACT:
-        g = tl.where(out > 0, g, g * negative_slope)
+        g = tl.where(out > 0, g, g * tl.load(slope_ptr).to(acc_t))
     tl.store(grad_a_ptr + at, g, mask=ok)
+
+
+def _slope(negative_slope, like):
+    # a tensor, not a Python float: Triton passes Python floats to a GPU kernel as fp32
+    return like if negative_slope is None else torch.full((1,), negative_slope, dtype=like.dtype,
+                                                           device=like.device)
 
 
 def _blocks(n_rows, d, device):
@@ -96,8 +103,7 @@ def feature_head_triton(y: torch.Tensor, bias: torch.Tensor, negative_slope, nor
         return out, norm
     block_n, block_d, grid = _blocks(n_rows, d, y.device)
     _feature_head_fwd_kernel[grid](
-        y, bias, out, norm if normalize else out, n_rows, d,
-        0.0 if negative_slope is None else negative_slope,
+        y, bias, out, norm if normalize else out, n_rows, d, _slope(negative_slope, y),
         HAS_ACT=negative_slope is not None, NORMALIZE=normalize, BLOCK_N=block_n,
         BLOCK_D=block_d)
     return out, norm
@@ -111,8 +117,7 @@ def feature_head_backward_triton(grad: torch.Tensor, out: torch.Tensor, norm: to
         return grad_a
     block_n, block_d, grid = _blocks(n_rows, d, out.device)
     _feature_head_bwd_kernel[grid](
-        grad, out, norm if normalize else out, grad_a, n_rows, d,
-        0.0 if negative_slope is None else negative_slope,
+        grad, out, norm if normalize else out, grad_a, n_rows, d, _slope(negative_slope, out),
         HAS_ACT=negative_slope is not None, NORMALIZE=normalize, BLOCK_N=block_n,
         BLOCK_D=block_d)
     return grad_a

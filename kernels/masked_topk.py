@@ -22,6 +22,11 @@ import triton.language as tl
 
 from .._tensors import new_output
 
+# The largest k and width the kernel takes: at BLOCK_I = 256, BLOCK_D = 128 it needs 255 registers
+# on sm_90 without spilling (tests/aot_sm90.py); the op serves larger ones with its reference.
+MAX_K = 256
+MAX_D = 128
+
 
 @triton.jit
 def _compare_swap(x, s: tl.constexpr, j: tl.constexpr, N_LOG2: tl.constexpr,
@@ -52,6 +57,16 @@ def _bitonic_sort(x, N_LOG2: tl.constexpr, DESCENDING: tl.constexpr, ROWS: tl.co
         for jj in tl.static_range(s):
             x = _compare_swap(x, s, s - 1 - jj, N_LOG2, DESCENDING, ROWS)
     return x
+
+
+@triton.jit
+def _topk_keys(s, ids, absent):
+    """Packed keys (module doc) of float32 scores s and int64 item ids; 0 where absent."""
+    bits = s.to(tl.uint32, bitcast=True)
+    bits = tl.where(bits == 0x80000000, 0, bits)  # -0.0 ties with +0.0, as the float compare has it
+    ordered = tl.where((bits >> 31) == 1, bits ^ 0xFFFFFFFF, bits | 0x80000000).to(tl.uint32)
+    key = (ordered.to(tl.uint64) << 32) | (ids.to(tl.uint32) ^ 0xFFFFFFFF).to(tl.uint64)
+    return tl.where(absent, 0, key)
 
 
 @triton.jit
@@ -87,7 +102,7 @@ def _masked_topk_fwd_kernel(
     cur = tl.load(col_ptr + nxt, mask=nxt < end, other=n_items).to(tl.int64)
     best = tl.zeros([BLOCK_U, BLOCK_I], dtype=tl.uint64)  # sorted descending; 0 = absent
     for i0 in range(0, n_items, BLOCK_I):
-        offs_i = i0 + tl.arange(0, BLOCK_I)
+        offs_i = (i0 + tl.arange(0, BLOCK_I)).to(tl.int64)  # offs_i * stride passes 2^31
         i_ok = offs_i < n_items
         i_tile = tl.load(items_ptr + offs_i[:, None] * stride_items_row + offs_d[None, :],
                          mask=i_ok[:, None] & (offs_d[None, :] < d), other=0.0)
@@ -106,10 +121,7 @@ def _masked_topk_fwd_kernel(
             hit = (nxt < end) & (cur < i0 + BLOCK_I)
         if HAS_MASK_VALUE:
             absent = absent | (s != s) | (s == float("-inf"))
-        bits = s.to(tl.uint32, bitcast=True)
-        ordered = tl.where((bits >> 31) == 1, bits ^ 0xFFFFFFFF, bits | 0x80000000).to(tl.uint32)
-        key = (ordered.to(tl.uint64) << 32) | (offs_i.to(tl.uint32) ^ 0xFFFFFFFF).to(tl.uint64)
-        key = tl.where(absent, 0, key)
+        key = _topk_keys(s, offs_i[None, :], absent)
         worst = tl.min(best, axis=1)
         if tl.max((key > worst[:, None]).to(tl.int32)) > 0:
             if NETWORK_SORT:
@@ -139,7 +151,10 @@ def masked_topk_triton(users: torch.Tensor, items: torch.Tensor, mask_rowptr: to
     if n_users == 0 or k == 0:
         return values, indices
     block_i = max(16, triton.next_power_of_2(k))  # a tile is as wide as the kept list
-    block_u = 16 if users.device.type == "cpu" else (64 if block_i <= 64 else 32)
+    # 16 users per program (tl.dot's least M): a 4,096-user batch is 256 programs, two per SM of
+    # an H100; 64 users per program made 64 programs and spilled at 255 registers from k = 17
+    # (tests/aot_sm90.py reports registers). Keys in registers grow with BLOCK_I: 8 warps from 64.
+    block_u = 16
     block_d = max(16, triton.next_power_of_2(d))
     grid = (triton.cdiv(n_users, block_u),)
     _masked_topk_fwd_kernel[grid](
@@ -148,5 +163,5 @@ def masked_topk_triton(users: torch.Tensor, items: torch.Tensor, mask_rowptr: to
         users.stride(0), items.stride(0), HAS_MASK_VALUE=mask_value is not None,
         BLOCK_U=block_u, BLOCK_I=block_i, I_LOG2=block_i.bit_length() - 1,
         NETWORK_SORT=users.device.type == "cpu", BLOCK_D=block_d,
-        num_warps=8 if block_u * block_i >= 4096 else 4)
+        num_warps=8 if block_i >= 64 else 4)
     return values, indices

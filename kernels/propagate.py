@@ -2,8 +2,8 @@
 
 Each program sums its row's neighbours with spmm_csr's gather loop (``_csr_row_sum``) and fuses
 the layer mean into its epilogue: it stores the layer only when the next layer reads it and
-writes ``out = (base + layer) * scale`` (base = x on layer 1, then the running sum in ``out``;
-scale = 1/(L+1) on the last layer). Deterministic: every output element has one
+writes ``out = base + layer`` (base = x on layer 1, then the running sum in ``out``), divided
+by L + 1 on the last layer. Deterministic: every output element has one
 owner and a fixed reduction order; no atomics.
 """
 
@@ -25,7 +25,8 @@ def _propagate_fwd_kernel(
     base_ptr,  # (n, d) running sum before layer k (x on layer 1; may alias out_ptr)
     out_ptr,  # (n, d) running sum after layer k
     d,
-    scale,
+    n_terms,  # L + 1: the last layer divides the running sum by it
+    LAST: tl.constexpr,
     STORE_LAYER: tl.constexpr,
     BLOCK_E: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -38,8 +39,13 @@ def _propagate_fwd_kernel(
     at = row * d + cols
     if STORE_LAYER:
         tl.store(layer_ptr + at, acc.to(layer_ptr.dtype.element_ty), mask=col_mask)
-    base = tl.load(base_ptr + at, mask=col_mask, other=0.0).to(acc.dtype)
-    tl.store(out_ptr + at, ((base + acc) * scale).to(out_ptr.dtype.element_ty), mask=col_mask)
+    total = tl.load(base_ptr + at, mask=col_mask, other=0.0).to(acc.dtype) + acc
+    if LAST:  # divided in the accumulator dtype (a Python float would reach a GPU as fp32)
+        if acc.dtype == tl.float32:
+            total = tl.math.div_rn(total, n_terms.to(tl.float32))  # as torch, not approximate
+        else:
+            total = total / n_terms.to(tl.float64)
+    tl.store(out_ptr + at, total.to(out_ptr.dtype.element_ty), mask=col_mask)
 
 
 def propagate_triton(rowptr: torch.Tensor, col: torch.Tensor, val: torch.Tensor, x: torch.Tensor,
@@ -61,6 +67,6 @@ def propagate_triton(rowptr: torch.Tensor, col: torch.Tensor, val: torch.Tensor,
         base = x if k == 1 else out
         _propagate_fwd_kernel[grid](
             rowptr, col, val, src, layer if layer is not None else out, base, out, d,
-            1.0 / (n_layers + 1) if k == n_layers else 1.0,
-            STORE_LAYER=layer is not None, BLOCK_E=16, BLOCK_D=block_d)
+            n_layers + 1, LAST=k == n_layers, STORE_LAYER=layer is not None, BLOCK_E=16,
+            BLOCK_D=block_d)
     return out

@@ -16,7 +16,9 @@ def _mix64(z):
     return z ^ (z >> 31)
 
 
-@triton.jit
+# key is never specialised: Triton turns an int argument equal to 1 into a constexpr, which has
+# no .to() (tests/aot_sm90.py compiles key = 1 for sm_90).
+@triton.jit(do_not_specialize=["key"])
 def _row_dropout_fwd_kernel(
     x_ptr,  # (N, D) row-major
     ids_ptr,  # (N,) int64

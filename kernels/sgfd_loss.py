@@ -43,7 +43,7 @@ def _sgfd_loss_fwd_kernel(
     n_classes,
     d,
     stride_z_row,
-    tau_value,
+    tau_ptr,  # (1,) τ in the accumulator dtype (a Python float would reach a GPU as fp32)
     FLAVOUR: tl.constexpr,  # sgfd_loss's flavour string, "official" or "standard"
     HAS_ROW_WEIGHT: tl.constexpr,
     WITH_GRAD: tl.constexpr,
@@ -63,7 +63,7 @@ def _sgfd_loss_fwd_kernel(
         share = tl.load(row_weight_ptr + row).to(acc_t) / tl.load(weight_sum_ptr)
     else:
         share = 1.0 / (zero + n_rows)
-    tau = zero + tau_value
+    tau = tl.load(tau_ptr).to(acc_t)
     inv_tau = 1.0 / tau
 
     # tempered softmaxes (padding lanes: exp(-inf) = 0)
@@ -141,7 +141,8 @@ def sgfd_loss_triton(z_t: torch.Tensor, z_s: torch.Tensor, f_t: torch.Tensor, f_
     _sgfd_loss_fwd_kernel[(n_rows,)](
         z_t, z_s, labels, row_weight, weight_sum, f_t, f_s, row_loss,
         g_zt_ce, g_zt_ld, g_zs_ld, g_fs_fd,
-        n_rows, n_classes, d, z_t.stride(0), float(tau),
+        n_rows, n_classes, d, z_t.stride(0),
+        torch.full((1,), float(tau), dtype=f_t.dtype, device=f_t.device),
         FLAVOUR=flavour, HAS_ROW_WEIGHT=row_weight is not None, WITH_GRAD=with_grad,
         BLOCK_K=block_k, BLOCK_D=triton.next_power_of_2(d), num_warps=4 if block_k <= 1024 else 8)
     return row_loss.sum(0), g_zt_ce, g_zt_ld, g_zs_ld, g_fs_fd

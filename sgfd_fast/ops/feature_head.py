@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import _backend
-from .._tensors import FLOAT_NAMES
+from .._tensors import FLOAT_NAMES, dense
 from ._common import check
 
 __all__ = ["feature_head", "feature_head_reference", "collapse_linear_stack"]
@@ -96,7 +96,7 @@ def _feature_head_backward_fake(grad, out, norm, negative_slope, normalize):
 def _feature_head_triton(x, weight, bias, negative_slope, normalize):
     from ..kernels.feature_head import feature_head_triton
 
-    return feature_head_triton(x @ weight.T, bias, negative_slope, normalize)
+    return feature_head_triton(x @ weight.T, dense(bias), negative_slope, normalize)
 
 
 def _feature_head_backward_triton(grad, out, norm, negative_slope, normalize):

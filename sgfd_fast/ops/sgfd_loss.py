@@ -24,7 +24,8 @@ mean.
 
 Shapes: f_t, f_s (B, D), weight (K, D), bias (K,) sharing float32 or float64; labels (B,) int64 in
 [0, K); row_weight (B,) of f_t's dtype or None; B >= 1. Returns three scalar tensors (ce, ld, fd).
-Gradients flow to f_t, f_s, weight and bias (not to row_weight).
+Gradients flow to f_t, f_s, weight and bias (not to row_weight), first order only: differentiating
+those gradients again (a double backward) raises InputError.
 
 How it runs: the logits come from one matrix product (left to cuBLAS/oneDNN); one pass over the
 rows then computes the three losses and their gradients with respect to z_t, z_s and f_s (written
@@ -48,6 +49,7 @@ import torch.nn.functional as F
 from .. import _backend
 from .._tensors import FLOAT_NAMES
 from ..choices import SGFD_LOSSES
+from ..errors import InputError
 from ._common import check
 
 __all__ = ["sgfd_loss", "sgfd_loss_reference"]
@@ -176,6 +178,22 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(f_t, f_s, weight, g_zt_ce, g_zt_ld, g_zs_ld, g_fs_fd)
 
 
+class _FirstOrderOnly(torch.autograd.Function):
+    """Identity on sgfd_loss's gradients whose own backward refuses: they are scaled from pieces
+    computed in the forward (saved as constants), so differentiating them again would silently drop
+    most second-order terms."""
+
+    @staticmethod
+    def forward(ctx, *grads):
+        return tuple(g.view_as(g) for g in grads)
+
+    @staticmethod
+    def backward(ctx, *_):
+        raise InputError("sgfd_loss: a double backward (create_graph=True, then differentiating "
+                         "the gradients again) is not supported; compute the Hessian-vector "
+                         "product with ops.sgfd_loss_reference, which is plain torch")
+
+
 def _sgfd_loss_backward(ctx, grad_losses, *_):
     f_t, f_s, weight, g_zt_ce, g_zt_ld, g_zs_ld, g_fs_fd = ctx.saved_tensors
     g_ce, g_ld, g_fd = grad_losses[0], grad_losses[1], grad_losses[2]
@@ -196,7 +214,12 @@ def _sgfd_loss_backward(ctx, grad_losses, *_):
         grad_w = torch.addmm(g_zt.T @ f_t, g_zs.T, f_s)
     if need_b:
         grad_b = g_zt.sum(0) + g_zs.sum(0)
-    return grad_ft, grad_fs, grad_w, grad_b, None, None, None, None, None
+    grads = [grad_ft, grad_fs, grad_w, grad_b]
+    if torch.is_grad_enabled():  # create_graph=True: the gradients must not be differentiated
+        given = [i for i, g in enumerate(grads) if g is not None]
+        for i, g in zip(given, _FirstOrderOnly.apply(*(grads[i] for i in given))):
+            grads[i] = g
+    return *grads, None, None, None, None, None
 
 
 _sgfd_loss.register_autograd(_sgfd_loss_backward, setup_context=_setup_context)

@@ -218,3 +218,73 @@ def test_bad_input_is_one_clear_error(make, message):
 
 def test_cpu_default_backend():
     assert _backend.serving(OP, "cpu") == ("cpp" if _ext.cpu is not None else "reference")
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_nan_item_features_are_absent(device):
+    # NaN features reach the score only through the attention weights: a GPU max that drops NaN
+    # (tl.maximum's default) would give that item a finite score.
+    users, items, feats, w1, b1, w2, b2, _, _ = _case(3, 6, 4, 8, seed=5, device=device)
+    feats[2] = float("nan")
+    rowptr, col = torch.zeros(4, dtype=torch.int64, device=device), torch.zeros(0, dtype=torch.int64,
+                                                                                  device=device)
+    for backend in backends(device):
+        with sgfd_fast.use_backend(backend):
+            values, indices = attentive_distance_topk(users, items, feats, w1, b1, w2, b2, rowptr,
+                                                      col, 6)
+        assert (indices[:, 5] == -1).all() and 2 not in indices.tolist(), backend
+        assert values[:, :5].isfinite().all(), backend
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_zero_distance_ties_with_a_zero_mask_value(device):
+    # An item equal to the user has distance 0, a score of -0.0; a masked item given the score
+    # +0.0 ties with it, and the lower id ranks first (the packed keys must not tell -0.0 from
+    # +0.0). Visible in the interpreter too: -(0 + 0) is -0.0 there as well. Triton only: the C++
+    # kernel's a*u - a*v is contracted to an FMA, which leaves a distance of ~1e-14 for u = v.
+    users, items, feats, w1, b1, w2, b2, _, _ = _case(1, 3, 4, 8, seed=6, device=device)
+    items[0] = users[0]
+    rowptr = torch.tensor([0, 1], device=device)
+    col = torch.tensor([1], device=device)
+    want = attentive_distance_topk_reference(users, items, feats, w1, b1, w2, b2, rowptr, col, 2,
+                                             mask_value=0.0)
+    assert want[1].tolist() == [[0, 1]]
+    if not HAS_TRITON:
+        pytest.skip("needs Triton")
+    with sgfd_fast.use_backend("triton"):
+        got = attentive_distance_topk(users, items, feats, w1, b1, w2, b2, rowptr, col, 2,
+                                      mask_value=0.0)
+    assert torch.equal(got[1], want[1])
+
+
+@pytest.mark.cuda
+def test_item_offsets_past_2_to_the_31():
+    # n_items * hidden > 2^31: the kernel's item offsets must be int64. Items are zeros but the
+    # last, which equals the user (distance 0, the best score); its row of q lies past 2^31.
+    from sgfd_fast.kernels.attentive_distance_topk import attentive_distance_topk_triton
+
+    hidden, d = 640, 4
+    n_items = 2**31 // hidden + 64
+    dev = "cuda"
+    users = torch.ones(2, d, device=dev)
+    items = torch.zeros(n_items, d, device=dev)
+    items[-1] = 1.0
+    q = torch.zeros(n_items, hidden, device=dev)
+    args = (users, items, torch.zeros(2, hidden, device=dev), q, (users * users).sum(1),
+            (items * items).sum(1), torch.zeros(hidden, device=dev),
+            torch.randn(hidden, d, device=dev), torch.zeros(d, device=dev),
+            torch.zeros(3, dtype=torch.int64, device=dev), torch.zeros(0, dtype=torch.int64,
+                                                                        device=dev))
+    values, indices = attentive_distance_topk_triton(*args, 1, None)
+    assert indices[:, 0].tolist() == [n_items - 1] * 2 and values[:, 0].tolist() == [0.0, 0.0]
+
+
+@pytest.mark.parametrize("k, d", [(65, 4), (3, 129)])
+def test_triton_beyond_its_bounds_serves_the_reference(k, d):
+    if not HAS_TRITON:
+        pytest.skip("needs Triton")
+    case = _case(3, 80, d, 8, seed=9)
+    want = attentive_distance_topk_reference(*case, k)
+    with sgfd_fast.use_backend("triton"):
+        got = attentive_distance_topk(*case, k)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])

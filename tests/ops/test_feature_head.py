@@ -170,3 +170,31 @@ def test_collapse_linear_stack_is_the_stack():
 def test_bad_input_is_one_clear_error(make, message):
     with pytest.raises(InputError, match=message):
         feature_head(*make(*_case(4, 5, 3, seed=9)))
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_triton_strided_bias(device):
+    # A bias that is a view with stride 2 (a column of a parameter matrix, say) is read as such,
+    # not with unit stride.
+    if not HAS_TRITON:
+        pytest.skip("needs Triton")
+    x, w, b = _case(9, 6, 5, seed=8, device=device)
+    bias = torch.stack([b, b + 1], dim=1)[:, 0]
+    assert not bias.is_contiguous()
+    want = feature_head_reference(x, w, bias, 0.01, True)
+    with sgfd_fast.use_backend("triton"):
+        got = feature_head(x, w, bias, 0.01, True)
+    torch.testing.assert_close(got, want, **TOL[torch.float64])
+
+
+@pytest.mark.cuda
+def test_cuda_triton_float64_slope_is_float64():
+    # slope 0.3 is not an fp32 number: passed as a Python float it would reach the GPU kernel as
+    # fp32 and the negative side would be ~1e-8 relative off.
+    case = _case(64, 32, 48, seed=4, device="cuda")
+    grad_out = torch.randn(64, 48, dtype=torch.float64, device="cuda")
+    want = _run(feature_head_reference, case, 0.3, True, grad_out)
+    with sgfd_fast.use_backend("triton"):
+        got = _run(feature_head, case, 0.3, True, grad_out)
+    for g, h in zip(got, want):
+        torch.testing.assert_close(g, h, atol=1e-12 * h.abs().max().clamp(min=1), rtol=1e-10)

@@ -1,4 +1,6 @@
 import importlib.util
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -11,6 +13,19 @@ from sgfd_fast.testing import random_csr
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 NEG_INF = float("-inf")
+
+if HAS_TRITON:  # the packed top-k key of the Triton kernels, on scores loaded from memory
+    import triton
+    import triton.language as tl
+
+    from sgfd_fast.kernels.masked_topk import _topk_keys
+
+    @triton.jit
+    def _keys_kernel(s_ptr, out_ptr, N: tl.constexpr):
+        offs = tl.arange(0, N)
+        s = tl.load(s_ptr + offs)
+        key = _topk_keys(s, offs.to(tl.int64), s != s)
+        tl.store(out_ptr + offs, key.to(tl.int64, bitcast=True))
 
 
 def brute_force(users, items, rowptr, col, k, mask_value):
@@ -252,3 +267,62 @@ def test_nan_scores_are_never_returned(device):
                 got = masked_topk(users, items, rowptr, col, k)
             assert torch.equal(got[1].cpu(), want[1]), (backend, k)
             assert torch.equal(got[0].cpu(), want[0]), (backend, k)
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="needs Triton")
+def test_triton_keys_tie_signed_zeros():
+    # The packed key of -0.0 equals that of +0.0 but for the id (lower id ranks first). The
+    # interpreter turns a mask_value of -0.0 into +0.0, so the kernels' shared key helper is
+    # tested on scores loaded from memory, where -0.0 stays -0.0 (a GPU keeps it everywhere).
+    scores = torch.tensor([-0.0, 0.0, -0.0, 1.0, -1.0, float("nan"), float("inf"), -2.0])
+    out = torch.empty(8, dtype=torch.int64)
+    _keys_kernel[(1,)](scores, out, N=8)
+    keys = [k % 2**64 for k in out.tolist()]  # the uint64 keys
+    assert keys[0] > keys[1] > keys[2]  # equal scores: the lower id first
+    assert keys[6] > keys[3] > keys[0] and keys[2] > keys[4] > keys[7] > keys[5] == 0
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="needs Triton")
+def test_triton_item_offsets_past_2_to_the_31():
+    # Item 16 of a view with row stride 2^27 starts at element 2^31: int32 offsets would wrap
+    # (and read outside the buffer). 8.6 GB of address space, 2 pages of it touched; run in a
+    # subprocess so that a wrapped read fails this test alone.
+    script = """
+import os
+os.environ["TRITON_INTERPRET"] = "1"
+import torch
+from sgfd_fast.kernels.masked_topk import masked_topk_triton
+stride = 2**27
+items = torch.empty(16 * stride + 8).as_strided((17, 8), (stride, 1))
+items.copy_(torch.zeros(17, 8))
+items[16] = 1.0
+v, i = masked_topk_triton(torch.ones(3, 8), items, torch.zeros(4, dtype=torch.int64),
+                          torch.zeros(0, dtype=torch.int64), 2, None)
+print(i[:, 0].tolist(), v[:, 0].tolist())
+"""
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0 and "[16, 16, 16] [8.0, 8.0, 8.0]" in run.stdout, run.stderr[-2000:]
+
+
+@pytest.mark.cuda
+def test_item_offsets_past_2_to_the_31_cuda():
+    d = 64
+    n_items = 2**31 // d + 40
+    items = torch.zeros(n_items, d, device="cuda")
+    items[-1] = 1.0
+    rowptr = torch.zeros(17, dtype=torch.int64, device="cuda")
+    with sgfd_fast.use_backend("triton"):
+        values, indices = masked_topk(torch.ones(16, d, device="cuda"), items, rowptr,
+                                      rowptr[:0], 1, validate=False)
+    assert indices[:, 0].tolist() == [n_items - 1] * 16 and values[:, 0].tolist() == [64.0] * 16
+
+
+@pytest.mark.parametrize("k, d", [(257, 4), (3, 129)])
+@pytest.mark.skipif(not HAS_TRITON, reason="needs Triton")
+def test_triton_beyond_its_bounds_serves_the_reference(k, d):
+    users, items, rowptr, col = _case(5, 300, d, seed=9)
+    want = masked_topk_reference(users, items, rowptr, col, k)
+    with sgfd_fast.use_backend("triton"):
+        got = masked_topk(users, items, rowptr, col, k)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])

@@ -195,3 +195,16 @@ def test_triton_matches_reference(device, dtype):
             got = g.propagate(x, n_layers)
         torch.testing.assert_close(got, propagate_reference(g.rowptr, g.col, g.val, x, n_layers),
                                    **TOL[dtype])
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("n_layers", [2, 3])
+def test_cuda_triton_float64_mean_is_exact(n_layers):
+    # The mean's 1/(L+1) must be taken in float64 (a Python float reaches a GPU kernel as fp32:
+    # ~1e-8 relative off); tests/aot_sm90.py checks the kind on every push.
+    g = _graph("cuda", torch.float64, torch.int64, seed=7)
+    x = torch.randn(g.n_rows, 64, dtype=torch.float64, device="cuda")
+    want = propagate_reference(g.rowptr, g.col, g.val, x, n_layers)
+    with sgfd_fast.use_backend("triton"):
+        got = g.propagate(x, n_layers)
+    torch.testing.assert_close(got, want, **TOL[torch.float64])

@@ -153,3 +153,20 @@ def test_torch_compile_smoke():
 def test_bad_input(make, message):
     with pytest.raises(InputError, match=message):
         row_dropout(*make(torch.randn(4, 3), torch.arange(4)))
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+@pytest.mark.parametrize("key", [1, 16, 0])
+def test_keys_triton_would_specialise(device, key):
+    # On a GPU Triton turns an int argument equal to 1 into a constexpr (and gives multiples of
+    # 16 a divisibility hint): key = 1 failed to compile there (BM3 passes step_key + 1 with
+    # step_key = 0 outside the trainer). The interpreter does not specialise: tests/aot_sm90.py
+    # compiles key = 1 for sm_90 on every push.
+    x = torch.randn(9, 33, dtype=torch.float64, device=device)
+    ids = torch.arange(9, device=device)
+    want = row_dropout_reference(x, ids, 0.5, key)
+    for backend in backends(device):
+        with sgfd_fast.use_backend(backend):
+            got = row_dropout(x, ids, 0.5, key)
+        assert torch.equal(got == 0, want == 0), backend
+        torch.testing.assert_close(got, want)

@@ -301,3 +301,35 @@ def test_denormal_row_weights_stay_finite(flavour):
             got = sgfd_loss(f_t, f_s, weight, bias, labels, 2.0, flavour, row_weight=w)
         for g, e in zip(got, want):
             torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_cuda_triton_float64_tau_is_float64(flavour):
+    # τ = 0.3 is not an fp32 number: passed as a Python float it would reach the GPU kernel as
+    # fp32 (losses ~1e-8 relative off); TOL's float64 bound of 1e-7 would hide that.
+    case = _case(64, 16, 19, seed=6, device="cuda")
+    want = _losses_and_grads(sgfd_loss_reference, case, 0.3, flavour, (1.0, 2.0, 3.0))
+    with sgfd_fast.use_backend("triton"):
+        got = _losses_and_grads(sgfd_loss, case, 0.3, flavour, (1.0, 2.0, 3.0))
+    for g, h in zip([got[0], *got[1]], [want[0], *want[1]]):
+        torch.testing.assert_close(g, h, atol=1e-11, rtol=1e-10)
+
+
+@pytest.mark.parametrize("backend", backends("cpu"))
+def test_double_backward_is_refused(backend):
+    # The backward scales gradient pieces computed in the forward; differentiating it again
+    # would drop most second-order terms (a Hessian-vector product of 0 where float64 autograd
+    # through the reference gives ~0.4), so it raises instead. First-order gradients taken with
+    # create_graph=True are still right.
+    case = _case(5, 4, 3, seed=2)
+    leaves = [t.clone().requires_grad_() for t in case[:4]]
+    want = torch.autograd.grad(sum(sgfd_loss_reference(*leaves, case[4], 2.0)), leaves[:2])
+    with sgfd_fast.use_backend(backend):
+        grads = torch.autograd.grad(sum(sgfd_loss(*leaves, case[4], 2.0)), leaves[:2],
+                                    create_graph=True)
+    for g, h in zip(grads, want):
+        torch.testing.assert_close(g, h, **TOL[torch.float64])
+    hvp = sum((g * torch.ones_like(g)).sum() for g in grads)
+    with pytest.raises(InputError, match="double backward"):
+        torch.autograd.grad(hvp, leaves[:2])
