@@ -15,6 +15,7 @@ import pytest
 
 from sgfd_fast.data import write_sgfd
 from sgfd_fast.data.formats.sgfd import SGFD_LABELS
+from sgfd_fast.models import MODELS
 from sgfd_fast.train import main
 from sgfd_fast.training import checkpoint
 from sgfd_fast.training.rundir import LOCK_NAME, RunDirectory
@@ -336,7 +337,7 @@ def test_data_warnings_are_one_line_and_logged(tmp_path, data_dir):
 
 
 @pytest.mark.parametrize("args, match", [
-    (["-m", "bm3"], "unknown model 'bm3'; available: BM3, GRCN, MAML (did you mean 'BM3'?)"),
+    (["-m", "bm3"], f"unknown model 'bm3'; available: {', '.join(MODELS)} (did you mean 'BM3'?)"),
     (["-d", "Office"], "(did you mean 'office'?)"),
 ])
 def test_did_you_mean_ignores_case(args, match, capsys):
