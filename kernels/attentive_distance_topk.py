@@ -27,6 +27,7 @@ NAN = tl.constexpr(tl.PropagateNan.ALL)
 # serves larger ones with its reference.
 MAX_K = 64
 MAX_D = 128
+MAX_K_FP64, MAX_D_FP64 = 32, 64  # float64 tiles hold twice the registers: 255, no spill there
 
 
 @triton.jit

@@ -26,6 +26,7 @@ from .._tensors import new_output
 # on sm_90 without spilling (tests/aot_sm90.py); the op serves larger ones with its reference.
 MAX_K = 256
 MAX_D = 128
+MAX_K_FP64, MAX_D_FP64 = 64, 64  # float64 tiles hold twice the registers
 
 
 @triton.jit

@@ -41,6 +41,7 @@ from sgfd_fast.kernels.edge_softmax_aggregate import (  # noqa: E402
     edge_softmax_aggregate_backward_triton, edge_softmax_aggregate_triton)
 from sgfd_fast.kernels.feature_head import (feature_head_backward_triton,  # noqa: E402
                                             feature_head_triton)
+from sgfd_fast.kernels import attentive_distance_topk, masked_topk  # noqa: E402
 from sgfd_fast.kernels.masked_topk import masked_topk_triton  # noqa: E402
 from sgfd_fast.kernels.propagate import propagate_triton  # noqa: E402
 from sgfd_fast.kernels.row_dropout import row_dropout_triton  # noqa: E402
@@ -136,14 +137,22 @@ def launches(quick: bool):
         yield "row_dropout", lambda: row_dropout_triton(_t(33, d, dtype=dt), _t(33, dtype=i64),
                                                         0.3, key)
     mask = _t(4097, dtype=i64), _t(9000, dtype=i64)  # 4,096 users: a paper evaluation batch
-    shapes = ((20, 64),) if quick else ((1, 1), (10, 64), (20, 64), (50, 64), (256, 64),
-                                        (20, 128), (256, 128))
+    shapes = ((20, 64),) if quick else ((1, 1), (10, 64), (20, 64), (50, 64), (64, 64),
+                                        (256, 64), (20, 128), (256, 128))
+    def fp64_ok(dt, k, d, mod):  # float64 beyond the kernel's bounds goes to the reference
+        return dt == f32 or (k <= mod.MAX_K_FP64 and d <= mod.MAX_D_FP64)
+
     for dt, (k, d), mask_value in itertools.product(floats, shapes, (None, -1.0)):
+        if not fp64_ok(dt, k, d, masked_topk):
+            continue  # served by the reference (ops.masked_topk)
         yield "masked_topk", lambda: masked_topk_triton(_t(4096, d, dtype=dt),
                                                         _t(3000, d, dtype=dt), *mask, k, mask_value)
     shapes = ((20, 64, 640),) if quick else ((1, 1, 1), (10, 64, 640), (20, 64, 640),
-                                             (50, 64, 640), (64, 128, 640), (20, 64, 128))
+                                             (32, 64, 640), (50, 64, 640), (64, 128, 640),
+                                             (20, 64, 128))
     for dt, (k, d, hidden), mask_value in itertools.product(floats, shapes, (None, -1.0)):
+        if not fp64_ok(dt, k, d, attentive_distance_topk):
+            continue
         t = lambda *shape: _t(*shape, dtype=dt)  # noqa: E731
         yield "attentive_distance_topk", lambda: attentive_distance_topk_triton(
             t(4096, d), t(500, d), t(4096, hidden), t(500, hidden), t(4096), t(500), t(hidden),

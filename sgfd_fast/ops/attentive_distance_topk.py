@@ -33,7 +33,7 @@ over users; per user, items in tiles of 32 pairs: tanh of the pair's hidden row 
 tile, a register-blocked tile × W2^T product, the softmax-weighted distance, a top-k buffer;
 bitwise reproducible); triton (one program per user: item tiles, the hidden axis in chunks through
 ``tl.dot`` with W2^T, the running top-k kept on chip and merged like ``masked_topk``'s kernel;
-k > 64 or d > 128 go to the reference, where the kernel's registers would spill).
+k > 64 or d > 128 (float64: 32, 64) go to the reference, where the kernel's registers would spill).
 """
 
 from __future__ import annotations
@@ -129,14 +129,17 @@ def _attentive_distance_topk_cpp(users, items, item_features, w1, b1, w2, b2, ma
 
 def _attentive_distance_topk_triton(users, items, item_features, w1, b1, w2, b2, mask_rowptr,
                                     mask_col, k, mask_value):
-    from ..kernels.attentive_distance_topk import MAX_D, MAX_K, attentive_distance_topk_triton
+    from ..kernels import attentive_distance_topk as kernel
 
-    if k > MAX_K or users.shape[1] > MAX_D:  # the kernel's registers would spill
+    fp64 = users.dtype == torch.float64
+    if (k > (kernel.MAX_K_FP64 if fp64 else kernel.MAX_K)
+            or users.shape[1] > (kernel.MAX_D_FP64 if fp64 else kernel.MAX_D)):
+        # the kernel's registers would spill
         return attentive_distance_topk_reference(users, items, item_features, w1, b1, w2, b2,
                                                  mask_rowptr, mask_col, k, mask_value)
     users, items = dense(users), dense(items)
     p, q, user_sq, item_sq = (dense(x) for x in _projections(users, items, item_features, w1))
-    return attentive_distance_topk_triton(users, items, p, q, user_sq, item_sq, dense(b1),
+    return kernel.attentive_distance_topk_triton(users, items, p, q, user_sq, item_sq, dense(b1),
                                           w2.T.contiguous(), dense(b2), mask_rowptr, mask_col,
                                           k, mask_value)
 

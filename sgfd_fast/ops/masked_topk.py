@@ -22,8 +22,8 @@ Backends: reference (dense scores, mask, stable descending sort: the tie rule ma
 k-th best so far, cut back to k by selection on (score, id) packed into one integer; the U×I score
 matrix never exists, and the C++ kernel is bitwise reproducible), triton (tiles of users × items
 with ``tl.dot``; a running top-k per user kept on chip, merged tile by tile with bitonic sorts on
-packed (score, id) keys; 16 users per program; k > 256 or d > 128 go to the reference, where
-the kernel's registers would spill).
+packed (score, id) keys; 16 users per program; k > 256 or d > 128 (float64: 64, 64) go to the
+reference, where the kernel's registers would spill).
 """
 
 from __future__ import annotations
@@ -89,11 +89,15 @@ def _masked_topk_cpp(users, items, mask_rowptr, mask_col, k, mask_value):
 
 
 def _masked_topk_triton(users, items, mask_rowptr, mask_col, k, mask_value):
-    from ..kernels.masked_topk import MAX_D, MAX_K, masked_topk_triton
+    from ..kernels import masked_topk as kernel
 
-    if k > MAX_K or users.shape[1] > MAX_D:  # the kernel's registers would spill
+    fp64 = users.dtype == torch.float64
+    if (k > (kernel.MAX_K_FP64 if fp64 else kernel.MAX_K)
+            or users.shape[1] > (kernel.MAX_D_FP64 if fp64 else kernel.MAX_D)):
+        # the kernel's registers would spill
         return masked_topk_reference(users, items, mask_rowptr, mask_col, k, mask_value)
-    return masked_topk_triton(dense(users), dense(items), mask_rowptr, mask_col, k, mask_value)
+    return kernel.masked_topk_triton(dense(users), dense(items), mask_rowptr, mask_col, k,
+                                     mask_value)
 
 
 _backend.define("masked_topk", _masked_topk, masked_topk_reference)
