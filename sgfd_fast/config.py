@@ -79,6 +79,7 @@ RANGES = {
                     Range(0)),  # 0: no propagation / routing
     "knn_k": Range(1),
     "mm_image_weight": Range(0, 1),
+    "lambda_coeff": Range(0, 1),
     "hidden_layer_dim": Range(2),                              # MAML's next layers have H/2
     **dict.fromkeys(("weight_decay", "ce_weight", "kd_weight", "reg_weight", "cl_weight",
                      "margin", "feature_l2_reg", "cov_loss_weight"), Range(0)),

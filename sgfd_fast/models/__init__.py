@@ -7,6 +7,7 @@ from .base import Recommender
 from .bm3 import BM3
 from .freedom import FREEDOM
 from .grcn import GRCN
+from .lattice import LATTICE
 from .lightgcn import LightGCN
 from .maml import MAML
 from .sgfd import SGFD
@@ -18,6 +19,7 @@ __all__ = ["BM3", "FREEDOM", "GRCN", "LightGCN", "MAML", "MODELS", "Recommender"
 #: every model by name: the trainer, the CLI (``-m``) and tests/models/test_contract.py read it
 MODELS: dict[str, type[Recommender]] = {"BM3": BM3, "GRCN": GRCN, "MAML": MAML, "VBPR": VBPR,
                                         "LightGCN": LightGCN, "FREEDOM": FREEDOM}
+MODELS["LATTICE"] = LATTICE
 
 
 def build_model(name: str, dataset, config: dict) -> Recommender:
