@@ -28,9 +28,9 @@ def _dataset(n_modalities=2):
     return ds
 
 
-def _model(ds, sgfd, n_mm_layers=1):
+def _model(ds, sgfd, n_mm_layers=1, k=K):
     cfg = load_config("LATTICE", None, overrides=[
-        ("embedding_size", 8), ("sgfd", sgfd), ("knn_k", K), ("lambda_coeff", LAMBDA),
+        ("embedding_size", 8), ("sgfd", sgfd), ("knn_k", k), ("lambda_coeff", LAMBDA),
         ("reg_weight", REG), ("train_batch_size", BATCH),
         ("n_mm_layers", n_mm_layers)]).points()[0]
     torch.manual_seed(0)
@@ -60,7 +60,7 @@ def _self_loop_adj(pairs, nu, ni):
     return (A / A.sum(1, keepdim=True)).float().double()
 
 
-def _transcription(m, ds, users, items, neg, n_mm_layers, students=None):
+def _transcription(m, ds, users, items, neg, n_mm_layers, students=None, k=K):
     nu, ni = ds.n_users, ds.n_items
     feats = [torch.from_numpy(a).double() for a in ds.features.values()]
     leaves = {"Eu": m.user_embedding, "Ei": m.item_embedding}
@@ -76,8 +76,10 @@ def _transcription(m, ds, users, items, neg, n_mm_layers, students=None):
         proj = [F.normalize(F.leaky_relu(f @ s.weight.detach().T + s.bias.detach()))
                 for f, s in zip(feats, students)]
     w = torch.softmax(leaves["modal_weight"], 0) if len(feats) > 1 else [1.0]
-    original = [_laplacian(_knn(f, K)).float().double() for f in feats]  # stored in float32
-    learned = _laplacian(sum(w[j] * _knn(p, K) for j, p in enumerate(proj)))
+    original = [_laplacian(_knn(f, k)).float().double() for f in feats]  # stored in float32
+    learned = sum(w[j] * _knn(p, k) for j, p in enumerate(proj))
+    assert (learned.sum(1) > 0).all() or k == m.n_items  # k = n: rows of degree <= 0 occur
+    learned = _laplacian(learned)
     S = (1 - LAMBDA) * learned + LAMBDA * sum(w[j] * o for j, o in enumerate(original))
     h = leaves["Ei"]
     for _ in range(n_mm_layers):
@@ -103,16 +105,17 @@ def _dense(graph, n):
 
 
 @pytest.mark.parametrize("sgfd", [False, True])
-@pytest.mark.parametrize("n_modalities,n_mm_layers", [(2, 1), (1, 2)])
-def test_step_matches_float64_transcription(sgfd, n_modalities, n_mm_layers):
+@pytest.mark.parametrize("n_modalities,n_mm_layers,k", [(2, 1, K), (1, 2, K), (2, 1, 10)])
+def test_step_matches_float64_transcription(sgfd, n_modalities, n_mm_layers, k):
+    """k = 10 = every item: some rows' cosines sum to <= 0 (the documented degree-0 rule)."""
     ds = _dataset(n_modalities)
-    m = _model(ds, sgfd, n_mm_layers)
+    m = _model(ds, sgfd, n_mm_layers, k)
     m.begin_epoch(0, 1)
     users, items, neg = training_batch(ds, n_neg=1)
     parts = m.calculate_loss(users, items, neg)
     parts["loss"].backward()
     mf, emb, S, grads = _transcription(m, ds, users, items, neg[:, 0], n_mm_layers,
-                                       students=list(m.sgfd.students) if sgfd else None)
+                                       students=list(m.sgfd.students) if sgfd else None, k=k)
     torch.testing.assert_close(_dense(m.item_graph, ds.n_items), S, rtol=1e-12, atol=1e-15)
     torch.testing.assert_close(parts["bpr"], mf.detach(), rtol=1e-12, atol=0)
     torch.testing.assert_close(parts["reg"], emb.detach(), rtol=1e-12, atol=0)
