@@ -64,13 +64,15 @@ from .features import item_features
 __all__ = ["LATTICE", "knn_cosine_graph", "normalized_laplacian", "sparse_sum"]
 
 
-def knn_cosine_graph(x: torch.Tensor, k: int) -> CSR:
+def knn_cosine_graph(x: torch.Tensor, k: int, col: torch.Tensor | None = None) -> CSR:
     """Row i: the k items nearest to item i by cosine of ``x`` (n, d), values the cosines
     (differentiable in x through ``ops.sddmm_csr``; the pattern is not). MMRec's ``build_sim``
-    then ``build_knn_neighbourhood``, without the n×n similarity matrix."""
+    then ``build_knn_neighbourhood``, without the n×n similarity matrix. ``col``: the (n, k)
+    neighbours of ``ops.knn_graph`` when already known."""
     n = x.shape[0]
     unit = F.normalize(x, dim=1)
-    col, _ = ops.knn_graph(unit.detach(), k)
+    if col is None:
+        col, _ = ops.knn_graph(unit.detach(), k)
     keep = col >= 0  # fewer than k items: every item is a neighbour
     counts = keep.sum(1)
     row = torch.arange(n, device=x.device).repeat_interleave(counts)
@@ -139,7 +141,12 @@ class LATTICE(Recommender):
         # constants of the dataset (rebuilt, not checkpointed; ``.to()`` moves them): each
         # modality's normalised frozen graph, computed in float64 and stored in float32
         for j in range(n_modalities):
-            g = normalized_laplacian(knn_cosine_graph(f.feature(j).double(), self.knn_k))
+            x = f.feature(j)
+            col = ops.knn_graph(x, self.knn_k)[0]  # ranked in float32 (knn_graph's contract)
+            unit = x.double()  # one float64 copy, normalised in place (memory: 4096-d images)
+            unit /= unit.norm(dim=1, keepdim=True).clamp_min(1e-12)
+            g = normalized_laplacian(knn_cosine_graph(unit, self.knn_k, col=col))
+            del unit
             setattr(self, f"frozen_graph{j}", g.to(dtype=torch.float32))
         self.graph = self._self_loop_graph(dataset.train)
         self.item_graph, self._graph_step = None, None  # S, detached after an epoch's first step
