@@ -86,6 +86,7 @@ RANGES = {
     "knn_k": Range(1),
     "mm_image_weight": Range(0, 1),
     "cl_loss": Range(0),                                       # MGCN's InfoNCE weight (MMRec's key)
+    "lambda_coeff": Range(0, 1),                               # LATTICE's frozen-graph share
     "hidden_layer_dim": Range(2),                              # MAML's next layers have H/2
     **dict.fromkeys(("weight_decay", "ce_weight", "kd_weight", "reg_weight", "cl_weight",
                      "margin", "feature_l2_reg", "cov_loss_weight"), Range(0)),

@@ -7,19 +7,20 @@ from .base import Recommender
 from .bm3 import BM3
 from .freedom import FREEDOM
 from .grcn import GRCN
+from .lattice import LATTICE
 from .lightgcn import LightGCN
 from .maml import MAML
 from .mgcn import MGCN
 from .sgfd import SGFD
 from .vbpr import VBPR
 
-__all__ = ["BM3", "FREEDOM", "GRCN", "LightGCN", "MAML", "MGCN", "MODELS", "Recommender", "SGFD",
-           "VBPR", "build_model"]
+__all__ = ["BM3", "FREEDOM", "GRCN", "LATTICE", "LightGCN", "MAML", "MGCN", "MODELS", "Recommender",
+           "SGFD", "VBPR", "build_model"]
 
 #: every model by name: the trainer, the CLI (``-m``) and tests/models/test_contract.py read it
 MODELS: dict[str, type[Recommender]] = {"BM3": BM3, "GRCN": GRCN, "MAML": MAML, "VBPR": VBPR,
                                         "LightGCN": LightGCN, "FREEDOM": FREEDOM,
-                                        "MGCN": MGCN}
+                                        "MGCN": MGCN, "LATTICE": LATTICE}
 
 
 def build_model(name: str, dataset, config: dict) -> Recommender:
