@@ -15,7 +15,6 @@ from sgfd_fast.data.__main__ import main
 from sgfd_fast.data.builtin import SCIENTIFIC_ITEMS, SCIENTIFIC_NPZ
 from sgfd_fast.errors import DataError
 
-ROOT = Path(__file__).resolve().parents[2]
 N_USERS, N_ITEMS, N_EVENTS, N_PAIRS = 8442, 4385, 59427, 59136
 
 
@@ -145,11 +144,11 @@ def test_inspect_prints_the_counts(capsys):
 
 def _source() -> Path:
     env = os.environ.get("SGFD_FAST_SCIENTIFIC_SOURCE")
-    src = Path(env) if env else ROOT.parent / "shared" / "data" / "scientific"
-    if not all((src / f).is_file() for f in ps.SCIENTIFIC_FILES):
-        pytest.skip(f"the six public Scientific files ({', '.join(ps.SCIENTIFIC_FILES)}) are not "
-                    f"at {src}; set SGFD_FAST_SCIENTIFIC_SOURCE=DIR to run the rebuild checks")
-    return src
+    if not env or not all((Path(env) / f).is_file() for f in ps.SCIENTIFIC_FILES):
+        pytest.skip(f"the rebuild checks need the six public Scientific files "
+                    f"({', '.join(ps.SCIENTIFIC_FILES)}) in SGFD_FAST_SCIENTIFIC_SOURCE=DIR "
+                    f"(now: {env!r})")
+    return Path(env)
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +180,7 @@ def test_rebuild_equals_the_shipped_data(rebuilt, shipped, ds):
 
 
 def test_source_facts(source, rebuilt):
-    """The shared README's facts, measured here on the raw files."""
+    """The source's published facts, measured here on the raw files."""
     events = rebuilt["events"]
     seqs = [s.tolist() for s in np.split(events[:, 1], np.flatnonzero(np.diff(events[:, 0])) + 1)]
     # every valid history is the last 50 of the train sequence, every test history that plus
