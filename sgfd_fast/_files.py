@@ -60,3 +60,13 @@ def _replace_all(out: Path, files: dict, error, what: str, done: str) -> dict[st
 def npy_writer(arr) -> Callable:
     """A :func:`write_all` writer saving ``arr`` as ``.npy`` (no pickles)."""
     return lambda f: np.save(f, arr, allow_pickle=False)
+
+
+def table_writer(header: list[str], columns: list, sep: str = "\t") -> Callable:
+    """A :func:`write_all` writer of a UTF-8 text table: ``header``, then one line per row of
+    ``columns`` (equal-length sequences), fields joined by ``sep``, ``\\n`` line ends."""
+    def write(f):
+        f.write((sep.join(header) + "\n").encode("utf-8"))
+        for row in zip(*columns):
+            f.write((sep.join(str(v) for v in row) + "\n").encode("utf-8"))
+    return write

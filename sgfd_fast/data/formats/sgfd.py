@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..._files import npy_writer, table_writer, write_all
 from ...errors import DataError
 from .common import (LABELS_HINT, MODALITIES_HINT, ItemRefs, discovered_modalities,
                      explicit_modalities, fit_to_items, read_interactions, require_dir,
@@ -94,14 +95,6 @@ def read_sgfd(path, *, labels=None, modalities=None) -> dict:
                 files={s: str(root / f"{s}.csv") for s in parts})
 
 
-def _write_csv(path: Path, pairs: np.ndarray, sep: str, header: list[str], extra_cols=()):
-    with open(path, "w", encoding="utf-8", newline="\n") as fh:
-        fh.write(sep.join(header) + "\n")
-        cols = [pairs[:, 0].tolist(), pairs[:, 1].tolist()] + [list(c) for c in extra_cols]
-        for row in zip(*cols):
-            fh.write(sep.join(str(v) for v in row) + "\n")
-
-
 def _sgfd_feature_name(modality: str) -> str:
     return f"Feature{modality[:1].upper()}{modality[1:]}_normal.npy"
 
@@ -110,28 +103,29 @@ def write_sgfd(dataset, path, *, write_valid: bool = True) -> Path:
     """Write a Dataset as an SGFD-format directory (train/valid/test.csv, Feature*_normal.npy,
     MetaData_normal.npy). Columns are ``itemID,userID`` (+ ``asin`` when item ids are known), as in
     the SGFD release. ``write_valid=False`` folds the validation rows back into train.csv (the
-    release's layout, which has no valid.csv). Returns the directory (``~`` expanded)."""
+    release's layout, which has no valid.csv). All or nothing, as
+    :meth:`~sgfd_fast.api.TrainedModel.export`: a failed write (a full disk) leaves the directory
+    as it was. Returns the directory (``~`` expanded). Raises DataError naming the file that
+    cannot be written."""
     root = Path(path).expanduser()
-    root.mkdir(parents=True, exist_ok=True)
     if write_valid:
         splits = [("train", dataset.train), ("test", dataset.test)]
         if dataset.valid.shape[0]:
             splits.insert(1, ("valid", dataset.valid))
     else:
         splits = [("train", np.concatenate([dataset.train, dataset.valid])), ("test", dataset.test)]
-        stale = root / "valid.csv"
-        if stale.exists():
-            stale.unlink()
+    files = {}
     for name, pairs in splits:
-        swapped = pairs[:, ::-1]  # itemID first, as in the release
-        header = ["itemID", "userID"]
-        extra = []
+        header = ["itemID", "userID"]  # itemID first, as in the release
+        columns = [pairs[:, 1].tolist(), pairs[:, 0].tolist()]
         if dataset.item_ids is not None:
             header.append("asin")
-            extra.append(np.asarray(dataset.item_ids)[pairs[:, 1]].tolist())
-        _write_csv(root / f"{name}.csv", swapped, ",", header, extra)
+            columns.append(np.asarray(dataset.item_ids)[pairs[:, 1]].tolist())
+        files[f"{name}.csv"] = table_writer(header, columns, sep=",")
     for m, arr in dataset.features.items():
-        np.save(root / _sgfd_feature_name(m), np.ascontiguousarray(arr))
-    np.save(root / SGFD_LABELS, np.asarray(dataset.labels, dtype=np.int64))
+        files[_sgfd_feature_name(m)] = npy_writer(np.ascontiguousarray(arr))
+    files[SGFD_LABELS] = npy_writer(np.asarray(dataset.labels, dtype=np.int64))
+    write_all(root, files, error=DataError, what="write_sgfd")
+    if not write_valid:  # only once the new files are in place
+        (root / "valid.csv").unlink(missing_ok=True)
     return root
-
