@@ -29,9 +29,28 @@ def test_extra_labels_warn_with_counts(sgfd_dir, mmrec_dir):
     d, lp = mmrec_dir  # a labels table naming items beyond the data: same rule
     with open(lp, "a") as fh:
         fh.write("9\t1\n10\t2\n")
-    with pytest.warns(DataWarning, match=r"labels\.tsv: 11 labels for 9 items .*last 2"):
+    with pytest.warns(DataWarning, match=r"labels\.tsv: labels of 2 itemID\(s\) beyond the 9 "
+                                         r"items \(itemID 0\.\.8; first at line 11: itemID 9\) "
+                                         r"are dropped"):
         assert load_dataset(path=d, format="mmrec", labels=lp).labels.shape == (9,)
 
+
+
+def test_a_labels_table_is_sized_by_the_items_not_by_an_item_id(mmrec_dir):
+    # itemID 10**12 made an array of 10**12 + 1 labels (a 7 TiB allocation traceback)
+    d, lp = mmrec_dir
+    expected = load_dataset(path=d, format="mmrec", labels=lp).labels
+    with open(lp, "a") as fh:
+        fh.write(f"{10**12}\t1\n{10**12}\t1\n200000000\t0\n")
+    with pytest.warns(DataWarning, match=r"labels of 2 itemID\(s\) beyond the 9 items .*first at "
+                                         r"line 11: itemID 1000000000000\) are dropped"):
+        np.testing.assert_array_equal(load_dataset(path=d, format="mmrec", labels=lp).labels,
+                                      expected)
+    with open(lp, "a") as fh:
+        fh.write(f"{10**12}\t2\n")  # labelled twice beyond the items: still one error
+    with pytest.raises(DataError, match=rf"labels\.tsv line 14: itemID {10**12} is labelled twice "
+                                        rf"with different labels \(1 and 2\)"):
+        load_dataset(path=d, format="mmrec", labels=lp)
 
 def test_extra_mmrec_features_warn(mmrec_dir):
     d, lp = mmrec_dir
