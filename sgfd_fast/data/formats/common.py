@@ -167,6 +167,21 @@ def read_interactions(path, *, sep: str | None = None, what: str = "interaction"
     return np.stack([users, items], axis=1), extras, numbers
 
 
+
+def user_ids_fit(n_users: int, rows: int, source, column: str) -> bool:
+    """Whether a table of original user ids (one per userID 0..n_users-1, read from ``column``)
+    is sized by the data: at most one entry per interaction row (``rows``). A user id far beyond
+    the rows (2*10**8 among 40 users) would size it by that value instead: the original ids are
+    then not kept, with a DataWarning. (Item tables need no check: the feature files hold
+    n_items rows already.)"""
+    if n_users <= rows:
+        return True
+    warn(f"{source}: the user ids run to {n_users - 1:,} while the interactions have {rows:,} "
+         f"rows, so the original user ids ({column}) are not kept (that would take a table of "
+         f"{n_users:,} entries); ids are row indices: renumber the users 0..n-1, e.g. with "
+         f"sgfd_fast.data.load_interactions")
+    return False
+
 # --------------------------------------------------------------------------------------------
 # features and labels
 # --------------------------------------------------------------------------------------------

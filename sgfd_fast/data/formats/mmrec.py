@@ -18,7 +18,7 @@ from ..._files import npy_writer, table_writer, write_all
 from ...errors import DataError
 from .common import (LABELS_HINT, MODALITIES_HINT, ItemRefs, discovered_modalities,
                      explicit_modalities, fit_to_items, parse_ids, read_table, require_dir,
-                     resolve_labels, select_modalities, warn)
+                     resolve_labels, select_modalities, user_ids_fit, warn)
 
 __all__ = ["read_mmrec", "write_mmrec"]
 
@@ -95,7 +95,7 @@ def read_mmrec(path, *, labels=None, modalities=None) -> dict:
         item_ids = _read_id_mapping(mp, "itemID", n_items)
     user_ids = None
     mp = root / "u_id_mapping.csv"
-    if mp.exists():
+    if mp.exists() and user_ids_fit(n_users, len(rows), inter, mp.name):
         user_ids = _read_id_mapping(mp, "userID", n_users)
     return dict(train=train, valid=valid if valid.shape[0] else None, test=test, n_users=n_users,
                 n_items=n_items, features=feats, raw_labels=raw_labels, labels_source=str(lp),

@@ -21,7 +21,7 @@ from ..._files import npy_writer, table_writer, write_all
 from ...errors import DataError
 from .common import (LABELS_HINT, MODALITIES_HINT, ItemRefs, discovered_modalities,
                      explicit_modalities, fit_to_items, read_interactions, require_dir,
-                     require_file, resolve_labels, select_modalities)
+                     require_file, resolve_labels, select_modalities, user_ids_fit)
 
 __all__ = ["read_sgfd", "write_sgfd"]
 
@@ -87,8 +87,12 @@ def read_sgfd(path, *, labels=None, modalities=None) -> dict:
     split_names = list(parts)
     item_ids = _ids_from_extras([parts[s] for s in split_names], [extras[s] for s in split_names],
                                 "asin", "item", n_items, str(root))
-    user_ids = _ids_from_extras([parts[s] for s in split_names], [extras[s] for s in split_names],
-                                "reviewerID", "user", n_users, str(root))
+    user_ids = None
+    if all("reviewerID" in extras[s] for s in split_names) and \
+            user_ids_fit(n_users, sum(p.shape[0] for p in parts.values()), root, "reviewerID"):
+        user_ids = _ids_from_extras([parts[s] for s in split_names],
+                                    [extras[s] for s in split_names], "reviewerID", "user",
+                                    n_users, str(root))
     return dict(train=parts["train"], valid=parts.get("valid"), test=parts["test"],
                 n_users=n_users, n_items=n_items, features=feats, raw_labels=raw_labels,
                 labels_source=str(lp), user_ids=user_ids, item_ids=item_ids, source=str(root),
