@@ -9,12 +9,12 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ._files import npy_writer, write_all
 from .errors import ConfigError, InputError
 from .graph import CSR
 
@@ -198,42 +198,9 @@ class TrainedModel:
             ids = getattr(self.dataset, name)
             if ids is not None:
                 arrays[name] = np.asarray(ids).astype(str)  # loads without allow_pickle
-        created = not out.exists()
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise InputError(f"export: cannot create {out}: {e.strerror or e}; give another "
-                             f"directory") from None
-        try:
-            return _save_all(out, arrays)
-        except BaseException:
-            if created and not any(out.iterdir()):
-                out.rmdir()
-            raise
-
-
-def _save_all(out: Path, arrays: dict) -> dict[str, Path]:
-    """``out/<name>.npy`` for every array, all or nothing: each is written to a temporary file,
-    and the files are renamed over their targets only once every one is written."""
-    written = {name: out / f"{name}.npy" for name in arrays}
-    tmps, renamed = {}, []
-    try:
-        for name, a in arrays.items():
-            tmps[name] = out / f".{name}.npy.tmp{os.getpid()}"
-            with open(tmps[name], "wb") as f:
-                np.save(f, a, allow_pickle=False)
-        for name, tmp in tmps.items():
-            os.replace(tmp, written[name])
-            renamed.append(name)
-    except OSError as e:
-        done = (f"{len(renamed)} of {len(arrays)} files were replaced before it" if renamed else
-                f"nothing was exported (the files in {out} are as they were)")
-        raise InputError(f"export: cannot write {written[name]}: {e.strerror or e}; {done}: "
-                         f"free space, or give another directory") from None
-    finally:
-        for tmp in tmps.values():
-            tmp.unlink(missing_ok=True)
-    return written
+        files = {f"{name}.npy": npy_writer(a) for name, a in arrays.items()}
+        written = write_all(out, files, error=InputError, what="export", done="exported")
+        return {name: written[f"{name}.npy"] for name in arrays}
 
 
 def _index(ids) -> tuple[dict, dict]:

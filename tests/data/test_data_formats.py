@@ -183,3 +183,71 @@ def test_sgfd_round_trip_with_trailing_item_without_interactions(tmp_path):
     assert back.n_items == 4
     np.testing.assert_array_equal(back.labels, [0, 1, 2, 1])
     np.testing.assert_allclose(back.features["text"], ds.features["text"][:4], rtol=1e-6)
+
+
+# ---- writers: all or nothing (a full disk leaves no partial file and no changed file) ----------
+
+def _disk_full_on_file(monkeypatch, n):
+    """The n-th file opened for writing gets 3 bytes and then ENOSPC (text and .npy alike)."""
+    import builtins
+    import errno
+
+    real, calls = builtins.open, []
+
+    class Full:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, data):
+            self.f.write(data[:3])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    def fake_open(path, mode="r", *args, **kwargs):
+        f = real(path, mode, *args, **kwargs)
+        if "w" not in mode:
+            return f
+        calls.append(path)
+        return Full(f) if len(calls) == n else f
+
+    monkeypatch.setattr(builtins, "open", fake_open)
+
+
+def _files_in(d):
+    return {p.name: p.read_bytes() for p in d.iterdir()}
+
+
+@pytest.mark.parametrize("n", [1, 5])  # a .csv / .inter file, a .npy file
+@pytest.mark.parametrize("write", [write_sgfd, write_mmrec])
+def test_writers_onto_a_full_disk_leave_no_partial_file(tmp_path, tiny, monkeypatch, write, n):
+    from sgfd_fast.errors import DataError
+
+    out = tmp_path / "new" / "d"
+    with monkeypatch.context() as m:
+        _disk_full_on_file(m, n)
+        with pytest.raises(DataError, match=rf"{write.__name__}: cannot write {out}/\S+: No space "
+                                            rf"left on device; nothing was written"):
+            write(tiny, out)
+    assert not out.exists()  # the directory it created is removed again
+    write(tiny, out)
+    before = _files_in(out)
+    with monkeypatch.context() as m:
+        _disk_full_on_file(m, n)
+        kwargs = {"write_valid": False} if write is write_sgfd else {}  # would drop valid.csv
+        with pytest.raises(DataError, match="nothing was written"):
+            write(tiny, out, **kwargs)
+    assert _files_in(out) == before  # the earlier files intact, no temporaries left
+
+
+@pytest.mark.parametrize("write", [write_sgfd, write_mmrec])
+def test_writers_name_a_directory_they_cannot_create(tmp_path, tiny, write):
+    from sgfd_fast.errors import DataError
+
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(DataError, match=rf"{write.__name__}: cannot create {tmp_path}/f/d: "):
+        write(tiny, tmp_path / "f" / "d")

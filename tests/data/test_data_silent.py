@@ -29,9 +29,28 @@ def test_extra_labels_warn_with_counts(sgfd_dir, mmrec_dir):
     d, lp = mmrec_dir  # a labels table naming items beyond the data: same rule
     with open(lp, "a") as fh:
         fh.write("9\t1\n10\t2\n")
-    with pytest.warns(DataWarning, match=r"labels\.tsv: 11 labels for 9 items .*last 2"):
+    with pytest.warns(DataWarning, match=r"labels\.tsv: labels of 2 itemID\(s\) beyond the 9 "
+                                         r"items \(itemID 0\.\.8; first at line 11: itemID 9\) "
+                                         r"are dropped"):
         assert load_dataset(path=d, format="mmrec", labels=lp).labels.shape == (9,)
 
+
+
+def test_a_labels_table_is_sized_by_the_items_not_by_an_item_id(mmrec_dir):
+    # itemID 10**12 made an array of 10**12 + 1 labels (a 7 TiB allocation traceback)
+    d, lp = mmrec_dir
+    expected = load_dataset(path=d, format="mmrec", labels=lp).labels
+    with open(lp, "a") as fh:
+        fh.write(f"{10**12}\t1\n{10**12}\t1\n200000000\t0\n")
+    with pytest.warns(DataWarning, match=r"labels of 2 itemID\(s\) beyond the 9 items .*first at "
+                                         r"line 11: itemID 1000000000000\) are dropped"):
+        np.testing.assert_array_equal(load_dataset(path=d, format="mmrec", labels=lp).labels,
+                                      expected)
+    with open(lp, "a") as fh:
+        fh.write(f"{10**12}\t2\n")  # labelled twice beyond the items: still one error
+    with pytest.raises(DataError, match=rf"labels\.tsv line 14: itemID {10**12} is labelled twice "
+                                        rf"with different labels \(1 and 2\)"):
+        load_dataset(path=d, format="mmrec", labels=lp)
 
 def test_extra_mmrec_features_warn(mmrec_dir):
     d, lp = mmrec_dir
@@ -177,3 +196,42 @@ def test_cli_prints_each_data_warning_once(sgfd_dir, cli):
     assert r.stderr.count("duplicate interactions") == 1, r.stderr
     assert r.stderr.startswith("warning: ")
 
+
+
+# ---- original user ids: a table sized by the rows, never by one user id's value ----------------
+
+def _with_user(lines, col, user, rename):
+    """CSV/TSV lines with user 0 renamed ``rename`` in column ``col``; ``user(id)`` gives a
+    reviewerID to append to each row (None: none)."""
+    sep = "\t" if "\t" in lines[0] else ","
+    head = lines[0].split(sep)
+    j = head.index(col)
+    out = [lines[0] + ("" if user is None else f"{sep}reviewerID")]
+    for ln in lines[1:]:
+        r = ln.split(sep)
+        extra = "" if user is None else f"{sep}{user(r[j])}"
+        r[j] = str(rename) if r[j] == "0" else r[j]
+        out.append(sep.join(r) + extra)
+    return "\n".join(out) + "\n"
+
+
+@pytest.mark.parametrize("fmt", ["sgfd", "mmrec"])
+def test_original_user_ids_are_never_sized_by_a_user_id(sgfd_dir, mmrec_dir, fmt):
+    # a user id of 10**12 made an object array of 10**12 + 1 original ids (8 TB)
+    if fmt == "sgfd":  # a reviewerID column in train.csv and test.csv
+        d, kw, files, add = sgfd_dir, {}, ["train.csv", "test.csv"], lambda u: f"R{u}"
+    else:  # a u_id_mapping.csv
+        (d, lp), add = mmrec_dir, None
+        kw, files = dict(format="mmrec", labels=lp), [f"{d.name}.inter"]
+        (d / "u_id_mapping.csv").write_text(
+            "reviewerID\tuserID\n" + "".join(f"R{u}\t{u}\n" for u in range(7)))
+    for f in files:  # first: original ids on the data as it is
+        (d / f).write_text(_with_user((d / f).read_text().splitlines(), "userID", add, 0))
+    assert load_dataset(path=d, **kw).user_ids.tolist() == [f"R{u}" for u in range(7)]
+    for f in files:
+        (d / f).write_text(_with_user((d / f).read_text().splitlines(), "userID", None, 10**12))
+    with pytest.warns(DataWarning, match=r"the user ids run to 1,000,000,000,000 while the "
+                                         r"interactions have \d+ rows, so the original user ids "
+                                         r"\((reviewerID|u_id_mapping\.csv)\) are not kept"):
+        ds = load_dataset(path=d, **kw)
+    assert ds.n_users == 10**12 + 1 and ds.user_ids is None

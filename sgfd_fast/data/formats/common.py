@@ -167,6 +167,21 @@ def read_interactions(path, *, sep: str | None = None, what: str = "interaction"
     return np.stack([users, items], axis=1), extras, numbers
 
 
+
+def user_ids_fit(n_users: int, rows: int, source, column: str) -> bool:
+    """Whether a table of original user ids (one per userID 0..n_users-1, read from ``column``)
+    is sized by the data: at most one entry per interaction row (``rows``). A user id far beyond
+    the rows (2*10**8 among 40 users) would size it by that value instead: the original ids are
+    then not kept, with a DataWarning. (Item tables need no check: the feature files hold
+    n_items rows already.)"""
+    if n_users <= rows:
+        return True
+    warn(f"{source}: the user ids run to {n_users - 1:,} while the interactions have {rows:,} "
+         f"rows, so the original user ids ({column}) are not kept (that would take a table of "
+         f"{n_users:,} entries); ids are row indices: renumber the users 0..n-1, e.g. with "
+         f"sgfd_fast.data.load_interactions")
+    return False
+
 # --------------------------------------------------------------------------------------------
 # features and labels
 # --------------------------------------------------------------------------------------------
@@ -346,10 +361,12 @@ def _integral(arr: np.ndarray, source: str) -> np.ndarray:
                     f"category id per item")
 
 
-def load_labels(path) -> tuple[np.ndarray, bool]:
+def load_labels(path, n_items: int) -> tuple[np.ndarray, bool]:
     """Per-item labels as stored: a ``.npy`` (1-D ints, row = itemID) or a TSV ``itemID<TAB>label``
-    (header optional). Returns ``(int64 labels, is_table)``; a table's array runs to its largest
-    itemID, with :data:`NO_LABEL` where an item has no row."""
+    (header optional). Returns ``(int64 labels, is_table)``. A table's array runs to its largest
+    itemID below ``n_items`` (the dataset's item count: never sized by an id's value), with
+    :data:`NO_LABEL` where an item has no row; its rows for itemIDs >= ``n_items`` are dropped
+    with a DataWarning naming the first."""
     path = Path(path)
     require_file(path, "labels", f"give {LABELS_HINT}: a .npy of ints or a TSV itemID<TAB>label")
     if path.suffix.lower() == ".npy":  # .NPY as well
@@ -379,12 +396,22 @@ def load_labels(path) -> tuple[np.ndarray, bool]:
             raise DataError(f"{path} line {no}: label {v} of itemID {r[0].strip()} is "
                             f"{_LABEL_RANGE}")
         vals.append(int(v))
-    labels = np.full(int(items.max()) + 1, NO_LABEL, dtype=np.int64)
+    labels = np.full(min(int(items.max()) + 1, n_items), NO_LABEL, dtype=np.int64)
+    beyond = {}  # itemID >= n_items: {itemID: label}, sized by the rows
     for it, v, no in zip(items.tolist(), vals, numbers):
-        if labels[it] != NO_LABEL and labels[it] != v:
+        known = int(labels[it]) if it < n_items else beyond.get(it, NO_LABEL)
+        if known != NO_LABEL and known != v:
             raise DataError(f"{path} line {no}: itemID {it} is labelled twice with different "
-                            f"labels ({int(labels[it])} and {v}); keep one label per item")
-        labels[it] = v
+                            f"labels ({known} and {v}); keep one label per item")
+        if it < n_items:
+            labels[it] = v
+        else:
+            beyond[it] = v
+    if beyond:
+        k = int(np.flatnonzero(items >= n_items)[0])
+        warn(f"{path}: labels of {len(beyond)} itemID(s) beyond the {n_items} items (itemID "
+             f"0..{n_items - 1}; first at line {numbers[k]}: itemID {int(items[k])}) are dropped: "
+             f"no interaction references them")
     return labels, True
 
 
@@ -423,7 +450,7 @@ def check_labels(labels: np.ndarray, n_items: int, *, source: str, table: bool =
 def read_labels(path, n_items: int, refs: ItemRefs | None = None) -> np.ndarray:
     """Per-item labels of length ``n_items`` from a ``.npy`` or TSV (see :func:`load_labels`,
     :func:`check_labels`); raw values, not yet remapped."""
-    labels, table = load_labels(path)
+    labels, table = load_labels(path, n_items)
     return check_labels(labels, n_items, source=str(path), table=table, refs=refs)
 
 
@@ -503,7 +530,7 @@ def fit_to_items(feature_files: dict, labels_file: Path, n_items: int, refs: Ite
     ``n_items``, the interaction row beyond them is at fault and the error names it; otherwise
     the short file is named (with that row). Returns ``(features, raw labels)``."""
     raw = {m: load_features(p, m) for m, p in feature_files.items()}
-    labels, table = load_labels(labels_file)
+    labels, table = load_labels(labels_file, n_items)
     counts = {Path(p).name: raw[m].shape[0] for m, p in feature_files.items()}
     counts[Path(labels_file).name] = labels.shape[0]
     low = min(counts.values())

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..._files import npy_writer, table_writer, write_all
 from ...errors import DataError
 from .common import (LABELS_HINT, MODALITIES_HINT, ItemRefs, discovered_modalities,
                      explicit_modalities, fit_to_items, parse_ids, read_table, require_dir,
-                     resolve_labels, select_modalities, warn)
+                     resolve_labels, select_modalities, user_ids_fit, warn)
 
 __all__ = ["read_mmrec", "write_mmrec"]
 
@@ -94,7 +95,7 @@ def read_mmrec(path, *, labels=None, modalities=None) -> dict:
         item_ids = _read_id_mapping(mp, "itemID", n_items)
     user_ids = None
     mp = root / "u_id_mapping.csv"
-    if mp.exists():
+    if mp.exists() and user_ids_fit(n_users, len(rows), inter, mp.name):
         user_ids = _read_id_mapping(mp, "userID", n_users)
     return dict(train=train, valid=valid if valid.shape[0] else None, test=test, n_users=n_users,
                 n_items=n_items, features=feats, raw_labels=raw_labels, labels_source=str(lp),
@@ -124,25 +125,22 @@ def write_mmrec(dataset, path, *, name: str | None = None, labels_file: str = "l
     """Write a Dataset as an MMRec-format directory (``<name>.inter``, ``<modality>_feat.npy``,
     ``i_id_mapping.csv`` when item ids are known) plus ``labels_file`` (TSV itemID<TAB>label; MMRec
     itself has no labels, so readers must be given it: ``labels=<dir>/labels.tsv``).
-    Returns the path of the labels file (``~`` expanded)."""
+    All or nothing, as :meth:`~sgfd_fast.api.TrainedModel.export`: a failed write (a full disk)
+    leaves the directory as it was. Returns the path of the labels file (``~`` expanded).
+    Raises DataError naming the file that cannot be written."""
     root = Path(path).expanduser()
-    root.mkdir(parents=True, exist_ok=True)
     name = name or root.name
-    with open(root / f"{name}.inter", "w", encoding="utf-8", newline="\n") as fh:
-        fh.write("userID\titemID\tx_label\n")
-        for xl, pairs in ((0, dataset.train), (1, dataset.valid), (2, dataset.test)):
-            for u, i in pairs.tolist():
-                fh.write(f"{u}\t{i}\t{xl}\n")
+    splits = (dataset.train, dataset.valid, dataset.test)
+    inter = [np.concatenate([p[:, 0] for p in splits]).tolist(),
+             np.concatenate([p[:, 1] for p in splits]).tolist(),
+             [xl for xl, p in enumerate(splits) for _ in range(p.shape[0])]]  # 0/1/2
+    files = {f"{name}.inter": table_writer(["userID", "itemID", "x_label"], inter)}
     for m, arr in dataset.features.items():
-        np.save(root / f"{m}_feat.npy", np.ascontiguousarray(arr))
+        files[f"{m}_feat.npy"] = npy_writer(np.ascontiguousarray(arr))
     if dataset.item_ids is not None:
-        with open(root / "i_id_mapping.csv", "w", encoding="utf-8", newline="\n") as fh:
-            fh.write("asin\titemID\n")
-            for i, a in enumerate(np.asarray(dataset.item_ids).tolist()):
-                fh.write(f"{a}\t{i}\n")
-    lp = root / labels_file
-    with open(lp, "w", encoding="utf-8", newline="\n") as fh:
-        fh.write("itemID\tlabel\n")
-        for i, lab in enumerate(np.asarray(dataset.labels).tolist()):
-            fh.write(f"{i}\t{lab}\n")
-    return lp
+        ids = np.asarray(dataset.item_ids).tolist()
+        files["i_id_mapping.csv"] = table_writer(["asin", "itemID"], [ids, range(len(ids))])
+    labels = np.asarray(dataset.labels).tolist()
+    files[labels_file] = table_writer(["itemID", "label"], [range(len(labels)), labels])
+    return write_all(root, files, error=DataError, what="write_mmrec")[labels_file]
+

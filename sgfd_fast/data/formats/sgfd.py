@@ -17,10 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..._files import npy_writer, table_writer, write_all
 from ...errors import DataError
 from .common import (LABELS_HINT, MODALITIES_HINT, ItemRefs, discovered_modalities,
                      explicit_modalities, fit_to_items, read_interactions, require_dir,
-                     require_file, resolve_labels, select_modalities)
+                     require_file, resolve_labels, select_modalities, user_ids_fit)
 
 __all__ = ["read_sgfd", "write_sgfd"]
 
@@ -86,20 +87,16 @@ def read_sgfd(path, *, labels=None, modalities=None) -> dict:
     split_names = list(parts)
     item_ids = _ids_from_extras([parts[s] for s in split_names], [extras[s] for s in split_names],
                                 "asin", "item", n_items, str(root))
-    user_ids = _ids_from_extras([parts[s] for s in split_names], [extras[s] for s in split_names],
-                                "reviewerID", "user", n_users, str(root))
+    user_ids = None
+    if all("reviewerID" in extras[s] for s in split_names) and \
+            user_ids_fit(n_users, sum(p.shape[0] for p in parts.values()), root, "reviewerID"):
+        user_ids = _ids_from_extras([parts[s] for s in split_names],
+                                    [extras[s] for s in split_names], "reviewerID", "user",
+                                    n_users, str(root))
     return dict(train=parts["train"], valid=parts.get("valid"), test=parts["test"],
                 n_users=n_users, n_items=n_items, features=feats, raw_labels=raw_labels,
                 labels_source=str(lp), user_ids=user_ids, item_ids=item_ids, source=str(root),
                 files={s: str(root / f"{s}.csv") for s in parts})
-
-
-def _write_csv(path: Path, pairs: np.ndarray, sep: str, header: list[str], extra_cols=()):
-    with open(path, "w", encoding="utf-8", newline="\n") as fh:
-        fh.write(sep.join(header) + "\n")
-        cols = [pairs[:, 0].tolist(), pairs[:, 1].tolist()] + [list(c) for c in extra_cols]
-        for row in zip(*cols):
-            fh.write(sep.join(str(v) for v in row) + "\n")
 
 
 def _sgfd_feature_name(modality: str) -> str:
@@ -110,28 +107,29 @@ def write_sgfd(dataset, path, *, write_valid: bool = True) -> Path:
     """Write a Dataset as an SGFD-format directory (train/valid/test.csv, Feature*_normal.npy,
     MetaData_normal.npy). Columns are ``itemID,userID`` (+ ``asin`` when item ids are known), as in
     the SGFD release. ``write_valid=False`` folds the validation rows back into train.csv (the
-    release's layout, which has no valid.csv). Returns the directory (``~`` expanded)."""
+    release's layout, which has no valid.csv). All or nothing, as
+    :meth:`~sgfd_fast.api.TrainedModel.export`: a failed write (a full disk) leaves the directory
+    as it was. Returns the directory (``~`` expanded). Raises DataError naming the file that
+    cannot be written."""
     root = Path(path).expanduser()
-    root.mkdir(parents=True, exist_ok=True)
     if write_valid:
         splits = [("train", dataset.train), ("test", dataset.test)]
         if dataset.valid.shape[0]:
             splits.insert(1, ("valid", dataset.valid))
     else:
         splits = [("train", np.concatenate([dataset.train, dataset.valid])), ("test", dataset.test)]
-        stale = root / "valid.csv"
-        if stale.exists():
-            stale.unlink()
+    files = {}
     for name, pairs in splits:
-        swapped = pairs[:, ::-1]  # itemID first, as in the release
-        header = ["itemID", "userID"]
-        extra = []
+        header = ["itemID", "userID"]  # itemID first, as in the release
+        columns = [pairs[:, 1].tolist(), pairs[:, 0].tolist()]
         if dataset.item_ids is not None:
             header.append("asin")
-            extra.append(np.asarray(dataset.item_ids)[pairs[:, 1]].tolist())
-        _write_csv(root / f"{name}.csv", swapped, ",", header, extra)
+            columns.append(np.asarray(dataset.item_ids)[pairs[:, 1]].tolist())
+        files[f"{name}.csv"] = table_writer(header, columns, sep=",")
     for m, arr in dataset.features.items():
-        np.save(root / _sgfd_feature_name(m), np.ascontiguousarray(arr))
-    np.save(root / SGFD_LABELS, np.asarray(dataset.labels, dtype=np.int64))
+        files[_sgfd_feature_name(m)] = npy_writer(np.ascontiguousarray(arr))
+    files[SGFD_LABELS] = npy_writer(np.asarray(dataset.labels, dtype=np.int64))
+    write_all(root, files, error=DataError, what="write_sgfd")
+    if not write_valid:  # only once the new files are in place
+        (root / "valid.csv").unlink(missing_ok=True)
     return root
-
