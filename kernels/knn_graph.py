@@ -76,6 +76,12 @@ def _knn_graph_fwd_kernel(
     tl.store(val_ptr + out, values, mask=store_mask)
 
 
+# The largest k the kernel takes without spilling on sm_90 (tests/aot_sm90.py: k = 256 spilled 348
+# bytes in float32, k = 50 88 bytes in float64); the op serves larger ones with its reference.
+MAX_K = 64
+MAX_K_FP64 = 16
+
+
 def knn_graph_triton(u: torch.Tensor, k: int):
     """(col, val) of ``ops.knn_graph`` from unit rows ``u`` (n, d), row-major."""
     n, d = u.shape
@@ -84,10 +90,10 @@ def knn_graph_triton(u: torch.Tensor, k: int):
     if n == 0 or k == 0:
         return col, val
     block_n = max(16, triton.next_power_of_2(k))  # a tile is as wide as the kept list
-    block_r = 16 if u.device.type == "cpu" else (64 if block_n <= 64 else 32)
+    block_r = 16 if u.device.type == "cpu" else (64 if block_n <= 32 else 32)  # 64 x 64 spilled
     block_d = max(16, min(64, triton.next_power_of_2(max(d, 1))))
     _knn_graph_fwd_kernel[(triton.cdiv(n, block_r),)](
         u, col, val, n, d, k, u.stride(0), BLOCK_R=block_r, BLOCK_N=block_n,
         N_LOG2=block_n.bit_length() - 1, NETWORK_SORT=u.device.type == "cpu", BLOCK_D=block_d,
-        num_warps=8 if block_r * block_n >= 4096 else 4)
+        num_warps=8 if block_r * block_n >= 2048 else 4)
     return col, val

@@ -41,7 +41,8 @@ from sgfd_fast.kernels.edge_softmax_aggregate import (  # noqa: E402
     edge_softmax_aggregate_backward_triton, edge_softmax_aggregate_triton)
 from sgfd_fast.kernels.feature_head import (feature_head_backward_triton,  # noqa: E402
                                             feature_head_triton)
-from sgfd_fast.kernels import attentive_distance_topk, masked_topk  # noqa: E402
+from sgfd_fast.kernels import attentive_distance_topk, knn_graph, masked_topk  # noqa: E402
+from sgfd_fast.kernels.knn_graph import knn_graph_triton  # noqa: E402
 from sgfd_fast.kernels.masked_topk import masked_topk_triton  # noqa: E402
 from sgfd_fast.kernels.propagate import propagate_triton  # noqa: E402
 from sgfd_fast.kernels.row_dropout import row_dropout_triton  # noqa: E402
@@ -157,6 +158,12 @@ def launches(quick: bool):
         yield "attentive_distance_topk", lambda: attentive_distance_topk_triton(
             t(4096, d), t(500, d), t(4096, hidden), t(500, hidden), t(4096), t(500), t(hidden),
             t(hidden, d), t(d), *mask, k, mask_value)
+    shapes = ((10, 384),) if quick else ((1, 1), (10, 64), (10, 384), (10, 4096), (16, 4096),
+                                         (50, 384), (64, 4096))
+    for dt, (k, d) in itertools.product(floats, shapes):  # FREEDOM/LATTICE/MGCN's item graphs
+        if k > (knn_graph.MAX_K_FP64 if dt == f64 else knn_graph.MAX_K):
+            continue  # served by the reference (ops.knn_graph)
+        yield "knn_graph", lambda: knn_graph_triton(_t(5000, d, dtype=dt), k)
     shapes = ((2048, 19, 64),) if quick else ((1, 1, 1), (2048, 19, 64), (2048, 54, 128))
     for dt, (b, k, d), weighted, flavour, grad in itertools.product(
             floats, shapes, (True, False), ("official", "standard"), (True, False)):

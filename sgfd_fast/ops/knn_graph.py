@@ -93,9 +93,11 @@ def _knn_graph_cpp(x, k):
 
 
 def _knn_graph_triton(x, k):
-    from ..kernels.knn_graph import knn_graph_triton
+    from ..kernels import knn_graph as kernel
 
-    return knn_graph_triton(dense(_unit_rows(x)), k)
+    if k > (kernel.MAX_K_FP64 if x.dtype == torch.float64 else kernel.MAX_K):
+        return knn_graph_reference(x, k)  # the kernel's registers would spill
+    return kernel.knn_graph_triton(dense(_unit_rows(x)), k)
 
 
 _backend.define("knn_graph", _knn_graph, knn_graph_reference)

@@ -202,3 +202,20 @@ def test_cpu_default_backend_and_info():
     assert _backend.serving("knn_graph", "cpu") == ("cpp" if _ext.cpu is not None
                                                    else "reference")
     assert "knn_graph" in _backend.ops()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs Triton")
+@pytest.mark.parametrize("dtype, k", [(torch.float32, 65), (torch.float64, 17)])
+def test_triton_beyond_its_bounds_serves_the_reference(monkeypatch, dtype, k):
+    """A k whose tiles would spill on sm_90 (tests/aot_sm90.py) never reaches the kernel."""
+    from sgfd_fast.kernels import knn_graph as kernel
+
+    x = torch.randn(70, 9, generator=torch.Generator().manual_seed(3), dtype=dtype)
+    want = knn_graph_reference(x, k)
+    monkeypatch.setattr(kernel, "knn_graph_triton",
+                        lambda *a: pytest.fail("the kernel was launched beyond its bounds"))
+    with sgfd_fast.use_backend("triton"):
+        got = knn_graph(x, k)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+        with pytest.raises(pytest.fail.Exception, match="beyond its bounds"):
+            knn_graph(x, k - 1)  # within the bounds: the kernel
