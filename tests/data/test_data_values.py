@@ -228,7 +228,8 @@ def test_labels_are_resolved_alike_by_inspect_and_train(tmp_path, mmrec_dir, mon
     assert main(["inspect", "--path", str(d), "--format", "mmrec", "--labels", lp.name]) == 0
     inspected = json.loads(capsys.readouterr().out)
     cfg = load_config("BM3", None, overrides=["epochs=1", "embedding_size=8", "device=cpu",
-                                              "train_batch_size=64"])
+                                              "train_batch_size=64", "topk=[5]",
+                                              "valid_metric=recall@5"])
     res = training.train("BM3", cfg, run_dir=tmp_path / "run", progress=False, console=False,
                          data={"path": str(d), "format": "mmrec", "labels": lp.name})
     assert res["data"]["labels"] == str(lp.resolve())
@@ -266,7 +267,7 @@ def test_train_prints_each_data_warning_once(sgfd_dir, tmp_path, capsys, monkeyp
     with open(sgfd_dir / "train.csv", "a") as fh:
         fh.write("0,0,A000\n0,0,A000\n")
     args = ["--data-path", str(sgfd_dir), "epochs=1", "sgfd=false", "embedding_size=8",
-            "train_batch_size=64", "--device", "cpu"]
+            "train_batch_size=64", "topk=[5]", "valid_metric=recall@5", "--device", "cpu"]
     assert train_main([*args, "--out", str(tmp_path / "run")]) == 0
     assert capsys.readouterr().err.count("duplicate interactions") == 1
     assert train_main([*args, "--out", str(tmp_path / "none"), "valid_ratio=0"]) == 2
