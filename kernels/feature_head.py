@@ -90,7 +90,7 @@ def _slope(negative_slope, like):
 def _blocks(n_rows, d, device):
     block_d = triton.next_power_of_2(max(d, 1))
     # about 4k elements per program on GPUs; small programs keep interpreter grids readable
-    block_n = max(1, min(64, 4096 // block_d)) if device.type == "cuda" else 16
+    block_n = max(1, min(64, 4096 // block_d)) if device.type != "cpu" else 16
     return block_n, block_d, (triton.cdiv(n_rows, block_n),)
 
 

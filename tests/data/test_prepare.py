@@ -128,7 +128,7 @@ def test_prepare_end_to_end_and_train(tmp_path):
 
     assert train_main(["--data-path", str(out), "--format", "mmrec", "--labels",
                        str(out / "labels.tsv"), "--out", str(tmp_path / "run"), "epochs=1",
-                       "embedding_size=16", "device=cpu"]) == 0
+                       "embedding_size=16", "device=cpu", "topk=[10,20]"]) == 0
     assert json.loads((tmp_path / "run" / "results.json").read_text())["epochs_trained"] == 1
 
 
