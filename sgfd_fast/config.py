@@ -40,8 +40,9 @@ from .choices import (DEVICES, DIST_BACKENDS, METRICS, PROTOCOLS, SGFD_LOSSES,
                       STUDENT_ACTIVATIONS, STUDENT_INITS, STUDENT_NORMS)
 from .errors import ConfigError
 
-__all__ = ["Config", "GridPoints", "load_config", "parse_override", "read_yaml", "Loader",
-           "CONFIG_DIR", "dataset_config_file", "model_config_file", "key_docs", "check_point",
+__all__ = ["Config", "GridPoints", "load_config", "parse_override", "parse_overrides",
+           "read_yaml", "Loader", "CONFIG_DIR", "dataset_config_file", "model_config_file",
+           "key_docs", "check_point",
            "check_recorded", "DATA_KEYS", "RUN_KEYS", "CHOICES", "RANGES", "Range"]
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -262,6 +263,28 @@ def parse_override(item: str) -> tuple[str, object]:
                           f"({e.problem if hasattr(e, 'problem') else e})") from None
 
 
+def parse_overrides(items, options: dict | None = None) -> list[tuple[str, object]]:
+    """The ``"key=value"`` overrides of one command line → ``[(key, value)]`` in order.
+
+    ``options``: ``{key: "--device cpu"}``, the command-line options that set a key themselves.
+    A key given twice, or given both as an override and by its option, is a ConfigError (a
+    command line means one value per key; which one would win is not what a reader sees).
+    """
+    options = options or {}
+    out, given = [], {}
+    for item in items:
+        k, v = parse_override(item)
+        if k in options:
+            raise ConfigError(f"{k} is given twice on the command line ({options[k]} and {item}); "
+                              f"give it once")
+        if k in given:
+            raise ConfigError(f"{k} is given twice on the command line ({given[k]} and {item}); "
+                              f"give it once")
+        given[k] = item
+        out.append((k, v))
+    return out
+
+
 def key_docs(path: Path) -> dict[str, str]:
     """``{key: inline comment}`` of a default file (used by ``--help``)."""
     docs = {}
@@ -422,7 +445,8 @@ def check_point(values: dict, where=lambda k: "config") -> None:
             bad("valid_metric", f"must look like metric@k with metric one of "
                                 f"{', '.join(METRICS)} (e.g. recall@20)")
         if topk is not None and int(m.group(2)) not in topk:
-            bad("valid_metric", f"uses k={m.group(2)}, which is not in topk={topk}")
+            bad("valid_metric", f"uses k={m.group(2)}, which is not in topk={topk} (from "
+                                f"{where('topk')})")
 
 
 def _repeated(items: list):
@@ -443,7 +467,8 @@ def load_config(model: str, dataset: str | None = None, files=(), overrides=(), 
 
     Args:
         files: user YAML files, applied in order after the package defaults.
-        overrides: ``"key=value"`` strings (or ``(key, value)`` pairs), applied last.
+        overrides: ``"key=value"`` strings, ``(key, value)`` pairs or ``(key, value, where)``
+            triples (``where``: the source error messages name), applied last.
         model_file: the model layer to use instead of ``configs/model/<model>.yaml``.
         overrides_from: where the overrides come from, for error messages.
     """
@@ -472,8 +497,10 @@ def load_config(model: str, dataset: str | None = None, files=(), overrides=(), 
         for k, v in _read_yaml(Path(f)).items():
             apply(k, v, str(f))
     for item in overrides:
-        k, v = parse_override(item) if isinstance(item, str) else item
-        apply(k, v, overrides_from)
+        if isinstance(item, str):
+            item = parse_override(item)
+        k, v, *src = item
+        apply(k, v, src[0] if src else overrides_from)
 
     def where(k):
         return sources.get(k, "config")
@@ -519,7 +546,8 @@ def load_config(model: str, dataset: str | None = None, files=(), overrides=(), 
                     not (typ is _NULLABLE.get(k)):
                 if len(v) != 1:
                     raise ConfigError(f"{k}={v!r} (from {where(k)}) lists several values, but "
-                                      f"{k} is not in hyper_parameters; give one value, or add "
+                                      f"{k} is not in hyper_parameters={hp} (from "
+                                      f"{where('hyper_parameters')}); give one value, or add "
                                       f"{k} to hyper_parameters to search over them")
                 v = v[0]
             values[k] = _coerce(k, v, typ, where(k))

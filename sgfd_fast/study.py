@@ -53,7 +53,7 @@ from pathlib import Path
 import yaml
 
 from ._cli import quiet_on_closed_stdout, refuse_empty, show_warning
-from .config import RANGES, Config, load_config, read_yaml
+from .config import RANGES, Config, load_config, parse_overrides, read_yaml
 from .errors import ConfigError, SGFDError, TrainingError
 from .records import read_json, read_metrics, read_results, read_run, written_for
 
@@ -112,9 +112,13 @@ class Spec:
     spec_seeds: list[int] | None = None
 
     def overrides(self, arm: str, seed: int, device: str | None = None) -> list:
-        extra = [("device", device)] if device else []
-        return [*self.shared.items(), *self.arms[arm].items(), *self.command_line.items(),
-                ("seed", seed), *extra]
+        """``(key, value, where)`` of the arm's config layers, each naming its source."""
+        where = f"study spec {self.path}"
+        extra = [("device", device, "--device")] if device else []
+        return [*((k, v, f"{where}, config") for k, v in self.shared.items()),
+                *((k, v, f"{where}, arm {arm!r}") for k, v in self.arms[arm].items()),
+                *((k, v, "the command line") for k, v in self.command_line.items()),
+                ("seed", seed, "the study's seeds"), *extra]
 
 
 def shipped_specs() -> dict[str, Path]:
@@ -147,8 +151,8 @@ def _check_seeds(seeds, where: str) -> None:
     if not isinstance(seeds, list) or not seeds or not all(
             isinstance(s, int) and not isinstance(s, bool) and s in RANGES["seed"] for s in seeds) or \
             len(set(seeds)) != len(seeds):
-        raise ConfigError(f"{where}: seeds must be a non-empty list of distinct non-negative ints, "
-                          f"got {seeds!r}")
+        raise ConfigError(f"{where}: seeds must be a non-empty list of distinct non-negative ints "
+                          f"below 2**63 (torch's seed range), got {seeds!r}")
 
 
 def load_spec(path, *, in_memory: bool = False, seeds: list[int] | None = None,
@@ -252,6 +256,9 @@ def load_spec(path, *, in_memory: bool = False, seeds: list[int] | None = None,
     metrics = raw.get("metrics", ["recall@20", "ndcg@20"])
     if not isinstance(metrics, list) or not metrics:
         raise ConfigError(f"{where}: metrics must be a list such as [recall@20, ndcg@20]")
+    twice = next((m for i, m in enumerate(metrics) if m in metrics[:i]), None)
+    if twice is not None:
+        raise ConfigError(f"{where}: metrics lists {twice!r} twice; list each metric once")
 
     spec = Spec(name=str(raw.get("name") or path.stem), path=path, model=model, dataset=dataset,
                 data=data, seeds=spec_seeds if seeds is None else list(seeds), baseline=baseline,
@@ -278,15 +285,17 @@ def load_spec(path, *, in_memory: bool = False, seeds: list[int] | None = None,
     for arm in arms:
         try:
             cfg = load_config(model, dataset, overrides=spec.overrides(arm, spec.seeds[0]))
-        except ConfigError as e:
+        except ConfigError as e:  # it names the source of each key it blames
+            blamed = str(e).replace(f" (from {where}, arm {arm!r})", "")
             raise ConfigError(f"{where}: arm {arm!r}: "
-                              + str(e).replace(" (from the command line)", "")) from None
+                              + blamed.replace(f"{where}, config", "the spec's config")) from None
         for m in spec.metrics:
             for topk in cfg["topk"] if "topk" in cfg.grid_keys else [cfg["topk"]]:
                 name, _, k = m.partition("@")
                 if not k.isdigit() or int(k) not in topk:
                     raise ConfigError(f"{where}: metric {m!r} must look like recall@20 with k in "
-                                      f"topk={topk} (arm {arm!r})")
+                                      f"topk={topk} (arm {arm!r}; topk from "
+                                      f"{cfg.sources['topk']})")
         spec.configs[arm] = cfg
     return spec
 
@@ -639,8 +648,10 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.2f} h"
 
 
-def _fmt(x, digits=4):
-    return "–" if x is None else f"{x:.{digits}f}"
+def _fmt(x, digits=4, sign=""):
+    """``x`` rounded to ``digits`` places; a value that rounds to zero prints unsigned-zero
+    (``0.0000``, ``+0.0000`` with ``sign="+"``), never ``-0.0000``."""
+    return "–" if x is None else f"{round(x, digits) + 0.0:{sign}.{digits}f}"
 
 
 def _diff_cells(d: dict) -> tuple[str, str]:
@@ -648,7 +659,7 @@ def _diff_cells(d: dict) -> tuple[str, str]:
     ci = f" [{_fmt(d['ci95'][0])}, {_fmt(d['ci95'][1])}]" if d["ci95"] else ""
     floor = d.get("min_p")
     p = _fmt(d["wilcoxon_p"], 3) + (f" (min {floor:.3f})" if floor and floor > 0.05 else "")
-    return f"{d['mean']:+.4f}{ci} (n={d['n']})", p
+    return f"{_fmt(d['mean'], sign='+')}{ci} (n={d['n']})", p
 
 
 def _markdown(s: dict) -> str:
@@ -794,19 +805,6 @@ def _parse_seeds(text: str) -> list[int]:
     return [int(x) for x in parts]
 
 
-def _parse_overrides(items) -> dict:
-    from .config import parse_override
-
-    out = {}
-    for item in items:
-        k, v = parse_override(item)
-        if k in out:
-            raise ConfigError(f"{k} is given twice on the command line ({k}={out[k]!r} and "
-                              f"{item}); give it once")
-        out[k] = v
-    return out
-
-
 def _require_scipy() -> None:
     try:
         import scipy.stats  # noqa: F401
@@ -833,8 +831,10 @@ def main(argv=None) -> int:
         refuse_empty(args, out="--out")
         shard = _parse_shard(args.shard)
         seeds = None if args.seeds is None else _parse_seeds(args.seeds)
-        overrides = _parse_overrides(args.overrides
-                                     + ([f"epochs={args.epochs}"] if args.epochs else []))
+        options = {k: f"--{k} {v}" for k, v in (("epochs", args.epochs),
+                                                  ("device", args.device)) if v}
+        overrides = dict(parse_overrides(args.overrides, options)
+                         + parse_overrides([f"epochs={args.epochs}"] if args.epochs else []))
         spec = load_spec(find_spec(args.spec), seeds=seeds, overrides=overrides)
         _require_scipy()  # the statistics need it: fail before hours of training, not after
         out = Path(args.out).expanduser() if args.out else Path("runs") / f"study-{spec.name}"
@@ -842,6 +842,10 @@ def main(argv=None) -> int:
                                                if a.strip()]
         if arms == []:
             raise ConfigError("--arms is empty; give arm names, e.g. --arms plain,sgfd")
+        if arms and len(set(arms)) != len(arms):
+            twice = next(a for a in arms if arms.count(a) > 1)
+            raise ConfigError(f"--arms {args.arms} lists the arm {twice!r} twice; list each "
+                              f"arm once")
         summary = run_study(spec, out, shard=shard, arms=arms, device=args.device,
                             report_only=args.report)
     except SGFDError as e:

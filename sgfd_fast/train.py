@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from ._cli import quiet_on_closed_stdout, refuse_empty
-from .config import CONFIG_DIR, key_docs, load_config
+from .config import CONFIG_DIR, key_docs, load_config, parse_overrides
 from .errors import SGFDError
 
 __all__ = ["main", "build_parser"]
@@ -32,8 +32,9 @@ Configuration layers (later ones win):
   5. key=value ...                              command-line overrides (YAML values: 0.01, true,
                                                 [1,2]); never evaluated as code
 A key that no default file defines is an error (with the closest known names); values keep
-their default's type; a key given twice in a file, a number other than plain decimal (YAML 1.1
-reads 010 as 8, 1_0 as 10) and a value listed twice are errors. hyper_parameters=[k1,k2] turns list values of k1, k2 into a grid: every
+their default's type; a key given twice in a file or on the command line (also as --device and
+device=), a number other than plain decimal (YAML 1.1 reads 010 as 8, 1_0 as 10) and a value
+listed twice are errors. hyper_parameters=[k1,k2] turns list values of k1, k2 into a grid: every
 combination is trained from the same seed, selected on the validation valid_metric, and the
 test metrics of the selected point are reported (valid_metric, protocol, device and the data
 keys cannot be grid keys). For several seeds, which are compared rather than selected, run a
@@ -171,10 +172,12 @@ def main(argv=None) -> int:
         args = build_parser().parse_intermixed_args(argv)
         # --config takes several files, so it swallows overrides written after it: move them
         files = [f for f in args.config if "=" not in f or Path(f).exists()]
-        overrides = [f for f in args.config if f not in files] + list(args.overrides)
+        items = [f for f in args.config if f not in files] + list(args.overrides)
         args.config = files
         refuse_empty(args, out="--out", resume="--resume", data_path="--data-path",
                      labels="--labels")
+        device = {"device": f"--device {args.device}"} if args.device else {}
+        overrides = parse_overrides(items, device)
         if args.device:
             overrides.append(("device", args.device))
         if args.resume:

@@ -282,3 +282,31 @@ def test_a_huge_grid_is_counted_not_expanded():
     with pytest.raises(ConfigError, match="dropout=1.5 .* must lie in"):  # yet every value checked
         load_config("BM3", "office", overrides=["hyper_parameters=[cl_weight,dropout]",
                                                 "cl_weight=[1,2,3]", "dropout=[0.1,0.2,1.5]"])
+
+
+# --- review of issue 22 -----------------------------------------------------------------------
+
+def test_a_key_given_twice_on_one_command_line_is_refused():
+    from sgfd_fast.config import parse_overrides
+
+    assert parse_overrides(["epochs=1", "n_layers=[1,2]"]) == [("epochs", 1), ("n_layers", [1, 2])]
+    with pytest.raises(ConfigError, match=re.escape(
+            "epochs is given twice on the command line (epochs=1 and epochs=2); give it once")):
+        parse_overrides(["epochs=1", "epochs=2"])
+    with pytest.raises(ConfigError, match=re.escape(
+            "device is given twice on the command line (--device cpu and device=cuda)")):
+        parse_overrides(["device=cuda"], {"device": "--device cpu"})
+
+
+def test_errors_name_the_source_of_every_key_they_blame():
+    """A value is blamed together with the key it clashes with, each with its own source."""
+    with pytest.raises(ConfigError, match=re.escape(
+            "ce_weight=[1, 2] (from spec.yaml) lists several values, but ce_weight is not in "
+            "hyper_parameters=['n_layers'] (from the command line)")):
+        load_config("BM3", "office", overrides=[
+            ("ce_weight", [1, 2], "spec.yaml"), "hyper_parameters=[n_layers]", "n_layers=[1,2]"])
+    with pytest.raises(ConfigError, match=re.escape(
+            "valid_metric='recall@50' (from the command line) uses k=50, which is not in "
+            "topk=[5, 10] (from spec.yaml)")):
+        load_config("BM3", "office", overrides=[("topk", [5, 10], "spec.yaml"),
+                                                "valid_metric=recall@50"])

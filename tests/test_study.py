@@ -577,3 +577,50 @@ def test_a_large_study_says_its_size_first(tmp_path, tiny_model, capsys):  # noq
     assert summary["runs"]["total"] == 6_000
     with pytest.raises(ConfigError, match="seeds must be a non-empty list of distinct"):
         study.load_spec(write_spec(tmp_path, seeds=[1, 2**63]), in_memory=True)
+
+
+# --- review of issue 22 -----------------------------------------------------------------------
+
+def test_a_metric_or_an_arm_listed_twice_is_refused(tmp_path, tiny_model, data_spec,  # noqa: F811
+                                                    capsys):
+    with pytest.raises(ConfigError, match=r"study spec .*spec.yaml: metrics lists 'recall@5' "
+                                          r"twice; list each metric once"):
+        (tmp_path / "m").mkdir()
+        study.load_spec(write_spec(tmp_path / "m", metrics=["recall@5", "recall@5"]),
+                        in_memory=True)
+    out = tmp_path / "never"
+    assert study.main([str(data_spec), "--out", str(out), "--arms", "base,base"]) == 2
+    assert "error: --arms base,base lists the arm 'base' twice" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--device", "cpu", "device=cuda"], "device is given twice on the command line (--device "
+                                         "cpu and device=cuda); give it once"),
+    (["--seeds", "99999999999999999999"], "seeds must be a non-empty list of distinct "
+                                          "non-negative ints below 2**63"),
+    # the command line's grid replaces arm 'grid''s, whose learning_rate list it then leaves
+    (["hyper_parameters=[embedding_size]", "embedding_size=[4,8]"],
+     "arm 'grid': learning_rate=[0.05, 0.1] lists several values, but learning_rate is not in "
+     "hyper_parameters=['embedding_size'] (from the command line)"),
+    (["valid_metric=recall@50"], "arm 'base': valid_metric='recall@50' (from the command line) "
+                                 "uses k=50, which is not in topk=[5, 10, 20] (from the spec's "
+                                 "config)"),
+    (["topk=[5]"], "valid_metric='recall@20' (from "),
+])
+def test_errors_caused_by_the_command_line_name_it(tmp_path, tiny_model, data_spec,  # noqa: F811
+                                                   capsys, args, message):
+    out = tmp_path / "never"
+    assert study.main([str(data_spec), "--out", str(out), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
+    if args[0] == "topk=[5]":
+        assert "which is not in topk=[5] (from the command line)" in err, err
+    assert not out.exists()
+
+
+def test_a_zero_difference_prints_without_a_minus_sign():
+    delta, _ = study._diff_cells({"mean": -1e-9, "ci95": [-4e-5, 3e-5], "n": 3,
+                                  "wilcoxon_p": None, "min_p": None})
+    assert delta == "+0.0000 [0.0000, 0.0000] (n=3)"
+    assert study._fmt(-0.0) == "0.0000" and study._fmt(-0.00012) == "-0.0001"

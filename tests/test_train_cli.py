@@ -181,7 +181,8 @@ def test_two_runs_in_one_second_get_two_directories(tmp_path, data_dir, monkeypa
 def test_a_run_that_cannot_fit_is_refused_with_its_estimate(tmp_path, data_dir, capsys):
     """embedding_size far beyond the memory: refused before any allocation, with the figure."""
     out = tmp_path / "run"
-    assert_error(main(["--data-path", str(data_dir), "--out", str(out), *TINY, "topk=[10,20]",
+    tiny = [x for x in TINY if not x.startswith("embedding_size=")]  # a key is given once
+    assert_error(main(["--data-path", str(data_dir), "--out", str(out), *tiny, "topk=[10,20]",
                        "embedding_size=100000000"]), capsys.readouterr().err,
                  "this run needs at least 243.2 GB of CPU memory per grid point (7,600,000,000 "
                  "parameters at least")
@@ -257,3 +258,27 @@ def test_an_allocation_beyond_the_estimate_is_one_error(tmp_path, data_dir, caps
                  capsys.readouterr().err.splitlines()[-1] + "\n",
                  "out of memory training grid point 1 (the estimate was 1 point; at least")
     assert not out.exists()
+
+
+# --- review of issue 22 -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("args, match", [
+    (["epochs=1", "epochs=2"], "epochs is given twice on the command line (epochs=1 and "
+                               "epochs=2); give it once"),
+    (["--config", "epochs=1", "epochs=2"], "epochs is given twice on the command line"),
+    (["--device", "cpu", "device=cuda"], "device is given twice on the command line (--device "
+                                         "cpu and device=cuda); give it once"),
+])
+def test_a_key_given_twice_on_the_command_line_exits_2(tmp_path, data_dir, capsys, args, match):
+    out = tmp_path / "run"
+    assert_error(main(["--data-path", str(data_dir), "--out", str(out), "topk=[10,20]",
+                       "train_batch_size=128", "embedding_size=8", "sgfd=false", *args]),
+                 capsys.readouterr().err, match)
+    assert not out.exists()
+
+
+def test_resume_refuses_a_key_given_twice_before_reading_the_run(tmp_path, capsys):
+    run = tmp_path / "never"
+    assert_error(main(["--resume", str(run), "--device", "cpu", "device=cpu"]),
+                 capsys.readouterr().err, "device is given twice on the command line")
+    assert not run.exists()
