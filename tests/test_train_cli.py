@@ -155,7 +155,7 @@ TINY = ["--device", "cpu", "epochs=1", "train_batch_size=128", "embedding_size=8
 def test_topk_beyond_the_items_is_refused_at_load(tmp_path, data_dir, capsys):
     out = tmp_path / "run"
     assert_error(main(["--data-path", str(data_dir), "--out", str(out), *TINY]),
-                 capsys.readouterr().err, "topk=[10, 20, 50] (from the config) asks for the top "
+                 capsys.readouterr().err, "configs/overall.yaml) asks for the top "
                                           "50 items, but dataset 'tiny' has 30 items")
     assert not out.exists()
 
@@ -282,3 +282,41 @@ def test_resume_refuses_a_key_given_twice_before_reading_the_run(tmp_path, capsy
     assert_error(main(["--resume", str(run), "--device", "cpu", "device=cpu"]),
                  capsys.readouterr().err, "device is given twice on the command line")
     assert not run.exists()
+
+
+@pytest.mark.parametrize("model, item, match", [
+    ("FREEDOM", "knn_k=100000000", "knn_k=100000000 (from the command line) asks for 100000000 "
+                                   "neighbours per item, but dataset 'tiny' has 30 items; use "
+                                   "knn_k up to 30"),
+    ("LATTICE", "knn_k=[5,31]", "knn_k=[5, 31] (from the command line) asks for 31 neighbours"),
+    ("MAML", "hidden_layer_dim=100000000", "the model's hidden_layer_dim tables; weights"),
+])
+def test_a_model_size_key_beyond_the_data_or_memory_is_refused_first(tmp_path, data_dir, capsys,
+                                                                      model, item, match):
+    """knn_k is bounded by the items like topk; hidden_layer_dim enters the estimate and its
+    advice (it estimated KBs, then ran out of memory advising embedding_size)."""
+    out = tmp_path / "run"
+    grid = ["hyper_parameters=[knn_k]"] if item.startswith("knn_k=[") else []
+    rc = main(["-m", model, "--data-path", str(data_dir), "--out", str(out), *TINY,
+               "topk=[10,20]", item, *grid])
+    err = capsys.readouterr().err
+    assert_error(rc, err, match)
+    assert not out.exists()
+    if model == "MAML":
+        assert "lower embedding_size or hidden_layer_dim or use a larger machine" in err, err
+
+
+def test_the_estimate_counts_the_models_own_size_keys():
+    from sgfd_fast.config import load_config
+    from sgfd_fast.training import budget
+
+    ds = tiny_dataset()
+    plain = budget.estimate(ds, load_config("BM3", None, overrides=["embedding_size=8"]))
+    maml = budget.estimate(ds, load_config("MAML", None, overrides=[
+        "embedding_size=8", "hidden_layer_dim=64", "sgfd=false"]))
+    width = sum(int(f.shape[1]) for f in ds.features.values())
+    assert maml.parameters - plain.parameters == width * 64 + 64 * 32 + 32 * 32 + 32 * 8
+    assert maml.keys == ["embedding_size", "hidden_layer_dim"]
+    freedom = [budget.estimate(ds, load_config("FREEDOM", None, overrides=[
+        "embedding_size=8", f"knn_k={k}"])) for k in (10, 20)]
+    assert freedom[1].memory - freedom[0].memory == len(ds.features) * ds.n_items * 10 * 12

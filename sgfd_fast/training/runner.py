@@ -89,15 +89,28 @@ def read_checked_run(run_dir) -> dict:
                             f"sgfd_fast.train (changed by hand?): restore it, or start a new run")
 
 
-def check_topk(config: Config, dataset, where: str = "the config") -> None:
+def check_topk(config: Config, dataset, where: str | None = None) -> None:
     """Refuse cut-offs beyond the dataset's items (ConfigError, said once the data are loaded: a
-    top-k list cannot be longer than the items it ranks)."""
+    top-k list cannot be longer than the items it ranks), and likewise a ``knn_k`` (FREEDOM,
+    LATTICE, MGCN) beyond them: an item has at most ``n_items`` neighbours. ``where``: the
+    values' source (None: each key's own, from ``config.sources``)."""
+    def source(key):
+        return where or config.sources.get(key, "the config")
+
     grid = "topk" in config.grid_keys
     for topk in config["topk"] if grid else [config["topk"]]:
         if max(topk) > dataset.n_items:
-            raise ConfigError(f"topk={topk} (from {where}) asks for the top {max(topk)} items, "
-                              f"but dataset {dataset.name!r} has {dataset.n_items} items; use "
-                              f"cut-offs up to {dataset.n_items} (and a valid_metric among them)")
+            raise ConfigError(f"topk={topk} (from {source('topk')}) asks for the top "
+                              f"{max(topk)} items, but dataset {dataset.name!r} has "
+                              f"{dataset.n_items} items; use cut-offs up to {dataset.n_items} "
+                              f"(and a valid_metric among them)")
+    if "knn_k" in config.values:
+        knn_k = config["knn_k"]
+        k = max(knn_k) if "knn_k" in config.grid_keys else knn_k
+        if k > dataset.n_items:
+            raise ConfigError(f"knn_k={knn_k} (from {source('knn_k')}) asks for {k} "
+                              f"neighbours per item, but dataset {dataset.name!r} has "
+                              f"{dataset.n_items} items; use knn_k up to {dataset.n_items}")
 
 
 def _load_holding_warnings(spec: dict, config: dict, held: list):
@@ -186,6 +199,7 @@ def _run(run: dict, run_dir: Path, dataset, *, states=None, notes=(), held=(), p
             log.info(f"grid_parallel: {len(points)} points over {world_size()} processes (point "
                      f"i on rank i mod {world_size()}); only rank 0's points are logged here")
         summaries = []
+        lower = ", ".join(budget.size_keys(values) + ["train_batch_size"]) + " or eval_batch_size"
         try:
             for i, point in enumerate(points):
                 if parallel and i % world_size() != rank():
@@ -209,14 +223,12 @@ def _run(run: dict, run_dir: Path, dataset, *, states=None, notes=(), held=(), p
                 summaries.append(s)
         except (MemoryError, torch.OutOfMemoryError) as e:  # beyond the estimate's lower bound
             raise TrainingError(f"out of memory training grid point {i + 1} ({e.__class__.__name__}"
-                                f"; the estimate was {size}); lower embedding_size, "
-                                f"train_batch_size or eval_batch_size") from None
+                                f"; the estimate was {size}); lower {lower}") from None
         except RuntimeError as e:
             if "can't allocate memory" not in str(e):  # torch's CPU allocator says so
                 raise
             raise TrainingError(f"out of memory training grid point {i + 1} (the estimate was "
-                                f"{size}); lower embedding_size, train_batch_size or "
-                                f"eval_batch_size") from None
+                                f"{size}); lower {lower}") from None
         except KeyboardInterrupt:
             log.warning(f"interrupted; nothing completed is lost. Resume with:\n"
                         f"  python -m sgfd_fast.train --resume {run_dir}")
