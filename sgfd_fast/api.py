@@ -248,6 +248,7 @@ def load_run(run_dir, device: str = "cpu", dataset=None, *,
                 if (run_dir / "run.json").exists() else "")
         raise ConfigError(f"{run_dir} holds no results.json{hint}")
     results = read_results(run_dir)
+    recorded = read_run(run_dir)["data_fingerprint"]  # no run.json, no data check: refused
     best = run_dir / results["checkpoint"]
     ckpt = load_checkpoint(best, "best")
     config = ckpt["config"]
@@ -260,10 +261,8 @@ def load_run(run_dir, device: str = "cpu", dataset=None, *,
                                 f"restore this run's best.pt")
     if dataset is None:
         dataset = load_data(results["data"], config)
-    recorded = (read_run(run_dir).get("data_fingerprint")
-                if (run_dir / "run.json").exists() else None)
     fp = data_fingerprint(dataset)
-    if isinstance(recorded, dict) and recorded.get("sha256") != fp["sha256"]:
+    if recorded["sha256"] != fp["sha256"]:
         shape = data_shape(dataset)
         same_shape = all(recorded.get(k, v) == v for k, v in shape.items())
         if not (allow_data_change and same_shape):

@@ -345,3 +345,40 @@ def test_load_run_checks_the_data_and_best_pt(run_dir, tmp_path):
     with pytest.raises(RunDirectoryError, match="best.pt holds another model or configuration "
                                                 "than .*results.json reports"):
         load_run(run_dir)
+
+
+@pytest.mark.parametrize("edit, match", [
+    ("delete", r"cannot read .*run.json: No such file or directory; .*restore it"),
+    ("no fingerprint", "run.json lacks data_fingerprint"),
+    ("no sha256", "has data_fingerprint=.*which lacks sha256"),
+])
+def test_load_run_refuses_a_run_without_its_data_fingerprint(run_dir, tmp_path, edit, match):
+    """Review of issue 22: without run.json, or its fingerprint, other data were used silently."""
+    from sgfd_fast.data.formats.sgfd import SGFD_LABELS
+
+    labels = np.load(tmp_path / "data" / SGFD_LABELS)
+    np.save(tmp_path / "data" / SGFD_LABELS, (labels + 1) % 3)  # other data of the same shape
+    if edit == "delete":
+        (run_dir / "run.json").unlink()
+    else:
+        run = json.loads((run_dir / "run.json").read_text())
+        if edit == "no fingerprint":
+            del run["data_fingerprint"]
+        else:
+            del run["data_fingerprint"]["sha256"]
+        (run_dir / "run.json").write_text(json.dumps(run))
+    with pytest.raises(RunDirectoryError, match=match):
+        load_run(run_dir)
+
+
+@pytest.mark.parametrize("name, text, match", [
+    ("results.json", '{"best_epoch": 9, ', "results.json has the key 'best_epoch' twice"),
+    ("results.json", '{"x": Infinity, ', "results.json holds Infinity, which is not a JSON"),
+    ("run.json", '{"model": "GRCN", ', "run.json has the key 'model' twice"),
+])
+def test_load_run_refuses_a_key_twice_or_a_non_finite_number(run_dir, name, text, match):
+    """Review of issue 22: the last of two keys won silently."""
+    path = run_dir / name
+    path.write_text(path.read_text().replace("{", text, 1))
+    with pytest.raises(RunDirectoryError, match=match):
+        load_run(run_dir)
