@@ -183,17 +183,6 @@ def user_ids_fit(n_users: int, rows: int, source, column: str) -> bool:
     return False
 
 
-def warn_sparse_users(users: np.ndarray, n_users: int, source) -> None:
-    """A DataWarning when the userIDs (``users``, every interaction's) leave most of 0..n_users-1
-    unused (a user id of 2*10**8 among 40 users): each unused id is still a user, with a row in
-    the model's user tables and in ``n_users``."""
-    present = np.unique(users).size
-    if n_users - present >= 1000 and n_users > 2 * present:
-        warn(f"{source}: the user ids run to {n_users - 1:,} but only {present:,} distinct users "
-             f"have interactions, so n_users is {n_users:,} and {n_users - present:,} users are "
-             f"empty (each still a row of the model's user embeddings); renumber the users "
-             f"0..n-1, e.g. with sgfd_fast.data.load_interactions")
-
 # --------------------------------------------------------------------------------------------
 # features and labels
 # --------------------------------------------------------------------------------------------

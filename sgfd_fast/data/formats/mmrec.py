@@ -18,8 +18,7 @@ from ..._files import npy_writer, table_writer, write_all
 from ...errors import DataError
 from .common import (LABELS_HINT, MODALITIES_HINT, ItemRefs, discovered_modalities,
                      explicit_modalities, fit_to_items, parse_ids, read_table, require_dir,
-                     resolve_labels, select_modalities, user_ids_fit, warn,
-                     warn_sparse_users)
+                     resolve_labels, select_modalities, user_ids_fit, warn)
 
 __all__ = ["read_mmrec", "write_mmrec"]
 
@@ -70,7 +69,6 @@ def read_mmrec(path, *, labels=None, modalities=None) -> dict:
                         f"x_label 0/1/2")
     n_users = int(users.max()) + 1
     n_items = int(items.max()) + 1
-    warn_sparse_users(users, n_users, inter)
     if labels is None:
         raise DataError(f"{root}: MMRec data has no item labels, and SGFD needs one category label "
                         f"per item: give {LABELS_HINT}, a .npy of ints (row = "

@@ -21,8 +21,7 @@ from ..._files import npy_writer, table_writer, write_all
 from ...errors import DataError
 from .common import (LABELS_HINT, MODALITIES_HINT, ItemRefs, discovered_modalities,
                      explicit_modalities, fit_to_items, read_interactions, require_dir,
-                     require_file, resolve_labels, select_modalities, user_ids_fit,
-                     warn_sparse_users)
+                     require_file, resolve_labels, select_modalities, user_ids_fit)
 
 __all__ = ["read_sgfd", "write_sgfd"]
 
@@ -60,7 +59,6 @@ def read_sgfd(path, *, labels=None, modalities=None) -> dict:
         refs.add(f, parts[split][:, 1], lines)
     n_users = max(int(p[:, 0].max()) for p in parts.values()) + 1
     n_items = max(int(p[:, 1].max()) for p in parts.values()) + 1
-    warn_sparse_users(np.concatenate([p[:, 0] for p in parts.values()]), n_users, root)
 
     if isinstance(modalities, dict):
         files = explicit_modalities(root, modalities)
