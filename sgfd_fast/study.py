@@ -874,11 +874,13 @@ def main(argv=None) -> int:
     except SGFDError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        from .training import Terminated
+
         print(f"interrupted; rerun the same command to continue (finished runs are kept, the "
               f"interrupted one resumes from its last.pt){f' in {out}' if out else ''}",
               file=sys.stderr)
-        return 130
+        return 143 if isinstance(e, Terminated) else 130
     runs = summary["runs"]
     print(f"{runs['finished']}/{runs['total']} runs finished"
           + (f", {len(runs['failed'])} failed" if runs["failed"] else "")

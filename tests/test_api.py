@@ -382,3 +382,35 @@ def test_load_run_refuses_a_key_twice_or_a_non_finite_number(run_dir, name, text
     path.write_text(path.read_text().replace("{", text, 1))
     with pytest.raises(RunDirectoryError, match=match):
         load_run(run_dir)
+
+
+@pytest.mark.parametrize("users, match", [
+    ([2**64], r"got dtype object \(first 18446744073709551616\); 1\.5, True or an int beyond "
+              r"int64 is no user"),
+    (np.array([0], dtype=object), r"got dtype object \(first 0\)"),
+    ([[0], [1, 2]], r"a 1-D sequence of internal user indices \("),
+])
+def test_scores_refuses_ints_beyond_int64_and_object_arrays(run_dir, users, match):
+    """Review of issue 22: an AttributeError was raised inside the error message."""
+    with pytest.raises(InputError, match=r"^scores: users must be .*" + match):
+        load_run(run_dir).scores(users)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda run: load_run(run, dataset="office"), r"load_run: dataset must be a Dataset object "
+                                                  r".* or None .*, got str 'office'"),
+    (lambda run: load_run(run, dataset=42), r"load_run: dataset must be a Dataset .*, got int 42"),
+    (lambda run: load_run(None), r"load_run: run_dir must be a path \(a str or os\.PathLike\), "
+                                 r"got NoneType None"),
+    (lambda run: load_run(run, allow_data_change="no"), r"load_run: allow_data_change must be "
+                                                        r"True or False, got str 'no'"),
+    (lambda run: load_run(run).export(None), r"export: out_dir must be a path .*, got NoneType"),
+    (lambda run: load_run(run).export(123), r"export: out_dir must be a path .*, got int 123"),
+    (lambda run: load_run(run).export(run.parent / "x", overwrite="yes"),
+     r"export: overwrite must be True or False, got str 'yes'"),
+])
+def test_api_arguments_of_the_wrong_kind_are_input_errors(run_dir, call, match):
+    """Review of issue 22: a raw AttributeError or TypeError, or 'no' taken as true."""
+    with pytest.raises(InputError, match=match):
+        call(run_dir)
+    assert not (run_dir.parent / "x").exists()
