@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -78,14 +79,20 @@ class TrainedModel:
 
     def _user_indices(self, users) -> np.ndarray:
         """``users`` as (U,) int64 internal indices, each checked against ``[0, n_users)``."""
-        arr = users.cpu().numpy() if isinstance(users, torch.Tensor) else np.asarray(users)
+        try:
+            arr = users.cpu().numpy() if isinstance(users, torch.Tensor) else np.asarray(users)
+        except ValueError as e:  # a ragged list
+            raise InputError(f"scores: users must be a 1-D sequence of internal user indices "
+                             f"({e})") from None
         if arr.ndim != 1:
             raise InputError(f"scores: users must be a 1-D sequence of internal user indices, "
                              f"got shape {arr.shape}")
         if arr.size and not np.issubdtype(arr.dtype, np.integer):  # bool is no integer here
-            first = arr.reshape(-1)[0]
+            first = arr.reshape(-1)[0]  # an object array (ints beyond 64 bits) holds Python objects
+            first = first.item() if isinstance(first, np.generic) else first
             raise InputError(f"scores: users must be internal user indices (ints), got dtype "
-                             f"{arr.dtype} (first {first.item()!r}); 1.5 or True is no user")
+                             f"{arr.dtype} (first {first!r}); 1.5, True or an int beyond int64 is "
+                             f"no user")
         n = self.dataset.n_users
         bad = np.flatnonzero((arr < 0) | (arr >= n))
         if bad.size:  # a negative index would wrap to the last users
@@ -103,7 +110,8 @@ class TrainedModel:
             (U, n_items) float32 scores on the model's device (higher is better).
         Raises:
             InputError: an index outside ``[0, n_users)`` (no negative indexing), a value that is
-                not an int (``1.5``, ``True``), or not a 1-D sequence.
+                not an int within int64 (``1.5``, ``True``, ``2**64``, an object array), or not a
+                1-D sequence.
         """
         emb = self.model.ranking_embeddings()
         idx = torch.as_tensor(self._user_indices(users), dtype=torch.long, device=self.device)
@@ -173,9 +181,12 @@ class TrainedModel:
         Returns:
             ``{name: path}`` of the files written.
         Raises:
-            InputError: ``out_dir`` is ``""``, a file, cannot be created, is not empty (without
-                ``overwrite``), or a file cannot be written (the message names it and why).
+            InputError: ``out_dir`` is no path (a str or ``os.PathLike``) or is ``""``, a file,
+                cannot be created, is not empty (without ``overwrite``), or a file cannot be
+                written (the message names it and why); ``overwrite`` is not a bool.
         """
+        _require_path(out_dir, "export", "out_dir")
+        _require_bool(overwrite, "export", "overwrite")
         if str(out_dir) == "":  # Path("") is the current directory: never meant
             raise InputError("export: the directory is ''; give a path")
         out = Path(out_dir).expanduser()
@@ -216,6 +227,18 @@ def _index(ids) -> tuple[dict, dict]:
             {v: r for v, r in rows.items() if len(r) > 1})
 
 
+def _require_path(value, func: str, name: str) -> None:
+    if not isinstance(value, (str, os.PathLike)):
+        raise InputError(f"{func}: {name} must be a path (a str or os.PathLike), got "
+                         f"{type(value).__name__} {value!r}")
+
+
+def _require_bool(value, func: str, name: str) -> None:
+    if not isinstance(value, bool):  # 'no' would be true
+        raise InputError(f"{func}: {name} must be True or False, got {type(value).__name__} "
+                         f"{value!r}")
+
+
 def load_run(run_dir, device: str = "cpu", dataset=None, *,
              allow_data_change: bool = False) -> TrainedModel:
     """Load the best checkpoint of a finished run directory (``results.json`` present).
@@ -224,6 +247,9 @@ def load_run(run_dir, device: str = "cpu", dataset=None, *,
     stored in the run); a run trained on a Dataset passed in memory needs it as ``dataset``.
 
     Raises:
+        InputError: ``run_dir`` is no path (a str or ``os.PathLike``), ``dataset`` is neither a
+            :class:`~sgfd_fast.data.Dataset` nor None, or ``allow_data_change`` is not a bool.
+        ConfigError: ``run_dir`` is ``""``, not a directory, or holds no ``results.json``.
         DataError: the data differ from the fingerprint in ``run.json`` (unless
             ``allow_data_change``; data of another shape are refused even then).
         RunDirectoryError: a record is unreadable or not what sgfd_fast wrote, or ``best.pt``
@@ -234,7 +260,14 @@ def load_run(run_dir, device: str = "cpu", dataset=None, *,
     from .records import read_results, read_run
     from .training import RESUMABLE_KEYS, load_checkpoint, load_data, resolve_device
     from .training.rundir import data_fingerprint, data_shape, describe_fingerprint
+    from .data import Dataset
 
+    _require_path(run_dir, "load_run", "run_dir")
+    if dataset is not None and not isinstance(dataset, Dataset):  # a name is not loaded here
+        raise InputError(f"load_run: dataset must be a Dataset object (the one a run was trained "
+                         f"on in memory) or None (load the data the run records), got "
+                         f"{type(dataset).__name__} {dataset!r}")
+    _require_bool(allow_data_change, "load_run", "allow_data_change")
     if str(run_dir) == "":  # Path("") is the current directory: never meant
         raise ConfigError("load_run: the run directory is ''; give a path")
     run_dir = Path(run_dir).expanduser()
@@ -248,6 +281,7 @@ def load_run(run_dir, device: str = "cpu", dataset=None, *,
                 if (run_dir / "run.json").exists() else "")
         raise ConfigError(f"{run_dir} holds no results.json{hint}")
     results = read_results(run_dir)
+    recorded = read_run(run_dir)["data_fingerprint"]  # no run.json, no data check: refused
     best = run_dir / results["checkpoint"]
     ckpt = load_checkpoint(best, "best")
     config = ckpt["config"]
@@ -260,10 +294,8 @@ def load_run(run_dir, device: str = "cpu", dataset=None, *,
                                 f"restore this run's best.pt")
     if dataset is None:
         dataset = load_data(results["data"], config)
-    recorded = (read_run(run_dir).get("data_fingerprint")
-                if (run_dir / "run.json").exists() else None)
     fp = data_fingerprint(dataset)
-    if isinstance(recorded, dict) and recorded.get("sha256") != fp["sha256"]:
+    if recorded["sha256"] != fp["sha256"]:
         shape = data_shape(dataset)
         same_shape = all(recorded.get(k, v) == v for k, v in shape.items())
         if not (allow_data_change and same_shape):

@@ -9,12 +9,16 @@ from pathlib import Path
 
 from .errors import RunDirectoryError
 
-__all__ = ["read_json", "read_run", "read_results", "read_metrics", "written_for"]
+__all__ = ["loads", "RecordRefused", "read_json", "read_run", "read_results", "read_metrics",
+           "written_for"]
 
 _DATA = (dict, str, type(None))  # a built-in name, a directory and format, or None: in memory
 _NUMBER = (int, float)
 #: Keys every ``run.json`` holds (sgfd_fast.training.runner writes them), with their types.
-RUN_KEYS = {"model": str, "dataset": str, "data": _DATA, "config": dict, "grid_keys": list}
+RUN_KEYS = {"model": str, "dataset": str, "data": _DATA, "data_fingerprint": dict, "config": dict,
+            "grid_keys": list}
+#: Keys every ``data_fingerprint`` of a ``run.json`` holds (training.rundir.data_fingerprint).
+FINGERPRINT_KEYS = {"n_users": int, "n_items": int, "sha256": str}
 #: Keys every ``results.json`` holds, with their types.
 RESULTS_KEYS = {"model": str, "dataset": str, "sgfd": bool, "protocol": str, "valid_metric": str,
                 "valid": dict, "test": dict, "best_epoch": int, "epochs_trained": int,
@@ -39,15 +43,45 @@ def _scores(d) -> bool:
                                        for k, v in d.items())
 
 
+class RecordRefused(Exception):
+    """JSON that Python's reader accepts but sgfd_fast never writes: a key twice in one object
+    (the reader keeps the last silently), or NaN/Infinity (not JSON: every number of a record is
+    finite)."""
+
+
+def _object(pairs: list) -> dict:
+    d = dict(pairs)
+    if len(d) < len(pairs):
+        seen = set()
+        twice = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise RecordRefused(f"has the key {twice!r} twice in one object")
+    return d
+
+
+def _constant(name: str):
+    raise RecordRefused(f"holds {name}, which is not a JSON number (a record holds only finite "
+                        f"numbers)")
+
+
+def loads(text: str) -> object:
+    """JSON as a record is read: a duplicate key or NaN/Infinity raises :class:`RecordRefused`,
+    other invalid JSON ValueError."""
+    return json.loads(text, object_pairs_hook=_object, parse_constant=_constant)
+
+
 def read_json(path) -> object:
     """A JSON file of a run (``run.json``, ``results.json``).
 
     Raises:
-        RunDirectoryError: it cannot be read or is not JSON.
+        RunDirectoryError: it cannot be read, is not JSON, or holds a key twice in one object or
+        NaN/Infinity (:func:`loads`).
     """
     path = Path(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return loads(path.read_text(encoding="utf-8"))
+    except RecordRefused as e:
+        raise RunDirectoryError(f"{path} {e}; sgfd_fast never writes that, so it was changed "
+                                f"by hand or damaged") from None
     except OSError as e:
         raise RunDirectoryError(f"cannot read {path}: {e.strerror or e}") from None
     except ValueError as e:
@@ -77,15 +111,26 @@ def _record(path: Path, keys: dict, what: str, fix: str, more=None) -> dict:
     return record
 
 
+def _run_problem(r: dict) -> str | None:
+    fp = r["data_fingerprint"]
+    wrong = [k for k, t in FINGERPRINT_KEYS.items() if _wrong_type(fp.get(k), t)]
+    if wrong:
+        return (f"has data_fingerprint={fp!r}, which lacks {wrong[0]} (or holds it of the wrong "
+                f"type), so the data the run was trained on cannot be checked")
+    return None
+
+
 def read_run(run_dir) -> dict:
-    """``run.json`` of a run directory, checked to hold :data:`RUN_KEYS`.
+    """``run.json`` of a run directory, checked to hold :data:`RUN_KEYS` (its
+    ``data_fingerprint`` :data:`FINGERPRINT_KEYS`).
 
     Raises:
-        RunDirectoryError: it cannot be read, is not JSON, or lacks one of those keys.
+        RunDirectoryError: it is missing, cannot be read, is not JSON, or lacks one of those keys.
     """
     return _record(Path(run_dir) / "run.json", RUN_KEYS, "a run record",
-                   "it records how the run was configured, so the run cannot be resumed: start "
-                   "a new run")
+                   "it records how the run was configured and the data it was trained on, so "
+                   "the run can be neither resumed nor loaded without it: restore it, or start "
+                   "a new run", _run_problem)
 
 
 def _results_problem(r: dict) -> str | None:
@@ -134,8 +179,8 @@ def read_metrics(point_dir) -> list[dict]:
     """The per-epoch lines of ``<point_dir>/metrics.jsonl`` (``[]`` when there is no file).
 
     Raises:
-        RunDirectoryError: it cannot be read, or a line is not a JSON object with an ``epoch``
-        (named with its line number).
+        RunDirectoryError: it cannot be read, or a line is not a JSON object with an ``epoch``,
+        holds a key twice or NaN/Infinity (named with its line number).
     """
     path = Path(point_dir) / "metrics.jsonl"
     if not path.exists():
@@ -150,8 +195,8 @@ def read_metrics(point_dir) -> list[dict]:
         if not line.strip():
             continue
         try:
-            x = json.loads(line)
-        except ValueError as e:
+            x = loads(line)
+        except (RecordRefused, ValueError) as e:
             x, why = None, str(e)
         else:
             why = "not an object with an epoch"

@@ -387,13 +387,40 @@ def _check_out(spec: Spec, out: Path) -> None:
                           f"directory, or this study's own")
 
 
-def _results(run: _Run) -> dict | None:
+def _results(run: _Run, spec: Spec) -> dict | None:
     """The run's ``results.json`` if it was written under the spec's ``epochs``, else None (a
-    raised cap continues the runs that stopped at the old one)."""
+    raised cap continues the runs that stopped at the old one).
+
+    Raises:
+        RunDirectoryError: it is not a results record, or not one of this arm: another model,
+        data or configuration (a copied or hand-edited file would be compared as this arm)."""
+    from .errors import RunDirectoryError
+    from .training import RESUMABLE_KEYS
+
     if not (run.dir / "results.json").exists():
         return None
     res = read_results(run.dir)
-    return res if written_for(res, run.config.points()) else None
+    points = run.config.points()
+    same_grid = len(points) == len(res.get("grid", [None]))  # else stale: trained again below
+    point = json.loads(json.dumps(points[res.get("selected_point", 0)])) if same_grid else {}
+    problem = (f"model {res['model']!r}, not the spec's {spec.model!r}"
+               if res["model"] != spec.model else
+               f"dataset {res['dataset']!r}, not the spec's {spec.dataset!r}"
+               if spec.dataset is not None and res["dataset"] != spec.dataset else
+               f"data {res['data']!r}, not the spec's {spec.data!r}"
+               if spec.data is not None and res["data"] != json.loads(json.dumps(spec.data))
+               else None)
+    if problem is None and same_grid:
+        changed = sorted(k for k, v in res["config"].items()
+                         if k not in RESUMABLE_KEYS and point.get(k) != v)
+        if changed:
+            problem = ("config " + ", ".join(f"{k}={res['config'][k]!r} (the arm: "
+                                             f"{point.get(k)!r})" for k in changed[:4]))
+    if problem:
+        raise RunDirectoryError(f"{run.dir / 'results.json'} reports {problem}: it is not a "
+                                f"result of arm {run.arm!r}, seed {run.seed}; move that run "
+                                f"directory away (or train it again), then rerun the study")
+    return res if written_for(res, points) else None
 
 
 def _parse_shard(text: str) -> tuple[int, int]:
@@ -446,7 +473,7 @@ def run_study(spec: Spec, out, *, shard: tuple[int, int] = (1, 1), arms=None, da
     i, n = shard
     chosen = [r for r in runs if arms is None or r.arm in arms]
     mine = [r for k, r in enumerate(chosen) if k % n == i - 1 and not report_only]
-    todo = [r for r in mine if _results(r) is None]
+    todo = [r for r in mine if _results(r, spec) is None]
     for dev in {d for r in todo for d in _as_list(r.config.values["device"])}:
         training.resolve_device(dev)  # a missing GPU is said before anything is created
     created = not out.exists()
@@ -591,7 +618,7 @@ def summarise(spec: Spec, runs: list, failed: dict | None = None) -> dict:
     for run in runs:
         if run.dir.exists():
             seconds += _compute_time(run.dir)
-        res = _results(run)
+        res = _results(run, spec)
         if res is None:
             pending.append(f"{run.arm}/seed-{run.seed}")
             continue
@@ -851,11 +878,13 @@ def main(argv=None) -> int:
     except SGFDError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        from .training import Terminated
+
         print(f"interrupted; rerun the same command to continue (finished runs are kept, the "
               f"interrupted one resumes from its last.pt){f' in {out}' if out else ''}",
               file=sys.stderr)
-        return 130
+        return 143 if isinstance(e, Terminated) else 130
     runs = summary["runs"]
     print(f"{runs['finished']}/{runs['total']} runs finished"
           + (f", {len(runs['failed'])} failed" if runs["failed"] else "")

@@ -235,8 +235,10 @@ def main(argv=None) -> int:
         rank = os.environ.get("RANK", "0")
         print(f"error: {e}" if rank == "0" else f"error: [rank {rank}] {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as e:  # the run logged how to resume
+        from .training import Terminated
+
+        return 143 if isinstance(e, Terminated) else 130
     if os.environ.get("RANK", "0") == "0":
         _print_results(results, run_dir)
     return 0

@@ -345,3 +345,72 @@ def test_load_run_checks_the_data_and_best_pt(run_dir, tmp_path):
     with pytest.raises(RunDirectoryError, match="best.pt holds another model or configuration "
                                                 "than .*results.json reports"):
         load_run(run_dir)
+
+
+@pytest.mark.parametrize("edit, match", [
+    ("delete", r"cannot read .*run.json: No such file or directory; .*restore it"),
+    ("no fingerprint", "run.json lacks data_fingerprint"),
+    ("no sha256", "has data_fingerprint=.*which lacks sha256"),
+])
+def test_load_run_refuses_a_run_without_its_data_fingerprint(run_dir, tmp_path, edit, match):
+    """Review of issue 22: without run.json, or its fingerprint, other data were used silently."""
+    from sgfd_fast.data.formats.sgfd import SGFD_LABELS
+
+    labels = np.load(tmp_path / "data" / SGFD_LABELS)
+    np.save(tmp_path / "data" / SGFD_LABELS, (labels + 1) % 3)  # other data of the same shape
+    if edit == "delete":
+        (run_dir / "run.json").unlink()
+    else:
+        run = json.loads((run_dir / "run.json").read_text())
+        if edit == "no fingerprint":
+            del run["data_fingerprint"]
+        else:
+            del run["data_fingerprint"]["sha256"]
+        (run_dir / "run.json").write_text(json.dumps(run))
+    with pytest.raises(RunDirectoryError, match=match):
+        load_run(run_dir)
+
+
+@pytest.mark.parametrize("name, text, match", [
+    ("results.json", '{"best_epoch": 9, ', "results.json has the key 'best_epoch' twice"),
+    ("results.json", '{"x": Infinity, ', "results.json holds Infinity, which is not a JSON"),
+    ("run.json", '{"model": "GRCN", ', "run.json has the key 'model' twice"),
+])
+def test_load_run_refuses_a_key_twice_or_a_non_finite_number(run_dir, name, text, match):
+    """Review of issue 22: the last of two keys won silently."""
+    path = run_dir / name
+    path.write_text(path.read_text().replace("{", text, 1))
+    with pytest.raises(RunDirectoryError, match=match):
+        load_run(run_dir)
+
+
+@pytest.mark.parametrize("users, match", [
+    ([2**64], r"got dtype object \(first 18446744073709551616\); 1\.5, True or an int beyond "
+              r"int64 is no user"),
+    (np.array([0], dtype=object), r"got dtype object \(first 0\)"),
+    ([[0], [1, 2]], r"a 1-D sequence of internal user indices \("),
+])
+def test_scores_refuses_ints_beyond_int64_and_object_arrays(run_dir, users, match):
+    """Review of issue 22: an AttributeError was raised inside the error message."""
+    with pytest.raises(InputError, match=r"^scores: users must be .*" + match):
+        load_run(run_dir).scores(users)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda run: load_run(run, dataset="office"), r"load_run: dataset must be a Dataset object "
+                                                  r".* or None .*, got str 'office'"),
+    (lambda run: load_run(run, dataset=42), r"load_run: dataset must be a Dataset .*, got int 42"),
+    (lambda run: load_run(None), r"load_run: run_dir must be a path \(a str or os\.PathLike\), "
+                                 r"got NoneType None"),
+    (lambda run: load_run(run, allow_data_change="no"), r"load_run: allow_data_change must be "
+                                                        r"True or False, got str 'no'"),
+    (lambda run: load_run(run).export(None), r"export: out_dir must be a path .*, got NoneType"),
+    (lambda run: load_run(run).export(123), r"export: out_dir must be a path .*, got int 123"),
+    (lambda run: load_run(run).export(run.parent / "x", overwrite="yes"),
+     r"export: overwrite must be True or False, got str 'yes'"),
+])
+def test_api_arguments_of_the_wrong_kind_are_input_errors(run_dir, call, match):
+    """Review of issue 22: a raw AttributeError or TypeError, or 'no' taken as true."""
+    with pytest.raises(InputError, match=match):
+        call(run_dir)
+    assert not (run_dir.parent / "x").exists()

@@ -396,7 +396,7 @@ RUN_EDITS = [
     (lambda r: r["config"].update(topk=5), "topk (from"),
     (lambda r: r["config"].update(embedding_size="8"), "embedding_size (from"),
     (lambda r: r.update(data="tiny"), "has data='tiny', which is not"),
-    (lambda r: r.update(data_fingerprint=7), "the data of"),
+    (lambda r: r.update(data_fingerprint=7), "has data_fingerprint=7 of the wrong type"),
 ]
 
 
@@ -499,3 +499,64 @@ def test_a_hand_edited_metrics_line_is_one_clear_error(tmp_path, data_dir, capsy
     with pytest.raises(RunDirectoryError, match=r"metrics.jsonl, line 1: epoch_time_s='fast' is "
                                                 r"of the wrong type"):
         read_metrics(out)
+
+
+# --- review of issue 22: every record read strictly ---------------------------------------
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda r: r.pop("data_fingerprint"), "run.json lacks data_fingerprint"),
+    (lambda r: r["data_fingerprint"].pop("sha256"), "which lacks sha256"),
+])
+def test_resume_refuses_a_run_json_without_its_data_fingerprint(tmp_path, data_dir, capsys,
+                                                                edit, match):
+    """Without the fingerprint a resume trained on other data without a word."""
+    out = tmp_path / "run"
+    assert train(data_dir, out) == 0
+    labels = np.load(data_dir / SGFD_LABELS)
+    np.save(data_dir / SGFD_LABELS, (labels + 1) % 3)  # other data of the same shape
+    run = json.loads((out / "run.json").read_text())
+    edit(run)
+    (out / "run.json").write_text(json.dumps(run))
+    before = snapshot(out)
+    assert_failed(main(["--resume", str(out), "epochs=2"]), capsys.readouterr().err, match)
+    assert snapshot(out) == before
+
+
+@pytest.mark.parametrize("text, match", [
+    ('{"model": "BM3", "model": "GRCN"}', "run.json has the key 'model' twice in one object"),
+    ('{"x": NaN}', "run.json holds NaN, which is not a JSON number"),
+])
+def test_resume_refuses_a_run_json_with_a_key_twice_or_nan(tmp_path, data_dir, capsys, text,
+                                                           match):
+    out = tmp_path / "run"
+    assert train(data_dir, out) == 0
+    original = (out / "run.json").read_text()
+    (out / "run.json").write_text(original.replace('{', text[:-1] + ", ", 1))
+    before = snapshot(out)
+    assert_failed(main(["--resume", str(out), "epochs=2"]), capsys.readouterr().err, match)
+    assert snapshot(out) == before
+
+
+def test_resume_refuses_a_metrics_line_with_a_key_twice_before_rewriting(tmp_path, data_dir,
+                                                                        capsys):
+    """{"epoch": 1, "epoch": 7} was read as epoch 7 and deleted by the resume's trim."""
+    out = tmp_path / "run"
+    assert train(data_dir, out, "epochs=2") == 0
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    lines[0] = lines[0].replace('{"epoch": 1', '{"epoch": 1, "epoch": 7', 1)
+    assert '"epoch": 7' in lines[0]
+    (out / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    before = snapshot(out)
+    assert_failed(main(["--resume", str(out), "epochs=3"]), capsys.readouterr().err,
+                  "metrics.jsonl, line 1 has the key 'epoch' twice in one object")
+    assert snapshot(out) == before
+
+
+def test_resume_still_drops_a_metrics_line_cut_short_by_a_crash(tmp_path, data_dir):
+    out = tmp_path / "run"
+    assert train(data_dir, out) == 0
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 2, "los')
+    assert main(["--resume", str(out), "epochs=2"]) == 0
+    assert epochs_in(out) == [1, 2]

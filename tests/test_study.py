@@ -624,3 +624,43 @@ def test_a_zero_difference_prints_without_a_minus_sign():
                                   "wilcoxon_p": None, "min_p": None})
     assert delta == "+0.0000 [0.0000, 0.0000] (n=3)"
     assert study._fmt(-0.0) == "0.0000" and study._fmt(-0.00012) == "-0.0001"
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda r: r.update(model="GRCN"), "reports model 'GRCN', not the spec's 'TinyMF': it is not "
+                                       "a result of arm 'fast', seed 2"),
+    (lambda r: r["config"].update(learning_rate=0.5), "reports config learning_rate=0.5 (the "
+                                                      "arm: "),
+    (lambda r: r["test"].update({"recall@20": "NaN"}), "holds NaN, which is not a "
+                                                       "JSON number"),
+    (lambda r: r.update(best_epoch="dup"), "has the key 'best_epoch' twice"),
+])
+def test_report_refuses_a_results_json_of_another_arm_or_with_nan(tmp_path, tiny_model, edit,
+                                                                   match):
+    """Review of issue 22: a GRCN result was compared as the arm's, a NaN metric gave nan rows
+    and a study.json that is not JSON; now one error naming the file, and no report."""
+    spec, out = _hand_made_study(tmp_path, {"base": [0.10, 0.11], "fast": [0.12, 0.13]})
+    path = out / "fast" / "seed-2" / "results.json"
+    r = json.loads(path.read_text())
+    edit(r)
+    text = json.dumps(r).replace('"NaN"', "NaN")
+    if r["best_epoch"] == "dup":
+        text = text.replace('"best_epoch": "dup"', '"best_epoch": 2, "best_epoch": 1')
+    path.write_text(text)
+    with pytest.raises(RunDirectoryError, match=re.escape(str(path)) + ".*" + re.escape(match)):
+        study.run_study(spec, out, report_only=True, progress=False)
+    assert not (out / "study.json").exists()
+
+
+def test_report_refuses_a_metrics_line_with_nan(tmp_path, tiny_model):
+    """Review of issue 22: a NaN in the best epoch's metrics line reached study.json bare (not
+    JSON); now refused naming the line, and a report of good runs reads back as strict JSON."""
+    from sgfd_fast.records import loads
+
+    spec, out = _hand_made_study(tmp_path, {"base": [0.10, 0.11], "fast": [0.12, 0.13]})
+    study.run_study(spec, out, report_only=True, progress=False)
+    assert loads((out / "study.json").read_text())["arms"]["fast"]
+    path = out / "fast" / "seed-2" / "metrics.jsonl"
+    path.write_text('{"epoch": 2, "sgfd": {"grad_share": NaN}}\n')
+    with pytest.raises(RunDirectoryError, match=re.escape(f"{path}, line 1: holds NaN")):
+        study.run_study(spec, out, report_only=True, progress=False)

@@ -320,3 +320,34 @@ def test_the_estimate_counts_the_models_own_size_keys():
     freedom = [budget.estimate(ds, load_config("FREEDOM", None, overrides=[
         "embedding_size=8", f"knn_k={k}"])) for k in (10, 20)]
     assert freedom[1].memory - freedom[0].memory == len(ds.features) * ds.n_items * 10 * 12
+
+
+def test_sigterm_stops_a_run_as_ctrl_c_does(tmp_path, data_dir, capsys):
+    """Review of issue 22: SIGTERM (timeout, SLURM, docker stop) ended a run with no message."""
+    import signal
+
+    out = tmp_path / "run"
+    args = ["--data-path", str(data_dir), "--out", str(out), "--device", "cpu", "epochs=2",
+            "train_batch_size=32", "embedding_size=8", "sgfd=false", "topk=[10,20]"]
+    code = ("import os, signal, sys\n"
+            "from sgfd_fast.train import main\n"
+            "from sgfd_fast.training.loop import Trainer\n"
+            "diagnose, calls = Trainer._diagnose, []\n"
+            "def diagnose_then_term(self, *a):\n"  # runs once per batch
+            "    calls.append(1)\n"
+            "    if len(calls) == 3:\n"
+            "        os.kill(os.getpid(), signal.SIGTERM)\n"
+            "    return diagnose(self, *a)\n"
+            "Trainer._diagnose = diagnose_then_term\n"
+            f"sys.exit(main({args!r}))\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 143, p.stderr[-2000:]
+    assert "SIGTERM: stopping after this batch to save last.pt" in p.stderr, p.stderr
+    assert "stopped at epoch 1, batch 3; last.pt saved" in p.stderr, p.stderr
+    assert (f"interrupted; nothing completed is lost. Resume with:\n  python -m sgfd_fast.train "
+            f"--resume {out}") in p.stderr, p.stderr
+    assert "Traceback" not in p.stderr and not (out / "results.json").exists()
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["--resume", str(out)]) == 0
+    assert json.loads((out / "results.json").read_text())["epochs_trained"] == 2
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler lived for the run only

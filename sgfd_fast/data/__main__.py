@@ -152,6 +152,20 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _warn_sparse_users(ds) -> None:
+    """A DataWarning when most user ids 0..n_users-1 never appear (a user id of 2*10**8 among 40
+    users): ids are row indices, so each is a user of the model, as ``train`` says when such a
+    run does not fit."""
+    from .formats import DataWarning
+
+    present = ds.meta.get("n_users_present")
+    if present is not None and ds.n_users > 2 * present:
+        warnings.warn(f"n_users is {ds.n_users:,}: the user ids run to {ds.n_users - 1:,} while "
+                      f"{present:,} distinct users appear, and ids are row indices (user i is "
+                      f"row i of the embedding table); renumber the users 0..{present - 1}, e.g. "
+                      f"with sgfd_fast.data.load_interactions", DataWarning)
+
+
 @quiet_on_closed_stdout
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
@@ -191,6 +205,7 @@ def main(argv=None) -> int:
                 ds = load_dataset(path=args.path, format=args.format or "sgfd",
                                   labels=args.labels, modalities=modalities,
                                   valid_ratio=args.valid_ratio, seed=args.seed, split=args.split)
+            _warn_sparse_users(ds)
             print(json.dumps(ds.stats(), indent=2))
         elif args.command == "prepare-office":
             from . import prepare_office as po

@@ -4,9 +4,9 @@ when the model asks for them), validation every ``eval_step`` epochs, early stop
 
 Exact resume: the epoch's permutation comes from a generator seeded by ``(seed, epoch)``, and
 ``last.pt`` stores the model, optimizer, Python/NumPy/torch RNG states, the sampler state, the
-position inside the epoch and the stopping state; ``best.pt`` only the best epoch's model. ``last.pt`` is written after every epoch and, on
-Ctrl-C, at the next batch boundary; resuming from it ends, on a CPU, with the same metrics as an
-uninterrupted run.
+position inside the epoch and the stopping state; ``best.pt`` only the best epoch's model.
+``last.pt`` is written after every epoch and, on Ctrl-C or SIGTERM, at the next batch boundary;
+resuming from it ends, on a CPU, with the same metrics as an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -32,7 +32,12 @@ from .checkpoint import (CHECKPOINT_VERSION, append_line, load_checkpoint, save_
 from .rundir import data_shape
 from .runtime import is_main, rank, rng_state, seed_everything, set_rng_state, world_size
 
-__all__ = ["Trainer"]
+__all__ = ["Trainer", "Terminated"]
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM stopped the run as a Ctrl-C does (last.pt saved at the batch boundary); the CLIs
+    exit with 143 (128 + SIGTERM), as a process the signal ends."""
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -71,7 +76,7 @@ class Trainer:
         self.dist = distributed.active() and not alone
         self.write_files = alone or is_main()
         self.progress = (sys.stderr.isatty() if progress is None else progress) and is_main()
-        self._stop_requested = False
+        self._stop_signal = None  # the signal that asked to stop after this batch
 
         seed_everything(self.config["seed"])
         self.model = build_model(model_name, dataset, self.config).to(device)
@@ -170,35 +175,40 @@ class Trainer:
 
     # --- the loop --------------------------------------------------------------------------
     @contextmanager
-    def _sigint_stops(self):
-        """First Ctrl-C: finish the batch, save, stop. Second: interrupt at once."""
-        # several processes: torchrun delivers Ctrl-C to each, which would stop at different
-        # batches; there the default handler ends them (last.pt of the last epoch remains)
-        if self.dist or threading.current_thread() is not threading.main_thread() or \
-                signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+    def _signals_stop(self):
+        """First Ctrl-C (SIGINT) or SIGTERM (timeout, SLURM, docker stop): finish the batch, save,
+        stop. Second: interrupt at once. A SIGTERM raises :class:`Terminated`."""
+        # several processes: torchrun delivers the signal to each, which would stop at different
+        # batches; there the default handlers end them (last.pt of the last epoch remains)
+        if self.dist or threading.current_thread() is not threading.main_thread():
             yield
             return
+        defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
+        ours = [s for s, h in defaults.items() if signal.getsignal(s) is h]  # a caller's stays
 
         def handler(signum, frame):
-            if self._stop_requested:
-                raise KeyboardInterrupt
-            self.log.warning("interrupt: stopping after this batch to save last.pt "
-                             "(press Ctrl-C again to stop at once)")
-            self._stop_requested = True
+            if self._stop_signal is not None:
+                raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+            again = "press Ctrl-C" if signum == signal.SIGINT else "send SIGTERM"
+            self.log.warning(f"{'interrupt' if signum == signal.SIGINT else 'SIGTERM'}: stopping "
+                             f"after this batch to save last.pt ({again} again to stop at once)")
+            self._stop_signal = signum
 
-        signal.signal(signal.SIGINT, handler)
+        for s in ours:
+            signal.signal(s, handler)
         try:
             yield
         finally:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+            for s in ours:
+                signal.signal(s, defaults[s])
 
     def _check_stop(self) -> None:
-        if self._stop_requested:
+        if self._stop_signal is not None:
             self._save("last.pt")
             where = f"epoch {self.epoch + 1}, batch {self.batch}" if self.batch else \
                 f"the end of epoch {self.epoch}"
             self.log.warning(f"stopped at {where}; last.pt saved in {self.point_dir}")
-            raise KeyboardInterrupt
+            raise Terminated if self._stop_signal == signal.SIGTERM else KeyboardInterrupt
 
     def _evaluate(self, split: str) -> dict:
         from ..evaluation import evaluate
@@ -225,7 +235,7 @@ class Trainer:
         bs = cfg["train_batch_size"]
         n_batches = max(1, math.ceil(n / bs))
         self.model.train()
-        with self._sigint_stops():
+        with self._signals_stop():
             while self.epoch < cfg["epochs"] and not self.stopped:
                 self._train_epoch(n, bs, n_batches)
                 self._end_epoch()
@@ -288,7 +298,7 @@ class Trainer:
                     sums[k] = sums.get(k, 0.0) + v.detach().double()
                 self.batch += 1
                 bar.update(1)
-                if self._stop_requested:
+                if self._stop_signal is not None:
                     self.partial = {"losses": {k: float(v) for k, v in sums.items()},
                                     "time": time.perf_counter() - start}
                     self._check_stop()

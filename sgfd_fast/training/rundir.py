@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, RunDirectoryError
+from ..records import RecordRefused, loads
 from .checkpoint import load_checkpoint
 
 __all__ = ["LOCK_NAME", "RunDirectory", "PointState", "point_states", "check_data_shape",
@@ -212,9 +213,26 @@ class PointState:
 
 
 def _n_metric_lines(path: Path) -> int:
+    """The epoch lines of a ``metrics.jsonl`` (0 without one). A line holding a key twice or
+    NaN/Infinity is refused: a resume rewrites the file by each line's epoch, and such a line's
+    epoch cannot be trusted (a line cut short by a crash is no JSON and is dropped by that rewrite)."""
     if not path.exists():
         return 0
-    return sum(1 for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip())
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise RunDirectoryError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") \
+            from None
+    for n, line in enumerate(lines, 1):
+        try:
+            loads(line)
+        except RecordRefused as e:
+            raise RunDirectoryError(f"{path}, line {n} {e}, which sgfd_fast never writes (changed "
+                                    f"by hand?); restore the line, or start a new run: nothing "
+                                    f"was changed") from None
+        except ValueError:
+            pass
+    return sum(1 for ln in lines if ln.strip())
 
 
 def _plain(value):
@@ -252,8 +270,8 @@ def point_states(run_dir: Path, point_dirs: list[Path], points, model: str,
     for i, (pdir, point) in enumerate(zip(point_dirs, points)):
         where = f"grid point {i + 1} ({pdir})" if pdir != run_dir else f"{run_dir}"
         last = pdir / "last.pt"
+        n = _n_metric_lines(pdir / "metrics.jsonl")  # checked before anything is rewritten
         if not last.exists():
-            n = _n_metric_lines(pdir / "metrics.jsonl")
             if n:
                 raise RunDirectoryError(
                     f"{where} has {n} epoch(s) in metrics.jsonl but no last.pt, so it cannot "

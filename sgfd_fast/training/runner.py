@@ -452,11 +452,8 @@ def resume(run_dir, overrides=(), *, dataset=None, allow_data_change: bool = Fal
         if dataset is None:
             dataset = _load_holding_warnings(run["data"], values, held)
         notes = []
-        fp, recorded = data_fingerprint(dataset), run.get("data_fingerprint")
-        if recorded is None:
-            notes.append("run.json records no data fingerprint (written by an older sgfd_fast); "
-                         "the data cannot be checked against those the run was trained on")
-        elif not isinstance(recorded, dict) or recorded.get("sha256") != fp["sha256"]:
+        fp, recorded = data_fingerprint(dataset), run["data_fingerprint"]  # read_run checked it
+        if recorded["sha256"] != fp["sha256"]:
             change = (f"run.json records {describe_fingerprint(recorded)}, the data now give "
                       f"{describe_fingerprint(fp)}")
             if not allow_data_change:
@@ -466,8 +463,7 @@ def resume(run_dir, overrides=(), *, dataset=None, allow_data_change: bool = Fal
             notes.append(f"the data changed since the run was trained ({change}); continuing "
                          f"on the new data as asked (--allow-data-change)")
         # every check before the first write: the checkpoints' tables must fit these data
-        check_data_shape(states, data_shape(dataset), recorded if isinstance(recorded, dict)
-                         else None, run_dir)
+        check_data_shape(states, data_shape(dataset), recorded, run_dir)
         check_topk(config, dataset, "run.json")
         size = budget.estimate(dataset, config)  # the run's own size: nothing new to check
         run["data_fingerprint"] = fp

@@ -277,3 +277,33 @@ def test_train_prints_each_data_warning_once(sgfd_dir, tmp_path, capsys, monkeyp
     monkeypatch.setattr(runner, "is_main", lambda: False)
     assert train_main([*args, "--out", str(tmp_path / "none"), "valid_ratio=0"]) == 2
     assert "duplicate interactions" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fmt,name", [("sgfd", "FeatureText_normal"), ("mmrec", "text_feat")])
+def test_a_feature_file_twice_with_npy_and_NPY_is_one_clear_error(sgfd_dir, mmrec_dir, fmt, name):
+    d, kw = (sgfd_dir, {}) if fmt == "sgfd" else (mmrec_dir[0], {"labels": mmrec_dir[1]})
+    np.save(d / "x.npy", np.ones((9, 2), np.float32))
+    (d / "x.npy").rename(d / f"{name}.NPY")
+    with pytest.raises(DataError, match=rf"{name}\.NPY and {name}\.npy both name modality 'text' "
+                                        rf"\(the \.npy suffix is read in any case\); keep one"):
+        load_dataset(path=d, format=fmt, **kw)
+
+
+@pytest.mark.parametrize("fmt", ["sgfd", "mmrec"])
+def test_boolean_labels_are_refused(sgfd_dir, mmrec_dir, fmt):
+    d, kw = (sgfd_dir, {}) if fmt == "sgfd" else (mmrec_dir[0], {"labels": mmrec_dir[0] / "b.npy"})
+    np.save(d / ("MetaData_normal.npy" if fmt == "sgfd" else "b.npy"), np.arange(9) % 2 == 0)
+    with pytest.raises(DataError, match=r"\.npy: labels must be integer category ids, got "
+                                        r"booleans \(dtype bool\)"):
+        load_dataset(path=d, format=fmt, **kw)
+
+
+def test_inspect_warns_when_a_user_id_leaves_most_users_empty(sgfd_dir, capsys):
+    with (sgfd_dir / "train.csv").open("a") as f:
+        f.write("1,1000000,A001\n")
+    assert main(["inspect", "--path", str(sgfd_dir)]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["n_users"] == 1000001
+    assert err.count("warning: ") == 1 and re.search(
+        r"n_users is 1,000,001: the user ids run to 1,000,000 while 8 distinct users appear, and "
+        r"ids are row indices .*; renumber the users 0\.\.7", err), err

@@ -182,6 +182,7 @@ def user_ids_fit(n_users: int, rows: int, source, column: str) -> bool:
          f"sgfd_fast.data.load_interactions")
     return False
 
+
 # --------------------------------------------------------------------------------------------
 # features and labels
 # --------------------------------------------------------------------------------------------
@@ -337,8 +338,10 @@ _LABEL_RANGE = ("outside the 64-bit integer range ±(2^63 - 1); labels are categ
 
 
 def _integral(arr: np.ndarray, source: str) -> np.ndarray:
-    if arr.dtype == np.bool_:
-        return arr.astype(np.int64)
+    if arr.dtype == np.bool_:  # True/False is a flag, not a category id
+        raise DataError(f"{source}: labels must be integer category ids, got booleans (dtype "
+                        f"bool); store one integer category id per item, e.g. "
+                        f"labels.astype(np.int64) if True/False are the two categories")
     if np.issubdtype(arr.dtype, np.integer):
         big = np.flatnonzero((arr > LABEL_LIMIT) | (arr < -LABEL_LIMIT))  # uint64 would wrap
         if big.size:
@@ -489,9 +492,10 @@ def _check_unique(named, source: str) -> None:
     for name, what in named:
         other = seen.setdefault(name.lower(), (name, what))
         if other[1] != what:
+            why = ("the .npy suffix is read in any case" if other[0] == name else
+                   f"modality names ignore case: {other[0]!r}, {name!r}")
             raise DataError(f"{source}: {other[1]} and {what} both name modality {name.lower()!r} "
-                            f"(modality names ignore case: {other[0]!r}, {name!r}); keep one, or "
-                            f"give them distinct names: {MODALITIES_HINT}")
+                            f"({why}); keep one, or give them distinct names: {MODALITIES_HINT}")
 
 
 def discovered_modalities(root: Path, found) -> dict:
