@@ -56,10 +56,15 @@ def _missing(what: str, extra: str, packages, exc: ImportError) -> DataError:
 def _checkout_kernels_hidden():
     """transformers imports the PyPI package ``kernels``; in a source checkout whose root is on
     ``sys.path`` (``python -m`` run from it) our Triton folder ``kernels/`` (installed as
-    ``sgfd_fast.kernels``) would be found instead. Hide that root while transformers imports."""
-    mine = (Path(__file__).resolve().parents[2] / "kernels" / "__init__.py")
-    hidden = [p for p in sys.path
-              if (Path(p or os.getcwd()) / "kernels" / "__init__.py").resolve() == mine]
+    ``sgfd_fast.kernels``) would be found instead. Hide every such root (a folder holding both
+    ``kernels/`` and ``sgfd_fast/``: the checkout itself, whether or not this sgfd_fast is the
+    installed copy) while transformers imports."""
+    def ours(p: str) -> bool:
+        root = Path(p or os.getcwd())
+        return (root / "kernels" / "__init__.py").is_file() and \
+            (root / "sgfd_fast" / "__init__.py").is_file()
+
+    hidden = [p for p in sys.path if ours(p)]
     if not hidden or "kernels" in sys.modules:
         yield
         return
