@@ -56,12 +56,12 @@ def _missing(what: str, extra: str, packages, exc: ImportError) -> DataError:
 def _checkout_kernels_hidden():
     """transformers imports the PyPI package ``kernels``; in a source checkout whose root is on
     ``sys.path`` (``python -m`` run from it) our Triton folder ``kernels/`` (installed as
-    ``sgfd_fast.kernels``) would be found instead. Hide every such root (a folder holding both
-    ``kernels/`` and ``sgfd_fast/``: the checkout itself, whether or not this sgfd_fast is the
-    installed copy) while transformers imports."""
+    ``sgfd_fast.kernels``) would be found instead. Hide every such root while transformers
+    imports: a checkout, recognised by ``kernels/`` beside ``csrc/`` and ``sgfd_fast/`` (never
+    site-packages, where the PyPI ``kernels`` and an installed sgfd_fast sit side by side)."""
     def ours(p: str) -> bool:
         root = Path(p or os.getcwd())
-        return (root / "kernels" / "__init__.py").is_file() and \
+        return (root / "kernels" / "__init__.py").is_file() and (root / "csrc").is_dir() and \
             (root / "sgfd_fast" / "__init__.py").is_file()
 
     hidden = [p for p in sys.path if ours(p)]
