@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from .._tensors import new_output
-from .masked_topk import _bitonic_sort
+from .masked_topk import _bitonic_sort, _topk_keys
 
 
 @triton.jit
@@ -51,11 +51,7 @@ def _knn_graph_fwd_kernel(
                         mask=j_ok[:, None] & c_ok[None, :], other=0.0)
             s += tl.dot(a, tl.trans(b), input_precision="ieee").to(tl.float32)
         absent = (~j_ok)[None, :] | (s != s) | (s == float("-inf"))
-        s = tl.where(s == 0.0, 0.0, s)  # -0.0 -> +0.0
-        bits = s.to(tl.uint32, bitcast=True)
-        ordered = tl.where((bits >> 31) == 1, bits ^ 0xFFFFFFFF, bits | 0x80000000).to(tl.uint32)
-        key = (ordered.to(tl.uint64) << 32) | (offs_j.to(tl.uint32) ^ 0xFFFFFFFF).to(tl.uint64)
-        key = tl.where(absent, 0, key)
+        key = _topk_keys(s, offs_j[None, :], absent)
         worst = tl.min(best, axis=1)
         if tl.max((key > worst[:, None]).to(tl.int32)) > 0:
             if NETWORK_SORT:
