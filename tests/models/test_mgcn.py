@@ -179,7 +179,7 @@ def test_one_modality_dataset_exits_2_from_the_cli(tmp_path, capsys):
     ds.valid, ds.test = ds.test[::2], ds.test[1::2]
     data = write_sgfd(ds, tmp_path / "one")
     rc = main(["-m", "MGCN", "--data-path", str(data), "--out", str(tmp_path / "run"),
-               "epochs=1", "topk=[5]", "valid_metric=recall@5"])  # cut-offs within its items
+               "epochs=1", "topk=[5]", "valid_metric=recall@5", "knn_k=3"])  # within its 9 items
     err = capsys.readouterr().err
     last = err.strip().splitlines()[-1]
     assert rc == 2 and last.startswith("error: MGCN needs two item feature modalities"), err
