@@ -20,8 +20,9 @@ CATS = ["Tools|Cutting|Saws", "Tools|Fasteners|Screws", "Lab|Glassware|Flasks", 
 
 
 def mmrec_counts(n):
-    """MMRec's preprocessing/1splitting.ipynb counts for 8:1:1 (n < 10: last two held out; else
-    int(0.2 n) held out, half of it valid); below 3 items, every user keeps one training item."""
+    """(train, valid, test) of one user's n items: MMRec's preprocessing/1splitting.ipynb for
+    8:1:1 (n < 10: the last two held out; else int(0.2 n) held out, half of it valid), and ours
+    below 3 items (every user keeps one training item; a second one goes to test)."""
     if n <= 2:
         return 1, 0, n - 1
     if n < 10:

@@ -14,20 +14,9 @@ from sgfd_fast.data import prepare_scientific as ps
 from sgfd_fast.data.__main__ import main
 from sgfd_fast.data.builtin import SCIENTIFIC_ITEMS, SCIENTIFIC_NPZ
 from sgfd_fast.errors import DataError
+from test_prepare import mmrec_counts
 
 N_USERS, N_ITEMS, N_EVENTS, N_PAIRS = 8442, 4385, 59427, 59136
-
-
-def mmrec_counts(n):
-    """(train, valid, test) of one user's n items: MMRec's preprocessing/1splitting.ipynb for
-    8:1:1 (n < 10: the last two held out; else int(0.2 n) held out, half of it valid), and ours
-    below 3 items (every user keeps one training item; a second one goes to test)."""
-    if n <= 2:
-        return 1, 0, n - 1
-    if n < 10:
-        return n - 2, 1, 1
-    held = int(n * 0.2)
-    return n - held, held // 2, held - held // 2
 
 
 @pytest.fixture(scope="module")
