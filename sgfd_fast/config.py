@@ -270,13 +270,9 @@ def parse_overrides(items, options: dict | None = None) -> list[tuple[str, objec
     A key given twice, or given both as an override and by its option, is a ConfigError (a
     command line means one value per key; which one would win is not what a reader sees).
     """
-    options = options or {}
-    out, given = [], {}
+    out, given = [], dict(options or {})  # a flag's key counts as given
     for item in items:
         k, v = parse_override(item)
-        if k in options:
-            raise ConfigError(f"{k} is given twice on the command line ({options[k]} and {item}); "
-                              f"give it once")
         if k in given:
             raise ConfigError(f"{k} is given twice on the command line ({given[k]} and {item}); "
                               f"give it once")
