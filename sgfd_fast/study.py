@@ -54,6 +54,7 @@ import yaml
 
 from ._cli import quiet_on_closed_stdout, refuse_empty, show_warning
 from .config import RANGES, Config, load_config, parse_overrides, read_yaml
+from .data.registry import DATASETS, DEFAULT_FORMAT, FORMATS
 from .errors import ConfigError, SGFDError, TrainingError
 from .records import read_json, read_metrics, read_results, read_run, written_for
 
@@ -72,9 +73,9 @@ spec format (YAML; model, dataset or data_path, seeds, baseline and arms are req
   name: office-bm3                  # default: the file name; names the default --out
   description: one line for --list
   model: BM3                        # a key of sgfd_fast.models.MODELS
-  dataset: office                   # a built-in dataset, or instead:
+  dataset: office                   # a built-in dataset (%s), or instead:
   # data_path: data/baby            #   a dataset directory (relative to the spec file)
-  # format: mmrec                   #   its format (sgfd or mmrec, default sgfd)
+  # format: mmrec                   #   its format (%s, default %s)
   # labels: baby_labels.tsv         #   its label file (relative to the spec file)
   seeds: [1, 2, 3, 4, 5]            # every arm is trained once per seed (key seed)
   baseline: plain                   # the arm the others are compared with, seed by seed
@@ -86,7 +87,7 @@ spec format (YAML; model, dataset or data_path, seeds, baseline and arms are req
     sgfd_control: {ce_weight: 0, kd_weight: 0}
   contrasts:                        # optional: more paired comparisons, name: [arm, reference]
     distillation: [sgfd, sgfd_control]
-"""
+""" % (", ".join(DATASETS), " or ".join(FORMATS), DEFAULT_FORMAT)
 
 
 @dataclass
@@ -190,9 +191,9 @@ def load_spec(path, *, in_memory: bool = False, seeds: list[int] | None = None,
         if dataset is not None:
             raise ConfigError(f"{where}: give dataset (a built-in name) or data_path, not both")
         base = path.resolve().parent
-        fmt = raw.get("format", "sgfd")
-        if fmt not in ("sgfd", "mmrec"):
-            raise ConfigError(f"{where}: format must be sgfd or mmrec, got {fmt!r}")
+        fmt = raw.get("format", DEFAULT_FORMAT)
+        if fmt not in FORMATS:
+            raise ConfigError(f"{where}: format must be {' or '.join(FORMATS)}, got {fmt!r}")
         data = {"path": str(base / raw["data_path"]), "format": fmt,
                 "labels": str(base / raw["labels"]) if raw.get("labels") else None}
         if not Path(data["path"]).is_dir():
@@ -204,8 +205,6 @@ def load_spec(path, *, in_memory: bool = False, seeds: list[int] | None = None,
                               f"({data['labels']}; a relative path starts at the spec's "
                               f"directory)")
     elif dataset is not None:
-        from .data import DATASETS
-
         if dataset not in DATASETS:
             raise ConfigError(f"{where}: dataset {dataset!r} is not a built-in dataset "
                               f"({', '.join(DATASETS)}); for your own give data_path (and format, "

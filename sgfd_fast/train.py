@@ -92,6 +92,7 @@ def _keys_help() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .data.registry import DATASETS, DEFAULT_DATASET, DEFAULT_FORMAT, FORMATS
     from .models import MODELS
 
     p = argparse.ArgumentParser(
@@ -101,12 +102,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"the backbone: {', '.join(MODELS) or 'BM3'} (default BM3)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("-d", "--dataset", default=None,
-                     help="a built-in dataset: office (default; real), scientific (real) or "
-                          "toysgames-synthetic")
+                     help=f"a built-in dataset: {', '.join(DATASETS)} (default "
+                          f"{DEFAULT_DATASET}; python -m sgfd_fast.data inspect --help says "
+                          f"what each is)")
     src.add_argument("--data-path", metavar="DIR", default=None,
-                     help="a dataset directory in SGFD or MMRec format (see --format)")
-    p.add_argument("--format", choices=("sgfd", "mmrec"), default=None,
-                   help="the format of --data-path (default sgfd)")
+                     help=f"a dataset directory in one of the formats {', '.join(FORMATS)} "
+                          f"(see --format)")
+    p.add_argument("--format", choices=tuple(FORMATS), default=None,
+                   help=f"the format of --data-path (default {DEFAULT_FORMAT}): "
+                        + "; ".join(f"{k}: {f.about}" for k, f in FORMATS.items()))
     p.add_argument("--labels", metavar="FILE", default=None,
                    help="item category labels for --data-path (.npy of ints or TSV itemID<TAB>"
                         "label); required by MMRec datasets")
@@ -203,20 +207,19 @@ def main(argv=None) -> int:
             if args.data_path is None and (args.format or args.labels):
                 raise SGFDError("--format and --labels describe a --data-path directory; "
                                 "built-in datasets (-d) bring their own")
+            from .data.registry import DATASETS, DEFAULT_DATASET, DEFAULT_FORMAT
             from .models import MODELS
 
             args.model = args.model or "BM3"
             if args.model not in MODELS:
                 raise _unknown("model", args.model, list(MODELS))
             if args.data_path is not None:
-                data = {"path": args.data_path, "format": args.format or "sgfd",
+                data = {"path": args.data_path, "format": args.format or DEFAULT_FORMAT,
                         "labels": args.labels}
                 name = Path(args.data_path).resolve().name
                 cfg = load_config(args.model, None, args.config, overrides)
             else:
-                name = args.dataset or "office"
-                from .data import DATASETS
-
+                name = args.dataset or DEFAULT_DATASET
                 if name not in DATASETS:
                     raise _unknown("dataset", name, list(DATASETS),
                                    "use --data-path DIR for your own; built-in datasets are ")

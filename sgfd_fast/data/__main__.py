@@ -12,7 +12,7 @@ from ..errors import SGFDError
 
 
 def _parser() -> argparse.ArgumentParser:
-    from .builtin import DATASETS
+    from .registry import DATASETS, DEFAULT_FORMAT, FORMATS
 
     p = argparse.ArgumentParser(
         prog="python -m sgfd_fast.data",
@@ -38,8 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument("--dataset", choices=sorted(DATASETS),
                      help="a built-in dataset: " + "; ".join(f"{k}: {v}" for k, v in DATASETS.items()))
     src.add_argument("--path", help="a dataset directory")
-    ins.add_argument("--format", choices=["sgfd", "mmrec"],
-                     help="format of --path (default: sgfd)")
+    ins.add_argument("--format", choices=list(FORMATS),
+                     help=f"format of --path (default: {DEFAULT_FORMAT}): "
+                          + "; ".join(f"{k}: {f.about}" for k, f in FORMATS.items()))
     ins.add_argument("--labels", help="labels file: .npy of ints (row = itemID) or TSV "
                                       "itemID<TAB>label; required for mmrec; a relative path "
                                       "is looked up in the current directory, then in --path")
@@ -173,6 +174,7 @@ def main(argv=None) -> int:
     try:
         if args.command == "inspect":
             from .dataset import load_dataset
+            from .registry import DEFAULT_FORMAT
 
             refuse_empty(args, path="--path", labels="--labels")
 
@@ -202,7 +204,7 @@ def main(argv=None) -> int:
                 ds = load_dataset(args.dataset, valid_ratio=args.valid_ratio, seed=args.seed,
                                   split=args.split)
             else:
-                ds = load_dataset(path=args.path, format=args.format or "sgfd",
+                ds = load_dataset(path=args.path, format=args.format or DEFAULT_FORMAT,
                                   labels=args.labels, modalities=modalities,
                                   valid_ratio=args.valid_ratio, seed=args.seed, split=args.split)
             _warn_sparse_users(ds)

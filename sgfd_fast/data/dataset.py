@@ -8,10 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from .builtin import DATASETS, builtin_parts
+from .builtin import builtin_parts
 from .formats.common import read_table, remap_labels, select_modalities, warn
-from .formats.mmrec import read_mmrec
-from .formats.sgfd import read_sgfd
+from .registry import DATASETS, DEFAULT_FORMAT, FORMATS
 from .splits import carve_valid, random_split
 
 __all__ = ["Dataset", "load_dataset", "load_interactions", "assemble"]
@@ -261,15 +260,15 @@ def assemble(parts: dict, *, name: str, valid_ratio: float = 0.1, seed: int = 20
 # ----------------------------------------------------------------------------------------------
 
 
-def load_dataset(name: str | None = None, *, path=None, format: str = "sgfd", labels=None,
+def load_dataset(name: str | None = None, *, path=None, format: str = DEFAULT_FORMAT, labels=None,
                  modalities=None, valid_ratio: float = 0.1, seed: int = 2023,
                  split=None) -> Dataset:
     """Load a built-in dataset by ``name`` or a directory by ``path``.
 
-    * ``load_dataset("office")`` — the embedded real Office dataset (see ``DATASETS``).
-    * ``load_dataset("scientific")`` — the embedded real Industrial & Scientific dataset.
-    * ``load_dataset("toysgames-synthetic")`` — real Toys & Games graph, synthetic features/labels.
-    * ``load_dataset(path=DIR, format="sgfd" | "mmrec", labels=FILE, modalities={...})``.
+    * ``load_dataset("office")`` — a built-in dataset, one of ``DATASETS`` (``office``,
+      ``scientific``, ``toysgames-synthetic``: :mod:`sgfd_fast.data.registry`).
+    * ``load_dataset(path=DIR, format="sgfd", labels=FILE, modalities={...})`` — a directory in
+      one of the ``FORMATS`` (``sgfd``, ``mmrec``).
 
     ``modalities``: a dict ``{name: file.npy}`` (paths relative to DIR) reads exactly those files;
     a list of names keeps only those of the discovered (or built-in) modalities, in that order.
@@ -302,12 +301,10 @@ def load_dataset(name: str | None = None, *, path=None, format: str = "sgfd", la
         ds.features = select_modalities(ds.features, modalities, name)
         return ds
     fmt = str(format).lower()
-    if fmt == "sgfd":
-        parts = read_sgfd(path, labels=labels, modalities=modalities)
-    elif fmt == "mmrec":
-        parts = read_mmrec(path, labels=labels, modalities=modalities)
-    else:
-        raise DataError(f"unknown format {format!r}; use 'sgfd' or 'mmrec'")
+    if fmt not in FORMATS:
+        raise DataError(f"unknown format {format!r}; use "
+                        + " or ".join(repr(f) for f in FORMATS))
+    parts = FORMATS[fmt].read(path, labels=labels, modalities=modalities)
     root = Path(path).expanduser().resolve()
     desc = f"{fmt.upper()}-format dataset loaded from {root}"
     return assemble(parts, name=root.name, valid_ratio=valid_ratio, seed=seed, split=split,
