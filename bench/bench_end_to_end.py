@@ -58,12 +58,12 @@ def _api():
     try:
         from sgfd_fast import use_backend
         from sgfd_fast.config import load_config
+        from sgfd_fast.data import load_data
         from sgfd_fast.evaluation import evaluate
         from sgfd_fast.models import MODELS, build_model
         from sgfd_fast.sampling import NegativeSampler
-        from sgfd_fast.training import load_data
     except ImportError as exc:
-        pytest.skip(f"end-to-end benchmarks need sgfd_fast.models/evaluation/config/training, "
+        pytest.skip(f"end-to-end benchmarks need sgfd_fast.models/evaluation/config/data, "
                     f"not importable yet: {exc}")
     return use_backend, load_config, load_data, evaluate, MODELS, build_model, NegativeSampler
 

@@ -258,9 +258,9 @@ def load_run(run_dir, device: str = "cpu", dataset=None, *,
     from .errors import DataError, RunDirectoryError
     from .models import build_model
     from .records import read_results, read_run
-    from .training import RESUMABLE_KEYS, load_checkpoint, load_data, resolve_device
+    from .data import Dataset, load_data
+    from .training import RESUMABLE_KEYS, load_checkpoint, resolve_device
     from .training.rundir import data_fingerprint, data_shape, describe_fingerprint
-    from .data import Dataset
 
     _require_path(run_dir, "load_run", "run_dir")
     if dataset is not None and not isinstance(dataset, Dataset):  # a name is not loaded here

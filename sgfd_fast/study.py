@@ -497,6 +497,7 @@ def _train_and_report(spec: Spec, out: Path, runs: list, todo: list, n_mine: int
     from tqdm import tqdm
 
     from . import training
+    from .data import load_data
 
     datasets: dict = {}
     failed = {}
@@ -515,7 +516,7 @@ def _train_and_report(spec: Spec, out: Path, runs: list, todo: list, n_mine: int
                 key = json.dumps([values.get(k) for k in ("valid_ratio", "split_seed",
                                                           "modalities", "protocol")])
                 if key not in datasets:
-                    datasets[key] = training.load_data(spec.data, values)
+                    datasets[key] = load_data(spec.data, values)
                 ds = datasets[key]
             t0 = time.perf_counter()
             try:

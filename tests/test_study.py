@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from sgfd_fast import plot, study, training
+from sgfd_fast import data, plot, study, training
 from sgfd_fast.errors import ConfigError, RunDirectoryError
 
 from test_trainer import TinyMF, tiny_dataset, tiny_model  # noqa: F401 - a fixture
@@ -154,7 +154,7 @@ def test_a_failed_start_leaves_no_directory(tmp_path, tiny_model, capsys, monkey
     err = capsys.readouterr().err
     assert "data_path 'nowhere' is not a directory" in err and not out.exists(), err
     # a failure inside the first run (here: the dataset) removes the directory it made
-    monkeypatch.setattr(training, "load_data", lambda *a, **k: (_ for _ in ()).throw(
+    monkeypatch.setattr(data, "load_data", lambda *a, **k: (_ for _ in ()).throw(
         ConfigError("no such data")))
     assert study.main([str(write_spec(tmp_path, dataset="office")), "--out", str(out)]) == 2
     assert "no such data" in capsys.readouterr().err and not out.exists()

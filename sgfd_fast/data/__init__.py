@@ -9,10 +9,10 @@ formats and built-in names are declared once, in :mod:`.registry` (``FORMATS``, 
 >>> ds = load_dataset(path="data/baby", format="mmrec", labels="baby_labels.tsv")
 """
 
-from .dataset import Dataset, load_dataset, load_interactions
+from .dataset import Dataset, load_data, load_dataset, load_interactions
 from .formats import DataWarning, write_mmrec, write_sgfd
 from .registry import DATASETS, FORMATS
 from .splits import carve_valid, random_split
 
-__all__ = ["Dataset", "load_dataset", "DATASETS", "FORMATS", "load_interactions", "write_sgfd",
+__all__ = ["Dataset", "load_dataset", "load_data", "DATASETS", "FORMATS", "load_interactions", "write_sgfd",
            "write_mmrec", "carve_valid", "random_split", "DataWarning"]

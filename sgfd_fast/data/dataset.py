@@ -1,4 +1,5 @@
-"""The in-memory dataset every other part of sgfd_fast consumes, and ``load_dataset``."""
+"""The in-memory dataset every other part of sgfd_fast consumes, ``load_dataset`` and ``load_data``
+(the dataset a run records)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from .builtin import builtin_parts
 from .formats.common import read_table, remap_labels, select_modalities, warn
 from .registry import DATASETS, DEFAULT_FORMAT, FORMATS
 from .splits import carve_valid, random_split
 
-__all__ = ["Dataset", "load_dataset", "load_interactions", "assemble"]
+__all__ = ["Dataset", "load_dataset", "load_data", "load_interactions", "assemble"]
 
 
 def _pairs(arr, name: str) -> np.ndarray:
@@ -309,6 +310,30 @@ def load_dataset(name: str | None = None, *, path=None, format: str = DEFAULT_FO
     desc = f"{fmt.upper()}-format dataset loaded from {root}"
     return assemble(parts, name=root.name, valid_ratio=valid_ratio, seed=seed, split=split,
                     synthetic=(), description=desc)
+
+
+def load_data(spec: dict, config: dict) -> Dataset:
+    """Load the dataset a run records (``run.json``'s ``data``): ``spec`` = ``{"name": ...}`` (a
+    built-in dataset) or ``{"path": ..., "format": ..., "labels": ...}`` (a directory; format
+    default ``DEFAULT_FORMAT``), split as ``config``'s ``valid_ratio``, ``split_seed``,
+    ``modalities`` and ``protocol`` say. Used by training, resume, ``load_run`` and studies.
+
+    Raises:
+        ConfigError: the run was trained on a Dataset in memory (``{"in_memory": name}``), which
+            only the caller can pass again.
+        DataError: the data cannot be loaded (see :func:`load_dataset`).
+    """
+    if "in_memory" in spec:
+        raise ConfigError(f"this run was trained on the in-memory dataset "
+                          f"{spec['in_memory']!r}; pass that Dataset as dataset=")
+    # legacy protocol validates on test, so like the released code it trains on all of train
+    valid_ratio = 0.0 if config.get("protocol") == "legacy" else config["valid_ratio"]
+    kw = dict(valid_ratio=valid_ratio, seed=config["split_seed"],
+              modalities=config.get("modalities"))
+    if spec.get("name"):
+        return load_dataset(spec["name"], **kw)
+    return load_dataset(path=spec["path"], format=spec.get("format", DEFAULT_FORMAT),
+                        labels=spec.get("labels"), **kw)
 
 
 def load_interactions(path, *, user_col: str = "userID", item_col: str = "itemID",

@@ -13,11 +13,11 @@
 
 from .checkpoint import CHECKPOINT_VERSION, load_checkpoint, write_json
 from .loop import Terminated, Trainer
-from .runner import RESUMABLE_KEYS, check_topk, load_data, read_checked_run, resume, train
+from .runner import RESUMABLE_KEYS, check_topk, read_checked_run, resume, train
 from .runtime import (LOGGER_NAME, device_name, is_main, rank, resolve_device, run_logging,
                       seed_everything, world_size)
 
-__all__ = ["train", "resume", "Trainer", "Terminated", "load_data", "read_checked_run",
+__all__ = ["train", "resume", "Trainer", "Terminated", "read_checked_run",
            "check_topk", "RESUMABLE_KEYS", "LOGGER_NAME",
            "CHECKPOINT_VERSION", "load_checkpoint", "write_json", "resolve_device", "device_name",
            "rank", "world_size", "is_main", "seed_everything", "run_logging"]

@@ -22,6 +22,7 @@ import torch
 
 from .. import _backend
 from ..config import Config, check_point, check_recorded
+from ..data import DataWarning, load_data
 from ..errors import ConfigError, DataError, RunDirectoryError, SGFDError, TrainingError
 from ..records import read_metrics, read_results, read_run, written_for
 from . import budget, distributed
@@ -31,28 +32,10 @@ from .rundir import (RunDirectory, check_data_shape, data_fingerprint, data_shap
                      describe_fingerprint, point_states, remove_temporaries)
 from .runtime import device_name, is_main, rank, resolve_device, run_logging, world_size
 
-__all__ = ["train", "resume", "load_data", "read_checked_run", "check_topk", "RESUMABLE_KEYS"]
+__all__ = ["train", "resume", "read_checked_run", "check_topk", "RESUMABLE_KEYS"]
 
 #: Keys a ``--resume`` may change: they do not alter what was already trained.
 RESUMABLE_KEYS = ("epochs", "stopping_step", "device", "eval_batch_size")
-
-
-def load_data(spec: dict, config: dict):
-    """Load the dataset a run describes: ``spec`` = ``{"name": ...}`` or ``{"path": ..., "format":
-    ..., "labels": ...}``, with ``valid_ratio``, ``split_seed`` and ``modalities`` from config."""
-    from ..data import load_dataset
-
-    if "in_memory" in spec:
-        raise ConfigError(f"this run was trained on the in-memory dataset "
-                          f"{spec['in_memory']!r}; pass that Dataset as dataset=")
-    # legacy protocol validates on test, so like the released code it trains on all of train
-    valid_ratio = 0.0 if config.get("protocol") == "legacy" else config["valid_ratio"]
-    kw = dict(valid_ratio=valid_ratio, seed=config["split_seed"],
-              modalities=config.get("modalities"))
-    if spec.get("name"):
-        return load_dataset(spec["name"], **kw)
-    return load_dataset(path=spec["path"], format=spec.get("format", "sgfd"),
-                        labels=spec.get("labels"), **kw)
 
 
 def read_checked_run(run_dir) -> dict:
@@ -114,11 +97,9 @@ def check_topk(config: Config, dataset, where: str | None = None) -> None:
 
 
 def _load_holding_warnings(spec: dict, config: dict, held: list):
-    """:func:`load_data`, with its DataWarnings appended to ``held`` (as ``warnings`` records)
+    """:func:`sgfd_fast.data.load_data`, with its DataWarnings appended to ``held`` (as ``warnings`` records)
     so that the run can log them to ``train.log`` once the log exists; the caller shows what it
     could not log (see :func:`_show_held`)."""
-    from ..data import DataWarning
-
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", DataWarning)

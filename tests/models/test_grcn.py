@@ -237,9 +237,9 @@ def cli_one_epoch_sgfd_on_and_off(tmp_path, dataset, model, *overrides):
     import subprocess
     import sys
 
-    from sgfd_fast.training import load_data, seed_everything
     from sgfd_fast.config import load_config
-    from sgfd_fast.data import write_sgfd
+    from sgfd_fast.data import load_data, write_sgfd
+    from sgfd_fast.training import seed_everything
     from sgfd_fast.evaluation import METRICS
 
     data = write_sgfd(dataset, tmp_path / "data")
