@@ -31,7 +31,12 @@ ABOVE = {
                            "sgfd_fast.plot"),
     "sgfd_fast.plot": ("sgfd_fast.training", "sgfd_fast.study", "sgfd_fast.api"),
     "sgfd_fast.api": ("sgfd_fast.study", "sgfd_fast.train", "sgfd_fast.plot"),
+    "sgfd_fast.study": ("sgfd_fast.api", "sgfd_fast.train"),
 }
+#: The study wing (sgfd_fast/study/), one concern per module, each importing only those before it.
+STUDY_WING = ["spec", "stats", "rundirs", "report", "run", "cli"]
+ABOVE.update({f"sgfd_fast.study.{m}": tuple(f"sgfd_fast.study.{n}" for n in STUDY_WING[i + 1:])
+              for i, m in enumerate(STUDY_WING)})
 
 #: Names that one layer defines, and the module that exports them.
 HOME = {"load_data": "sgfd_fast.data", "load_dataset": "sgfd_fast.data"}
@@ -73,6 +78,8 @@ def test_the_sources_are_found():
     modules = {_module(p) for p in SOURCES}
     assert {"sgfd_fast.data.registry", "sgfd_fast.data.dataset", "sgfd_fast.training.runner",
             "sgfd_fast.api"} <= modules
+    assert {m for m in modules if m.startswith("sgfd_fast.study.")} == \
+        {f"sgfd_fast.study.{m}" for m in STUDY_WING + ["__main__"]}
 
 
 def test_no_layer_imports_one_above_it():

@@ -10,6 +10,7 @@ import pytest
 
 from sgfd_fast import data, plot, study, training
 from sgfd_fast.errors import ConfigError, RunDirectoryError
+from sgfd_fast.study.report import diff_cells, fmt
 
 from test_trainer import TinyMF, tiny_dataset, tiny_model  # noqa: F401 - a fixture
 
@@ -488,7 +489,7 @@ def test_min_p_counts_only_the_differences_the_test_ranks():
     assert d["n"] == 6 and d["n_nonzero"] == 4
     assert d["min_p"] == pytest.approx(0.125)          # 2 / 2^4, not 2 / 2^6 = 0.03125
     assert d["wilcoxon_p"] == pytest.approx(0.125)     # all four of one sign: the floor itself
-    assert study._diff_cells(d)[1] == "0.125 (min 0.125)"
+    assert diff_cells(d)[1] == "0.125 (min 0.125)"
     assert study.paired_difference([0.1, 0.2], [0.1, 0.2])["min_p"] is None
 
 
@@ -620,10 +621,10 @@ def test_errors_caused_by_the_command_line_name_it(tmp_path, tiny_model, data_sp
 
 
 def test_a_zero_difference_prints_without_a_minus_sign():
-    delta, _ = study._diff_cells({"mean": -1e-9, "ci95": [-4e-5, 3e-5], "n": 3,
+    delta, _ = diff_cells({"mean": -1e-9, "ci95": [-4e-5, 3e-5], "n": 3,
                                   "wilcoxon_p": None, "min_p": None})
     assert delta == "+0.0000 [0.0000, 0.0000] (n=3)"
-    assert study._fmt(-0.0) == "0.0000" and study._fmt(-0.00012) == "-0.0001"
+    assert fmt(-0.0) == "0.0000" and fmt(-0.00012) == "-0.0001"
 
 
 @pytest.mark.parametrize("edit, match", [

@@ -1,0 +1,127 @@
+"""The command line ``python -m sgfd_fast.study``: run a spec, ``--report``, ``--list`` and
+``--summary`` (one view across finished studies)."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+import yaml
+
+from .._cli import quiet_on_closed_stdout, refuse_empty, show_warning
+from ..config import parse_overrides
+from ..errors import ConfigError, SGFDError
+from .run import run_study
+from .spec import SPEC_FORMAT, find_spec, load_spec, shipped_specs
+from .stats import require_scipy
+
+__all__ = ["main", "build_parser"]
+
+
+def _list() -> None:
+    for name, path in shipped_specs().items():
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        n = len(raw.get("arms") or {}) * len(raw.get("seeds") or [])
+        about = raw.get("description") or f"{raw.get('model')} on {raw.get('dataset')}"
+        print(f"{name:<22} {n} runs: {about}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m sgfd_fast.study",
+        description="Train every arm x seed of a study spec and compare the arms with the "
+                    "baseline (mean ± std, paired differences with 95% CIs, Wilcoxon p).",
+        epilog="examples:\n  python -m sgfd_fast.study --list\n"
+               "  python -m sgfd_fast.study office-bm3                # runs/study-office-bm3\n"
+               "  python -m sgfd_fast.study my_spec.yaml --out runs/mine --shard 1/2\n"
+               "  python -m sgfd_fast.study office-bm3 --seeds 1,2 --epochs 5 --out runs/try\n"
+               "A rerun of the same command skips finished runs and resumes unfinished ones.\n\n"
+               + SPEC_FORMAT,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("spec", nargs="?", help="a shipped spec's name (see --list) or a spec file")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="config overrides applied to every arm, after the spec's (parsed as "
+                        "YAML, as train's)")
+    p.add_argument("--seeds", metavar="S,T",
+                   help="train these seeds instead of the spec's, e.g. --seeds 1,2")
+    p.add_argument("--epochs", metavar="N", help="epochs=N for every arm (the same as epochs=N)")
+    p.add_argument("--out", metavar="DIR", help="the study directory (default runs/study-<name>)")
+    p.add_argument("--shard", metavar="I/N", default="1/1",
+                   help="train only the I-th of every N runs (N independent processes)")
+    p.add_argument("--arms", metavar="A,B",
+                   help="train only these arms (the report covers every finished run)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
+                   help="override the device key of every run")
+    p.add_argument("--report", action="store_true",
+                   help="train nothing; write the report of the finished runs")
+    p.add_argument("--list", action="store_true", help="list the shipped specs and exit")
+    return p
+
+
+def _parse_seeds(text: str) -> list[int]:
+    parts = [x.strip() for x in text.split(",")]
+    if not all(x.isascii() and x.isdigit() for x in parts):
+        raise ConfigError(f"--seeds {text!r} must be comma-separated non-negative ints, e.g. "
+                          f"--seeds 1,2")
+    return [int(x) for x in parts]
+
+
+def _parse_shard(text: str) -> tuple[int, int]:
+    m = re.match(r"^(\d+)/(\d+)$", str(text))
+    if not m or not 1 <= int(m.group(1)) <= int(m.group(2)):
+        raise ConfigError(f"--shard {text!r} must be I/N with 1 <= I <= N, e.g. 1/4")
+    return int(m.group(1)), int(m.group(2))
+
+
+@quiet_on_closed_stdout
+def main(argv=None) -> int:
+    """Entry point of ``python -m sgfd_fast.study``."""
+    import warnings
+
+    # intermixed: key=value overrides may come before, between or after the options
+    args = build_parser().parse_intermixed_args(argv)
+    warnings.showwarning = show_warning  # a data warning is one line, as train prints it
+    if args.list:
+        _list()
+        return 0
+    out = None
+    try:
+        if not args.spec:
+            raise ConfigError("give a study spec (a name from --list, or a YAML file)")
+        refuse_empty(args, out="--out")
+        shard = _parse_shard(args.shard)
+        seeds = None if args.seeds is None else _parse_seeds(args.seeds)
+        options = {k: f"--{k} {v}" for k, v in (("epochs", args.epochs),
+                                                  ("device", args.device)) if v}
+        overrides = dict(parse_overrides(args.overrides, options)
+                         + parse_overrides([f"epochs={args.epochs}"] if args.epochs else []))
+        spec = load_spec(find_spec(args.spec), seeds=seeds, overrides=overrides)
+        require_scipy()  # the statistics need it: fail before hours of training, not after
+        out = Path(args.out).expanduser() if args.out else Path("runs") / f"study-{spec.name}"
+        arms = None if args.arms is None else [a.strip() for a in args.arms.split(",")
+                                               if a.strip()]
+        if arms == []:
+            raise ConfigError("--arms is empty; give arm names, e.g. --arms plain,sgfd")
+        if arms and len(set(arms)) != len(arms):
+            twice = next(a for a in arms if arms.count(a) > 1)
+            raise ConfigError(f"--arms {args.arms} lists the arm {twice!r} twice; list each "
+                              f"arm once")
+        summary = run_study(spec, out, shard=shard, arms=arms, device=args.device,
+                            report_only=args.report)
+    except SGFDError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as e:
+        from ..training import Terminated
+
+        print(f"interrupted; rerun the same command to continue (finished runs are kept, the "
+              f"interrupted one resumes from its last.pt){f' in {out}' if out else ''}",
+              file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
+    runs = summary["runs"]
+    print(f"{runs['finished']}/{runs['total']} runs finished"
+          + (f", {len(runs['failed'])} failed" if runs["failed"] else "")
+          + f", {runs['at_epoch_cap']} at the epoch cap; report: {out / 'study.md'}")
+    return 1 if runs["failed"] else 0
