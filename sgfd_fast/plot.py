@@ -9,6 +9,8 @@ without it every function raises :class:`PlotUnavailable`, which says so.
 * :func:`study_plots`: ``bars.png`` (per metric, each arm's mean with ± one sample std and its
   seeds as dots, on an axis from 0) and ``curves.png`` (the validation curves of every arm x seed, one colour per
   arm) from a :func:`sgfd_fast.study.summarise` summary.
+* :func:`forest`: ``forest.png`` of ``python -m sgfd_fast.study --summary``, one contrast's mean
+  paired difference and 95 % interval per study.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from ._cli import quiet_on_closed_stdout, refuse_empty
 from .errors import ConfigError, SGFDError
 from .records import read_metrics, read_results, read_run
 
-__all__ = ["PlotUnavailable", "run_curves", "study_plots", "point_dirs", "main"]
+__all__ = ["PlotUnavailable", "run_curves", "study_plots", "forest", "point_dirs", "main"]
 
 
 class PlotUnavailable(SGFDError):
@@ -217,6 +219,37 @@ def study_plots(summary: dict, out) -> list[Path]:
     _save(fig, written[1])
     plt.close(fig)
     return written
+
+
+def forest(rows, path, *, xlabel: str, title: str) -> Path:
+    """A forest plot into ``path``: one line per ``(label, mean, ci95, text)`` of ``rows``, top
+    to bottom, the mean as a dot and its interval ``ci95 = [low, high]`` as a bar (None: the dot
+    alone, n < 2), ``text`` written at the right, and a dashed line at 0 (no difference).
+
+    Raises:
+        PlotUnavailable: no matplotlib.
+    """
+    plt = _pyplot()
+    n = len(rows)
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.45 * max(n, 1)))
+    ax.axvline(0.0, color="tab:gray", linestyle="--", linewidth=1)
+    for i, (label, mean, ci95, text) in enumerate(rows):
+        y = n - 1 - i
+        if ci95 is not None:
+            ax.plot(ci95, [y, y], color="tab:blue", linewidth=2)
+        ax.plot([mean], [y], "o", color="tab:blue")
+        ax.annotate(text, (1.01, y), xycoords=("axes fraction", "data"), va="center",
+                    fontsize="small")
+    ax.set_yticks(range(n), [label for label, *_ in reversed(rows)])
+    ax.set_ylim(-0.6, n - 0.4)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    _save(fig, path)
+    plt.close(fig)
+    return path
 
 
 @quiet_on_closed_stdout

@@ -34,7 +34,7 @@ ABOVE = {
     "sgfd_fast.study": ("sgfd_fast.api", "sgfd_fast.train"),
 }
 #: The study wing (sgfd_fast/study/), one concern per module, each importing only those before it.
-STUDY_WING = ["spec", "stats", "rundirs", "report", "run", "cli"]
+STUDY_WING = ["spec", "stats", "rundirs", "report", "run", "summary", "cli"]
 ABOVE.update({f"sgfd_fast.study.{m}": tuple(f"sgfd_fast.study.{n}" for n in STUDY_WING[i + 1:])
               for i, m in enumerate(STUDY_WING)})
 

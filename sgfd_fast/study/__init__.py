@@ -39,8 +39,9 @@ with matplotlib (``pip install 'sgfd_fast[plot]'``) ``bars.png`` and ``curves.pn
 
 The wing, one concern per module, each importing only those before it: :mod:`.spec` (the spec),
 :mod:`.stats` (the statistics), :mod:`.rundirs` (the arm x seed run directories), :mod:`.report`
-(one study's summary and report files), :mod:`.run` (:func:`run_study`), :mod:`.cli` (the command
-line; ``__main__``).
+(one study's summary and report files), :mod:`.run` (:func:`run_study`), :mod:`.summary`
+(``--summary``: one table and forest plot of a contrast across finished studies), :mod:`.cli`
+(the command line; ``__main__``).
 """
 
 from .cli import build_parser, main
@@ -48,7 +49,8 @@ from .report import summarise, write_report
 from .run import run_study
 from .spec import SPEC_FORMAT, STUDIES_DIR, Spec, find_spec, load_spec, shipped_specs
 from .stats import describe, paired_difference
+from .summary import summarise_studies, write_summary
 
 __all__ = ["Spec", "load_spec", "find_spec", "shipped_specs", "run_study", "summarise",
            "paired_difference", "describe", "write_report", "main", "build_parser",
-           "SPEC_FORMAT", "STUDIES_DIR"]
+           "SPEC_FORMAT", "STUDIES_DIR", "summarise_studies", "write_summary"]

@@ -16,6 +16,7 @@ from ..errors import ConfigError, SGFDError
 from .run import run_study
 from .spec import SPEC_FORMAT, find_spec, load_spec, shipped_specs
 from .stats import require_scipy
+from .summary import DEFAULT_CONTRAST, DEFAULT_METRIC, summarise_studies, write_summary
 
 __all__ = ["main", "build_parser"]
 
@@ -37,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
                "  python -m sgfd_fast.study office-bm3                # runs/study-office-bm3\n"
                "  python -m sgfd_fast.study my_spec.yaml --out runs/mine --shard 1/2\n"
                "  python -m sgfd_fast.study office-bm3 --seeds 1,2 --epochs 5 --out runs/try\n"
+               "  python -m sgfd_fast.study --summary runs/study-office-bm3 runs/study-office-grcn "
+               "--out runs/summary\n"
                "A rerun of the same command skips finished runs and resumes unfinished ones.\n\n"
                + SPEC_FORMAT,
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -57,7 +60,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", action="store_true",
                    help="train nothing; write the report of the finished runs")
     p.add_argument("--list", action="store_true", help="list the shipped specs and exit")
+    g = p.add_argument_group(
+        "one view across finished studies",
+        "--summary DIR...: train nothing; read each study's study.json and write one table\n"
+        "(summary.md, summary.json) and one forest plot (forest.png) of --contrast on --metric,\n"
+        "one row per backbone x dataset, with the paired 95 % intervals of the studies' own\n"
+        "reports, into --out (default runs/summary)")
+    g.add_argument("--summary", nargs="*", metavar="DIR", default=None,
+                   help="study directories (each a study's --out)")
+    g.add_argument("--contrast", metavar="NAME", default=None,
+                   help=f"a contrast the studies' specs name (e.g. distillation) or "
+                        f"ARM-REFERENCE (default {DEFAULT_CONTRAST})")
+    g.add_argument("--metric", metavar="M", default=None,
+                   help=f"a metric the studies report, on the test split (valid/M: validation; "
+                        f"default {DEFAULT_METRIC})")
     return p
+
+
+def _summary(args) -> int:
+    """``--summary``: refuse the options of a study run, then summarise and write."""
+    given = [opt for opt, v in (("a spec", args.spec), ("key=value", args.overrides),
+                                ("--seeds", args.seeds), ("--epochs", args.epochs),
+                                ("--shard", args.shard != "1/1"), ("--arms", args.arms),
+                                ("--device", args.device), ("--report", args.report),
+                                ("--list", args.list)) if v]
+    if given:
+        raise ConfigError(f"--summary reads finished studies and trains nothing, so "
+                          f"{', '.join(given)} cannot be given with it")
+    refuse_empty(args, out="--out")
+    require_scipy()
+    table = summarise_studies(args.summary, contrast=args.contrast or DEFAULT_CONTRAST,
+                              metric=DEFAULT_METRIC if args.metric is None else args.metric)
+    out = Path(args.out).expanduser() if args.out else Path("runs") / "summary"
+    for d in args.summary:
+        if out.resolve().is_relative_to(Path(d).expanduser().resolve()):
+            raise ConfigError(f"--out {out} lies in the study directory {d}, which holds only "
+                              f"what its study writes; give another --out")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; give a directory")
+    write_summary(table, out)
+    n = len(table["rows"])
+    print(f"{n} stud{'y' if n == 1 else 'ies'}, {table['contrast']} on {table['metric']}: "
+          f"{out / 'summary.md'}")
+    return 0
 
 
 def _parse_seeds(text: str) -> list[int]:
@@ -83,11 +128,16 @@ def main(argv=None) -> int:
     # intermixed: key=value overrides may come before, between or after the options
     args = build_parser().parse_intermixed_args(argv)
     warnings.showwarning = show_warning  # a data warning is one line, as train prints it
-    if args.list:
+    if args.list and args.summary is None:
         _list()
         return 0
     out = None
     try:
+        if args.summary is not None:
+            return _summary(args)
+        if args.contrast is not None or args.metric is not None:
+            raise ConfigError("--contrast and --metric choose what --summary shows; a study "
+                              "reports every arm and metric of its spec")
         if not args.spec:
             raise ConfigError("give a study spec (a name from --list, or a YAML file)")
         refuse_empty(args, out="--out")
