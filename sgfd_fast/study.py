@@ -53,7 +53,7 @@ from pathlib import Path
 import yaml
 
 from ._cli import quiet_on_closed_stdout, refuse_empty, show_warning
-from .config import RANGES, Config, load_config, parse_overrides, read_yaml
+from .config import RANGES, Config, load_config, parse_overrides, read_yaml, with_added_keys
 from .errors import ConfigError, SGFDError, TrainingError
 from .records import read_json, read_metrics, read_results, read_run, written_for
 
@@ -336,7 +336,7 @@ def _check_existing(run: _Run) -> None:
                               f"not a run this study started; move it away, or study into "
                               f"another --out")
         return
-    old = read_run(run.dir)["config"]
+    old = with_added_keys(read_run(run.dir)["config"])
     new = json.loads(json.dumps(run.config.values))
     changed = sorted(k for k in set(old) | set(new)
                      if k not in RESUMABLE_KEYS and old.get(k) != new.get(k))
