@@ -353,10 +353,14 @@ def cpu_isa() -> str:
     """The CPU's name and what multiplies bf16 on it (``sgfd_fast info``'s answer)."""
     from sgfd_fast.ops._bf16_filter import bf16_hardware
 
-    name = next((line.split(":", 1)[1].strip() for line in
-                 Path("/proc/cpuinfo").read_text().splitlines()
-                 if line.startswith("model name")), "unknown CPU") \
-        if Path("/proc/cpuinfo").exists() else "unknown CPU"
+    fields = {}
+    if Path("/proc/cpuinfo").exists():
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    name = fields.get("model name", "unknown CPU")
+    if "cpu family" in fields:  # "AMD EPYC" alone does not say which generation
+        name += f" (family {fields['cpu family']}, model {fields.get('model', '?')})"
     return (f"{name}, torch CPU capability {torch.backends.cpu.get_cpu_capability()}, bf16 "
             f"products: {bf16_hardware('cpu') or 'emulated (no AMX-BF16 or AVX512-BF16)'}")
 
