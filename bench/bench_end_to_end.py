@@ -6,10 +6,12 @@ Models: ``--e2e-models`` (default: all on CUDA, BM3 only on a CPU). Datasets: of
 ``--bench-size small``; office, office-synthetic (the office graph with SYNTHETIC seeded
 stand-ins of the paper's shapes: 4096-d image, 384-d text; office's labels) and
 toysgames-synthetic at ``paper``; none at ``large`` (no large built-in dataset). Providers:
-``reference``, ``sgfd_fast``, for BM3+SGFD ``released`` (:class:`ReleasedBM3`) and for VBPR and
-LightGCN ``mmrec`` (:class:`MMRecStyle`). CPU epoch rows of
-BM3+SGFD and CPU evaluation rows of dot-product models record the GEMM floor
-(:func:`gemm_floor`) and the step's fraction of it. Config: the package defaults for the model and dataset
+``reference``, ``sgfd_fast``, ``sgfd_fast_bf16`` (ours with ``precision: bf16``), for BM3+SGFD
+``released`` (:class:`ReleasedBM3`) and for VBPR and LightGCN ``mmrec`` (:class:`MMRecStyle`).
+CPU epoch rows of BM3+SGFD and CPU evaluation rows of dot-product models record the GEMM floor
+at this process's float32 and bf16 ``torch.mm`` rates (:func:`gemm_floor`), the CPU's bf16 ISA,
+and the step's fraction of the floor of its own precision (bf16 epochs: the bf16 floor; an
+evaluation scores in float32 under either precision: the float32 floor). Config: the package defaults for the model and dataset
 (``sgfd_fast.config.load_config``), so the batch size, width and layers are those a user gets.
 
 * ``epoch``: the trainer's step loop (shuffled positive pairs in batches of ``train_batch_size``,
@@ -42,7 +44,8 @@ MODEL_NAMES = ("BM3", "GRCN", "MAML", "VBPR", "LightGCN")
 OFFICE_STANDIN = "office-synthetic"
 DATASETS = {"small": ("office",),
             "paper": ("office", OFFICE_STANDIN, "toysgames-synthetic"), "large": ()}
-PROVIDERS = ("reference", "released", "mmrec", "sgfd_fast")
+PROVIDERS = ("reference", "released", "mmrec", "sgfd_fast", "sgfd_fast_bf16")
+BF16_PROVIDER = "sgfd_fast_bf16"   # ours with precision: bf16
 MMREC_MODELS = ("VBPR", "LightGCN")   # the "mmrec" provider: MMRecStyle
 STEPS = ("epoch", "evaluation")
 
@@ -87,13 +90,15 @@ def _dataset(load_data, name: str, valid_ratio, split_seed, modalities):
 class Run:
     """A freshly seeded model, its optimizer and the epoch / evaluation callables."""
 
-    def __init__(self, model_name: str, dataset_name: str, device: torch.device):
+    def __init__(self, model_name: str, dataset_name: str, device: torch.device,
+                 precision: str = "fp32"):
         use_backend, load_config, load_data, evaluate, models, build_model, sampler_cls = _api()
         if model_name.upper() not in {k.upper() for k in models}:
             pytest.skip(f"{model_name} is not registered in sgfd_fast.models.MODELS yet")
         self.use_backend, self.evaluate = use_backend, evaluate
         config_name = "office" if dataset_name == OFFICE_STANDIN else dataset_name
-        self.config = cfg = load_config(model_name, config_name).points()[0]
+        self.config = cfg = load_config(model_name, config_name,
+                                        overrides=[("precision", precision)]).points()[0]
         modalities = None if dataset_name == OFFICE_STANDIN else cfg.get("modalities")
         self.dataset = _dataset(load_data, dataset_name, cfg["valid_ratio"], cfg["split_seed"],
                                 tuple(modalities) if modalities else None)
@@ -329,13 +334,13 @@ def released_metrics(topk_index, pos_items, ks) -> dict:
     return {f"{name}@{k}": round(float(v[k - 1]), 4) for name, v in table.items() for k in ks}
 
 
-def _gemm_rate() -> float:
-    """This process's float32 GEMM rate (FLOP/s): the fastest of five 2048³ ``torch.mm`` (a floor
-    divides by the best rate: a slower round, e.g. a neighbour's load, must not lower the floor
-    below what was timed)."""
+def _gemm_rate(dtype: torch.dtype = torch.float32) -> float:
+    """This process's GEMM rate (FLOP/s) in ``dtype``: the fastest of five 2048³ ``torch.mm`` (a
+    floor divides by the best rate: a slower round, e.g. a neighbour's load, must not lower the
+    floor below what was timed)."""
     import time
 
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    a, b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
     times = []
     for _ in range(5):
         start = time.perf_counter()
@@ -344,9 +349,26 @@ def _gemm_rate() -> float:
     return 2 * 2048 ** 3 / min(times)
 
 
+def cpu_isa() -> str:
+    """The CPU's name and what multiplies bf16 on it (``sgfd_fast info``'s answer)."""
+    from sgfd_fast.ops._bf16_filter import bf16_hardware
+
+    fields = {}
+    if Path("/proc/cpuinfo").exists():
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    name = fields.get("model name", "unknown CPU")
+    if "cpu family" in fields:  # "AMD EPYC" alone does not say which generation
+        name += f" (family {fields['cpu family']}, model {fields.get('model', '?')})"
+    return (f"{name}, torch CPU capability {torch.backends.cpu.get_cpu_capability()}, bf16 "
+            f"products: {bf16_hardware('cpu') or 'emulated (no AMX-BF16 or AVX512-BF16)'}")
+
+
 def gemm_floor(run, step: str) -> dict | None:
     """FLOPs of the step's necessary dense GEMMs, and the seconds they take at this machine's
-    GEMM rate (the fastest of five 2048³ float32 ``torch.mm`` in this process, same threads).
+    GEMM rates (the fastest of five 2048³ ``torch.mm`` in this process, same threads, in float32:
+    ``floor_s``, and in bf16: ``floor_s_bf16``).
 
     ``epoch`` (BM3+SGFD): per batch with n distinct items and per modality m (width d_m, teacher
     weight shapes S_m), ``2 · (min(teacher_costs(S_m, n)) + 2·n·D·d_m)`` — the teacher in its
@@ -383,8 +405,9 @@ def gemm_floor(run, step: str) -> dict | None:
         for start in range(0, perm.numel(), run.batch_size):
             n = int(torch.unique(run.pairs[perm[start:start + run.batch_size], 1]).numel())
             macs += sum(min(teacher_costs(sh, n)) + 2 * n * dim * d for sh, d in shapes)
-    rate = _gemm_rate()
-    return {"floor_flops": 2 * macs, "gemm_flop_per_s": rate, "floor_s": 2 * macs / rate}
+    rate, rate_bf16 = _gemm_rate(), _gemm_rate(torch.bfloat16)
+    return {"floor_flops": 2 * macs, "gemm_flop_per_s": rate, "floor_s": 2 * macs / rate,
+            "gemm_flop_per_s_bf16": rate_bf16, "floor_s_bf16": 2 * macs / rate_bf16}
 
 
 def _rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
@@ -420,6 +443,24 @@ def check_backends_agree(model_name: str, dataset_name: str, device_type: str) -
     if problems:
         pytest.fail(f"{model_name} on {dataset_name}: sgfd_fast and reference backends disagree:\n"
                     + "\n".join(problems))
+    return "ok"
+
+
+@functools.lru_cache(maxsize=None)
+def check_bf16_close(model_name: str, dataset_name: str, device_type: str) -> str:
+    """One training step's loss under ``precision: bf16`` within 2 % of float32's (the same
+    weights and batch; tests/test_precision.py holds the training-level checks)."""
+    runs = {p: Run(model_name, dataset_name, torch.device(device_type), p)
+            for p in ("fp32", "bf16")}
+    batch = runs["fp32"].batch(torch.arange(min(runs["fp32"].batch_size,
+                                                runs["fp32"].pairs.shape[0])))
+    loss = {}
+    for p, run in runs.items():
+        torch.manual_seed(1234)
+        loss[p] = float(run.model.calculate_loss(*batch)["loss"])
+    if not abs(loss["bf16"] - loss["fp32"]) <= 2e-2 * abs(loss["fp32"]):
+        pytest.fail(f"{model_name} on {dataset_name}: bf16 step loss {loss['bf16']} vs float32 "
+                    f"{loss['fp32']}")
     return "ok"
 
 
@@ -552,7 +593,10 @@ def test_end_to_end(bench, request, device, model_name, dataset_name, step, prov
         pytest.skip(f"{model_name} not in --e2e-models={wanted} (on a CPU only BM3 runs by "
                     f"default: a GRCN or MAML epoch takes many minutes there)")
     check_backends_agree(model_name, dataset_name, device.type)
-    run = Run(model_name, dataset_name, device)
+    bf16 = provider == BF16_PROVIDER
+    if bf16:
+        check_bf16_close(model_name, dataset_name, device.type)
+    run = Run(model_name, dataset_name, device, "bf16" if bf16 else "fp32")
     backend = "reference" if provider == "reference" else "auto"
     action = run.evaluation
     if provider == "released":
@@ -578,7 +622,8 @@ def test_end_to_end(bench, request, device, model_name, dataset_name, step, prov
     rounds = 5 if device.type == "cuda" else 3 if dataset_name == "office" else 2
     ds = run.dataset
     info = {"op": f"end_to_end:{model_name}", "mode": step, "workload": dataset_name,
-            "dtype": "float32",
+            "dtype": "bfloat16 products" if bf16 else "float32",
+            "precision": "bf16" if bf16 else "fp32", "cpu_isa": cpu_isa(),
             "sizes": {"n_users": ds.n_users, "n_items": ds.n_items,
                       "n_train": int(ds.train.shape[0]), "n_test": int(ds.test.shape[0]),
                       "train_batch_size": run.batch_size, "n_batches": run.n_batches,
@@ -599,4 +644,5 @@ def test_end_to_end(bench, request, device, model_name, dataset_name, step, prov
                                  provider=provider, fn=timed, info=info, rounds=rounds)
     bench.benchmark.extra_info.update(peak_memory_bytes=mem.peak, peak_memory_kind=mem.kind)
     if floor and median:  # printed by conftest's end-of-run summary
-        bench.benchmark.extra_info["floor_fraction"] = floor["floor_s"] / median
+        own = floor["floor_s_bf16" if bf16 and step == "epoch" else "floor_s"]
+        bench.benchmark.extra_info["floor_fraction"] = own / median

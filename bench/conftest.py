@@ -48,6 +48,10 @@ def pytest_report_header(config):
         lines.append(f"WARNING: the C++ extension is not loaded ({_ext.cpu_error})")
     if device == "cuda" and _ext.cuda is None:
         lines.append(f"WARNING: the CUDA extension is not loaded ({_ext.cuda_error})")
+    if device == "cpu":
+        from bench_end_to_end import cpu_isa
+
+        lines.append(f"CPU: {cpu_isa()}")
     lines.append("sgfd_fast backends: " + ", ".join(
         f"{op}={_backend.serving(op, device)}" for op in _backend.ops()))
     return lines
@@ -116,6 +120,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     terminalreporter.write_sep("-", "sgfd_fast speedups (median time of the other provider / "
                                     "median time of sgfd_fast; > 1 means sgfd_fast is faster)")
     terminalreporter.write_line(report.speedup_text(RESULTS))
+    if any(r["extra_info"].get("precision") == "bf16" for r in RESULTS):
+        terminalreporter.write_sep("-", "precision: bf16 (sgfd_fast_bf16) against the others")
+        terminalreporter.write_line(report.speedup_text(RESULTS, focus="sgfd_fast_bf16"))
     floors = [r for r in RESULTS if "floor_fraction" in r["extra_info"]]
     if floors:
         terminalreporter.write_sep("-", "end-to-end steps against the GEMM floor (necessary "
@@ -129,8 +136,11 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         rss = (f"; peak RSS {info.get('peak_memory_bytes', 0) / 2**20:.0f} MiB (in a process of "
                f"its own: {info['peak_rss_own_process_bytes'] / 2**20:.0f} MiB)"
                if "peak_rss_own_process_bytes" in info else "")
+        both = (f"; bf16 floor {info['floor_s_bf16']:.3g} s at "
+                f"{info['gemm_flop_per_s_bf16'] / 1e9:.0f} GFLOP/s"
+                if "floor_s_bf16" in info else "")
         terminalreporter.write_line(
             f"{r['group']} [{info['provider']}]: {r['stats']['median']:.3g} s; floor "
             f"{info['floor_flops'] / 1e9:.1f} GFLOP = {info['floor_s']:.3g} s at "
-            f"{info['gemm_flop_per_s'] / 1e9:.0f} GFLOP/s; fraction {info['floor_fraction']:.2f}"
-            f"{bound}{rss}")
+            f"{info['gemm_flop_per_s'] / 1e9:.0f} GFLOP/s (float32){both}; fraction of its "
+            f"own precision's floor {info['floor_fraction']:.2f}{bound}{rss}")

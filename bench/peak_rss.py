@@ -6,6 +6,7 @@ every provider shares one process, whose peak never goes down). ``bench_end_to_e
 for each provider's epoch row (``extra_info["peak_rss_own_process_bytes"]``); by hand::
 
     PYTHONPATH=$PWD python bench/peak_rss.py BM3 office-synthetic released
+    PYTHONPATH=$PWD python bench/peak_rss.py BM3 office-synthetic sgfd_fast_bf16   # precision: bf16
 
 Output: ``{"peak_rss_bytes": ru_maxrss of the process, "imports_rss_bytes": resident set after
 the imports (torch, sgfd_fast), "setup_rss_bytes": after the dataset, model and optimizer are
@@ -24,12 +25,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_end_to_end import PROVIDERS, ReleasedBM3, Run, _vm_kb  # noqa: E402
+from bench_end_to_end import BF16_PROVIDER, PROVIDERS, ReleasedBM3, Run, _vm_kb  # noqa: E402
 
 
 def measure(model_name: str, dataset_name: str, provider: str, batches: int | None) -> dict:
     imports = _vm_kb("VmRSS") * 1024
-    run = Run(model_name, dataset_name, torch.device("cpu"))
+    run = Run(model_name, dataset_name, torch.device("cpu"),
+              "bf16" if provider == BF16_PROVIDER else "fp32")
     evaluation = run.evaluation
     if provider == "released":
         run.stepper = ReleasedBM3(run.model, run.dataset, run.config)

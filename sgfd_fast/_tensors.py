@@ -44,3 +44,17 @@ def new_output(*shape: int, like: torch.Tensor, dtype: torch.dtype | None = None
         fill = float("nan") if dtype.is_floating_point else -1
         return torch.full(shape, fill, dtype=dtype, device=like.device)
     return torch.empty(shape, dtype=dtype, device=like.device)
+
+
+def bf16_linear(x: torch.Tensor, weight: torch.Tensor,
+                bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` as a bf16 product: x (N, F) and weight (D, F) rounded to
+    bfloat16 (no copy for a bfloat16 x), multiplied by torch's GEMM (oneDNN on CPU, cuBLAS on
+    CUDA: float32 accumulation, its (N, D) output rounded once to bfloat16), widened to float32,
+    then the float32 bias (D,) added. Returns (N, D) float32. Under autograd the backward products
+    run in bf16 too and the gradients of float32 inputs arrive in float32 (the casts'
+    backward). What ``precision: bf16`` means by a dense product (``models.heads.Linear``,
+    ``ops.feature_head``, ``ops.collapse_linear_stack``)."""
+    bf16 = torch.bfloat16
+    out = torch.nn.functional.linear(x.to(bf16), weight.to(bf16)).float()
+    return out if bias is None else out + bias

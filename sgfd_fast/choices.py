@@ -6,7 +6,7 @@ neither side imports upwards. A value travels unchanged from the config to the k
 """
 
 __all__ = ["PROTOCOLS", "SGFD_LOSSES", "DEVICES", "DIST_BACKENDS", "METRICS",
-           "STUDENT_ACTIVATIONS", "STUDENT_NORMS", "STUDENT_INITS"]
+           "STUDENT_ACTIVATIONS", "STUDENT_NORMS", "STUDENT_INITS", "PRECISIONS"]
 
 #: ``protocol``: ``standard`` selects on the validation split; ``legacy`` as the released code.
 PROTOCOLS = ("standard", "legacy")
@@ -25,3 +25,7 @@ STUDENT_ACTIVATIONS = ("auto", "leaky_relu", "identity")
 STUDENT_NORMS = ("auto", "l2", "none")
 #: ``pytorch``: ``nn.Linear``'s own initialisation (kaiming-uniform, a = sqrt(5)).
 STUDENT_INITS = ("auto", "pytorch", "xavier_normal", "xavier_uniform")
+#: ``precision``: ``fp32`` everywhere, or ``bf16``: the dense products of the backbones and of SGFD
+#: take bfloat16 inputs (fp32 accumulation) and the raw item features are held in bfloat16
+#: (``sgfd_fast.models.base.Recommender.use_precision``).
+PRECISIONS = ("fp32", "bf16")

@@ -36,20 +36,21 @@ from typing import NamedTuple
 
 import yaml
 
-from .choices import (DEVICES, DIST_BACKENDS, METRICS, PROTOCOLS, SGFD_LOSSES,
+from .choices import (DEVICES, DIST_BACKENDS, METRICS, PRECISIONS, PROTOCOLS, SGFD_LOSSES,
                       STUDENT_ACTIVATIONS, STUDENT_INITS, STUDENT_NORMS)
 from .errors import ConfigError
 
 __all__ = ["Config", "GridPoints", "load_config", "parse_override", "parse_overrides",
            "read_yaml", "Loader", "CONFIG_DIR", "dataset_config_file", "model_config_file",
            "key_docs", "check_point",
-           "check_recorded", "DATA_KEYS", "RUN_KEYS", "CHOICES", "RANGES", "Range"]
+           "check_recorded", "with_added_keys", "DATA_KEYS", "RUN_KEYS", "ADDED_KEYS", "CHOICES",
+           "RANGES", "Range"]
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 #: Keys whose value is one of a fixed set.
 CHOICES = {"protocol": PROTOCOLS, "sgfd_loss": SGFD_LOSSES, "device": DEVICES,
-           "dist_backend": DIST_BACKENDS,
+           "dist_backend": DIST_BACKENDS, "precision": PRECISIONS,
            "student_activation": STUDENT_ACTIVATIONS, "student_norm": STUDENT_NORMS,
            "student_init": STUDENT_INITS}
 
@@ -110,9 +111,12 @@ RUN_KEYS = {
                     "metric to see each)",
     "protocol": "what the points are validated on (legacy: the test split): points validated on "
                 "different splits cannot be compared; give one protocol (one run per protocol)",
-    **dict.fromkeys(("device", "dist_backend", "dist_timeout", "grid_parallel"),
+    **dict.fromkeys(("device", "dist_backend", "dist_timeout", "grid_parallel", "precision"),
                     "a setting of the whole run; give one value"),
 }
+#: Keys added after runs were first recorded, with the value every run recorded without them had:
+#: an older ``run.json`` or checkpoint reads as if it held it (:func:`with_added_keys`).
+ADDED_KEYS = {"precision": "fp32"}
 #: List keys whose elements must be distinct.
 _DISTINCT = {"topk": "cut-off", "modalities": "modality", "hyper_parameters": "key"}
 
@@ -560,11 +564,19 @@ def load_config(model: str, dataset: str | None = None, files=(), overrides=(), 
     return cfg
 
 
+def with_added_keys(values: dict) -> dict:
+    """``values`` (a recorded config) with each :data:`ADDED_KEYS` key it lacks at the value it
+    was trained with."""
+    return {**ADDED_KEYS, **values}
+
+
 def check_recorded(model: str, dataset: str | None, values: dict, grid_keys: list,
                    where: str) -> Config:
     """A configuration recorded by a run (``run.json``), resolved again and checked like a new
-    one: every key known and present, every value of its type and range, ``grid_keys`` its
-    ``hyper_parameters``. Raises ConfigError naming ``where``."""
+    one: every key known and present (but :data:`ADDED_KEYS`, read at the value older runs had),
+    every value of its type and range, ``grid_keys`` its ``hyper_parameters``. Raises ConfigError
+    naming ``where``."""
+    values = with_added_keys(values)
     cfg = load_config(model, dataset, overrides=list(values.items()), overrides_from=where)
     missing = sorted(set(cfg.values) - set(values))
     if missing:

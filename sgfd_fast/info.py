@@ -39,10 +39,12 @@ def _bf16() -> dict:
     warnings = []
     if cpu is None:
         warnings.append(f"CPU: no AMX-BF16 or AVX512-BF16 (torch's kernels: {capability}): bf16 "
-                        "products are emulated here and run slower than float32")
+                        "products are emulated here and run slower than float32; train with "
+                        "precision: fp32 (the default) on this CPU")
     if torch.cuda.is_available() and cuda is None:
         warnings.append(f"GPU {torch.cuda.get_device_name(0)}: no bf16 tensor cores (compute "
-                        "capability < 8.0): bf16 products run slower than float32")
+                        "capability < 8.0): bf16 products run slower than float32; train with "
+                        "precision: fp32 (the default) on this GPU")
     return {"cpu": cpu, "cuda": cuda, "torch_cpu_capability": capability, "warnings": warnings}
 
 

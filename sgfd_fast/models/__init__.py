@@ -24,9 +24,10 @@ MODELS: dict[str, type[Recommender]] = {"BM3": BM3, "GRCN": GRCN, "MAML": MAML, 
 
 
 def build_model(name: str, dataset, config: dict) -> Recommender:
-    """Instantiate the model registered as ``name`` (case-insensitive) for ``dataset``."""
+    """Instantiate the model registered as ``name`` (case-insensitive) for ``dataset``, in the
+    config's ``precision`` (:meth:`Recommender.use_precision`; float32 when absent)."""
     by_upper = {k.upper(): cls for k, cls in MODELS.items()}
     cls = by_upper.get(str(name).upper())
     if cls is None:
         raise ConfigError(f"unknown model {name!r}; available: {', '.join(sorted(MODELS))}")
-    return cls(dataset, config)
+    return cls(dataset, config).use_precision(config.get("precision", "fp32"))

@@ -25,6 +25,7 @@ import torch
 from ..graph import CSR
 from ..ops.row_dropout import mix64
 from .features import EXTRA_TOTAL, ItemFeatures
+from .heads import Linear
 
 __all__ = ["Recommender", "bpr_loss", "emb_loss", "rows", "step_key"]
 
@@ -130,6 +131,23 @@ class Recommender(torch.nn.Module):
         """The item-feature modalities, in the order of the seam's ``j``."""
         f = self.features
         return [] if f is None else f.modalities
+
+    def use_precision(self, precision: str) -> "Recommender":
+        """Apply the config key ``precision`` (``choices.PRECISIONS``) to the built model, once:
+        ``bf16`` sets every :class:`~sgfd_fast.models.heads.Linear` (the backbone's and SGFD's
+        dense layers) to multiply in bf16 and the item-feature seam to hold its raw features in
+        bfloat16 (:meth:`ItemFeatures.hold_bf16`); ``fp32`` changes nothing. Parameters,
+        optimizer state, embedding tables, losses, norms and propagation stay float32.
+        :func:`~sgfd_fast.models.build_model` calls it after construction, so constants the
+        model derived from its features (kNN graphs, MAML's initial item embeddings) are those
+        of the float32 features under either precision."""
+        if precision == "bf16":
+            for m in self.modules():
+                if isinstance(m, Linear):
+                    m.bf16 = True
+            if self.features is not None:
+                self.features.hold_bf16()
+        return self
 
     # -- the training contract -----------------------------------------------------------------
 

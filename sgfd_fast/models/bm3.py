@@ -39,6 +39,7 @@ from ..graph import normalized_bipartite
 from ..ops import row_dropout
 from .base import Recommender, rows
 from .features import item_features
+from .heads import Linear
 
 __all__ = ["BM3"]
 
@@ -72,7 +73,7 @@ class BM3(Recommender):
         self.item_embedding = nn.Embedding(self.n_items, dim)
         nn.init.xavier_uniform_(self.user_embedding.weight)
         nn.init.xavier_uniform_(self.item_embedding.weight)
-        self.predictor = nn.Linear(dim, dim)
+        self.predictor = Linear(dim, dim)
         nn.init.xavier_normal_(self.predictor.weight)
 
         # s_m: the SGFD student, or original BM3's extractor (a Linear, xavier_normal)

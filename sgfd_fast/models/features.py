@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, DataError
-from .heads import Head, apply_head, init_head, resolve_head
+from .heads import Head, Linear, apply_head, init_head, resolve_head
 
 __all__ = ["ItemFeatures", "Projection", "item_features", "require_features", "EXTRA_TOTAL"]
 
@@ -52,6 +52,9 @@ class ItemFeatures(nn.Module):
     state_name: str = "features"
     #: True when :meth:`losses` is SGFD's (``training.diagnostics`` reads the teacher then)
     distills: bool = False
+    #: the raw features are held in bfloat16 and the products on them run in bf16
+    #: (:meth:`hold_bf16`, ``precision: bf16``)
+    bf16: bool = False
 
     def __init__(self, features: dict):
         super().__init__()
@@ -61,11 +64,20 @@ class ItemFeatures(nn.Module):
                                  persistent=False)
 
     def feature(self, j: int) -> torch.Tensor:
-        """Modality j's raw features, (n_items, d_j)."""
+        """Modality j's raw features, (n_items, d_j), float32 (bfloat16 after :meth:`hold_bf16`)."""
         return getattr(self, f"feature{j}")
 
+    def hold_bf16(self) -> None:
+        """Hold the raw features in bfloat16 from now on (half the memory and the gather
+        traffic; the constants the backbone derived from them, such as kNN graphs, were built
+        from the float32 values before)."""
+        for j in range(len(self.modalities)):
+            setattr(self, f"feature{j}", self.feature(j).to(torch.bfloat16))
+        self.bf16 = True
+
     def rows(self, j: int, items: torch.Tensor | None = None) -> torch.Tensor:
-        """Raw feature rows of modality j for ``items`` (all items when None), (n, d_j)."""
+        """Raw feature rows of modality j for ``items`` (all items when None), (n, d_j), in the
+        features' dtype."""
         x = self.feature(j)
         return x if items is None else x.index_select(0, items)
 
@@ -106,11 +118,11 @@ class Projection(ItemFeatures):
         self.head = head
         if head is not None:
             for j in range(len(self.modalities)):
-                self.add_module(str(j), nn.Linear(self.feature(j).shape[1], dim))
+                self.add_module(str(j), Linear(self.feature(j).shape[1], dim))
             for layer in self:
                 init_head(layer, head.init)
 
-    def __getitem__(self, j: int) -> nn.Linear:
+    def __getitem__(self, j: int) -> Linear:
         return self._modules[str(j)]
 
     def __len__(self) -> int:

@@ -60,6 +60,7 @@ from torch import nn
 from .. import ops
 from .base import Recommender, rows
 from .features import item_features
+from .heads import Linear
 
 __all__ = ["MAML"]
 
@@ -73,9 +74,9 @@ def _clip_rows(x: torch.Tensor, clip: float) -> torch.Tensor:
     return x * (clip / x.norm(dim=-1, keepdim=True).clamp(min=clip))
 
 
-def _dense(n_in: int, n_out: int) -> nn.Linear:
+def _dense(n_in: int, n_out: int) -> Linear:
     """``tf.layers.dense`` initialisation: glorot-uniform kernel, zero bias."""
-    layer = nn.Linear(n_in, n_out)
+    layer = Linear(n_in, n_out)
     nn.init.xavier_uniform_(layer.weight)
     nn.init.zeros_(layer.bias)
     return layer
@@ -126,6 +127,8 @@ class MAML(Recommender):
         """``(f (n_items, D), [x per modality: the SGFD students or the raw features])``."""
         students = [self.features.student(j) for j in range(len(self.modalities))]
         h = torch.cat(students, dim=1)
+        if h.dtype == torch.bfloat16:  # plain MAML's raw features (precision: bf16)
+            h = h.float()  # the norms in float32
         for layer in self.projection[:-1]:
             h = F.relu(layer(F.normalize(h, dim=-1)))
         return _clip_rows(self.projection[-1](h) * self.scaling, self.clip_norm), students

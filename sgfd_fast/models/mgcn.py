@@ -53,6 +53,7 @@ from ..errors import DataError
 from ..graph import CSR, normalized_bipartite
 from .base import Recommender, rows
 from .features import item_features
+from .heads import Linear
 
 __all__ = ["MGCN"]
 
@@ -130,9 +131,9 @@ class MGCN(Recommender):
             dataset, config, model="MGCN", leaky=True,
             extractor=dict(activation="identity", norm="none", init="pytorch")))
         n_mod = len(f.modalities)
-        self.purifiers = nn.ModuleList(nn.Linear(f.width(j), dim) for j in range(n_mod))
-        self.query = nn.Sequential(nn.Linear(dim, dim), nn.Tanh(), nn.Linear(dim, 1, bias=False))
-        self.preferences = nn.ModuleList(nn.Linear(dim, dim) for _ in range(n_mod))
+        self.purifiers = nn.ModuleList(Linear(f.width(j), dim) for j in range(n_mod))
+        self.query = nn.Sequential(Linear(dim, dim), nn.Tanh(), Linear(dim, 1, bias=False))
+        self.preferences = nn.ModuleList(Linear(dim, dim) for _ in range(n_mod))
         # constants of the dataset: rebuilt, not checkpointed; ``.to()`` moves them
         for j in range(n_mod):
             setattr(self, f"item_graph{j}", knn_cosine_graph(f.feature(j), config["knn_k"]))

@@ -35,7 +35,9 @@ The student's head is configurable (config keys ``student_activation``, ``studen
 measured apart; ``auto`` keeps the released head.
 
 Every head (teacher's last layer, student) runs through ``ops.feature_head`` (linear with a fused
-bias/leaky-ReLU/L2 epilogue).
+bias/leaky-ReLU/L2 epilogue). Teacher, student and fusion layers are :class:`~.heads.Linear`: under
+``precision: bf16`` their products (and the collapsed teacher's chain) run in bf16; the
+classifiers, whose logits are the losses' inputs, stay float32.
 
 ``collapse_teacher``: the teacher is linear up to its activation, so ``W_L ... W_1 x + b`` is
 evaluated as one product ``W x + b`` with ``(W, b) = ops.collapse_linear_stack(...)`` formed from
@@ -59,7 +61,7 @@ from .. import ops
 from ..choices import SGFD_LOSSES
 from ..errors import ConfigError, DataError
 from .features import ItemFeatures
-from .heads import NEGATIVE_SLOPE, Head, apply_head, init_head, resolve_head
+from .heads import NEGATIVE_SLOPE, Head, Linear, apply_head, init_head, resolve_head
 
 __all__ = ["SGFD", "teacher_widths", "teacher_costs", "SHRINK"]
 
@@ -138,11 +140,11 @@ class SGFD(ItemFeatures):
         for j in range(len(self.modalities)):
             d = self.feature(j).shape[1]
             widths = teacher_widths(d, self.dim)
-            self.teachers.append(nn.Sequential(*(nn.Linear(a, b)
+            self.teachers.append(nn.Sequential(*(Linear(a, b)
                                                  for a, b in zip(widths, widths[1:]))))
-            self.students.append(nn.Linear(d, self.dim))
+            self.students.append(Linear(d, self.dim))
             self.classifiers.append(nn.Linear(self.dim, self.n_labels))
-        self.fusion = nn.Linear(len(self.modalities) * self.dim, self.dim)
+        self.fusion = Linear(len(self.modalities) * self.dim, self.dim)
         self.fusion_classifier = nn.Linear(self.dim, self.n_labels)
         for layer in self.students:  # after every other draw: the released draws stay the same
             init_head(layer, self.student_head.init)
@@ -183,10 +185,12 @@ class SGFD(ItemFeatures):
             stacked, collapsed = teacher_costs([l.weight.shape for l in layers], x.shape[0])
             if collapsed < stacked:
                 w, b = ops.collapse_linear_stack([l.weight for l in layers],
-                                                 [l.bias for l in layers])
+                                                 [l.bias for l in layers], bf16=self.bf16)
                 return ops.feature_head(x, w, b, self.slope)
         for layer in layers[:-1]:
             x = layer(x)
+        if self.bf16:  # the last product in bf16 too (ops.feature_head: by x's dtype)
+            x = x.to(torch.bfloat16)
         return ops.feature_head(x, layers[-1].weight, layers[-1].bias, self.slope)
 
     def losses(self, item_ids: torch.Tensor, students: list | None = None,

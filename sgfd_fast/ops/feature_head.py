@@ -4,7 +4,9 @@
 
 ``negative_slope=None`` drops the activation (GRCN's heads), ``normalize=False`` drops the row L2
 normalisation (``F.normalize``: rows divided by max(‖row‖₂, 1e-12)). Shapes: x (N, F), weight
-(D, F), bias (D,) or None, out (N, D); float32/float64. ``negative_slope`` must be >= 0: the
+(D, F), bias (D,) or None, out (N, D); float32/float64, or a bfloat16 x with float32 weight and
+bias (``precision: bf16``: the product runs in bf16, ``_tensors.bf16_linear``, and the epilogue
+and its backward in float32 on the float32 product; eager PyTorch on every device). ``negative_slope`` must be >= 0: the
 backward reads the activation's side from the sign of the output instead of saving the
 pre-activation.
 
@@ -32,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import _backend
-from .._tensors import FLOAT_NAMES, dense
+from .._tensors import FLOAT_NAMES, bf16_linear, dense
 from ._common import check
 
 __all__ = ["feature_head", "feature_head_reference", "collapse_linear_stack"]
@@ -149,16 +151,23 @@ def feature_head(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
     check(x.dim() == 2 and weight.dim() == 2 and x.shape[1] == weight.shape[1], op,
           f"x (N, F) and weight (D, F) must agree on F, got {tuple(x.shape)} and "
           f"{tuple(weight.shape)}")
-    check(x.dtype in FLOAT_NAMES and weight.dtype == x.dtype, op,
-          f"x and weight must share float32 or float64, got {x.dtype} and {weight.dtype}")
+    bf16 = x.dtype == torch.bfloat16
+    check(weight.dtype in FLOAT_NAMES and weight.dtype == (torch.float32 if bf16 else x.dtype), op,
+          f"x and weight must share float32 or float64 (or x bfloat16 with a float32 weight), got "
+          f"{x.dtype} and {weight.dtype}")
     if bias is None:
         bias = weight.new_zeros(weight.shape[0])
-    check(bias.shape == (weight.shape[0],) and bias.dtype == x.dtype, op,
-          f"bias must be ({weight.shape[0]},) {x.dtype}, got {tuple(bias.shape)} {bias.dtype}")
+    check(bias.shape == (weight.shape[0],) and bias.dtype == weight.dtype, op,
+          f"bias must be ({weight.shape[0]},) {weight.dtype}, got {tuple(bias.shape)} "
+          f"{bias.dtype}")
     check(x.device == weight.device == bias.device, op, "x, weight and bias must be on one device")
     check(negative_slope is None or float(negative_slope) >= 0, op,
           f"negative_slope must be >= 0 or None, got {negative_slope}")
     slope = None if negative_slope is None else float(negative_slope)
+    if bf16:  # the bf16 product, then the reference's float32 epilogue (autograd: eager)
+        h = bf16_linear(x, weight, bias)
+        h = h if slope is None else F.leaky_relu(h, slope)
+        return F.normalize(h, dim=1) if normalize else h
     if (x.device.type == "cpu" and not torch.compiler.is_compiling()
             and _backend.serving("feature_head", "cpu") == "reference"):
         # On CPU torch's own linear / leaky_relu / normalize (and their autograd) are at least as
@@ -170,7 +179,7 @@ def feature_head(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
 
 
 def collapse_linear_stack(weights: Sequence[torch.Tensor],
-                          biases: Sequence[Optional[torch.Tensor]]
+                          biases: Sequence[Optional[torch.Tensor]], bf16: bool = False
                           ) -> tuple[torch.Tensor, torch.Tensor]:
     """One (W, b) equal to applying ``F.linear(·, weights[i], biases[i])`` for i = 0, 1, ….
 
@@ -180,6 +189,9 @@ def collapse_linear_stack(weights: Sequence[torch.Tensor],
     Args:
         weights: layer weights in application order, ``weights[i]`` of shape (F_{i+1}, F_i).
         biases: matching biases (F_{i+1},), entries may be None.
+        bf16: the chain's matrix products run in bf16 (``_tensors.bf16_linear``: bf16 inputs,
+            float32 accumulation, float32 result; ``precision: bf16``); the bias chain (matrix
+            times vector) stays float32.
 
     Returns:
         ``(W, b)`` with W of shape (F_L, F_0) and b of shape (F_L,).
@@ -196,5 +208,5 @@ def collapse_linear_stack(weights: Sequence[torch.Tensor],
               f"layer widths do not chain: {tuple(wi.shape)} then {tuple(w.shape)}")
         if bi is not None:
             b = b + w @ bi
-        w = w @ wi
+        w = bf16_linear(w, wi.T) if bf16 else w @ wi
     return w, b

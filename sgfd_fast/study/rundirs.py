@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import Config, load_config
+from ..config import Config, load_config, with_added_keys
 from ..errors import ConfigError
 from ..records import read_json, read_results, read_run, written_for
 from .spec import Spec
@@ -52,7 +52,7 @@ def check_existing(run: Run) -> None:
                               f"not a run this study started; move it away, or study into "
                               f"another --out")
         return
-    old = read_run(run.dir)["config"]
+    old = with_added_keys(read_run(run.dir)["config"])
     new = json.loads(json.dumps(run.config.values))
     changed = sorted(k for k in set(old) | set(new)
                      if k not in RESUMABLE_KEYS and old.get(k) != new.get(k))

@@ -40,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import with_added_keys
 from ..errors import ConfigError, RunDirectoryError
 from ..records import RecordRefused, loads
 from .checkpoint import load_checkpoint
@@ -248,7 +249,7 @@ def _check_checkpoint(path: Path, kind: str, model: str, config: dict, free_keys
         raise RunDirectoryError(f"{path} holds a {ck['model_name']} model, but the run trains "
                                 f"{model}: it comes from another run; restore this run's "
                                 f"{path.name}, or start a new run")
-    theirs, ours = _plain(ck["config"]), _plain(config)
+    theirs, ours = _plain(with_added_keys(ck["config"])), _plain(config)
     changed = sorted(k for k in set(theirs) | set(ours)
                      if k not in free_keys and theirs.get(k) != ours.get(k))
     if changed:

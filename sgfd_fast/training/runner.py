@@ -145,6 +145,19 @@ def _log_kernels(log, device: torch.device) -> None:
         log.warning(f"compiled {device.type.upper()} kernels unavailable: {missing}")
 
 
+def _log_bf16(log, device: torch.device) -> None:
+    """What serves ``precision: bf16``'s products here, or a warning where they are emulated."""
+    from ..ops._bf16_filter import bf16_hardware
+
+    isa = bf16_hardware(device)
+    if isa:
+        log.info(f"precision bf16: dense products on {isa}, features held in bfloat16")
+    else:
+        log.warning(f"precision bf16 on {device_name(device)}, which has no bf16 hardware (see "
+                    f"python -m sgfd_fast.info): its bf16 products are emulated and slower than "
+                    f"float32; precision=fp32 trains faster here")
+
+
 def _run(run: dict, run_dir: Path, dataset, *, states=None, notes=(), held=(), progress,
          console, size: str) -> dict:
     """Train every grid point (``states``: where each stands, on a resume) and write
@@ -175,6 +188,8 @@ def _run(run: dict, run_dir: Path, dataset, *, states=None, notes=(), held=(), p
         for note in notes:
             log.warning(note)
         _log_kernels(log, device)
+        if values["precision"] == "bf16":
+            _log_bf16(log, device)
         parallel = values.get("grid_parallel", False) and len(points) > 1 and distributed.active()
         if parallel:
             log.info(f"grid_parallel: {len(points)} points over {world_size()} processes (point "
