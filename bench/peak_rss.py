@@ -24,18 +24,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_end_to_end import PROVIDERS, ReleasedBM3, Run, _vm_kb  # noqa: E402
+from bench_end_to_end import PROVIDERS, Run, _vm_kb, use_provider  # noqa: E402
 
 
 def measure(model_name: str, dataset_name: str, provider: str, batches: int | None) -> dict:
     imports = _vm_kb("VmRSS") * 1024
     run = Run(model_name, dataset_name, torch.device("cpu"))
-    evaluation = run.evaluation
-    if provider == "released":
-        run.stepper = ReleasedBM3(run.model, run.dataset, run.config)
-        run.optimizer = torch.optim.Adam(run.model.parameters(), lr=run.config["learning_rate"],
-                                         weight_decay=run.config["weight_decay"])
-        evaluation = run.stepper.evaluation
+    evaluation = use_provider(run, provider)
     setup = _vm_kb("VmRSS") * 1024
     with run.use_backend("reference" if provider == "reference" else "auto"):
         run.epoch(batches)
