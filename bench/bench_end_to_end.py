@@ -852,12 +852,19 @@ def peak_rss_own_process(model_name: str, dataset_name: str, provider: str,
     """Peak resident set of one epoch and one validation evaluation of this provider, run by
     ``bench/peak_rss.py`` in a fresh process (bytes)."""
     import json
+    import os
     import subprocess
     import sys
 
+    import sgfd_fast
+
     cmd = [sys.executable, str(Path(__file__).with_name("peak_rss.py")), model_name,
            dataset_name, provider] + ([f"--batches={batches}"] if batches else [])
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    # the sgfd_fast this process imported (a checkout run from its root is not on the child's
+    # path: it would import whichever sgfd_fast is installed)
+    path = [str(Path(sgfd_fast.__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]
+    done = subprocess.run(cmd, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, path))})
     if done.returncode:
         pytest.fail(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.splitlines()[-1])["peak_rss_bytes"]
