@@ -7,17 +7,18 @@ for each provider's epoch row (``extra_info["peak_rss_own_process_bytes"]``); by
 
     PYTHONPATH=$PWD python bench/peak_rss.py BM3 office-synthetic released
 
-Output: ``{"peak_rss_bytes": ru_maxrss of the process, "imports_rss_bytes": resident set after
+Output: ``{"peak_rss_bytes": the process's peak resident set (``VmHWM``; not ``ru_maxrss``,
+which Linux carries over from the parent's resident set when it forks and execs this process),
+"imports_rss_bytes": resident set after
 the imports (torch, sgfd_fast), "setup_rss_bytes": after the dataset, model and optimizer are
 built (the first torch optimizer imports torch._dynamo: ≈ 130 MiB of either provider's setup),
-...}`` (Linux: ru_maxrss is in KiB).
+...}``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
 from pathlib import Path
 
@@ -38,7 +39,7 @@ def measure(model_name: str, dataset_name: str, provider: str, batches: int | No
     return {"model": model_name, "dataset": dataset_name, "provider": provider,
             "batches": batches or run.n_batches, "imports_rss_bytes": imports,
             "setup_rss_bytes": setup,
-            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+            "peak_rss_bytes": _vm_kb("VmHWM") * 1024}
 
 
 def main(argv=None) -> None:
