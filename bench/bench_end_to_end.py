@@ -1,21 +1,24 @@
 """End to end: one training epoch and one full evaluation of each model (BM3+SGFD, GRCN, MAML,
-VBPR+SGFD, LightGCN; those registered in ``sgfd_fast.models.MODELS``), ``sgfd_fast`` (automatic
-backends) against the ``reference`` backend (``sgfd_fast.use_backend("reference")``: every op on its PyTorch reference).
+VBPR+SGFD, LightGCN, FREEDOM+SGFD, LATTICE+SGFD, MGCN+SGFD; those registered in
+``sgfd_fast.models.MODELS``), ``sgfd_fast`` (automatic backends) against the ``reference``
+backend (``sgfd_fast.use_backend("reference")``: every op on its PyTorch reference).
 
 Models: ``--e2e-models`` (default: all on CUDA, BM3 only on a CPU). Datasets: office at
 ``--bench-size small``; office, office-synthetic (the office graph with SYNTHETIC seeded
 stand-ins of the paper's shapes: 4096-d image, 384-d text; office's labels) and
 toysgames-synthetic at ``paper``; none at ``large`` (no large built-in dataset). Providers:
 ``reference``, ``sgfd_fast``, ``sgfd_fast_bf16`` (ours with ``precision: bf16``), for BM3+SGFD
-``released`` (:class:`ReleasedBM3`) and for VBPR and LightGCN ``mmrec`` (:class:`MMRecStyle`).
+``released`` (:class:`ReleasedBM3`) and for VBPR, LightGCN, FREEDOM, LATTICE (MMRec's dense
+formulation) and MGCN ``mmrec`` (:class:`MMRecStyle`, :data:`MMREC_STYLE`).
 CPU epoch rows of BM3+SGFD and CPU evaluation rows of dot-product models record the GEMM floor
 at this process's float32 and bf16 ``torch.mm`` rates (:func:`gemm_floor`), the CPU's bf16 ISA,
 and the step's fraction of the floor of its own precision (bf16 epochs: the bf16 floor; an
 evaluation scores in float32 under either precision: the float32 floor). Config: the package defaults for the model and dataset
 (``sgfd_fast.config.load_config``), so the batch size, width and layers are those a user gets.
 
-* ``epoch``: the trainer's step loop (shuffled positive pairs in batches of ``train_batch_size``,
-  sampled negatives when the model asks for them, ``calculate_loss``, backward, Adam step).
+* ``epoch``: the trainer's step loop (the model's ``begin_epoch`` hook, then shuffled positive
+  pairs in batches of ``train_batch_size``, each step keyed as the trainer keys it, sampled
+  negatives when the model asks for them, ``calculate_loss``, backward, Adam step).
 * ``evaluation``: ``sgfd_fast.evaluation.evaluate(model, dataset, "valid", config)`` — full
   ranking of every item for every validation user, train items masked, and the metrics (the
   released provider: the same split through the released trainer's loop and metric code).
@@ -37,8 +40,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F  # noqa: N812
 
-MODEL_NAMES = ("BM3", "GRCN", "MAML", "VBPR", "LightGCN")
+MODEL_NAMES = ("BM3", "GRCN", "MAML", "VBPR", "LightGCN", "FREEDOM", "LATTICE", "MGCN")
 # office-synthetic: the office graph with SYNTHETIC stand-in features of the paper's shapes
 # (toysgames-synthetic has them built in); generated from a seed in _dataset
 OFFICE_STANDIN = "office-synthetic"
@@ -46,7 +50,6 @@ DATASETS = {"small": ("office",),
             "paper": ("office", OFFICE_STANDIN, "toysgames-synthetic"), "large": ()}
 PROVIDERS = ("reference", "released", "mmrec", "sgfd_fast", "sgfd_fast_bf16")
 BF16_PROVIDER = "sgfd_fast_bf16"   # ours with precision: bf16
-MMREC_MODELS = ("VBPR", "LightGCN")   # the "mmrec" provider: MMRecStyle
 STEPS = ("epoch", "evaluation")
 
 
@@ -96,6 +99,7 @@ class Run:
         if model_name.upper() not in {k.upper() for k in models}:
             pytest.skip(f"{model_name} is not registered in sgfd_fast.models.MODELS yet")
         self.use_backend, self.evaluate = use_backend, evaluate
+        self.model_name = model_name
         config_name = "office" if dataset_name == OFFICE_STANDIN else dataset_name
         self.config = cfg = load_config(model_name, config_name,
                                         overrides=[("precision", precision)]).points()[0]
@@ -118,7 +122,8 @@ class Run:
         self.pairs = torch.as_tensor(self.dataset.train, dtype=torch.long)
         self.batch_size = self.config["train_batch_size"]
         self.order = torch.Generator().manual_seed(self.config["seed"])
-        self.stepper = self.model  # what computes the loss: the model, or ReleasedBM3 over it
+        self.stepper = self.model  # what computes the loss: the model, or a formulation over it
+        self.epochs = 0            # epochs run: the trainer's per-epoch and per-step keys
 
     @property
     def n_batches(self) -> int:
@@ -129,13 +134,21 @@ class Run:
         return users, items, self.sampler.sample(users) if self.sampler else None
 
     def epoch(self, max_batches: int | None = None):
+        from sgfd_fast.models.base import step_key
+
+        seed = self.config["seed"]
+        # the per-epoch hook (FREEDOM's pruning, LATTICE's graph rebuild) and the step keys, as
+        # the trainer calls them
+        self.stepper.begin_epoch(self.epochs, step_key(seed, self.epochs, -1))
         perm = torch.randperm(self.pairs.shape[0], generator=self.order)
         starts = range(0, perm.numel(), self.batch_size)
-        for start in starts[:max_batches]:
+        for b, start in enumerate(starts[:max_batches]):
+            self.model.begin_step(step_key(seed, self.epochs, b))
             parts = self.stepper.calculate_loss(*self.batch(perm[start:start + self.batch_size]))
             self.optimizer.zero_grad(set_to_none=True)
             parts["loss"].backward()
             self.optimizer.step()
+        self.epochs += 1
         if self.device.type == "cuda":
             torch.cuda.synchronize()
 
@@ -154,6 +167,20 @@ class Run:
                  if p.grad is not None}
         self.optimizer.zero_grad(set_to_none=True)
         return {k: v.detach() for k, v in parts.items()}, grads
+
+
+def use_provider(run: Run, provider: str):
+    """Point ``run``'s epoch at ``provider``'s step (its stepper, and for ``released`` the
+    default Adam it uses) and return the provider's evaluation callable."""
+    if provider == "released":
+        run.stepper = ReleasedBM3(run.model, run.dataset, run.config)
+        run.optimizer = torch.optim.Adam(run.model.parameters(), lr=run.config["learning_rate"],
+                                         weight_decay=run.config["weight_decay"])  # as released
+        return run.stepper.evaluation
+    if provider == "mmrec":
+        run.stepper = MMREC_STYLE[run.model_name](run.model, run.dataset, run.config)
+        return run.stepper.evaluation
+    return run.evaluation
 
 
 class ReleasedBM3:
@@ -179,9 +206,7 @@ class ReleasedBM3:
         self.m, self.F, self.sgfd_loss = model, F, sgfd_loss_reference
         g = getattr(model, "graph", None)   # VBPR has none
         if g is not None:
-            rows = torch.repeat_interleave(torch.arange(g.rowptr.numel() - 1), g.rowptr.diff())
-            self.adj = torch.sparse_coo_tensor(torch.stack([rows, g.col]), g.val,
-                                               (g.rowptr.numel() - 1,) * 2)  # never coalesced
+            self.adj = _coo(g)
         known = torch.as_tensor(dataset.train, dtype=torch.long)
         self.known, self.ks, self.topk = known, list(config["topk"]), max(config["topk"])
         self.eval_batch = config["eval_batch_size"]
@@ -189,6 +214,10 @@ class ReleasedBM3:
         order = np.unique(truth[:, 0], return_index=True)[1]
         self.users = torch.as_tensor(truth[np.sort(order), 0], dtype=torch.long)  # as they appear
         self.truth = [truth[truth[:, 0] == u, 1] for u in self.users.tolist()]  # eval_items_per_u
+
+    def begin_epoch(self, epoch: int, key: int) -> None:
+        """Work before an epoch's first step (the model's ``begin_epoch``): none in the released
+        BM3; MMRec's ``pre_epoch_processing`` in the :class:`MMRecStyle` formulations with one."""
 
     def _forward(self):
         m = self.m
@@ -260,27 +289,76 @@ class ReleasedBM3:
         return released_metrics(self.ranking().cpu().numpy(), self.truth, self.ks)
 
 
+def _coo(g) -> torch.Tensor:
+    """A CSR graph as the COO ``torch.sparse_coo_tensor`` MMRec builds (never coalesced)."""
+    rows = torch.repeat_interleave(torch.arange(g.n_rows, device=g.device), g.rowptr.diff())
+    return torch.sparse_coo_tensor(torch.stack([rows, g.col]), g.val, (g.n_rows, g.n_cols))
+
+
+def _build_sim(x: torch.Tensor) -> torch.Tensor:
+    """MMRec's ``build_sim``: the dense (n, n) cosine matrix of the rows of x, with our
+    documented rule for a zero row (cosine 0; MMRec divides by its zero norm, and the NaN ranks
+    first in every row's ``torch.topk``: office's relation features have 97 such rows)."""
+    unit = F.normalize(x, p=2, dim=-1)
+    return torch.mm(unit, unit.transpose(1, 0))
+
+
+def _topk(sim: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.topk(sim, k, dim=-1)``, with our documented tie rule: in a row where the k-th
+    value ties with unselected entries, the lower item ids among the tied are kept (MMRec leaves
+    them to ``torch.topk``'s order; office's text features have such rows). One comparison pass
+    over ``sim`` finds those rows and they alone are re-selected: small next to the product
+    that made ``sim``."""
+    val, ind = torch.topk(sim, k, dim=-1)
+    kth = val[:, -1:]
+    tied = sim == kth
+    rows = (tied.sum(1) > (val == kth).sum(1)).nonzero().flatten()
+    if rows.numel():
+        s, t = sim[rows], tied[rows]
+        keep = (s > kth[rows]) | (t & (t.cumsum(1) <= k - (s > kth[rows]).sum(1, keepdim=True)))
+        ind = ind.index_copy(0, rows, keep.nonzero()[:, 1].view(-1, k))
+        val = sim.gather(1, ind)
+    return val, ind
+
+
 class MMRecStyle(ReleasedBM3):
-    """VBPR and LightGCN as MMRec's ``vbpr.py`` / ``lightgcn.py`` compute them, in plain PyTorch,
-    on the weights of one of our models. Step: LightGCN propagates with COO ``torch.sparse.mm`` per
-    layer; VBPR projects every item's features every step (MMRec's ``forward``; with SGFD through
-    the model's own students, plus its SGFD losses); then ``BPRLoss`` + ``EmbLoss`` on gathered
-    rows. Evaluation: MMRec's trainer, as for
-    :class:`ReleasedBM3` (the forward again per batch of users, dense scores, ``torch.topk``,
-    the host metric loops)."""
+    """A backbone as MMRec computes it, in plain PyTorch, on the weights of one of our models
+    (written here from MMRec's documented formulation, not copied): the subclass of the model's
+    name in :data:`MMREC_STYLE` gives the step (``begin_epoch``: MMRec's
+    ``pre_epoch_processing``; ``calculate_loss``) and ``_ranking_embeddings`` (MMRec's
+    ``forward``, which its ``full_sort_predict`` reruns per batch of users); the evaluation is
+    MMRec's trainer, as for :class:`ReleasedBM3` (dense scores, ``torch.topk``, the host metric
+    loops). With SGFD the model's own students replace MMRec's projections and its SGFD losses
+    are added."""
+
+    def _sgfd(self, items, neg) -> torch.Tensor | float:
+        m = self.m
+        return m.sgfd.losses(torch.cat([items, neg]))["sgfd"] if m.sgfd is not None else 0.0
+
+    def _students(self) -> list[torch.Tensor]:
+        """Every item's projection per modality (MMRec's ``image_trs(image_embedding.weight)``
+        and ``text_trs(...)``: all items, every forward)."""
+        f = self.m.features
+        return [f.student(j) for j in range(len(f.modalities))]
+
+
+def _logsigmoid_bpr(u, p, q) -> torch.Tensor:
+    """The ``bpr_loss`` of MMRec's FREEDOM, LATTICE and MGCN: ``-mean(logsigmoid(u·p - u·q))``."""
+    return -torch.mean(F.logsigmoid(torch.sum(u * p, dim=1) - torch.sum(u * q, dim=1)))
+
+
+class MMRecLightGCN(MMRecStyle):
+    """MMRec's ``lightgcn.py``: COO ``torch.sparse.mm`` per layer, layer mean; ``BPRLoss`` and
+    ``EmbLoss`` on the layer-0 rows."""
 
     def _ranking_embeddings(self):
         m = self.m
-        if m.features is None:   # LightGCN
-            ego = torch.cat([m.user_embedding, m.item_embedding])
-            layers = [ego]
-            for _ in range(m.n_layers):
-                ego = torch.sparse.mm(self.adj, ego)
-                layers.append(ego)
-            return torch.stack(layers, dim=1).mean(dim=1).split([m.n_users, m.n_items])
-        f = m.features            # VBPR: every item projected
-        phi = sum(f.student(j) for j in range(len(f.modalities)))
-        return m.user_embedding, torch.cat([m.item_embedding, phi], 1)
+        ego = torch.cat([m.user_embedding, m.item_embedding])
+        layers = [ego]
+        for _ in range(m.n_layers):
+            ego = torch.sparse.mm(self.adj, ego)
+            layers.append(ego)
+        return torch.stack(layers, dim=1).mean(dim=1).split([m.n_users, m.n_items])
 
     def calculate_loss(self, users, items, negatives=None):
         m = self.m
@@ -288,13 +366,264 @@ class MMRecStyle(ReleasedBM3):
         u_all, i_all = self._ranking_embeddings()
         u, p, q = u_all[users], i_all[items], i_all[neg]
         mf = -torch.log(1e-10 + torch.sigmoid((u * p).sum(1) - (u * q).sum(1))).mean()
-        if m.features is None:   # LightGCN's EmbLoss is on the layer-0 rows
-            u, p, q = m.user_embedding[users], m.item_embedding[items], m.item_embedding[neg]
+        u, p, q = m.user_embedding[users], m.item_embedding[items], m.item_embedding[neg]
         reg = (u.norm() + p.norm() + q.norm()) / users.numel()
-        loss = mf + m.reg_weight * reg
-        if m.sgfd is not None:
-            loss = loss + m.sgfd.losses(torch.cat([items, neg]))["sgfd"]
-        return {"loss": loss}
+        return {"loss": mf + m.reg_weight * reg}
+
+
+class MMRecVBPR(MMRecStyle):
+    """MMRec's ``vbpr.py``: every item's features projected every step (``forward``), then
+    ``BPRLoss`` + ``EmbLoss`` on gathered rows."""
+
+    def _ranking_embeddings(self):
+        m = self.m
+        return m.user_embedding, torch.cat([m.item_embedding, sum(self._students())], 1)
+
+    def calculate_loss(self, users, items, negatives=None):
+        m = self.m
+        neg = negatives.reshape(-1)
+        u_all, i_all = self._ranking_embeddings()
+        u, p, q = u_all[users], i_all[items], i_all[neg]
+        mf = -torch.log(1e-10 + torch.sigmoid((u * p).sum(1) - (u * q).sum(1))).mean()
+        reg = (u.norm() + p.norm() + q.norm()) / users.numel()
+        return {"loss": mf + m.reg_weight * reg + self._sgfd(items, neg)}
+
+
+class MMRecFREEDOM(MMRecStyle):
+    """MMRec's ``freedom.py``. Setup (untimed): per modality the dense ``build_sim`` matrix,
+    ``torch.topk`` indices, unit weights normalised with row sums + 1e-7 as a COO tensor, mixed
+    with the model's modality weights (MMRec: ``mm_image_weight`` image, the rest text); the
+    user–item ``norm_adj`` with degrees + 1e-7. Per epoch (``pre_epoch_processing``):
+    ``torch.multinomial`` draws the kept training pairs from the global RNG, their adjacency is
+    renormalised with ``torch.sparse.sum`` degrees. Step: ``torch.sparse.mm`` per layer, every
+    item projected per modality, FREEDOM's ``bpr_loss`` and the projections' auxiliary ones.
+    The pre-timing check compares the loss on the unpruned graph (the two prune with
+    different random streams)."""
+
+    def __init__(self, model, dataset, config, split: str = "valid"):
+        from sgfd_fast.models.freedom import modality_weights
+
+        super().__init__(model, dataset, config, split)
+        m, dev = model, model.device
+        nu, ni = m.n_users, m.n_items
+        pairs = torch.as_tensor(dataset.train, dtype=torch.long).to(dev)
+        rows = torch.cat([pairs[:, 0], pairs[:, 1] + nu])
+        cols = torch.cat([pairs[:, 1] + nu, pairs[:, 0]])
+        d = (torch.bincount(rows, minlength=nu + ni).double() + 1e-7).pow(-0.5)
+        self.norm_adj = torch.sparse_coo_tensor(torch.stack([rows, cols]),
+                                                (d[rows] * d[cols]).float(), (nu + ni,) * 2)
+        self.masked_adj = self.norm_adj
+        self.edge_indices = pairs.T.contiguous()                  # get_edge_info
+        self.edge_values = self._normalize_adj_m(self.edge_indices)
+        k = config["knn_k"]
+        weights = modality_weights(m.modalities, config["mm_image_weight"])
+        self.mm_adj = functools.reduce(torch.add, [w * self._knn_adj(m.features.feature(j), k)
+                                                   for j, w in enumerate(weights)])
+
+    def _knn_adj(self, x, k):
+        """``get_knn_adj_mat``: top-k of the dense cosines, unit weights, D^-1/2 A D^-1/2."""
+        _, knn_ind = _topk(_build_sim(x), k)
+        n = x.shape[0]
+        rows = torch.arange(n, device=x.device).unsqueeze(1).expand(-1, k)
+        indices = torch.stack([rows.flatten(), knn_ind.flatten()])
+        adj = torch.sparse_coo_tensor(indices, torch.ones_like(indices[0]), (n, n))
+        r = (1e-7 + torch.sparse.sum(adj, -1).to_dense()).pow(-0.5)
+        return torch.sparse_coo_tensor(indices, r[indices[0]] * r[indices[1]], (n, n))
+
+    def _normalize_adj_m(self, indices):
+        size = (self.m.n_users, self.m.n_items)
+        adj = torch.sparse_coo_tensor(indices, torch.ones_like(indices[0]), size)
+        row = (1e-7 + torch.sparse.sum(adj, -1).to_dense()).pow(-0.5)
+        col = (1e-7 + torch.sparse.sum(adj.t(), -1).to_dense()).pow(-0.5)
+        return row[indices[0]] * col[indices[1]]
+
+    def begin_epoch(self, epoch, key):
+        m = self.m
+        if m.dropout <= 0:
+            self.masked_adj = self.norm_adj
+            return
+        n_keep = int(self.edge_values.size(0) * (1.0 - m.dropout))
+        keep = self.edge_indices[:, torch.multinomial(self.edge_values, n_keep)]
+        values = self._normalize_adj_m(keep)
+        keep[1] += m.n_users
+        self.masked_adj = torch.sparse_coo_tensor(
+            torch.cat([keep, torch.flip(keep, [0])], 1), torch.cat([values, values]),
+            self.norm_adj.shape)
+
+    def _forward(self, adj):
+        m = self.m
+        h = m.item_embedding
+        for _ in range(m.n_mm_layers):
+            h = torch.sparse.mm(self.mm_adj, h)
+        ego = torch.cat([m.user_embedding, m.item_embedding])
+        layers = [ego]
+        for _ in range(m.n_ui_layers):
+            ego = torch.sparse.mm(adj, ego)
+            layers.append(ego)
+        u, i = torch.stack(layers, dim=1).mean(dim=1).split([m.n_users, m.n_items])
+        return u, i + h
+
+    def _ranking_embeddings(self):
+        return self._forward(self.norm_adj)
+
+    def calculate_loss(self, users, items, negatives=None):
+        m = self.m
+        neg = negatives.reshape(-1)
+        ua, ia = self._forward(self.masked_adj)
+        u = ua[users]
+        mf = _logsigmoid_bpr(u, ia[items], ia[neg])
+        modal = sum(_logsigmoid_bpr(u, s[items], s[neg]) for s in self._students())
+        return {"loss": mf + m.reg_weight * modal + self._sgfd(items, neg)}
+
+
+class MMRecLATTICE(MMRecStyle):
+    """MMRec's ``lattice.py`` (``cf_model: lightgcn``), the dense formulation. Setup (untimed):
+    per modality the frozen graph as dense n×n matrices (``build_sim``,
+    ``build_knn_neighbourhood``: top-k values scattered into zeros, ``compute_normalized_laplacian``:
+    ``diagflat`` and two n×n ``torch.mm``). At an epoch's first step (``build_item_graph``, set
+    by ``pre_epoch_processing``) the learned graph the same dense way from every item's
+    projection, with gradient, mixed with ``softmax(modal_weight)``, then
+    ``(1 - λ) learned + λ frozen``; later steps detach it. Every step: every item projected, the
+    item–item layer a dense ``torch.mm``, LightGCN with COO ``torch.sparse.mm`` on ``D^-1 (A +
+    I)``, LATTICE's ``bpr_loss`` and its ½‖·‖² / batch_size regulariser. Ranking
+    (``full_sort_predict``) rebuilds the graph for every batch of users."""
+
+    def __init__(self, model, dataset, config, split: str = "valid"):
+        super().__init__(model, dataset, config, split)
+        m = model
+        self.original = [self._laplacian(self._knn(_build_sim(m.features.feature(j)), m.knn_k))
+                         for j in range(len(m.modalities))]
+        self.build_item_graph, self.item_adj = True, None
+
+    @staticmethod
+    def _knn(adj, k):
+        """``build_knn_neighbourhood``: the top-k values of each row, zeros elsewhere (dense)."""
+        knn_val, knn_ind = _topk(adj, k)
+        return torch.zeros_like(adj).scatter_(-1, knn_ind, knn_val)
+
+    @staticmethod
+    def _laplacian(adj):
+        """``compute_normalized_laplacian``: ``D^-1/2 A D^-1/2`` by two dense n×n products."""
+        d_inv_sqrt = torch.pow(torch.sum(adj, -1), -0.5)
+        d_inv_sqrt[torch.isinf(d_inv_sqrt)] = 0.0
+        d_mat = torch.diagflat(d_inv_sqrt)
+        return torch.mm(torch.mm(d_mat, adj), d_mat)
+
+    def begin_epoch(self, epoch, key):
+        self.build_item_graph = True
+
+    def _forward(self, build_item_graph):
+        m = self.m
+        feats = self._students()
+        if build_item_graph:
+            w = torch.softmax(m.modal_weight, dim=0) if len(feats) > 1 else [1.0]
+            learned = sum(w[j] * self._knn(_build_sim(x), m.knn_k) for j, x in enumerate(feats))
+            learned = self._laplacian(learned)
+            original = sum(w[j] * a for j, a in enumerate(self.original))
+            self.item_adj = (1 - m.lambda_coeff) * learned + m.lambda_coeff * original
+        else:
+            self.item_adj = self.item_adj.detach()
+        h = m.item_embedding
+        for _ in range(m.n_mm_layers):
+            h = torch.mm(self.item_adj, h)
+        ego = torch.cat([m.user_embedding, m.item_embedding])
+        layers = [ego]
+        for _ in range(m.n_ui_layers):
+            ego = torch.sparse.mm(self.adj, ego)
+            layers.append(ego)
+        u, i = torch.stack(layers, dim=1).mean(dim=1).split([m.n_users, m.n_items])
+        return u, i + F.normalize(h, p=2, dim=1)
+
+    def _ranking_embeddings(self):
+        return self._forward(True)
+
+    def calculate_loss(self, users, items, negatives=None):
+        m = self.m
+        neg = negatives.reshape(-1)
+        ua, ia = self._forward(self.build_item_graph)
+        self.build_item_graph = False
+        u, p, q = ua[users], ia[items], ia[neg]
+        mf = _logsigmoid_bpr(u, p, q)
+        reg = (0.5 * (u ** 2).sum() + 0.5 * (p ** 2).sum() + 0.5 * (q ** 2).sum()) / m.batch_size
+        return {"loss": mf + m.reg_weight * reg + self._sgfd(items, neg)}
+
+
+class MMRecMGCN(MMRecStyle):
+    """MMRec's ``mgcn.py``. Setup (untimed): per modality the dense ``build_sim`` matrix,
+    ``torch.topk`` values and indices, the ``sym`` laplacian of the cosine weights as a COO
+    tensor (``build_knn_normalized_graph``); ``norm_adj`` and its user→item block ``R`` as COO.
+    Step: every item projected and gated per modality, LightGCN content view and the item–item
+    views with ``torch.sparse.mm``, the attention fuser, ``bpr_loss``, the ½‖·‖² / batch_size
+    regulariser and MMRec's ``InfoNCE`` (exp / sum / log) on the batch's item and user rows."""
+
+    def __init__(self, model, dataset, config, split: str = "valid"):
+        super().__init__(model, dataset, config, split)
+        m = model
+        self.R = _coo(m.user_item)
+        self.mm_adj = [self._knn_normalized(_build_sim(m.features.feature(j)), config["knn_k"])
+                       for j in range(len(m.modalities))]
+
+    @staticmethod
+    def _knn_normalized(adj, k):
+        """``build_knn_normalized_graph(norm_type='sym', is_sparse=True)``."""
+        knn_val, knn_ind = _topk(adj, k)
+        n = adj.shape[0]
+        row = torch.arange(n, device=adj.device).repeat_interleave(k)
+        col, val = knn_ind.flatten(), knn_val.flatten()
+        deg = torch.zeros(n, dtype=val.dtype, device=val.device).index_add_(0, row, val)
+        d = deg.pow(-0.5)
+        d.masked_fill_(d == float("inf"), 0)
+        return torch.sparse_coo_tensor(torch.stack([row, col]), d[row] * val * d[col], (n, n))
+
+    def _forward(self):
+        m = self.m
+        ego = torch.cat([m.user_embedding, m.item_embedding])
+        layers = [ego]
+        for _ in range(m.n_ui_layers):
+            ego = torch.sparse.mm(self.adj, ego)
+            layers.append(ego)
+        content = torch.stack(layers, dim=1).mean(dim=1)
+        views = []
+        for j, feats in enumerate(self._students()):
+            h = m.item_embedding * torch.sigmoid(m.purifiers[j](feats))
+            for _ in range(m.n_layers):
+                h = torch.sparse.mm(self.mm_adj[j], h)
+            views.append(torch.cat([torch.sparse.mm(self.R, h), h]))
+        weight = torch.softmax(torch.cat([m.query(v) for v in views], dim=-1), dim=-1)
+        common = sum(weight[:, j].unsqueeze(1) * v for j, v in enumerate(views))
+        sep = sum(torch.sigmoid(g(content)) * (v - common) for g, v in zip(m.preferences, views))
+        side = (sep + common) / (len(views) + 1)
+        return content + side, side, content
+
+    @staticmethod
+    def _info_nce(v1, v2, temperature=0.2):
+        v1, v2 = F.normalize(v1, dim=1), F.normalize(v2, dim=1)
+        pos = torch.exp((v1 * v2).sum(dim=-1) / temperature)
+        ttl = torch.exp(torch.matmul(v1, v2.transpose(0, 1)) / temperature).sum(dim=1)
+        return torch.mean(-torch.log(pos / ttl))
+
+    def _ranking_embeddings(self):
+        return self._forward()[0].split([self.m.n_users, self.m.n_items])
+
+    def calculate_loss(self, users, items, negatives=None):
+        m = self.m
+        nu, ni = m.n_users, m.n_items
+        neg = negatives.reshape(-1)
+        all_embeds, side, content = self._forward()
+        ua, ia = all_embeds.split([nu, ni])
+        u, p, q = ua[users], ia[items], ia[neg]
+        mf = _logsigmoid_bpr(u, p, q)
+        reg = (0.5 * (u ** 2).sum() + 0.5 * (p ** 2).sum() + 0.5 * (q ** 2).sum()) / m.batch_size
+        side_u, side_i = side.split([nu, ni])
+        content_u, content_i = content.split([nu, ni])
+        cl = self._info_nce(side_i[items], content_i[items]) \
+            + self._info_nce(side_u[users], content_u[users])
+        return {"loss": mf + m.reg_weight * reg + m.cl_loss * cl + self._sgfd(items, neg)}
+
+
+#: the "mmrec" provider's formulation of each model it covers
+MMREC_STYLE = {"VBPR": MMRecVBPR, "LightGCN": MMRecLightGCN, "FREEDOM": MMRecFREEDOM,
+               "LATTICE": MMRecLATTICE, "MGCN": MMRecMGCN}
 
 
 def released_metrics(topk_index, pos_items, ks) -> dict:
@@ -508,9 +837,9 @@ def check_mmrec_agrees(model_name: str, dataset_name: str, device_type: str) -> 
     """The MMRec-style formulation computes our step's loss and the same top-k lists; skips the
     models it does not cover."""
     run = Run(model_name, dataset_name, torch.device(device_type))
-    if model_name not in MMREC_MODELS:
-        pytest.skip(f"the MMRec-style formulation covers {', '.join(MMREC_MODELS)} only")
-    mmrec = MMRecStyle(run.model, run.dataset, run.config)
+    if model_name not in MMREC_STYLE:
+        pytest.skip(f"the MMRec-style formulation covers {', '.join(MMREC_STYLE)} only")
+    mmrec = MMREC_STYLE[model_name](run.model, run.dataset, run.config)
     batch = run.batch(torch.arange(min(run.batch_size, run.pairs.shape[0])))
     want = float(run.model.calculate_loss(*batch)["loss"])
     got = float(mmrec.calculate_loss(*batch)["loss"])
@@ -564,12 +893,19 @@ def peak_rss_own_process(model_name: str, dataset_name: str, provider: str,
     """Peak resident set of one epoch and one validation evaluation of this provider, run by
     ``bench/peak_rss.py`` in a fresh process (bytes)."""
     import json
+    import os
     import subprocess
     import sys
 
+    import sgfd_fast
+
     cmd = [sys.executable, str(Path(__file__).with_name("peak_rss.py")), model_name,
            dataset_name, provider] + ([f"--batches={batches}"] if batches else [])
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    # the sgfd_fast this process imported (a checkout run from its root is not on the child's
+    # path: it would import whichever sgfd_fast is installed)
+    path = [str(Path(sgfd_fast.__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]
+    done = subprocess.run(cmd, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, path))})
     if done.returncode:
         pytest.fail(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.splitlines()[-1])["peak_rss_bytes"]
@@ -596,19 +932,13 @@ def test_end_to_end(bench, request, device, model_name, dataset_name, step, prov
     bf16 = provider == BF16_PROVIDER
     if bf16:
         check_bf16_close(model_name, dataset_name, device.type)
-    run = Run(model_name, dataset_name, device, "bf16" if bf16 else "fp32")
-    backend = "reference" if provider == "reference" else "auto"
-    action = run.evaluation
     if provider == "released":
         check_released_agrees(model_name, dataset_name, device.type)
-        run.stepper = ReleasedBM3(run.model, run.dataset, run.config)
-        run.optimizer = torch.optim.Adam(run.model.parameters(), lr=run.config["learning_rate"],
-                                         weight_decay=run.config["weight_decay"])  # as released
-        action = run.stepper.evaluation
     elif provider == "mmrec":
         check_mmrec_agrees(model_name, dataset_name, device.type)
-        run.stepper = MMRecStyle(run.model, run.dataset, run.config)
-        action = run.stepper.evaluation
+    run = Run(model_name, dataset_name, device, "bf16" if bf16 else "fp32")
+    backend = "reference" if provider == "reference" else "auto"
+    action = use_provider(run, provider)
     if step == "epoch":  # the --benchmark-disable smoke runs 2 batches of the epoch, not all
         action = functools.partial(run.epoch, 2 if bench.benchmark.disabled else None)
 

@@ -31,9 +31,9 @@ def pytest_addoption(parser):
                           "sizes), large (a generated 200k-node, ~2M-interaction power-law graph; "
                           "meant for GPUs)")
     parser.addoption("--e2e-models", default="auto",
-                     help="comma-separated models for bench_end_to_end.py (BM3,GRCN,MAML); auto "
-                          "(default): every model on CUDA, BM3 only on a CPU, where a GRCN or "
-                          "MAML epoch takes many minutes")
+                     help="comma-separated models for bench_end_to_end.py (BM3,GRCN,MAML,VBPR,"
+                          "LightGCN,FREEDOM,LATTICE,MGCN); auto (default): every model on CUDA, "
+                          "BM3 only on a CPU, where a GRCN or MAML epoch takes many minutes")
 
 
 def pytest_report_header(config):

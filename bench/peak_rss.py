@@ -8,36 +8,32 @@ for each provider's epoch row (``extra_info["peak_rss_own_process_bytes"]``); by
     PYTHONPATH=$PWD python bench/peak_rss.py BM3 office-synthetic released
     PYTHONPATH=$PWD python bench/peak_rss.py BM3 office-synthetic sgfd_fast_bf16   # precision: bf16
 
-Output: ``{"peak_rss_bytes": ru_maxrss of the process, "imports_rss_bytes": resident set after
+Output: ``{"peak_rss_bytes": the process's peak resident set (``VmHWM``; not ``ru_maxrss``,
+which Linux carries over from the parent's resident set when it forks and execs this process),
+"imports_rss_bytes": resident set after
 the imports (torch, sgfd_fast), "setup_rss_bytes": after the dataset, model and optimizer are
 built (the first torch optimizer imports torch._dynamo: ≈ 130 MiB of either provider's setup),
-...}`` (Linux: ru_maxrss is in KiB).
+...}``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_end_to_end import BF16_PROVIDER, PROVIDERS, ReleasedBM3, Run, _vm_kb  # noqa: E402
+from bench_end_to_end import BF16_PROVIDER, PROVIDERS, Run, _vm_kb, use_provider  # noqa: E402
 
 
 def measure(model_name: str, dataset_name: str, provider: str, batches: int | None) -> dict:
     imports = _vm_kb("VmRSS") * 1024
     run = Run(model_name, dataset_name, torch.device("cpu"),
               "bf16" if provider == BF16_PROVIDER else "fp32")
-    evaluation = run.evaluation
-    if provider == "released":
-        run.stepper = ReleasedBM3(run.model, run.dataset, run.config)
-        run.optimizer = torch.optim.Adam(run.model.parameters(), lr=run.config["learning_rate"],
-                                         weight_decay=run.config["weight_decay"])
-        evaluation = run.stepper.evaluation
+    evaluation = use_provider(run, provider)
     setup = _vm_kb("VmRSS") * 1024
     with run.use_backend("reference" if provider == "reference" else "auto"):
         run.epoch(batches)
@@ -45,7 +41,7 @@ def measure(model_name: str, dataset_name: str, provider: str, batches: int | No
     return {"model": model_name, "dataset": dataset_name, "provider": provider,
             "batches": batches or run.n_batches, "imports_rss_bytes": imports,
             "setup_rss_bytes": setup,
-            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+            "peak_rss_bytes": _vm_kb("VmHWM") * 1024}
 
 
 def main(argv=None) -> None:

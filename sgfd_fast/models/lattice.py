@@ -16,10 +16,15 @@ as MMRec implements it (``cf_model: lightgcn``), with optional SGFD, built spars
 * When S is built (MMRec's ``build_item_graph`` flag): at the first step of every epoch
   (``pre_epoch_processing`` sets it, the first ``calculate_loss`` clears it) with gradient into
   s_m and ``modal_weight``; the other steps of the epoch reuse that S detached, so they train the
-  projections and ``modal_weight`` not at all. Ranking rebuilds S from the current parameters
-  and keeps it (MMRec's ``full_sort_predict`` does, for every user batch; here once per
-  evaluation). In one process computing several shards of a step (the tests), every shard of
-  the epoch's first step (same step key) rebuilds S with its gradient.
+  projections and ``modal_weight`` not at all. What that S was built from (each s_m and
+  ``modal_weight`` at the epoch's first step, and the epoch) is kept in buffers
+  (``graph_student{j}``, n_items × D each; ``graph_modal_weight``; ``graph_epoch``), so a
+  checkpoint written inside an epoch holds it and a run resumed there rebuilds the same S
+  (bitwise: the same inputs through the same ops), not one from the parameters reached since.
+  Ranking rebuilds S from the current parameters and keeps it (MMRec's ``full_sort_predict``
+  does, for every user batch; here once per evaluation). In one process computing several
+  shards of a step (the tests), every shard of the epoch's first step (same step key) rebuilds
+  S with its gradient.
 * Embeddings: ID embeddings E_u, E_i (xavier_uniform); ``h = S^{n_mm_layers} E_i``; user–item
   part LightGCN-style on LATTICE's own adjacency ``P = D^-1 (A + I)`` (self loops, row
   normalised, D = degree + 1): ``u, i = split(mean_{l=0..n_ui_layers} P^l [E_u; E_i])``; items
@@ -150,6 +155,14 @@ class LATTICE(Recommender):
             setattr(self, f"frozen_graph{j}", g.to(dtype=torch.float32))
         self.graph = self._self_loop_graph(dataset.train)
         self.item_graph, self._graph_step = None, None  # S, detached after an epoch's first step
+        # S's inputs at the epoch's first step (checkpointed: a run resumed inside the epoch
+        # rebuilds that S) and the epoch they belong to (-1: none yet)
+        for j in range(n_modalities):
+            self.register_buffer(f"graph_student{j}", torch.zeros(self.n_items, f.width(j)))
+        if n_modalities > 1:
+            self.register_buffer("graph_modal_weight", torch.zeros(n_modalities))
+        self.register_buffer("graph_epoch", torch.tensor(-1))
+        self._epoch = 0
 
     def _self_loop_graph(self, pairs) -> CSR:
         """LATTICE's user–item adjacency ``D^-1 (A + I)``, nodes [users; items], D = degree + 1."""
@@ -161,17 +174,24 @@ class LATTICE(Recommender):
         deg = torch.bincount(row, minlength=n).double()
         return CSR.from_coo(row, col, (1.0 / deg)[row].float(), n, n)
 
-    def modality_weights(self) -> list:
-        """``softmax(modal_weight)`` per modality (``[1.0]`` with one modality)."""
+    def modality_weights(self, modal_weight: torch.Tensor | None = None) -> list:
+        """``softmax(modal_weight)`` per modality (``[1.0]`` with one modality); ``modal_weight``:
+        (M,) logits instead of the parameter."""
         if not hasattr(self, "modal_weight"):
             return [1.0]
-        return list(torch.softmax(self.modal_weight, dim=0).unbind())
+        logits = self.modal_weight if modal_weight is None else modal_weight
+        return list(torch.softmax(logits, dim=0).unbind())
 
-    def build_item_graph(self) -> CSR:
+    def build_item_graph(self, students: list[torch.Tensor] | None = None,
+                         modal_weight: torch.Tensor | None = None) -> CSR:
         """S = (1 - λ) norm(Σ_m w_m A_m(s_m)) + λ Σ_m w_m F_m (module docstring), differentiable
-        in the projections and ``modal_weight`` where grad is enabled."""
-        w = self.modality_weights()
-        learned = sparse_sum([(w[j], knn_cosine_graph(self.features.student(j), self.knn_k))
+        in the projections and ``modal_weight`` where grad is enabled. ``students`` ((n_items,
+        D) per modality) and ``modal_weight`` ((M,)): the s_m and logits to build from instead
+        of the current parameters' (an epoch's kept inputs)."""
+        w = self.modality_weights(modal_weight)
+        if students is None:
+            students = [self.features.student(j) for j in range(len(w))]
+        learned = sparse_sum([(w[j], knn_cosine_graph(students[j], self.knn_k))
                               for j in range(len(w))])
         learned = normalized_laplacian(learned)
         return sparse_sum([(1.0 - self.lambda_coeff, learned)]
@@ -181,7 +201,7 @@ class LATTICE(Recommender):
     def begin_epoch(self, epoch: int, key: int) -> None:
         """MMRec's ``pre_epoch_processing``: S is rebuilt (with gradient) at the epoch's first
         step."""
-        self.item_graph = None
+        self.item_graph, self._epoch = None, epoch
 
     def forward(self, item_graph: CSR) -> tuple[torch.Tensor, torch.Tensor]:
         """``(users (n_users, D), items (n_items, D))``: the user–item propagation plus the
@@ -201,10 +221,19 @@ class LATTICE(Recommender):
 
     def calculate_loss(self, users, items, negatives=None):
         # the epoch's first step (each of its shards when one process computes several): S with
-        # its gradient; the later steps reuse it detached
-        if self.item_graph is None or self.step_key == self._graph_step:
-            graph = self.build_item_graph()
+        # its gradient, its inputs kept; the later steps reuse it detached
+        first = self.item_graph is None and int(self.graph_epoch) != self._epoch
+        if first or self.step_key == self._graph_step:
+            students = [self.features.student(j) for j in range(len(self.modalities))]
+            graph = self.build_item_graph(students)
+            self._keep_inputs(students)
             self._keep(graph, self.step_key)
+        elif self.item_graph is None:  # resumed inside the epoch: its first step's S again
+            with torch.no_grad():
+                graph = self.build_item_graph(
+                    [getattr(self, f"graph_student{j}") for j in range(len(self.modalities))],
+                    getattr(self, "graph_modal_weight", None))
+            self._keep(graph, None)
         else:
             graph = self.item_graph
         u_all, i_all = self.forward(graph)
@@ -216,6 +245,15 @@ class LATTICE(Recommender):
             / self.batch_size / self.shard_fraction
         return self.loss_output(bpr + reg, {"bpr": bpr, "reg": reg},
                                 self.features.losses(torch.cat([items, neg])))
+
+    def _keep_inputs(self, students: list[torch.Tensor]) -> None:
+        """Keep the epoch's S inputs in the checkpointed buffers."""
+        with torch.no_grad():
+            for j, s in enumerate(students):
+                getattr(self, f"graph_student{j}").copy_(s)
+            if hasattr(self, "modal_weight"):
+                self.graph_modal_weight.copy_(self.modal_weight)
+            self.graph_epoch.fill_(self._epoch)
 
     def _keep(self, graph: CSR, step) -> None:
         """Keep S detached for the next steps; ``step``: the step key that built it (None: a
