@@ -264,15 +264,17 @@ def _class_order(value: str):
 
 def _category_labels(item_ids, cat_of: dict, column: str, sep, level: int, path: Path):
     """Per-item class and the label record: classes sorted (numbers by value, then names),
-    ``unknown`` (an empty category, or a path shorter than ``level``) first when it occurs.
-    DataError below 2 classes."""
+    ``unknown`` (an empty category, one named ``unknown`` in any case, or a path shorter than
+    ``level``) first when it occurs. DataError below 2 classes."""
     raw = []
     for iid in item_ids:
         value = cat_of[iid]
         if sep is not None:
             levels = [p.strip() for p in value.split(sep)] if value else []
             value = levels[level - 1] if len(levels) >= level else ""
-        raw.append(value)
+        # data that spell the missing category out (e.g. scientific's) share class 0 with the
+        # empty ones, never a second class of the same name
+        raw.append("" if value.lower() == "unknown" else value)
     classes = sorted({v for v in raw if v}, key=_class_order)
     if len(classes) < 2:
         where = (f"level {level} of column {column!r} split at {sep!r}" if sep is not None

@@ -221,6 +221,29 @@ def test_options_and_their_errors(tmp_path, kw, message):
         assert not (tmp_path / "out").exists()
 
 
+def test_a_category_named_unknown_is_the_unknown_class(tmp_path):
+    """Data that spell the missing category out ("unknown", as scientific's item table does)
+    share class 0 with empty ones: one class of that name, never two."""
+    inter, itp, rows, items = raw_files(tmp_path)
+    items[0][3], items[1][3] = "Tools|unknown", "Lab|Unknown"
+    write_csv(itp, ["item_id", "title", "brand", "categories"], items)
+    rec = run(inter, itp, tmp_path / "out", category_col="categories", category_sep="|",
+              category_level=2)
+    assert rec["labels"]["classes"] == ["unknown", "Chemicals", "Cutting", "Fasteners",
+                                        "Glassware"]
+    assert rec["labels"]["n_unknown"] == rec["labels"]["counts"][0] == 3  # I0, I1, I3
+    iid = {line.split("\t")[0]: line.split("\t")[1] for line in
+           (tmp_path / "out" / "i_id_mapping.csv").read_text().splitlines()[1:]}
+    labels = dict(r.split("\t") for r in
+                  (tmp_path / "out" / "labels.tsv").read_text().splitlines()[1:])
+    assert {labels[iid[i]] for i in ("I0", "I1", "I3")} == {"0"}
+    for it in items:
+        it[3] = "unknown" if it[0] in ("I0", "I3") else "Tools"
+    write_csv(itp, ["item_id", "title", "brand", "categories"], items)
+    with pytest.raises(DataError, match=r"column 'categories' gives 1 class\(es\) .*\('Tools'\)"):
+        run(inter, itp, tmp_path / "one", category_col="categories")
+
+
 def test_bad_files(tmp_path):
     inter, itp, rows, items = raw_files(tmp_path)
     cases = {
