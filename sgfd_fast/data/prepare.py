@@ -26,8 +26,9 @@ every drop with its reason and examples). ``DIR`` must be new or empty; it is wr
 not at all. Train on it with ``python -m sgfd_fast.train --data-path DIR --format mmrec --labels
 DIR/labels.tsv``.
 
-Problems: a missing column, an empty file or split, conflicting item rows, a category column with
-fewer than two classes, missing or unreadable images raise one DataError; the drops above are
+Problems: a missing column or one named twice, an empty file or split, conflicting item rows, a
+category column with fewer than two classes, an ``out`` that is the current directory, missing or
+unreadable images (or item ids that name no file in the folder) raise one DataError; the drops above are
 counted, printed as warnings and recorded (``strict=True`` turns each into an error).
 """
 
@@ -69,7 +70,8 @@ _EXAMPLES = 5
 
 def _read_csv(path, what: str):
     """``(header, rows, line numbers)`` of a CSV/TSV file; DataError for a missing, empty or
-    non-UTF-8 file, a header without rows, or a row whose field count differs from the header."""
+    non-UTF-8 file, a header without rows or naming a column twice, or a row whose field count
+    differs from the header."""
     path = Path(path)
     if path.is_dir():
         raise DataError(f"{path}: expected the {what} file, found a directory")
@@ -88,6 +90,7 @@ def _read_csv(path, what: str):
                     continue
                 if header is None:
                     header = [f.strip() for f in fields]
+                    _check_header(header, path, reader.line_num)
                     continue
                 if len(fields) != len(header):
                     raise DataError(f"{path} line {reader.line_num}: {len(fields)} fields, the "
@@ -107,6 +110,24 @@ def _read_csv(path, what: str):
     if not rows:
         raise DataError(f"{path}: the {what} file has a header but no rows")
     return header, rows, numbers
+
+
+def _check_header(header, path, line: int) -> None:
+    """A column name given twice would make every use of it ambiguous (a joined table's two
+    ``item_id``s): refused, naming both places. A file separated by anything but a comma or a tab
+    reads as one column: said so, rather than 'no user column'."""
+    seen = {}
+    for k, name in enumerate(header):
+        if name and name in seen:
+            raise DataError(f"{path} line {line}: column {name!r} is named twice (columns "
+                            f"{seen[name] + 1} and {k + 1}); rename one")
+        seen[name] = k
+    if len(header) == 1:
+        other = [c for c in ";|" if c in header[0]]
+        if other:
+            raise DataError(f"{path} line {line}: the header {header[0]!r} is one column; the "
+                            f"file seems separated by {other[0]!r}, but prepare reads comma- or "
+                            f"tab-separated files: save it as CSV or TSV")
 
 
 def _column(header, given, role: str, path, option: str, required: bool = True):
@@ -302,11 +323,15 @@ def prepare(interactions, items, out, *, user_col=None, item_col=None, timestamp
     from . import encoders
 
     t0 = time.perf_counter()
-    out = Path(out)
+    out = Path(out).expanduser()
+    final = out.resolve()  # '.' or 'a/..' name no directory of their own to write beside
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DataError(f"{out}: the output directory exists and is not empty; give a new "
                         f"directory (nothing in it is overwritten)")
-    name = name or out.resolve().name
+    if final == Path.cwd() or final in Path.cwd().parents:
+        raise DataError(f"{out}: the output directory is the current directory (or holds it); "
+                        f"give a new directory such as data/mine (it is created whole)")
+    name = name or final.name
     if not name or any(c in name for c in "/\\\t\n"):
         raise DataError(f"--name {name!r} is not a usable file name")
     if min(parse_ratios(split)) <= 0:
@@ -323,12 +348,12 @@ def prepare(interactions, items, out, *, user_col=None, item_col=None, timestamp
     encoders.require_text_encoder("prepare")  # fail before reading anything large
     if images is not None:
         encoders.require_image_encoder("prepare --images")
-        images = Path(images)
+        images = Path(images).expanduser()
         if not images.is_dir():
             raise DataError(f"{images}: image directory not found (--images DIR holds "
                             f"<item id>{image_ext} files)")
     drops = _Drops(strict)
-    ipath, tpath = Path(interactions), Path(items)
+    ipath, tpath = Path(interactions).expanduser(), Path(items).expanduser()
     text_of, cat_of, no_text, item_columns = _read_items(tpath, items_id_col, text_cols,
                                                          category_col, drops)
 
@@ -433,6 +458,12 @@ def prepare(interactions, items, out, *, user_col=None, item_col=None, timestamp
     # --- features: images first (they can fail), then text -----------------------------------
     image_feat = None
     if images is not None:
+        # an id such as '../x' or 'a/b' would name a file outside the folder
+        odd = [iid for iid in item_ids if iid in (".", "..") or any(c in iid for c in "/\\")]
+        if odd:
+            raise DataError(f"{len(odd)} kept item id(s) cannot name a file in {images} "
+                            f"(e.g. {', '.join(map(repr, odd[:_EXAMPLES]))}): with --images an "
+                            f"item id must be a plain file name, without '/' or '\\'")
         paths = [images / f"{iid}{image_ext}" for iid in item_ids]
         missing = [p.name for p in paths if not p.is_file()]
         if missing:
@@ -477,7 +508,7 @@ def prepare(interactions, items, out, *, user_col=None, item_col=None, timestamp
         record["encoders"]["image"] = encoders.image_encoder_info()
 
     # --- write into a scratch directory, then rename: all or nothing -------------------------
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    tmp = final.parent / f".{final.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
@@ -496,9 +527,9 @@ def prepare(interactions, items, out, *, user_col=None, item_col=None, timestamp
                    ((v, k) for k, v in enumerate(user_ids)))
         record["seconds"] = round(time.perf_counter() - t0, 1)
         (tmp / "prepare.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-        if out.exists():
-            out.rmdir()  # empty, checked above
-        tmp.rename(out)
+        if final.exists():
+            final.rmdir()  # empty, checked above
+        tmp.rename(final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

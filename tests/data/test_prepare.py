@@ -255,6 +255,11 @@ def test_bad_files(tmp_path):
         "emptyid.csv": ("user_id,item_id\n,I1\n", "line 2: empty user_id"),
         "badtime.csv": ("user_id,item_id,timestamp\nU0,I1,soon\n", "line 2: timestamp 'soon' is "
                                                                    "not a number"),
+        # a joined table's two item columns: never the first one silently
+        "twice.csv": ("user_id,item_id,item_id\nU0,I1,I2\n",
+                      r"line 1: column 'item_id' is named twice \(columns 2 and 3\); rename one"),
+        "semicolon.csv": ("user_id;item_id\nU0;I1\n", "seems separated by ';', but prepare reads "
+                                                       "comma- or tab-separated files"),
     }
     for name, (content, message) in cases.items():
         (tmp_path / name).write_text(content)
@@ -273,6 +278,40 @@ def test_bad_files(tmp_path):
         run(inter, itp, tmp_path / "full")
     assert (tmp_path / "full" / "keep.txt").read_text() == "mine"
     assert not list(tmp_path.glob(".*partial*"))
+    twice = write_csv(tmp_path / "twice_items.csv", ["item_id", "title", "title"],
+                      [[it[0], it[1], it[2]] for it in items])
+    with pytest.raises(DataError, match="twice_items.csv line 1: column 'title' is named twice"):
+        run(inter, twice, tmp_path / "out")
+
+
+def test_out_that_names_no_new_directory(tmp_path, monkeypatch):
+    """'.' (an empty current directory) or 'x/..' cannot be replaced by renaming: refused up
+    front, never an OSError after the encoder ran; '~' is expanded."""
+    inter, itp, _, _ = raw_files(tmp_path)
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    for out in (".", "sub/..", str(tmp_path / "here" / "x" / "..")):
+        with pytest.raises(DataError, match="is the current directory"):
+            run(inter, itp, out)
+    assert here.is_dir() and not list(here.iterdir()) and not list(tmp_path.glob(".*partial*"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    rec = run("~/ratings.csv", "~/items.csv", "~/home_out")
+    assert (tmp_path / "home_out" / "home_out.inter").is_file() and rec["name"] == "home_out"
+
+
+def test_item_ids_that_are_no_file_name_with_images(tmp_path):
+    """With --images an item id names a file in the folder: '../I0' (outside it) or 'a/b' is one
+    error naming the ids, never a read of another folder's file."""
+    inter, itp, rows, items = raw_files(tmp_path, n_users=12, n_items=10)
+    write_csv(inter, ["user_id", "item_id", "rating", "timestamp"],
+              [[r[0], "../" + r[1] if r[1] == "I0" else r[1], *r[2:]] for r in rows])
+    write_csv(itp, ["item_id", "title", "brand", "categories"],
+              [["../" + it[0] if it[0] == "I0" else it[0], *it[1:]] for it in items])
+    (tmp_path / "img").mkdir()
+    with pytest.raises(DataError, match=r"1 kept item id\(s\) cannot name a file in .*'\.\./I0'"):
+        run(inter, itp, tmp_path / "out", images=tmp_path / "img")
+    assert not (tmp_path / "out").exists()
 
 
 def test_images(tmp_path):
