@@ -150,13 +150,17 @@ def _column(header, given, role: str, path, option: str, required: bool = True):
     return header.index(found[0])
 
 
-def _numbers(values, numbers, path, column: str) -> np.ndarray:
+def _numbers(values, numbers, path, column: str, what: str) -> np.ndarray:
     out = np.empty(len(values), dtype=np.float64)
     for k, (v, no) in enumerate(zip(values, numbers)):
         try:
             out[k] = float(v)
         except ValueError:
-            raise DataError(f"{path} line {no}: {column} {v.strip()!r} is not a number") from None
+            raise DataError(f"{path} line {no}: {column} {v.strip()!r} is not a number; the "
+                            f"{what} column must hold numbers"
+                            + (" (e.g. Unix seconds: convert dates first, or name another "
+                               "column with --timestamp-col)" if what == "timestamp" else "")
+                            ) from None
         if not np.isfinite(out[k]):
             raise DataError(f"{path} line {no}: {column} {v.strip()!r} is not finite")
     return out
@@ -373,8 +377,10 @@ def prepare(interactions, items, out, *, user_col=None, item_col=None, timestamp
     for values, col in ((users, uc), (items_, ic)):
         if "" in values:
             raise DataError(f"{ipath} line {lines[values.index('')]}: empty {header[col]}")
-    ts = _numbers([r[tc] for r in rows], lines, ipath, header[tc]) if tc is not None else None
-    rating = _numbers([r[rc] for r in rows], lines, ipath, header[rc]) if rc is not None else None
+    ts = (_numbers([r[tc] for r in rows], lines, ipath, header[tc], "timestamp")
+          if tc is not None else None)
+    rating = (_numbers([r[rc] for r in rows], lines, ipath, header[rc], "rating")
+              if rc is not None else None)
 
     def where(mask):
         return [f"line {lines[k]}: {users[k]}, {items_[k]}"

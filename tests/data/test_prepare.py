@@ -255,6 +255,12 @@ def test_bad_files(tmp_path):
         "emptyid.csv": ("user_id,item_id\n,I1\n", "line 2: empty user_id"),
         "badtime.csv": ("user_id,item_id,timestamp\nU0,I1,soon\n", "line 2: timestamp 'soon' is "
                                                                    "not a number"),
+        "isodate.csv": ("user_id,item_id,time\nU0,I1,2014-01-21\n",
+                        r"line 2: time '2014-01-21' is not a number; the timestamp column must "
+                        r"hold numbers \(e.g. Unix seconds: convert dates first"),
+        "badrating.csv": ("user_id,item_id,rating\nU0,I1,five\n",
+                          "line 2: rating 'five' is not a number; the rating column must hold "
+                          "numbers$"),
         # a joined table's two item columns: never the first one silently
         "twice.csv": ("user_id,item_id,item_id\nU0,I1,I2\n",
                       r"line 1: column 'item_id' is named twice \(columns 2 and 3\); rename one"),
