@@ -124,6 +124,9 @@ def summarise_studies(dirs, *, contrast: str = DEFAULT_CONTRAST,
     if not metric:
         raise ConfigError(f"--metric is empty; give one such as {DEFAULT_METRIC}")
     key = metric if "/" in metric else f"test/{metric}"
+    twice = [d for k, d in enumerate(dirs) if d.resolve() in {e.resolve() for e in dirs[:k]}]
+    if twice:
+        raise ConfigError(f"--summary: {twice[0]} is given twice; give each study once")
     rows, seen = [], {}
     for d in dirs:
         s = _read_study(d)
