@@ -11,8 +11,9 @@ The contrast is a named contrast of the studies' specs (``distillation``) or ``A
 (default ``sgfd-plain``); the metric ``recall@20`` means the test split (``valid/recall@20`` the
 validation one). Refused, before anything is written (:class:`~sgfd_fast.errors.ConfigError`):
 a directory without a study report, a contrast whose arms a study lacks or (by its report) has
-not finished on every seed, a metric a study does not record, two studies of one backbone x
-dataset.
+not finished on every seed, a metric a study does not record, a directory given twice, two
+studies of one backbone x dataset (the CLI also refuses an ``--out`` inside any study's
+directory).
 """
 
 from __future__ import annotations
