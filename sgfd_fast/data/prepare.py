@@ -349,6 +349,11 @@ def prepare(interactions, items, out, *, user_col=None, item_col=None, timestamp
                         "the category path")
     if k_core_min < 0:
         raise DataError(f"--k-core must be 0 or more, got {k_core_min}")
+    if batch_size < 1:  # checked here, not after the images were encoded
+        raise DataError(f"--batch-size must be 1 or more, got {batch_size}")
+    if not image_ext.startswith(".") or len(image_ext) < 2 or any(c in image_ext for c in "/\\"):
+        raise DataError(f"--image-ext {image_ext!r} is not a file extension; give one such as "
+                        f".jpg (with its dot)")
     encoders.require_text_encoder("prepare")  # fail before reading anything large
     if images is not None:
         encoders.require_image_encoder("prepare --images")
