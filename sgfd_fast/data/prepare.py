@@ -344,6 +344,12 @@ def prepare(interactions, items, out, *, user_col=None, item_col=None, timestamp
     if category_level < 1:
         raise DataError(f"--category-level must be 1 or more (1 = the top of the path), got "
                         f"{category_level}")
+    if category_col is None and (category_sep is not None or category_level != 1):
+        raise DataError("--category-sep and --category-level describe the --category-col column; "
+                        "give --category-col (or drop them)")
+    if category_sep is not None and not category_sep:
+        raise DataError("--category-sep is empty; give the separator of the levels in the "
+                        "category path, e.g. '|' or ' > '")
     if category_level > 1 and category_sep is None:
         raise DataError("--category-level needs --category-sep, the separator of the levels in "
                         "the category path")

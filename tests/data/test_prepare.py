@@ -200,7 +200,10 @@ def test_random_order_without_timestamps_is_seeded(tmp_path):
     (dict(category_col="code"), None),  # numeric category ids, ordered by value
     (dict(category_col="title"), "both the category and a text column"),
     (dict(category_col="nope"), "no column 'nope' \\(--category-col\\)"),
-    (dict(category_level=2), "--category-level needs --category-sep"),
+    (dict(category_col="categories", category_level=2), "--category-level needs --category-sep"),
+    (dict(category_col="categories", category_sep=""), "--category-sep is empty"),
+    (dict(category_sep="|"), "--category-sep and --category-level describe the --category-col"),
+    (dict(category_level=2), "--category-sep and --category-level describe the --category-col"),
     (dict(text_cols=["title", "color"]), r"no column color \(--text-col\)"),
     (dict(user_col="customer"), r"no column 'customer' \(--user-col\); the header is user_id"),
     (dict(items_id_col="title"), "no interaction of .* names an item of .*--items-id-col"),
