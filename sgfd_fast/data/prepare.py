@@ -335,6 +335,12 @@ def prepare(interactions, items, out, *, user_col=None, item_col=None, timestamp
     if final == Path.cwd() or final in Path.cwd().parents:
         raise DataError(f"{out}: the output directory is the current directory (or holds it); "
                         f"give a new directory such as data/mine (it is created whole)")
+    # checked before anything is encoded: out's nearest existing ancestor must take a directory
+    above = next(p for p in (final.parent, *final.parent.parents) if p.exists())
+    if not above.is_dir() or not os.access(above, os.W_OK | os.X_OK):
+        raise DataError(f"{out}: cannot be created ({above} is "
+                        f"{'a file' if not above.is_dir() else 'not writable'}); give --out in a "
+                        f"directory you can write")
     name = name or final.name
     if not name or any(c in name for c in "/\\\t\n"):
         raise DataError(f"--name {name!r} is not a usable file name")
@@ -527,8 +533,8 @@ def prepare(interactions, items, out, *, user_col=None, item_col=None, timestamp
     # --- write into a scratch directory, then rename: all or nothing -------------------------
     tmp = final.parent / f".{final.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     try:
+        tmp.mkdir(parents=True)
         inter = [[str(u[k]), str(i[k]), str(x_label[k])] + [rows[j][c].strip() for c in extra]
                  for k, j in enumerate(idx)]
         _write_tsv(tmp / f"{name}.inter", ["userID", "itemID", "x_label"]
@@ -547,6 +553,11 @@ def prepare(interactions, items, out, *, user_col=None, item_col=None, timestamp
         if final.exists():
             final.rmdir()  # empty, checked above
         tmp.rename(final)
+    except OSError as e:  # a full disk, a read-only or vanished directory: one error, no trace
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise DataError(f"{out}: cannot write the dataset ({e.strerror or e}"
+                        f"{f': {e.filename}' if e.filename else ''}); nothing was written: free "
+                        f"space or give another --out") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

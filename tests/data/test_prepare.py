@@ -311,6 +311,27 @@ def test_out_that_names_no_new_directory(tmp_path, monkeypatch):
     assert (tmp_path / "home_out" / "home_out.inter").is_file() and rec["name"] == "home_out"
 
 
+def test_an_output_that_cannot_be_written(tmp_path, monkeypatch):
+    """--out below a file is refused before anything is encoded; a write that fails (a full
+    disk) is one DataError, nothing left behind."""
+    import errno
+
+    inter, itp, _, _ = raw_files(tmp_path)
+    (tmp_path / "afile").write_text("mine")
+    with pytest.raises(DataError, match=r"afile/sub/out: cannot be created \(.*afile is a file\)"):
+        run(inter, itp, tmp_path / "afile" / "sub" / "out")
+    assert (tmp_path / "afile").read_text() == "mine"
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "save", full)
+    with pytest.raises(DataError, match=r"out: cannot write the dataset \(No space left on device\); "
+                                        r"nothing was written"):
+        run(inter, itp, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".*partial*"))
+
+
 def test_item_ids_that_are_no_file_name_with_images(tmp_path):
     """With --images an item id names a file in the folder: '../I0' (outside it) or 'a/b' is one
     error naming the ids, never a read of another folder's file."""
