@@ -28,8 +28,9 @@ DIR/labels.tsv``.
 
 Problems: a missing column or one named twice, an empty file or split, conflicting item rows, a
 category column with fewer than two classes, an ``out`` that is the current directory, missing or
-unreadable images (or item ids that name no file in the folder) raise one DataError; the drops above are
-counted, printed as warnings and recorded (``strict=True`` turns each into an error).
+unreadable images (or item ids that name no file in the folder), an ``out`` that cannot be
+written raise one DataError; the drops above are counted, printed as warnings and recorded
+(``strict=True`` turns each into an error).
 """
 
 from __future__ import annotations

@@ -46,9 +46,10 @@ class LightGCN(Recommender):
         if config["sgfd"]:
             from . import MODELS  # the registry, read when needed: it imports this module
 
+            others = ", ".join(m for m in MODELS if m != "LightGCN")
             raise ConfigError("sgfd=true, but LightGCN consumes no item features, so SGFD has no "
                               "student to feed: use sgfd=false (LightGCN's default), or a backbone "
-                              f"with item features ({', '.join(m for m in MODELS if m != 'LightGCN')})")
+                              f"with item features ({others})")
         dim = config["embedding_size"]
         self.n_layers = config["n_layers"]
         self.reg_weight = config["reg_weight"]

@@ -194,7 +194,8 @@ def test_the_wrong_format_and_prepares_labels_are_pointed_out(sgfd_dir, mmrec_di
                                         r"mm\.inter, MMRec's layout: give --format mmrec"):
         load_dataset(path=d, format="sgfd")
     with pytest.raises(DataError, match=r"no <name>\.inter file found; .*this one holds "
-                                        r"train\.csv, the SGFD release's layout: give --format sgfd"):
+                                        r"train\.csv, the SGFD release's layout: give "
+                                        r"--format sgfd"):
         load_dataset(path=sgfd_dir, format="mmrec", labels=lp)
     saved = lp.read_bytes()  # write_mmrec, like prepare, writes DIR/labels.tsv
     lp.unlink()

@@ -326,8 +326,8 @@ def test_an_output_that_cannot_be_written(tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(np, "save", full)
-    with pytest.raises(DataError, match=r"out: cannot write the dataset \(No space left on device\); "
-                                        r"nothing was written"):
+    with pytest.raises(DataError, match=r"out: cannot write the dataset \(No space left on "
+                                        r"device\); nothing was written"):
         run(inter, itp, tmp_path / "out")
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".*partial*"))
 
