@@ -409,6 +409,26 @@ def data_spec(tmp_path):
     return write_spec(tmp_path, data_path="data")
 
 
+def test_spec_labels_follow_the_data_rule(tmp_path, tiny_model, monkeypatch):
+    """A relative labels file is looked up at the spec, then in data_path, as train's --labels
+    is in the current directory, then the dataset's (prepare writes DIR/labels.tsv); '~' is
+    expanded in data_path and labels."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "labels.tsv").write_text("itemID\tlabel\n0\t1\n")
+    spec = study.load_spec(write_spec(tmp_path, data_path="data", format="mmrec",
+                                      labels="labels.tsv"))
+    assert spec.data["labels"] == str(tmp_path / "data" / "labels.tsv")
+    (tmp_path / "labels.tsv").write_text("itemID\tlabel\n0\t2\n")  # beside the spec: first
+    spec = study.load_spec(write_spec(tmp_path, data_path="data", labels="labels.tsv"))
+    assert spec.data["labels"] == str(tmp_path / "labels.tsv")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    spec = study.load_spec(write_spec(tmp_path, data_path="~/data", labels="~/data/labels.tsv"))
+    assert (spec.data["path"], spec.data["labels"]) == \
+        (str(tmp_path / "data"), str(tmp_path / "data" / "labels.tsv"))
+    with pytest.raises(ConfigError, match="labels 'nope.tsv' is not a file .*then at data_path"):
+        study.load_spec(write_spec(tmp_path, data_path="data", labels="nope.tsv"))
+
+
 def test_seeds_epochs_and_overrides_from_the_command_line(tmp_path, tiny_model, data_spec,
                                                           capsys):
     out = tmp_path / "small"

@@ -145,6 +145,11 @@ def _refusals(studies, tmp_path):
         ([a, b, copy], f"{a} and {copy} are both studies of TinyMF on "),
         ([studies["partial"]], "its report has no finished run of arm 'sgfd' for seeds 1, 2"),
         ([a, "--out", a / "summary"], f"lies in the study directory {a}"),
+        # a study not summarised here is no place for the summary either
+        ([a, "--out", v / "summary"], f"lies in the study directory {v}"),
+        ([a, "--out", v], f"lies in the study directory {v}"),
+        ([a, f"{a}/"], f"{a} is given twice; give each study once"),
+        ([a, "embedding_size=8"], "so embedding_size=8 cannot be given with it"),
         ([a, "--out", ""], "--out is empty"),
         ([a, "--report"], "--summary reads finished studies and trains nothing, so --report"),
     ]
@@ -152,6 +157,7 @@ def _refusals(studies, tmp_path):
 
 def test_refusals_are_one_line_and_write_nothing(studies, tmp_path, capsys):
     before = {p: p.stat().st_mtime_ns for p in studies["mf-a"].rglob("*")}
+    v_before = sorted(studies["vbpr-a"].iterdir())
     for args, message in _refusals(studies, tmp_path):
         out = tmp_path / "never"
         given_out = "--out" in map(str, args)
@@ -161,6 +167,7 @@ def test_refusals_are_one_line_and_write_nothing(studies, tmp_path, capsys):
         assert cap.err.count("\n") == 1 and "Traceback" not in cap.err, cap.err
         assert not out.exists() and not (studies["mf-a"] / "summary").exists()
     assert {p: p.stat().st_mtime_ns for p in studies["mf-a"].rglob("*")} == before
+    assert sorted(studies["vbpr-a"].iterdir()) == v_before
 
 
 def test_summary_options_belong_to_summary(studies, capsys):

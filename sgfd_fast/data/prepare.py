@@ -26,9 +26,11 @@ every drop with its reason and examples). ``DIR`` must be new or empty; it is wr
 not at all. Train on it with ``python -m sgfd_fast.train --data-path DIR --format mmrec --labels
 DIR/labels.tsv``.
 
-Problems: a missing column, an empty file or split, conflicting item rows, a category column with
-fewer than two classes, missing or unreadable images raise one DataError; the drops above are
-counted, printed as warnings and recorded (``strict=True`` turns each into an error).
+Problems: a missing column or one named twice, an empty file or split, conflicting item rows, a
+category column with fewer than two classes, an ``out`` that is the current directory, missing or
+unreadable images (or item ids that name no file in the folder), an ``out`` that cannot be
+written raise one DataError; the drops above are counted, printed as warnings and recorded
+(``strict=True`` turns each into an error).
 """
 
 from __future__ import annotations
@@ -69,7 +71,8 @@ _EXAMPLES = 5
 
 def _read_csv(path, what: str):
     """``(header, rows, line numbers)`` of a CSV/TSV file; DataError for a missing, empty or
-    non-UTF-8 file, a header without rows, or a row whose field count differs from the header."""
+    non-UTF-8 file, a header without rows or naming a column twice, or a row whose field count
+    differs from the header."""
     path = Path(path)
     if path.is_dir():
         raise DataError(f"{path}: expected the {what} file, found a directory")
@@ -88,6 +91,7 @@ def _read_csv(path, what: str):
                     continue
                 if header is None:
                     header = [f.strip() for f in fields]
+                    _check_header(header, path, reader.line_num)
                     continue
                 if len(fields) != len(header):
                     raise DataError(f"{path} line {reader.line_num}: {len(fields)} fields, the "
@@ -107,6 +111,24 @@ def _read_csv(path, what: str):
     if not rows:
         raise DataError(f"{path}: the {what} file has a header but no rows")
     return header, rows, numbers
+
+
+def _check_header(header, path, line: int) -> None:
+    """A column name given twice would make every use of it ambiguous (a joined table's two
+    ``item_id``s): refused, naming both places. A file separated by anything but a comma or a tab
+    reads as one column: said so, rather than 'no user column'."""
+    seen = {}
+    for k, name in enumerate(header):
+        if name and name in seen:
+            raise DataError(f"{path} line {line}: column {name!r} is named twice (columns "
+                            f"{seen[name] + 1} and {k + 1}); rename one")
+        seen[name] = k
+    if len(header) == 1:
+        other = [c for c in ";|" if c in header[0]]
+        if other:
+            raise DataError(f"{path} line {line}: the header {header[0]!r} is one column; the "
+                            f"file seems separated by {other[0]!r}, but prepare reads comma- or "
+                            f"tab-separated files: save it as CSV or TSV")
 
 
 def _column(header, given, role: str, path, option: str, required: bool = True):
@@ -129,13 +151,17 @@ def _column(header, given, role: str, path, option: str, required: bool = True):
     return header.index(found[0])
 
 
-def _numbers(values, numbers, path, column: str) -> np.ndarray:
+def _numbers(values, numbers, path, column: str, what: str) -> np.ndarray:
     out = np.empty(len(values), dtype=np.float64)
     for k, (v, no) in enumerate(zip(values, numbers)):
         try:
             out[k] = float(v)
         except ValueError:
-            raise DataError(f"{path} line {no}: {column} {v.strip()!r} is not a number") from None
+            raise DataError(f"{path} line {no}: {column} {v.strip()!r} is not a number; the "
+                            f"{what} column must hold numbers"
+                            + (" (e.g. Unix seconds: convert dates first, or name another "
+                               "column with --timestamp-col)" if what == "timestamp" else "")
+                            ) from None
         if not np.isfinite(out[k]):
             raise DataError(f"{path} line {no}: {column} {v.strip()!r} is not finite")
     return out
@@ -264,15 +290,17 @@ def _class_order(value: str):
 
 def _category_labels(item_ids, cat_of: dict, column: str, sep, level: int, path: Path):
     """Per-item class and the label record: classes sorted (numbers by value, then names),
-    ``unknown`` (an empty category, or a path shorter than ``level``) first when it occurs.
-    DataError below 2 classes."""
+    ``unknown`` (an empty category, one named ``unknown`` in any case, or a path shorter than
+    ``level``) first when it occurs. DataError below 2 classes."""
     raw = []
     for iid in item_ids:
         value = cat_of[iid]
         if sep is not None:
             levels = [p.strip() for p in value.split(sep)] if value else []
             value = levels[level - 1] if len(levels) >= level else ""
-        raw.append(value)
+        # data that spell the missing category out (e.g. scientific's) share class 0 with the
+        # empty ones, never a second class of the same name
+        raw.append("" if value.lower() == "unknown" else value)
     classes = sorted({v for v in raw if v}, key=_class_order)
     if len(classes) < 2:
         where = (f"level {level} of column {column!r} split at {sep!r}" if sep is not None
@@ -300,11 +328,21 @@ def prepare(interactions, items, out, *, user_col=None, item_col=None, timestamp
     from . import encoders
 
     t0 = time.perf_counter()
-    out = Path(out)
+    out = Path(out).expanduser()
+    final = out.resolve()  # '.' or 'a/..' name no directory of their own to write beside
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DataError(f"{out}: the output directory exists and is not empty; give a new "
                         f"directory (nothing in it is overwritten)")
-    name = name or out.resolve().name
+    if final == Path.cwd() or final in Path.cwd().parents:
+        raise DataError(f"{out}: the output directory is the current directory (or holds it); "
+                        f"give a new directory such as data/mine (it is created whole)")
+    # checked before anything is encoded: out's nearest existing ancestor must take a directory
+    above = next(p for p in (final.parent, *final.parent.parents) if p.exists())
+    if not above.is_dir() or not os.access(above, os.W_OK | os.X_OK):
+        raise DataError(f"{out}: cannot be created ({above} is "
+                        f"{'a file' if not above.is_dir() else 'not writable'}); give --out in a "
+                        f"directory you can write")
+    name = name or final.name
     if not name or any(c in name for c in "/\\\t\n"):
         raise DataError(f"--name {name!r} is not a usable file name")
     if min(parse_ratios(split)) <= 0:
@@ -313,20 +351,31 @@ def prepare(interactions, items, out, *, user_col=None, item_col=None, timestamp
     if category_level < 1:
         raise DataError(f"--category-level must be 1 or more (1 = the top of the path), got "
                         f"{category_level}")
+    if category_col is None and (category_sep is not None or category_level != 1):
+        raise DataError("--category-sep and --category-level describe the --category-col column; "
+                        "give --category-col (or drop them)")
+    if category_sep is not None and not category_sep:
+        raise DataError("--category-sep is empty; give the separator of the levels in the "
+                        "category path, e.g. '|' or ' > '")
     if category_level > 1 and category_sep is None:
         raise DataError("--category-level needs --category-sep, the separator of the levels in "
                         "the category path")
     if k_core_min < 0:
         raise DataError(f"--k-core must be 0 or more, got {k_core_min}")
+    if batch_size < 1:  # checked here, not after the images were encoded
+        raise DataError(f"--batch-size must be 1 or more, got {batch_size}")
+    if not image_ext.startswith(".") or len(image_ext) < 2 or any(c in image_ext for c in "/\\"):
+        raise DataError(f"--image-ext {image_ext!r} is not a file extension; give one such as "
+                        f".jpg (with its dot)")
     encoders.require_text_encoder("prepare")  # fail before reading anything large
     if images is not None:
         encoders.require_image_encoder("prepare --images")
-        images = Path(images)
+        images = Path(images).expanduser()
         if not images.is_dir():
             raise DataError(f"{images}: image directory not found (--images DIR holds "
                             f"<item id>{image_ext} files)")
     drops = _Drops(strict)
-    ipath, tpath = Path(interactions), Path(items)
+    ipath, tpath = Path(interactions).expanduser(), Path(items).expanduser()
     text_of, cat_of, no_text, item_columns = _read_items(tpath, items_id_col, text_cols,
                                                          category_col, drops)
 
@@ -346,8 +395,10 @@ def prepare(interactions, items, out, *, user_col=None, item_col=None, timestamp
     for values, col in ((users, uc), (items_, ic)):
         if "" in values:
             raise DataError(f"{ipath} line {lines[values.index('')]}: empty {header[col]}")
-    ts = _numbers([r[tc] for r in rows], lines, ipath, header[tc]) if tc is not None else None
-    rating = _numbers([r[rc] for r in rows], lines, ipath, header[rc]) if rc is not None else None
+    ts = (_numbers([r[tc] for r in rows], lines, ipath, header[tc], "timestamp")
+          if tc is not None else None)
+    rating = (_numbers([r[rc] for r in rows], lines, ipath, header[rc], "rating")
+              if rc is not None else None)
 
     def where(mask):
         return [f"line {lines[k]}: {users[k]}, {items_[k]}"
@@ -431,6 +482,12 @@ def prepare(interactions, items, out, *, user_col=None, item_col=None, timestamp
     # --- features: images first (they can fail), then text -----------------------------------
     image_feat = None
     if images is not None:
+        # an id such as '../x' or 'a/b' would name a file outside the folder
+        odd = [iid for iid in item_ids if iid in (".", "..") or any(c in iid for c in "/\\")]
+        if odd:
+            raise DataError(f"{len(odd)} kept item id(s) cannot name a file in {images} "
+                            f"(e.g. {', '.join(map(repr, odd[:_EXAMPLES]))}): with --images an "
+                            f"item id must be a plain file name, without '/' or '\\'")
         paths = [images / f"{iid}{image_ext}" for iid in item_ids]
         missing = [p.name for p in paths if not p.is_file()]
         if missing:
@@ -475,10 +532,10 @@ def prepare(interactions, items, out, *, user_col=None, item_col=None, timestamp
         record["encoders"]["image"] = encoders.image_encoder_info()
 
     # --- write into a scratch directory, then rename: all or nothing -------------------------
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    tmp = final.parent / f".{final.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     try:
+        tmp.mkdir(parents=True)
         inter = [[str(u[k]), str(i[k]), str(x_label[k])] + [rows[j][c].strip() for c in extra]
                  for k, j in enumerate(idx)]
         _write_tsv(tmp / f"{name}.inter", ["userID", "itemID", "x_label"]
@@ -494,9 +551,14 @@ def prepare(interactions, items, out, *, user_col=None, item_col=None, timestamp
                    ((v, k) for k, v in enumerate(user_ids)))
         record["seconds"] = round(time.perf_counter() - t0, 1)
         (tmp / "prepare.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-        if out.exists():
-            out.rmdir()  # empty, checked above
-        tmp.rename(out)
+        if final.exists():
+            final.rmdir()  # empty, checked above
+        tmp.rename(final)
+    except OSError as e:  # a full disk, a read-only or vanished directory: one error, no trace
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise DataError(f"{out}: cannot write the dataset ({e.strerror or e}"
+                        f"{f': {e.filename}' if e.filename else ''}); nothing was written: free "
+                        f"space or give another --out") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

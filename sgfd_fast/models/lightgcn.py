@@ -44,9 +44,12 @@ class LightGCN(Recommender):
     def __init__(self, dataset, config: dict):
         super().__init__(dataset, config)
         if config["sgfd"]:
+            from . import MODELS  # the registry, read when needed: it imports this module
+
+            others = ", ".join(m for m in MODELS if m != "LightGCN")
             raise ConfigError("sgfd=true, but LightGCN consumes no item features, so SGFD has no "
                               "student to feed: use sgfd=false (LightGCN's default), or a backbone "
-                              "with item features (BM3, GRCN, MAML, VBPR)")
+                              f"with item features ({others})")
         dim = config["embedding_size"]
         self.n_layers = config["n_layers"]
         self.reg_weight = config["reg_weight"]

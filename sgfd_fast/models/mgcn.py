@@ -113,12 +113,15 @@ class MGCN(Recommender):
     def __init__(self, dataset, config: dict):
         super().__init__(dataset, config)
         if len(dataset.features) < 2:
+            from . import MODELS  # the registry, read when needed: it imports this module
+
+            one = ", ".join(m for m in MODELS if m not in ("MGCN", "LightGCN"))  # LightGCN: none
             raise DataError(
                 f"MGCN needs two item feature modalities (MMRec: image and text), but dataset "
                 f"{dataset.name!r} has {len(dataset.features)} "
                 f"({', '.join(dataset.features) or 'none'}); use a dataset with two (office: text "
                 f"and relation) without narrowing `modalities` to one, or a backbone that takes "
-                f"one modality (FREEDOM)")
+                f"one modality ({one})")
         dim = config["embedding_size"]
         self.n_layers = config["n_layers"]
         self.n_ui_layers = config["n_ui_layers"]

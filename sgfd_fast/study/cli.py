@@ -84,6 +84,8 @@ def _summary(args) -> int:
                                 ("--shard", args.shard != "1/1"), ("--arms", args.arms),
                                 ("--device", args.device), ("--report", args.report),
                                 ("--list", args.list)) if v]
+    # argparse gives --summary every word after it: a key=value there is an override too
+    given += [a for a in args.summary if "=" in a and not Path(a).expanduser().exists()]
     if given:
         raise ConfigError(f"--summary reads finished studies and trains nothing, so "
                           f"{', '.join(given)} cannot be given with it")
@@ -92,8 +94,9 @@ def _summary(args) -> int:
     table = summarise_studies(args.summary, contrast=args.contrast or DEFAULT_CONTRAST,
                               metric=DEFAULT_METRIC if args.metric is None else args.metric)
     out = Path(args.out).expanduser() if args.out else Path("runs") / "summary"
-    for d in args.summary:
-        if out.resolve().is_relative_to(Path(d).expanduser().resolve()):
+    # any study's directory, summarised here or not, holds only what its study writes
+    for d in (out.resolve(), *out.resolve().parents):
+        if (d / "study.json").is_file():
             raise ConfigError(f"--out {out} lies in the study directory {d}, which holds only "
                               f"what its study writes; give another --out")
     if out.exists() and not out.is_dir():

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import RANGES, Config, load_config, read_yaml
+from ..data.formats import resolve_labels
 from ..data.registry import DATASETS, DEFAULT_FORMAT, FORMATS
 from ..errors import ConfigError
 
@@ -31,7 +32,7 @@ spec format (YAML; model, dataset or data_path, seeds, baseline and arms are req
   dataset: office                   # a built-in dataset (%s), or instead:
   # data_path: data/baby            #   a dataset directory (relative to the spec file)
   # format: mmrec                   #   its format (%s, default %s)
-  # labels: baby_labels.tsv         #   its label file (relative to the spec file)
+  # labels: baby_labels.tsv         #   its label file (relative to the spec file, else data_path)
   seeds: [1, 2, 3, 4, 5]            # every arm is trained once per seed (key seed)
   baseline: plain                   # the arm the others are compared with, seed by seed
   metrics: [recall@20, ndcg@20]     # reported on valid and test (default these two)
@@ -149,8 +150,10 @@ def load_spec(path, *, in_memory: bool = False, seeds: list[int] | None = None,
         fmt = raw.get("format", DEFAULT_FORMAT)
         if fmt not in FORMATS:
             raise ConfigError(f"{where}: format must be {' or '.join(FORMATS)}, got {fmt!r}")
-        data = {"path": str(base / raw["data_path"]), "format": fmt,
-                "labels": str(base / raw["labels"]) if raw.get("labels") else None}
+        root = base / Path(raw["data_path"]).expanduser()
+        data = {"path": str(root), "format": fmt,
+                "labels": str(resolve_labels(root, raw["labels"], start=base))
+                if raw.get("labels") else None}
         if not Path(data["path"]).is_dir():
             raise ConfigError(f"{where}: data_path {raw['data_path']!r} is not a directory "
                               f"({data['path']}; a relative data_path starts at the spec's "
@@ -158,7 +161,7 @@ def load_spec(path, *, in_memory: bool = False, seeds: list[int] | None = None,
         if data["labels"] and not Path(data["labels"]).is_file():
             raise ConfigError(f"{where}: labels {raw['labels']!r} is not a file "
                               f"({data['labels']}; a relative path starts at the spec's "
-                              f"directory)")
+                              f"directory, then at data_path)")
     elif dataset is not None:
         if dataset not in DATASETS:
             raise ConfigError(f"{where}: dataset {dataset!r} is not a built-in dataset "

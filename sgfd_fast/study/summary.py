@@ -11,8 +11,9 @@ The contrast is a named contrast of the studies' specs (``distillation``) or ``A
 (default ``sgfd-plain``); the metric ``recall@20`` means the test split (``valid/recall@20`` the
 validation one). Refused, before anything is written (:class:`~sgfd_fast.errors.ConfigError`):
 a directory without a study report, a contrast whose arms a study lacks or (by its report) has
-not finished on every seed, a metric a study does not record, two studies of one backbone x
-dataset.
+not finished on every seed, a metric a study does not record, a directory given twice, two
+studies of one backbone x dataset (the CLI also refuses an ``--out`` inside any study's
+directory).
 """
 
 from __future__ import annotations
@@ -124,6 +125,9 @@ def summarise_studies(dirs, *, contrast: str = DEFAULT_CONTRAST,
     if not metric:
         raise ConfigError(f"--metric is empty; give one such as {DEFAULT_METRIC}")
     key = metric if "/" in metric else f"test/{metric}"
+    twice = [d for k, d in enumerate(dirs) if d.resolve() in {e.resolve() for e in dirs[:k]}]
+    if twice:
+        raise ConfigError(f"--summary: {twice[0]} is given twice; give each study once")
     rows, seen = [], {}
     for d in dirs:
         s = _read_study(d)

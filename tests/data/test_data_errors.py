@@ -186,6 +186,29 @@ def test_mmrec_without_labels(mmrec_dir):
         load_dataset(path=d, format="mmrec")
 
 
+def test_the_wrong_format_and_prepares_labels_are_pointed_out(sgfd_dir, mmrec_dir):
+    """A directory in the other format (prepare writes MMRec's, --format defaults to sgfd), and
+    an MMRec directory whose labels.tsv (prepare's) was not named: the error says what to add."""
+    d, lp = mmrec_dir
+    with pytest.raises(DataError, match=r"train interactions file not found; .* this one holds "
+                                        r"mm\.inter, MMRec's layout: give --format mmrec"):
+        load_dataset(path=d, format="sgfd")
+    with pytest.raises(DataError, match=r"no <name>\.inter file found; .*this one holds "
+                                        r"train\.csv, the SGFD release's layout: give "
+                                        r"--format sgfd"):
+        load_dataset(path=sgfd_dir, format="mmrec", labels=lp)
+    saved = lp.read_bytes()  # write_mmrec, like prepare, writes DIR/labels.tsv
+    lp.unlink()
+    with pytest.raises(DataError) as exc:
+        load_dataset(path=d, format="mmrec")
+    assert "labels.tsv" not in str(exc.value)
+    (d / "labels.tsv").write_bytes(saved)
+    with pytest.raises(DataError, match=r"has no item labels.*this directory holds labels\.tsv "
+                                        r".*: --labels labels\.tsv$"):
+        load_dataset(path=d, format="mmrec")
+    assert load_dataset(path=d, format="mmrec", labels="labels.tsv").n_items == 9
+
+
 def test_mmrec_bad_x_label(mmrec_dir):
     d, lp = mmrec_dir
     inter = d / "mm.inter"

@@ -200,11 +200,16 @@ def test_random_order_without_timestamps_is_seeded(tmp_path):
     (dict(category_col="code"), None),  # numeric category ids, ordered by value
     (dict(category_col="title"), "both the category and a text column"),
     (dict(category_col="nope"), "no column 'nope' \\(--category-col\\)"),
-    (dict(category_level=2), "--category-level needs --category-sep"),
+    (dict(category_col="categories", category_level=2), "--category-level needs --category-sep"),
+    (dict(category_col="categories", category_sep=""), "--category-sep is empty"),
+    (dict(category_sep="|"), "--category-sep and --category-level describe the --category-col"),
+    (dict(category_level=2), "--category-sep and --category-level describe the --category-col"),
     (dict(text_cols=["title", "color"]), r"no column color \(--text-col\)"),
     (dict(user_col="customer"), r"no column 'customer' \(--user-col\); the header is user_id"),
     (dict(items_id_col="title"), "no interaction of .* names an item of .*--items-id-col"),
     (dict(split="8:0:2"), "leaves a split empty"),
+    (dict(batch_size=0), "--batch-size must be 1 or more, got 0"),
+    (dict(image_ext="jpg"), r"--image-ext 'jpg' is not a file extension; give one such as .jpg"),
 ])
 def test_options_and_their_errors(tmp_path, kw, message):
     inter, itp, rows, items = raw_files(tmp_path)
@@ -221,6 +226,29 @@ def test_options_and_their_errors(tmp_path, kw, message):
         assert not (tmp_path / "out").exists()
 
 
+def test_a_category_named_unknown_is_the_unknown_class(tmp_path):
+    """Data that spell the missing category out ("unknown", as scientific's item table does)
+    share class 0 with empty ones: one class of that name, never two."""
+    inter, itp, rows, items = raw_files(tmp_path)
+    items[0][3], items[1][3] = "Tools|unknown", "Lab|Unknown"
+    write_csv(itp, ["item_id", "title", "brand", "categories"], items)
+    rec = run(inter, itp, tmp_path / "out", category_col="categories", category_sep="|",
+              category_level=2)
+    assert rec["labels"]["classes"] == ["unknown", "Chemicals", "Cutting", "Fasteners",
+                                        "Glassware"]
+    assert rec["labels"]["n_unknown"] == rec["labels"]["counts"][0] == 3  # I0, I1, I3
+    iid = {line.split("\t")[0]: line.split("\t")[1] for line in
+           (tmp_path / "out" / "i_id_mapping.csv").read_text().splitlines()[1:]}
+    labels = dict(r.split("\t") for r in
+                  (tmp_path / "out" / "labels.tsv").read_text().splitlines()[1:])
+    assert {labels[iid[i]] for i in ("I0", "I1", "I3")} == {"0"}
+    for it in items:
+        it[3] = "unknown" if it[0] in ("I0", "I3") else "Tools"
+    write_csv(itp, ["item_id", "title", "brand", "categories"], items)
+    with pytest.raises(DataError, match=r"column 'categories' gives 1 class\(es\) .*\('Tools'\)"):
+        run(inter, itp, tmp_path / "one", category_col="categories")
+
+
 def test_bad_files(tmp_path):
     inter, itp, rows, items = raw_files(tmp_path)
     cases = {
@@ -232,6 +260,17 @@ def test_bad_files(tmp_path):
         "emptyid.csv": ("user_id,item_id\n,I1\n", "line 2: empty user_id"),
         "badtime.csv": ("user_id,item_id,timestamp\nU0,I1,soon\n", "line 2: timestamp 'soon' is "
                                                                    "not a number"),
+        "isodate.csv": ("user_id,item_id,time\nU0,I1,2014-01-21\n",
+                        r"line 2: time '2014-01-21' is not a number; the timestamp column must "
+                        r"hold numbers \(e.g. Unix seconds: convert dates first"),
+        "badrating.csv": ("user_id,item_id,rating\nU0,I1,five\n",
+                          "line 2: rating 'five' is not a number; the rating column must hold "
+                          "numbers$"),
+        # a joined table's two item columns: never the first one silently
+        "twice.csv": ("user_id,item_id,item_id\nU0,I1,I2\n",
+                      r"line 1: column 'item_id' is named twice \(columns 2 and 3\); rename one"),
+        "semicolon.csv": ("user_id;item_id\nU0;I1\n", "seems separated by ';', but prepare reads "
+                                                       "comma- or tab-separated files"),
     }
     for name, (content, message) in cases.items():
         (tmp_path / name).write_text(content)
@@ -250,6 +289,61 @@ def test_bad_files(tmp_path):
         run(inter, itp, tmp_path / "full")
     assert (tmp_path / "full" / "keep.txt").read_text() == "mine"
     assert not list(tmp_path.glob(".*partial*"))
+    twice = write_csv(tmp_path / "twice_items.csv", ["item_id", "title", "title"],
+                      [[it[0], it[1], it[2]] for it in items])
+    with pytest.raises(DataError, match="twice_items.csv line 1: column 'title' is named twice"):
+        run(inter, twice, tmp_path / "out")
+
+
+def test_out_that_names_no_new_directory(tmp_path, monkeypatch):
+    """'.' (an empty current directory) or 'x/..' cannot be replaced by renaming: refused up
+    front, never an OSError after the encoder ran; '~' is expanded."""
+    inter, itp, _, _ = raw_files(tmp_path)
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    for out in (".", "sub/..", str(tmp_path / "here" / "x" / "..")):
+        with pytest.raises(DataError, match="is the current directory"):
+            run(inter, itp, out)
+    assert here.is_dir() and not list(here.iterdir()) and not list(tmp_path.glob(".*partial*"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    rec = run("~/ratings.csv", "~/items.csv", "~/home_out")
+    assert (tmp_path / "home_out" / "home_out.inter").is_file() and rec["name"] == "home_out"
+
+
+def test_an_output_that_cannot_be_written(tmp_path, monkeypatch):
+    """--out below a file is refused before anything is encoded; a write that fails (a full
+    disk) is one DataError, nothing left behind."""
+    import errno
+
+    inter, itp, _, _ = raw_files(tmp_path)
+    (tmp_path / "afile").write_text("mine")
+    with pytest.raises(DataError, match=r"afile/sub/out: cannot be created \(.*afile is a file\)"):
+        run(inter, itp, tmp_path / "afile" / "sub" / "out")
+    assert (tmp_path / "afile").read_text() == "mine"
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "save", full)
+    with pytest.raises(DataError, match=r"out: cannot write the dataset \(No space left on "
+                                        r"device\); nothing was written"):
+        run(inter, itp, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".*partial*"))
+
+
+def test_item_ids_that_are_no_file_name_with_images(tmp_path):
+    """With --images an item id names a file in the folder: '../I0' (outside it) or 'a/b' is one
+    error naming the ids, never a read of another folder's file."""
+    inter, itp, rows, items = raw_files(tmp_path, n_users=12, n_items=10)
+    write_csv(inter, ["user_id", "item_id", "rating", "timestamp"],
+              [[r[0], "../" + r[1] if r[1] == "I0" else r[1], *r[2:]] for r in rows])
+    write_csv(itp, ["item_id", "title", "brand", "categories"],
+              [["../" + it[0] if it[0] == "I0" else it[0], *it[1:]] for it in items])
+    (tmp_path / "img").mkdir()
+    with pytest.raises(DataError, match=r"1 kept item id\(s\) cannot name a file in .*'\.\./I0'"):
+        run(inter, itp, tmp_path / "out", images=tmp_path / "img")
+    assert not (tmp_path / "out").exists()
 
 
 def test_images(tmp_path):

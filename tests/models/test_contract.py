@@ -7,12 +7,13 @@ the loss split over 2 processes (in-process shards, as the trainer splits a batc
 gradient of the whole batch."""
 
 import io
+import re
 
 import pytest
 import torch
 
 from sgfd_fast.config import load_config
-from sgfd_fast.errors import ConfigError
+from sgfd_fast.errors import ConfigError, DataError
 from sgfd_fast.evaluation import LEGACY_METRICS, evaluate, top_k_items
 from sgfd_fast.graph import CSR
 from sgfd_fast.models import MODELS, build_model
@@ -115,3 +116,21 @@ def test_one_and_two_processes_give_the_same_gradient(name, sgfd):
     ds = make_dataset()
     model = _build(name, sgfd, ds=ds).double()
     assert_shards_add_up(model, *_batch(model, ds), world=2)
+
+
+def test_the_backbones_an_error_suggests_do_what_it_says():
+    """LightGCN's sgfd=true error and MGCN's one-modality error name the backbones to use
+    instead, read from MODELS (a new backbone is never missing): each one named consumes item
+    features, and MGCN's builds with SGFD on a one-modality dataset."""
+    with pytest.raises(ConfigError) as e:
+        _build("LightGCN", True)
+    named = re.search(r"with item features \(([^)]*)\)", str(e.value)).group(1).split(", ")
+    assert set(named) == {n for n in MODELS if _build(n, False).features is not None}
+    one = make_dataset()
+    one.features = dict(list(one.features.items())[:1])
+    with pytest.raises(DataError) as e:
+        _build("MGCN", False, ds=one)
+    named = re.search(r"takes one modality \(([^)]*)\)", str(e.value)).group(1).split(", ")
+    assert set(named) == set(MODELS) - {"MGCN", "LightGCN"}
+    for name in named:
+        assert _build(name, True, ds=one).sgfd is not None

@@ -547,12 +547,14 @@ def fit_to_items(feature_files: dict, labels_file: Path, n_items: int, refs: Ite
     return feats, check_labels(labels, n_items, source=str(labels_file), table=table, refs=refs)
 
 
-def resolve_labels(root, labels) -> Path:
+def resolve_labels(root, labels, start=None) -> Path:
     """The labels file ``labels`` names, for a dataset in directory ``root``: ``~`` expanded; a
-    relative path in the current directory when it exists there, else in ``root`` (``--labels
-    labels.tsv`` finds ``DIR/labels.tsv``). The one rule of ``load_dataset``, ``data inspect``
-    and ``train`` (which records the result in run.json)."""
+    relative path in ``start`` (default: the current directory) when it exists there, else in
+    ``root`` (``--labels labels.tsv`` finds ``DIR/labels.tsv``). The one rule of
+    ``load_dataset``, ``data inspect``, ``train`` (which records the result in run.json) and
+    study specs (``start``: the spec's directory)."""
     p = Path(labels).expanduser()
-    if not p.is_absolute() and not p.exists() and (Path(root) / p).exists():
-        p = Path(root) / p
-    return p
+    if p.is_absolute():
+        return p
+    first = Path(start) / p if start is not None else p
+    return Path(root) / p if not first.exists() and (Path(root) / p).exists() else first

@@ -30,8 +30,10 @@ MMREC_ORDER = ("image", "text")
 def _find_inter(root: Path) -> Path:
     inters = sorted(p for p in root.iterdir() if p.suffix.lower() == ".inter")
     if not inters:
+        sgfd = (" (this one holds train.csv, the SGFD release's layout: give --format sgfd)"
+                if (root / "train.csv").is_file() else "")
         raise DataError(f"{root}: no <name>.inter file found; an MMRec dataset directory holds a "
-                        f"TSV <name>.inter with columns userID, itemID, x_label")
+                        f"TSV <name>.inter with columns userID, itemID, x_label{sgfd}")
     if len(inters) == 1:
         return inters[0]
     named = [p for p in inters if p.stem == root.name]
@@ -70,9 +72,13 @@ def read_mmrec(path, *, labels=None, modalities=None) -> dict:
     n_users = int(users.max()) + 1
     n_items = int(items.max()) + 1
     if labels is None:
+        # prepare writes labels.tsv beside the data, but a labels file is always named, never
+        # guessed: say where it is
+        here = ("; this directory holds labels.tsv (python -m sgfd_fast.data prepare writes it): "
+                "--labels labels.tsv" if (root / "labels.tsv").is_file() else "")
         raise DataError(f"{root}: MMRec data has no item labels, and SGFD needs one category label "
                         f"per item: give {LABELS_HINT}, a .npy of ints (row = "
-                        f"itemID) or a TSV itemID<TAB>label")
+                        f"itemID) or a TSV itemID<TAB>label{here}")
     lp = resolve_labels(root, labels)
     if isinstance(modalities, dict):
         files = explicit_modalities(root, modalities)

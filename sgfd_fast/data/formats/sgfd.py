@@ -47,6 +47,9 @@ def read_sgfd(path, *, labels=None, modalities=None) -> dict:
     """Read an SGFD-format directory. Returns a dict of raw parts (see dataset.assemble)."""
     root = require_dir(path)
     fix = "an SGFD dataset directory holds train.csv and test.csv (columns userID,itemID)"
+    inters = sorted(p.name for p in root.glob("*") if p.suffix.lower() == ".inter")
+    if inters and not (root / "train.csv").exists():  # e.g. what prepare writes
+        fix += f"; this one holds {inters[0]}, MMRec's layout: give --format mmrec (format=)"
     parts = {}
     extras = {}
     refs = ItemRefs()
