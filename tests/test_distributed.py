@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -234,3 +235,85 @@ def test_dist_keys_are_checked():
         load_config("BM3", None, overrides=["dist_backend=mpi"])
     with pytest.raises(ConfigError, match="dist_timeout"):
         load_config("BM3", None, overrides=["dist_timeout=0"])
+
+
+# --- whole-graph work split between processes (models.split) ---------------------------------
+
+#: backbones whose step divides its whole-graph work between processes (docs/DEVELOPING.md)
+SPLIT_MODELS = ["BM3"]
+
+
+def split_dataset():
+    """Tiny data whose node count (22) and feature width (70) do not divide by 3, with a teacher
+    of two layers (70 -> 17 -> 8 at embedding_size 8), so the collapse is split too."""
+    ds = tiny_dataset(n_users=12, n_items=10)
+    rng = np.random.default_rng(1)
+    ds.features["image"] = rng.standard_normal((10, 70)).astype(np.float32)
+    ds.features["text"] = rng.standard_normal((10, 9)).astype(np.float32)
+    return ds
+
+
+def split_model(name):
+    cfg = load_config(name, None, overrides=["embedding_size=8"]).values
+    torch.manual_seed(0)
+    return build_model(name, split_dataset(), cfg).double()
+
+
+def split_batch(model):
+    ds = split_dataset()
+    users, items = (torch.from_numpy(ds.train[:, c].copy()) for c in (0, 1))
+    neg = torch.randint(ds.n_items, (users.numel(), model.n_negatives), generator=torch.Generator()
+                        .manual_seed(0)) if model.n_negatives else None
+    return users, items, neg
+
+
+def _split_worker(rank, world, init, name, out):
+    import torch.distributed as dist
+
+    from sgfd_fast.models.split import RowSplit
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        model = split_model(name)
+        split = RowSplit(rank, world)
+        model.set_split(split)
+        users, items, neg = split_batch(model)
+        lo, hi = shard_bounds(users.numel(), rank, world)
+        fraction = (hi - lo) / users.numel()
+        model.begin_step(12345, fraction, (users, items, neg))
+        loss = model.calculate_loss(users[lo:hi], items[lo:hi],
+                                    neg[lo:hi] if neg is not None else None)
+        (loss["loss"] * fraction).backward()
+        distributed.all_reduce_grads(list(model.parameters()))
+        grads = {k: p.grad for k, p in model.named_parameters()}
+        model.eval()
+        with torch.no_grad():
+            emb = model.ranking_embeddings()
+        if rank == 0:
+            torch.save({"grads": grads, "emb": emb, "sent": split.sent}, out)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("name", SPLIT_MODELS)
+def test_split_step_equals_one_process(name, tmp_path):
+    """3 processes (gloo), each computing its row blocks of the propagation and the collapsed
+    teacher: the summed gradients and the ranking embeddings equal one process's (float64)."""
+    import torch.multiprocessing as mp
+
+    out = tmp_path / "rank0.pt"
+    mp.spawn(_split_worker, args=(3, f"file://{tmp_path / 'rdv'}", name, str(out)), nprocs=3)
+    got = torch.load(out)
+    model = split_model(name)
+    whole = sharded_gradients(model, *split_batch(model), 1)
+    assert got["sent"] > 0  # the split did communicate
+    for k, g in whole.items():
+        if g is None:
+            assert got["grads"][k] is None, k
+        else:
+            assert torch.allclose(got["grads"][k], g, rtol=1e-9, atol=1e-12), k
+    model.eval()
+    with torch.no_grad():
+        for a, b in zip(got["emb"], model.ranking_embeddings()):
+            assert torch.allclose(a, b, rtol=1e-12, atol=1e-14)

@@ -80,14 +80,20 @@ class Trainer:
 
         seed_everything(self.config["seed"])
         self.model = build_model(model_name, dataset, self.config).to(device)
+        self.split = None
         if self.dist:
             distributed.broadcast_params(self.model)
+            # each rank computes its row block of the whole-graph work (models.split)
+            self.split = distributed.row_split()
+            self.model.set_split(self.split)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         # fused: one kernel per step over every parameter (CPU and CUDA, the devices we run on);
-        # equal to the default for-each Adam up to float rounding
-        self.optimizer = torch.optim.Adam(self.params,
-                                          lr=self.config["learning_rate"],
-                                          weight_decay=self.config["weight_decay"], fused=True)
+        # equal to the default for-each Adam up to float rounding. Several processes: each
+        # updates its share of the parameters and broadcasts them (distributed.sharded_adam)
+        adam = dict(lr=self.config["learning_rate"], weight_decay=self.config["weight_decay"],
+                    fused=True)
+        self.optimizer = distributed.sharded_adam(self.params, **adam) if self.dist else \
+            torch.optim.Adam(self.params, **adam)
         self.n_negatives = int(self.model.n_negatives)
         self.sampler = NegativeSampler.from_pairs(
             dataset.n_users, dataset.n_items, dataset.train, n_neg=self.n_negatives,
@@ -144,7 +150,9 @@ class Trainer:
     def load_state_dict(self, state: dict, path: Path = Path("last.pt")) -> None:
         self._check_fits(state["model"], path)
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        # a copy: the sharded optimizer blanks the other ranks' entries of what it is given
+        self.optimizer.load_state_dict({**state["optimizer"],
+                                        "state": dict(state["optimizer"]["state"])})
         if self.sampler is not None and state.get("sampler") is not None:
             self.sampler.load_state_dict(state["sampler"])
         for k in ("epoch", "batch", "partial", "best_score", "best_epoch", "best_valid",
@@ -160,6 +168,8 @@ class Trainer:
                 "epoch": self.epoch, "valid": self.best_valid, "data": data_shape(self.dataset)}
 
     def _save(self, name: str, state: dict | None = None) -> None:
+        if state is None and self.dist:  # the sharded optimizer's state, gathered on rank 0
+            self.optimizer.consolidate_state_dict(to=0)
         if self.write_files:
             save_checkpoint(self.state_dict() if state is None else state, self.point_dir / name)
 
@@ -214,6 +224,8 @@ class Trainer:
         from ..evaluation import evaluate
 
         self.model.eval()
+        if self.dist:  # the last step may have run unsplit
+            self.model.set_split(self.split)
         try:
             with torch.no_grad():
                 if self.dist:
@@ -274,6 +286,9 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 if self.dist:
                     distributed.fail_if_asked(self.epoch * n_batches + self.batch)
+                    # a batch smaller than the world leaves a rank without rows, which then
+                    # runs no forward: such a step is not split (every rank computes it all)
+                    self.model.set_split(self.split if idx.numel() >= w else None)
                     lo, hi = distributed.shard_bounds(idx.numel(), r, w)
                     fraction = (hi - lo) / idx.numel()
                     self.model.begin_step(key, fraction, (users, items, negatives))
