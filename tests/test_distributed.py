@@ -239,8 +239,9 @@ def test_dist_keys_are_checked():
 
 # --- whole-graph work split between processes (models.split) ---------------------------------
 
-#: backbones whose step divides its whole-graph work between processes (docs/DEVELOPING.md)
-SPLIT_MODELS = ["BM3"]
+#: backbones whose step divides its graph propagation between processes (docs/DEVELOPING.md);
+#: under a split every model with a multi-layer SGFD teacher divides its collapse too
+SPLIT_MODELS = ["BM3", "LightGCN", "FREEDOM", "MGCN"]
 
 
 def split_dataset():
@@ -254,9 +255,12 @@ def split_dataset():
 
 
 def split_model(name):
-    cfg = load_config(name, None, overrides=["embedding_size=8"]).values
+    cfg = load_config(name, None, overrides=["embedding_size=8", "knn_k=3"]
+                      if name in ("FREEDOM", "LATTICE", "MGCN") else ["embedding_size=8"]).values
     torch.manual_seed(0)
-    return build_model(name, split_dataset(), cfg).double()
+    model = build_model(name, split_dataset(), cfg).double()
+    model.begin_epoch(0, 777)  # FREEDOM samples its epoch's graph here
+    return model
 
 
 def split_batch(model):
@@ -267,7 +271,8 @@ def split_batch(model):
     return users, items, neg
 
 
-def _split_worker(rank, world, init, name, out):
+def _split_worker(rank, world, init, out):
+    """Every model's step and ranking embeddings under a RowSplit of ``world`` ranks."""
     import torch.distributed as dist
 
     from sgfd_fast.models.split import RowSplit
@@ -275,39 +280,49 @@ def _split_worker(rank, world, init, name, out):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     try:
-        model = split_model(name)
-        split = RowSplit(rank, world)
-        model.set_split(split)
-        users, items, neg = split_batch(model)
-        lo, hi = shard_bounds(users.numel(), rank, world)
-        fraction = (hi - lo) / users.numel()
-        model.begin_step(12345, fraction, (users, items, neg))
-        loss = model.calculate_loss(users[lo:hi], items[lo:hi],
-                                    neg[lo:hi] if neg is not None else None)
-        (loss["loss"] * fraction).backward()
-        distributed.all_reduce_grads(list(model.parameters()))
-        grads = {k: p.grad for k, p in model.named_parameters()}
-        model.eval()
-        with torch.no_grad():
-            emb = model.ranking_embeddings()
+        got = {}
+        for name in MODELS:
+            model = split_model(name)
+            split = RowSplit(rank, world)
+            model.set_split(split)
+            users, items, neg = split_batch(model)
+            lo, hi = shard_bounds(users.numel(), rank, world)
+            fraction = (hi - lo) / users.numel()
+            model.begin_step(12345, fraction, (users, items, neg))
+            loss = model.calculate_loss(users[lo:hi], items[lo:hi],
+                                        neg[lo:hi] if neg is not None else None)
+            (loss["loss"] * fraction).backward()
+            distributed.all_reduce_grads(list(model.parameters()))
+            model.eval()
+            with torch.no_grad():
+                emb = model.ranking_embeddings()
+            got[name] = {"grads": {k: p.grad for k, p in model.named_parameters()},
+                         "emb": emb, "sent": split.sent}
         if rank == 0:
-            torch.save({"grads": grads, "emb": emb, "sent": split.sent}, out)
+            torch.save(got, out)
     finally:
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("name", SPLIT_MODELS)
-def test_split_step_equals_one_process(name, tmp_path):
-    """3 processes (gloo), each computing its row blocks of the propagation and the collapsed
-    teacher: the summed gradients and the ranking embeddings equal one process's (float64)."""
+@pytest.fixture(scope="module")
+def split_runs(tmp_path_factory):
+    """Every model's step on 3 processes (gloo) under a RowSplit, as rank 0 saw it."""
     import torch.multiprocessing as mp
 
-    out = tmp_path / "rank0.pt"
-    mp.spawn(_split_worker, args=(3, f"file://{tmp_path / 'rdv'}", name, str(out)), nprocs=3)
-    got = torch.load(out)
+    tmp = tmp_path_factory.mktemp("split")
+    mp.spawn(_split_worker, args=(3, f"file://{tmp / 'rdv'}", str(tmp / "rank0.pt")), nprocs=3)
+    return torch.load(tmp / "rank0.pt")
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_split_step_equals_one_process(name, split_runs):
+    """Each rank computing its row blocks of the propagation and of the collapsed teacher: the
+    summed gradients and the ranking embeddings equal one process's (float64)."""
+    got = split_runs[name]
     model = split_model(name)
     whole = sharded_gradients(model, *split_batch(model), 1)
-    assert got["sent"] > 0  # the split did communicate
+    if name in SPLIT_MODELS or model.sgfd is not None:
+        assert got["sent"] > 0  # the split did communicate
     for k, g in whole.items():
         if g is None:
             assert got["grads"][k] is None, k
@@ -315,5 +330,7 @@ def test_split_step_equals_one_process(name, tmp_path):
             assert torch.allclose(got["grads"][k], g, rtol=1e-9, atol=1e-12), k
     model.eval()
     with torch.no_grad():
-        for a, b in zip(got["emb"], model.ranking_embeddings()):
-            assert torch.allclose(a, b, rtol=1e-12, atol=1e-14)
+        emb = model.ranking_embeddings()
+    assert (emb is None) == (got["emb"] is None)  # None: a model that ranks otherwise (MAML)
+    for a, b in zip(got["emb"] or (), emb or ()):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-14)
