@@ -28,7 +28,7 @@ import torch
 from .. import ops
 from ..graph import CSR
 
-__all__ = ["RowSplit", "propagate"]
+__all__ = ["RowSplit", "bounds", "gather", "rows_of", "propagate"]
 
 
 def _bounds(n: int, rank: int, world: int) -> tuple[int, int]:
@@ -102,6 +102,21 @@ class RowSplit:
                 self._blocks.pop(next(iter(self._blocks)))
             self._blocks[id(graph)] = hit
         return hit[1]
+
+
+def bounds(split: RowSplit | None, n: int) -> tuple[int, int]:
+    """This rank's block ``[lo, hi)`` of n rows; ``(0, n)`` without a split."""
+    return (0, n) if split is None else split.bounds(n)
+
+
+def gather(split: RowSplit | None, block: torch.Tensor, n: int) -> torch.Tensor:
+    """:meth:`RowSplit.gather`; the block itself (all n rows) without a split."""
+    return block if split is None else split.gather(block, n)
+
+
+def rows_of(split: RowSplit | None, graph: CSR) -> CSR:
+    """:meth:`RowSplit.rows_of`; the whole graph without a split."""
+    return graph if split is None else split.rows_of(graph)
 
 
 def propagate(graph: CSR, x: torch.Tensor, n_layers: int, split: RowSplit | None) -> torch.Tensor:
