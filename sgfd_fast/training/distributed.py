@@ -163,13 +163,15 @@ def broadcast_params(module: torch.nn.Module) -> None:
         t.data.copy_(buf)
 
 
-def all_reduce_grads(params: list[torch.nn.Parameter]) -> None:
+def all_reduce_grads(params: list[torch.nn.Parameter]) -> int:
     """Sum the gradients of ``params`` over the ranks, one flat all-reduce per dtype; a parameter
-    whose gradient is None on every rank stays None (one process would leave it None too)."""
+    whose gradient is None on every rank stays None (one process would leave it None too).
+    Returns the bytes this rank sent (a ring all-reduce's ``2 (W-1)/W`` of the buffer)."""
     dist = _distributed()
     if dist is None:
-        return
+        return 0
     dev = _comm_device()
+    w, sent = dist.get_world_size(), 0
     by_dtype: dict = {}
     for p in params:
         by_dtype.setdefault(p.dtype, []).append(p)
@@ -179,12 +181,14 @@ def all_reduce_grads(params: list[torch.nn.Parameter]) -> None:
                          + [torch.tensor([p.grad is not None for p in group], dtype=dtype,
                                          device=dev)])
         dist.all_reduce(flat)
+        sent += 2 * (w - 1) * flat.numel() * flat.element_size() // w
         used = flat[-len(group):].tolist()
         offset = 0
         for p, u in zip(group, used):
             g = flat[offset:offset + p.numel()].view_as(p)
             offset += p.numel()
             p.grad = g.to(p.device).clone() if u > 0 else None
+    return sent
 
 
 def all_reduce_sums(sums: dict) -> dict:

@@ -94,6 +94,12 @@ class Trainer:
                     fused=True)
         self.optimizer = distributed.sharded_adam(self.params, **adam) if self.dist else \
             torch.optim.Adam(self.params, **adam)
+        # bytes this rank sends per step: its parameters' broadcast to the W-1 others (ZeRO)
+        # plus, counted as they happen, the split's collectives and the gradient all-reduce
+        self._sent_fixed = (world_size() - 1) * sum(
+            p.numel() * p.element_size() for g in self.optimizer.optim.param_groups
+            for p in g["params"]) if self.dist else 0
+        self._sent = 0
         self.n_negatives = int(self.model.n_negatives)
         self.sampler = NegativeSampler.from_pairs(
             dataset.n_users, dataset.n_items, dataset.train, n_neg=self.n_negatives,
@@ -270,6 +276,9 @@ class Trainer:
         sums = {k: v if is_main() or not self.dist else 0.0
                 for k, v in self.partial["losses"].items()}
         r, w = (rank(), world_size()) if self.dist else (0, 1)
+        first = self.batch  # a resumed epoch starts inside
+        if self.dist:  # bytes sent by this epoch's steps (not by the evaluation before them)
+            self._sent = self.split.sent = 0
         # the model's per-epoch hook (models.base: the trainer-model contract), also on resume
         self.model.begin_epoch(self.epoch, step_key(cfg["seed"], self.epoch, -1))
         start = time.perf_counter() - self.partial["time"]
@@ -300,7 +309,7 @@ class Trainer:
                         self._diagnose(parts, n_batches)
                         (parts["loss"] * fraction).backward()
                         parts = {k: v.detach() * fraction for k, v in parts.items()}
-                    distributed.all_reduce_grads(self.params)
+                    self._sent += distributed.all_reduce_grads(self.params) + self._sent_fixed
                 else:
                     self.model.begin_step(key)
                     parts = self.model.calculate_loss(users, items, negatives)
@@ -322,6 +331,8 @@ class Trainer:
         if self.dist:
             sums = distributed.all_reduce_sums(sums)
         self._epoch_losses = {k: float(v) / n_batches for k, v in sums.items()}
+        if self.dist:
+            self._sent_per_step = (self._sent + self.split.sent) / max(1, n_batches - first)
         self._epoch_time = time.perf_counter() - start
 
     def _end_epoch(self) -> None:
@@ -339,6 +350,8 @@ class Trainer:
                 "world_size": world_size() if self.dist else 1}
         sgfd = {} if self._grad_share is None else {"grad_share": self._grad_share}
         msg = f"epoch {self.epoch}: loss {losses['loss']:.5f} ({self._epoch_time:.2f}s)"
+        if self.dist:  # what a process sent per step (bench/bench_scale.py reads it)
+            msg += f" [rank {rank()} sent {self._sent_per_step / 2**20:.3f} MiB per step]"
         if self.epoch % cfg["eval_step"] == 0 or self.epoch == cfg["epochs"]:
             t0 = time.perf_counter()
             metrics = self._evaluate(self.eval_split)
