@@ -260,7 +260,10 @@ class Trainer:
         return self._finish()
 
     def _diagnose(self, parts: dict, n_batches: int) -> None:
-        """SGFD diagnostics on the epoch's last batch (under torchrun: rank 0's share of it)."""
+        """SGFD diagnostics on the epoch's last batch (under torchrun: rank 0's share of it;
+        where the student feeds split work, GRCN's graph, the gradient reaching rank 0's block
+        through the gathers is the other ranks' shares too). Every rank runs it: its autograd
+        passes cross the split's collectives."""
         if self.batch == n_batches - 1:
             self._grad_share = diagnostics.gradient_share(self.model, parts)
 
