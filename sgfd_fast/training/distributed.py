@@ -20,9 +20,9 @@ How one model is trained by W processes (docs/DEVELOPING.md, "Several processes"
 * each rank backpropagates its shard's loss times ``n_shard / n_batch``
   (:attr:`Recommender.shard_fraction`) and :func:`all_reduce_grads` sums the gradients: a mean
   over the batch's rows is then exact, a term over the whole model (a norm regulariser) is counted
-  once (the fractions sum to 1). Adam's step is sharded (:func:`sharded_adam`: each rank updates
-  its share of the parameters, then broadcasts them). The step equals the one-process step up to
-  float rounding;
+  once (the fractions sum to 1). Adam's step is sharded (:func:`sharded_adam`: each rank
+  receives the summed gradients of its share of the parameters, updates them and broadcasts
+  them). The step equals the one-process step up to float rounding;
 * evaluation ranks each rank's share of the users and all-reduces metric sums and user counts
   (:func:`sgfd_fast.evaluation.evaluate`), then rank 0's result is broadcast, so every decision
   (best epoch, early stopping, grid point) is taken on identical numbers.
@@ -163,25 +163,39 @@ def broadcast_params(module: torch.nn.Module) -> None:
         t.data.copy_(buf)
 
 
-def all_reduce_grads(params: list[torch.nn.Parameter]) -> int:
-    """Sum the gradients of ``params`` over the ranks, one flat all-reduce per dtype; a parameter
-    whose gradient is None on every rank stays None (one process would leave it None too).
-    Returns the bytes this rank sent (a ring all-reduce's ``2 (W-1)/W`` of the buffer)."""
+def all_reduce_grads(params: list[torch.nn.Parameter], owners: dict | None = None) -> int:
+    """Sum the gradients of ``params`` over the ranks, one flat collective per dtype (and owner);
+    a parameter whose gradient is None on every rank stays None (one process would leave it None
+    too).
+
+    ``owners`` (``{parameter: rank}``, a sharded optimizer's ``_param_to_rank``): only the rank
+    that updates a parameter needs its summed gradient, so each owner's gradients are reduced to
+    it (half an all-reduce's traffic) and the other ranks' ``.grad`` become None. Returns the
+    bytes this rank sent (ring estimates: ``2 (W-1)/W`` of an all-reduced buffer, ``(W-1)/W`` of
+    a reduced one)."""
     dist = _distributed()
     if dist is None:
         return 0
     dev = _comm_device()
-    w, sent = dist.get_world_size(), 0
-    by_dtype: dict = {}
+    w, me, sent = dist.get_world_size(), dist.get_rank(), 0
+    groups: dict = {}
     for p in params:
-        by_dtype.setdefault(p.dtype, []).append(p)
-    for dtype, group in by_dtype.items():
+        groups.setdefault((None if owners is None else owners[p], p.dtype), []).append(p)
+    for (owner, dtype), group in groups.items():
         flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
                           .to(dev) for p in group]
                          + [torch.tensor([p.grad is not None for p in group], dtype=dtype,
                                          device=dev)])
-        dist.all_reduce(flat)
-        sent += 2 * (w - 1) * flat.numel() * flat.element_size() // w
+        if owner is None:
+            dist.all_reduce(flat)
+            sent += 2 * (w - 1) * flat.numel() * flat.element_size() // w
+        else:
+            dist.reduce(flat, dst=owner)
+            sent += (w - 1) * flat.numel() * flat.element_size() // w
+            if owner != me:
+                for p in group:
+                    p.grad = None
+                continue
         used = flat[-len(group):].tolist()
         offset = 0
         for p, u in zip(group, used):
@@ -229,8 +243,9 @@ def sharded_adam(params: list, **adam) -> "torch.optim.Optimizer":
     """Adam (``torch.optim.Adam`` keywords ``adam``) whose step is divided between the ranks:
     torch's ``ZeroRedundancyOptimizer`` gives each rank whole parameters (about 1/W of the
     elements), whose Adam state it alone holds and updates, then broadcasts them. Adam is
-    elementwise, so the step equals one process's bit for bit given the same gradients (summed by
-    :func:`all_reduce_grads` first). Its ``state_dict`` is one process's Adam state (global
+    elementwise, so the step equals one process's bit for bit given the same gradients (reduced to
+    each parameter's owner by :func:`all_reduce_grads`, with the optimizer's
+    ``_param_to_rank``: torch names no public accessor for the partition). Its ``state_dict`` is one process's Adam state (global
     parameter indices) after ``consolidate_state_dict(to=0)`` on every rank; ``load_state_dict``
     takes one process's state as well, so checkpoints move between world sizes."""
     from torch.distributed.optim import ZeroRedundancyOptimizer

@@ -312,7 +312,9 @@ class Trainer:
                         self._diagnose(parts, n_batches)
                         (parts["loss"] * fraction).backward()
                         parts = {k: v.detach() * fraction for k, v in parts.items()}
-                    self._sent += distributed.all_reduce_grads(self.params) + self._sent_fixed
+                    # each parameter's summed gradient to the rank that updates it
+                    self._sent += distributed.all_reduce_grads(
+                        self.params, self.optimizer._param_to_rank) + self._sent_fixed
                 else:
                     self.model.begin_step(key)
                     parts = self.model.calculate_loss(users, items, negatives)
