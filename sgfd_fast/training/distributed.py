@@ -250,7 +250,10 @@ def sharded_adam(params: list, **adam) -> "torch.optim.Optimizer":
     takes one process's state as well, so checkpoints move between world sizes."""
     from torch.distributed.optim import ZeroRedundancyOptimizer
 
-    return ZeroRedundancyOptimizer(params, optimizer_class=torch.optim.Adam, **adam)
+    # parameters_as_bucket_view: each rank's parameters live in one flat buffer per dtype, so
+    # the step ends with one broadcast per rank and dtype, not one per parameter (~30 for BM3)
+    return ZeroRedundancyOptimizer(params, optimizer_class=torch.optim.Adam,
+                                   parameters_as_bucket_view=True, **adam)
 
 
 def fail_if_asked(step: int) -> None:
