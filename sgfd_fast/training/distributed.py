@@ -243,11 +243,12 @@ def sharded_adam(params: list, **adam) -> "torch.optim.Optimizer":
     """Adam (``torch.optim.Adam`` keywords ``adam``) whose step is divided between the ranks:
     torch's ``ZeroRedundancyOptimizer`` gives each rank whole parameters (about 1/W of the
     elements), whose Adam state it alone holds and updates, then broadcasts them. Adam is
-    elementwise, so the step equals one process's bit for bit given the same gradients (reduced to
-    each parameter's owner by :func:`all_reduce_grads`, with the optimizer's
-    ``_param_to_rank``: torch names no public accessor for the partition). Its ``state_dict`` is one process's Adam state (global
-    parameter indices) after ``consolidate_state_dict(to=0)`` on every rank; ``load_state_dict``
-    takes one process's state as well, so checkpoints move between world sizes."""
+    elementwise, so the step equals one process's bit for bit given the same gradients (reduced
+    to each parameter's owner by :func:`all_reduce_grads`, with the optimizer's
+    ``_param_to_rank``: torch names no public accessor for the partition). Its ``state_dict`` is
+    one process's Adam state (global parameter indices) after ``consolidate_state_dict(to=0)``
+    on every rank; ``load_state_dict`` takes one process's state as well, so checkpoints move
+    between world sizes."""
     from torch.distributed.optim import ZeroRedundancyOptimizer
 
     # parameters_as_bucket_view: each rank's parameters live in one flat buffer per dtype, so
