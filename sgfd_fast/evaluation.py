@@ -282,13 +282,16 @@ def evaluate(model, dataset, split: str, config: dict, *, shard: tuple[int, int]
 
     names = [f"{m}@{k}" for k in ks for m in ("recall", "ndcg", "precision", "map", "hit")]
     sums = dict.fromkeys(names, (0.0, 0.0))   # a share without users adds nothing
-    if users.size:
+    # a model split across processes (models.split) computes its ranking embeddings together
+    # with the other ranks: a rank without users joins that forward all the same
+    if users.size or getattr(model, "split", None) is not None:
         was_training = model.training
         model.eval()
         try:
             top = top_k_items(model, users_t, known_csr, depth, batch, mask_value)[1]
         finally:
             model.train(was_training)
+    if users.size:
         sums = _metric_sums(top, truth_csr.rowptr, truth_csr.col, ks, protocol,
                             model.legacy_metrics)
     if reduce is not None:

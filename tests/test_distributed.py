@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -102,6 +103,58 @@ def test_resume_with_another_world_size(runs, name):
     assert_same_run(runs / "one", runs / name)
     res = json.loads((runs / name / "results.json").read_text())
     assert res["world_sizes"] == [1, 2] and res["world_size"] == (2 if name == "one_then_two" else 1)
+
+
+def test_two_processes_equal_one_grcn(data_dir, tmp_path):
+    """GRCN (its students, routing, attention and EGCN split between the ranks) trains on 2
+    processes as on one."""
+    args = ["-m", "GRCN", "--data-path", data_dir, *BASE]
+    one_process(*args, "--out", tmp_path / "one")
+    p = torchrun(*args, "--out", tmp_path / "two")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert_same_run(tmp_path / "one", tmp_path / "two")
+
+
+def two_nodes(*args, port, timeout=240):
+    """torchrun as on two machines of one process each: two launches with ``--nnodes=2`` and
+    their ``--node_rank``, meeting at a static rendezvous on 127.0.0.1:port (the multi-node
+    command of README's scale-out section)."""
+    launches = [subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={node}",
+         "--nproc_per_node=1", "--master_addr=127.0.0.1", f"--master_port={port}",
+         "-m", "sgfd_fast.train", *map(str, args)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV) for node in (0, 1)]
+    try:
+        outs = [p.communicate(timeout=timeout) for p in launches]
+    finally:
+        for p in launches:  # a launch left waiting for its peer
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+    for p, (_, err) in zip(launches, outs):
+        assert p.returncode == 0, err[-3000:]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_nodes_train_and_resume_as_one(runs, data_dir, tmp_path):
+    """Two "nodes" (two torchrun launches, --nnodes=2, rendezvous on localhost) train as one
+    process does, and resume from epoch 1 to the same end."""
+    data = ["--data-path", data_dir]
+    two_nodes(*data, *BASE, "--out", tmp_path / "nodes", port=free_port())
+    assert_same_run(runs / "one", tmp_path / "nodes")
+    res = json.loads((tmp_path / "nodes" / "results.json").read_text())
+    assert res["world_size"] == 2
+    two_nodes(*data, *BASE[:2], "epochs=1", *BASE[3:], "--out", tmp_path / "resumed",
+              port=free_port())
+    two_nodes("--resume", tmp_path / "resumed", "epochs=2", port=free_port())
+    assert_same_run(runs / "one", tmp_path / "resumed")
 
 
 def test_a_dead_rank_ends_every_process(data_dir, tmp_path):
@@ -234,3 +287,107 @@ def test_dist_keys_are_checked():
         load_config("BM3", None, overrides=["dist_backend=mpi"])
     with pytest.raises(ConfigError, match="dist_timeout"):
         load_config("BM3", None, overrides=["dist_timeout=0"])
+
+
+# --- whole-graph work split between processes (models.split) ---------------------------------
+
+#: backbones whose step divides its graph propagation between processes (docs/DEVELOPING.md);
+#: under a split every model with a multi-layer SGFD teacher divides its collapse too
+SPLIT_MODELS = ["BM3", "GRCN", "LightGCN", "FREEDOM", "MGCN"]
+
+
+def split_dataset():
+    """Tiny data whose node count (22) and feature width (70) do not divide by 3, with a teacher
+    of two layers (70 -> 17 -> 8 at embedding_size 8), so the collapse is split too."""
+    ds = tiny_dataset(n_users=12, n_items=10)
+    rng = np.random.default_rng(1)
+    ds.features["image"] = rng.standard_normal((10, 70)).astype(np.float32)
+    ds.features["text"] = rng.standard_normal((10, 9)).astype(np.float32)
+    return ds
+
+
+#: (model, its overrides) of the split test: every model, and GRCN's released evaluation
+SPLIT_CASES = [*MODELS, "GRCN protocol=legacy"]
+
+
+def split_model(case):
+    name, *extra = case.split()
+    knn = ["knn_k=3"] if name in ("FREEDOM", "LATTICE", "MGCN") else []
+    cfg = load_config(name, None, overrides=["embedding_size=8", *knn, *extra]).values
+    torch.manual_seed(0)
+    model = build_model(name, split_dataset(), cfg).double()
+    model.begin_epoch(0, 777)  # FREEDOM samples its epoch's graph here
+    return model
+
+
+def split_batch(model):
+    ds = split_dataset()
+    users, items = (torch.from_numpy(ds.train[:, c].copy()) for c in (0, 1))
+    neg = torch.randint(ds.n_items, (users.numel(), model.n_negatives), generator=torch.Generator()
+                        .manual_seed(0)) if model.n_negatives else None
+    return users, items, neg
+
+
+def _split_worker(rank, world, init, out):
+    """Every model's step and ranking embeddings under a RowSplit of ``world`` ranks."""
+    import torch.distributed as dist
+
+    from sgfd_fast.models.split import RowSplit
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        got = {}
+        for name in SPLIT_CASES:
+            model = split_model(name)
+            split = RowSplit(rank, world)
+            model.set_split(split)
+            users, items, neg = split_batch(model)
+            lo, hi = shard_bounds(users.numel(), rank, world)
+            fraction = (hi - lo) / users.numel()
+            model.begin_step(12345, fraction, (users, items, neg))
+            loss = model.calculate_loss(users[lo:hi], items[lo:hi],
+                                        neg[lo:hi] if neg is not None else None)
+            (loss["loss"] * fraction).backward()
+            distributed.all_reduce_grads(list(model.parameters()))
+            model.eval()
+            with torch.no_grad():
+                emb = model.ranking_embeddings()
+            got[name] = {"grads": {k: p.grad for k, p in model.named_parameters()},
+                         "emb": emb, "sent": split.sent}
+        if rank == 0:
+            torch.save(got, out)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def split_runs(tmp_path_factory):
+    """Every model's step on 3 processes (gloo) under a RowSplit, as rank 0 saw it."""
+    import torch.multiprocessing as mp
+
+    tmp = tmp_path_factory.mktemp("split")
+    mp.spawn(_split_worker, args=(3, f"file://{tmp / 'rdv'}", str(tmp / "rank0.pt")), nprocs=3)
+    return torch.load(tmp / "rank0.pt")
+
+
+@pytest.mark.parametrize("name", SPLIT_CASES)
+def test_split_step_equals_one_process(name, split_runs):
+    """Each rank computing its row blocks of the propagation and of the collapsed teacher: the
+    summed gradients and the ranking embeddings equal one process's (float64)."""
+    got = split_runs[name]
+    model = split_model(name)
+    whole = sharded_gradients(model, *split_batch(model), 1)
+    if name.split()[0] in SPLIT_MODELS or model.sgfd is not None:
+        assert got["sent"] > 0  # the split did communicate
+    for k, g in whole.items():
+        if g is None:
+            assert got["grads"][k] is None, k
+        else:
+            assert torch.allclose(got["grads"][k], g, rtol=1e-9, atol=1e-12), k
+    model.eval()
+    with torch.no_grad():
+        emb = model.ranking_embeddings()
+    assert (emb is None) == (got["emb"] is None)  # None: a model that ranks otherwise (MAML)
+    for a, b in zip(got["emb"] or (), emb or ()):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-14)

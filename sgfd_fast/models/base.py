@@ -95,6 +95,10 @@ class Recommender(torch.nn.Module):
     #: sum over rows (a norm of the batch's rows) is computed by every process on this whole
     #: batch: scaled by the shard fractions, which sum to 1, the processes count it once.
     global_batch: tuple | None = None
+    #: How the processes of a distributed run divide the step's whole-graph work
+    #: (:class:`~sgfd_fast.models.split.RowSplit`, set by the trainer with :meth:`set_split`;
+    #: None: this process computes all of it). Models propagate through :meth:`propagate`.
+    split = None
 
     def __init__(self, dataset, config: dict):
         super().__init__()
@@ -166,6 +170,22 @@ class Recommender(torch.nn.Module):
         """:attr:`global_batch`, or ``(users, items, negatives)`` (the step's own batch) when the
         step runs in one process."""
         return self.global_batch if self.global_batch is not None else (users, items, negatives)
+
+    def set_split(self, split) -> None:
+        """Divide whole-graph work by row blocks under ``split`` (a
+        :class:`~sgfd_fast.models.split.RowSplit`, or None for all of it here): the
+        propagations (:meth:`propagate`) and SGFD's collapsed teacher. Every process must then
+        run the same forward and backward (``models.split``)."""
+        self.split = split
+        if self.sgfd is not None:
+            self.sgfd.split = split
+
+    def propagate(self, graph: CSR, x: torch.Tensor, n_layers: int) -> torch.Tensor:
+        """``graph.propagate(x, n_layers)``, by row blocks across processes under :attr:`split`
+        (:func:`sgfd_fast.models.split.propagate`; equal up to summation order)."""
+        from .split import propagate
+
+        return propagate(graph, x, n_layers, self.split)
 
     def post_step(self) -> None:
         """Called after every optimizer step (MAML clips its embedding rows). Default: nothing."""

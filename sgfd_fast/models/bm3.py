@@ -86,7 +86,7 @@ class BM3(Recommender):
     def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(u_o (n_users, D), i_o (n_items, D))``: propagated embeddings, item-ID residual."""
         ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
-        out = self.graph.propagate(ego, self.n_layers)
+        out = self.propagate(self.graph, ego, self.n_layers)
         u_g, i_g = out.split([self.n_users, self.n_items])
         return u_g, i_g + self.item_embedding.weight
 

@@ -145,7 +145,8 @@ class FREEDOM(Recommender):
         for _ in range(self.n_mm_layers):
             h = ops.spmm_csr(g.rowptr, g.col, g.val, h, transpose=g.transpose(), validate=False)
         ego = torch.cat([self.user_embedding, self.item_embedding])
-        users, items = graph.propagate(ego, self.n_ui_layers).split([self.n_users, self.n_items])
+        users, items = self.propagate(graph, ego, self.n_ui_layers).split(
+            [self.n_users, self.n_items])
         return users, items + h
 
     def calculate_loss(self, users, items, negatives=None):

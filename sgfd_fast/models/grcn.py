@@ -58,6 +58,7 @@ from torch import nn
 
 from .. import ops
 from ..graph import CSR, normalized_bipartite
+from . import split
 from .base import Recommender, rows
 from .features import item_features, require_features
 
@@ -110,34 +111,48 @@ class GRCN(Recommender):
             self.register_buffer("legacy_rep_set", torch.zeros((), dtype=torch.bool))
 
     def _routed_preference(self, j: int, content: torch.Tensor) -> torch.Tensor:
-        pref = F.normalize(self.preferences[j])
         if self.legacy:  # released: users receive no routing message (see module doc)
-            return pref
+            return F.normalize(self.preferences[j])
+        # routing is row-local (a user's query is its own preference): by user blocks
+        lo, hi = split.bounds(self.split, self.n_users)
+        route = split.rows_of(self.split, self.route)
+        pref = F.normalize(self.preferences[j][lo:hi])
         for _ in range(self.num_routing):
             msg, _ = ops.edge_softmax_aggregate(
-                self.route.rowptr, self.route.col, pref, content, content, validate=False,
-                transpose=self.route.transpose())
+                route.rowptr, route.col, pref, content, content, validate=False,
+                transpose=route.transpose())
             pref = F.normalize(pref + msg)
-        return pref
+        return split.gather(self.split, pref, self.n_users)
 
     def forward(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """``(rep (n_users + n_items, D * (M + 1)), [pre-graph item features per modality])``."""
-        raw = [self.features.student(j) for j in range(len(self.modalities))]
-        rowptr, col, transpose = self.graph.rowptr, self.graph.col, self.graph.transpose()
+        """``(rep (n_users + n_items, D * (M + 1)), [pre-graph item features per modality])``.
+
+        Under :attr:`split` (torchrun) each process computes its block of items' students, of
+        users' routing and of the graph's rows (attention, edge weights, both EGCN layers), and
+        the blocks are gathered (``models.split``)."""
+        sp, n_nodes = self.split, self.n_users + self.n_items
+        ilo, ihi = split.bounds(sp, self.n_items)
+        raw = [split.gather(sp, self.features.student(j, x=self.features.rows(j)[ilo:ihi]),
+                            self.n_items) for j in range(len(self.modalities))]
+        lo, hi = split.bounds(sp, n_nodes)
+        g = split.rows_of(sp, self.graph)  # this process's rows (message targets)
+        rowptr, col, transpose = g.rowptr, g.col, g.transpose()
         reps, alphas = [], []
         for j, s in enumerate(raw):
             content = F.normalize(F.leaky_relu(s))
             x = torch.cat([self._routed_preference(j, content), content])
-            msg, alpha = ops.edge_softmax_aggregate(rowptr, col, x, x, x, transpose=transpose,
-                                                    validate=False)
-            reps.append(x + msg)
+            msg, alpha = ops.edge_softmax_aggregate(rowptr, col, x[lo:hi], x, x,
+                                                    transpose=transpose, validate=False)
+            reps.append(x[lo:hi] + msg)
             alphas.append(alpha)
         # confidence of each edge's source node (released: edge_index[0] for u->i, [1] for i->u)
         weight = (torch.stack(alphas, 1) * self.confidence[col]).max(dim=1).values
         x0 = F.normalize(self.id_embedding)
         x1 = ops.spmm_csr(rowptr, col, weight, x0, transpose=transpose, validate=False)
-        x2 = ops.spmm_csr(rowptr, col, weight, x1, transpose=transpose, validate=False)
-        return torch.cat([x0 + x1 + x2] + reps, dim=1), raw
+        x2 = ops.spmm_csr(rowptr, col, weight, split.gather(sp, x1, n_nodes),
+                          transpose=transpose, validate=False)
+        rep = torch.cat([x0[lo:hi] + x1 + x2] + reps, dim=1)
+        return split.gather(sp, rep, n_nodes), raw
 
     def calculate_loss(self, users, items, negatives=None):
         rep, raw = self.forward()

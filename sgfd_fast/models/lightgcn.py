@@ -61,7 +61,7 @@ class LightGCN(Recommender):
     def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(users (n_users, D), items (n_items, D))``: the propagated embeddings."""
         ego = torch.cat([self.user_embedding, self.item_embedding])
-        return self.graph.propagate(ego, self.n_layers).split([self.n_users, self.n_items])
+        return self.propagate(self.graph, ego, self.n_layers).split([self.n_users, self.n_items])
 
     def calculate_loss(self, users, items, negatives=None):
         u_all, i_all = self.forward()

@@ -146,8 +146,8 @@ class MGCN(Recommender):
     def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(content, side)``, each (n_users + n_items, D), users first: the user–item view and
         the fused item–item views (their sum is what scores)."""
-        content = self.graph.propagate(torch.cat([self.user_embedding, self.item_embedding]),
-                                       self.n_ui_layers)
+        content = self.propagate(self.graph, torch.cat([self.user_embedding, self.item_embedding]),
+                                 self.n_ui_layers)
         views = []
         for j in range(len(self.features.modalities)):
             h = self.item_embedding * torch.sigmoid(self.purifiers[j](self.features.student(j)))

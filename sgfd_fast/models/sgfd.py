@@ -115,6 +115,9 @@ class SGFD(ItemFeatures):
 
     state_name = "sgfd"
     distills = True
+    #: a :class:`~sgfd_fast.models.split.RowSplit` dividing the collapse between processes
+    #: (set by ``Recommender.set_split``), or None
+    split = None
 
     def __init__(self, features: dict, labels: torch.Tensor, n_labels: int, dim: int, *,
                  leaky: bool = True, tau: float = 50.0, ce_weight: float = 0.1,
@@ -183,15 +186,28 @@ class SGFD(ItemFeatures):
         layers = list(self.teachers[j])
         if self.collapse_teacher and len(layers) > 1:
             stacked, collapsed = teacher_costs([l.weight.shape for l in layers], x.shape[0])
-            if collapsed < stacked:
-                w, b = ops.collapse_linear_stack([l.weight for l in layers],
-                                                 [l.bias for l in layers], bf16=self.bf16)
+            # under a split every process collapses (the choice must not depend on its rows)
+            if self.split is not None or collapsed < stacked:
+                w, b = self._collapse(layers)
                 return ops.feature_head(x, w, b, self.slope)
         for layer in layers[:-1]:
             x = layer(x)
         if self.bf16:  # the last product in bf16 too (ops.feature_head: by x's dtype)
             x = x.to(torch.bfloat16)
         return ops.feature_head(x, layers[-1].weight, layers[-1].bias, self.slope)
+
+    def _collapse(self, layers) -> tuple[torch.Tensor, torch.Tensor]:
+        """``ops.collapse_linear_stack`` of the teacher's layers; under :attr:`split` each process
+        forms its block of W's input columns (the chain times its columns of the first weight,
+        ~D*F_1*d/W multiply-adds) and the blocks are gathered (``models.split``)."""
+        weights, biases = [l.weight for l in layers], [l.bias for l in layers]
+        if self.split is None:
+            return ops.collapse_linear_stack(weights, biases, bf16=self.bf16)
+        d = weights[0].shape[1]
+        lo, hi = self.split.bounds(d)
+        w, b = ops.collapse_linear_stack([weights[0][:, lo:hi]] + weights[1:], biases,
+                                         bf16=self.bf16)
+        return self.split.gather(w.t(), d).t().contiguous(), b
 
     def losses(self, item_ids: torch.Tensor, students: list | None = None,
                features: list | None = None) -> dict:

@@ -14,10 +14,15 @@ How one model is trained by W processes (docs/DEVELOPING.md, "Several processes"
 * the negatives of the global batch are drawn on every rank and each keeps its shard's rows, and
   the models' random masks come from :attr:`Recommender.step_key`: both are functions of the
   global position, so 1 and W processes see the same random numbers;
+* the step's whole-graph work is divided, not repeated (:func:`row_split`,
+  ``sgfd_fast.models.split``): each rank computes its row block of every propagation layer and of
+  SGFD's collapsed teacher, and the blocks are all-gathered (backward: the gradient all-reduced);
 * each rank backpropagates its shard's loss times ``n_shard / n_batch``
   (:attr:`Recommender.shard_fraction`) and :func:`all_reduce_grads` sums the gradients: a mean
   over the batch's rows is then exact, a term over the whole model (a norm regulariser) is counted
-  once (the fractions sum to 1). The step equals the one-process step up to float rounding;
+  once (the fractions sum to 1). Adam's step is sharded (:func:`sharded_adam`: each rank
+  receives the summed gradients of its share of the parameters, updates them and broadcasts
+  them). The step equals the one-process step up to float rounding;
 * evaluation ranks each rank's share of the users and all-reduces metric sums and user counts
   (:func:`sgfd_fast.evaluation.evaluate`), then rank 0's result is broadcast, so every decision
   (best epoch, early stopping, grid point) is taken on identical numbers.
@@ -28,8 +33,7 @@ parameters a step uses may differ between shards (SGFD's heads see only the shar
 DDP handles only with ``find_unused_parameters=True`` (a traversal of the autograd graph every
 step). One flat all-reduce per dtype after ``backward`` needs neither, keeps a parameter that no
 rank used at ``grad=None`` (Adam leaves it alone, as in one process), and gives up only DDP's
-overlap of communication with the backward, which is dominated here by the whole-graph
-propagation that every rank computes anyway. (A design decision, not a measured comparison.)
+overlap of communication with the backward. (A design decision, not a measured comparison.)
 
 Faults: every collective runs under ``dist_timeout`` seconds, so a dead or stuck peer ends the
 others with an error instead of a hang, and torchrun stops the remaining workers once one
@@ -51,7 +55,7 @@ from .runtime import _distributed, resolve_device
 
 __all__ = ["launched", "process_group", "active", "backend", "shard_bounds", "broadcast_object",
            "all_gather_object", "all_reduce_grads", "all_reduce_sums", "reduce_then_broadcast",
-           "broadcast_params", "fail_if_asked"]
+           "broadcast_params", "row_split", "sharded_adam", "fail_if_asked"]
 
 FAIL_ENV = "SGFD_FAST_FAIL_AT"
 
@@ -159,28 +163,46 @@ def broadcast_params(module: torch.nn.Module) -> None:
         t.data.copy_(buf)
 
 
-def all_reduce_grads(params: list[torch.nn.Parameter]) -> None:
-    """Sum the gradients of ``params`` over the ranks, one flat all-reduce per dtype; a parameter
-    whose gradient is None on every rank stays None (one process would leave it None too)."""
+def all_reduce_grads(params: list[torch.nn.Parameter], owners: dict | None = None) -> int:
+    """Sum the gradients of ``params`` over the ranks, one flat collective per dtype (and owner);
+    a parameter whose gradient is None on every rank stays None (one process would leave it None
+    too).
+
+    ``owners`` (``{parameter: rank}``, a sharded optimizer's ``_param_to_rank``): only the rank
+    that updates a parameter needs its summed gradient, so each owner's gradients are reduced to
+    it (half an all-reduce's traffic) and the other ranks' ``.grad`` become None. Returns the
+    bytes this rank sent (ring estimates: ``2 (W-1)/W`` of an all-reduced buffer, ``(W-1)/W`` of
+    a reduced one)."""
     dist = _distributed()
     if dist is None:
-        return
+        return 0
     dev = _comm_device()
-    by_dtype: dict = {}
+    w, me, sent = dist.get_world_size(), dist.get_rank(), 0
+    groups: dict = {}
     for p in params:
-        by_dtype.setdefault(p.dtype, []).append(p)
-    for dtype, group in by_dtype.items():
+        groups.setdefault((None if owners is None else owners[p], p.dtype), []).append(p)
+    for (owner, dtype), group in groups.items():
         flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
                           .to(dev) for p in group]
                          + [torch.tensor([p.grad is not None for p in group], dtype=dtype,
                                          device=dev)])
-        dist.all_reduce(flat)
+        if owner is None:
+            dist.all_reduce(flat)
+            sent += 2 * (w - 1) * flat.numel() * flat.element_size() // w
+        else:
+            dist.reduce(flat, dst=owner)
+            sent += (w - 1) * flat.numel() * flat.element_size() // w
+            if owner != me:
+                for p in group:
+                    p.grad = None
+                continue
         used = flat[-len(group):].tolist()
         offset = 0
         for p, u in zip(group, used):
             g = flat[offset:offset + p.numel()].view_as(p)
             offset += p.numel()
             p.grad = g.to(p.device).clone() if u > 0 else None
+    return sent
 
 
 def all_reduce_sums(sums: dict) -> dict:
@@ -206,6 +228,33 @@ def reduce_then_broadcast(vec: torch.Tensor) -> torch.Tensor:
     dist.all_reduce(buf)
     dist.broadcast(buf, src=0)
     return buf.to(vec.device)
+
+
+def row_split():
+    """This rank's :class:`~sgfd_fast.models.split.RowSplit` of the whole-graph work (the models
+    compute their rows of each propagation and gather them), on the default group."""
+    from ..models.split import RowSplit
+
+    dist = _distributed()
+    return RowSplit(dist.get_rank(), dist.get_world_size())
+
+
+def sharded_adam(params: list, **adam) -> "torch.optim.Optimizer":
+    """Adam (``torch.optim.Adam`` keywords ``adam``) whose step is divided between the ranks:
+    torch's ``ZeroRedundancyOptimizer`` gives each rank whole parameters (about 1/W of the
+    elements), whose Adam state it alone holds and updates, then broadcasts them. Adam is
+    elementwise, so the step equals one process's bit for bit given the same gradients (reduced
+    to each parameter's owner by :func:`all_reduce_grads`, with the optimizer's
+    ``_param_to_rank``: torch names no public accessor for the partition). Its ``state_dict`` is
+    one process's Adam state (global parameter indices) after ``consolidate_state_dict(to=0)``
+    on every rank; ``load_state_dict`` takes one process's state as well, so checkpoints move
+    between world sizes."""
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+
+    # parameters_as_bucket_view: each rank's parameters live in one flat buffer per dtype, so
+    # the step ends with one broadcast per rank and dtype, not one per parameter (~30 for BM3)
+    return ZeroRedundancyOptimizer(params, optimizer_class=torch.optim.Adam,
+                                   parameters_as_bucket_view=True, **adam)
 
 
 def fail_if_asked(step: int) -> None:

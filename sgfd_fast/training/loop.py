@@ -80,14 +80,26 @@ class Trainer:
 
         seed_everything(self.config["seed"])
         self.model = build_model(model_name, dataset, self.config).to(device)
+        self.split = None
         if self.dist:
             distributed.broadcast_params(self.model)
+            # each rank computes its row block of the whole-graph work (models.split)
+            self.split = distributed.row_split()
+            self.model.set_split(self.split)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         # fused: one kernel per step over every parameter (CPU and CUDA, the devices we run on);
-        # equal to the default for-each Adam up to float rounding
-        self.optimizer = torch.optim.Adam(self.params,
-                                          lr=self.config["learning_rate"],
-                                          weight_decay=self.config["weight_decay"], fused=True)
+        # equal to the default for-each Adam up to float rounding. Several processes: each
+        # updates its share of the parameters and broadcasts them (distributed.sharded_adam)
+        adam = dict(lr=self.config["learning_rate"], weight_decay=self.config["weight_decay"],
+                    fused=True)
+        self.optimizer = distributed.sharded_adam(self.params, **adam) if self.dist else \
+            torch.optim.Adam(self.params, **adam)
+        # bytes this rank sends per step: its parameters' broadcast to the W-1 others (ZeRO)
+        # plus, counted as they happen, the split's collectives and the gradient all-reduce
+        self._sent_fixed = (world_size() - 1) * sum(
+            p.numel() * p.element_size() for g in self.optimizer.optim.param_groups
+            for p in g["params"]) if self.dist else 0
+        self._sent = 0
         self.n_negatives = int(self.model.n_negatives)
         self.sampler = NegativeSampler.from_pairs(
             dataset.n_users, dataset.n_items, dataset.train, n_neg=self.n_negatives,
@@ -144,7 +156,9 @@ class Trainer:
     def load_state_dict(self, state: dict, path: Path = Path("last.pt")) -> None:
         self._check_fits(state["model"], path)
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        # a copy: the sharded optimizer blanks the other ranks' entries of what it is given
+        self.optimizer.load_state_dict({**state["optimizer"],
+                                        "state": dict(state["optimizer"]["state"])})
         if self.sampler is not None and state.get("sampler") is not None:
             self.sampler.load_state_dict(state["sampler"])
         for k in ("epoch", "batch", "partial", "best_score", "best_epoch", "best_valid",
@@ -160,6 +174,8 @@ class Trainer:
                 "epoch": self.epoch, "valid": self.best_valid, "data": data_shape(self.dataset)}
 
     def _save(self, name: str, state: dict | None = None) -> None:
+        if state is None and self.dist:  # the sharded optimizer's state, gathered on rank 0
+            self.optimizer.consolidate_state_dict(to=0)
         if self.write_files:
             save_checkpoint(self.state_dict() if state is None else state, self.point_dir / name)
 
@@ -214,6 +230,8 @@ class Trainer:
         from ..evaluation import evaluate
 
         self.model.eval()
+        if self.dist:  # the last step may have run unsplit
+            self.model.set_split(self.split)
         try:
             with torch.no_grad():
                 if self.dist:
@@ -242,7 +260,10 @@ class Trainer:
         return self._finish()
 
     def _diagnose(self, parts: dict, n_batches: int) -> None:
-        """SGFD diagnostics on the epoch's last batch (under torchrun: rank 0's share of it)."""
+        """SGFD diagnostics on the epoch's last batch (under torchrun: rank 0's share of it;
+        where the student feeds split work, GRCN's graph, the gradient reaching rank 0's block
+        through the gathers is the other ranks' shares too). Every rank runs it: its autograd
+        passes cross the split's collectives."""
         if self.batch == n_batches - 1:
             self._grad_share = diagnostics.gradient_share(self.model, parts)
 
@@ -258,6 +279,9 @@ class Trainer:
         sums = {k: v if is_main() or not self.dist else 0.0
                 for k, v in self.partial["losses"].items()}
         r, w = (rank(), world_size()) if self.dist else (0, 1)
+        first = self.batch  # a resumed epoch starts inside
+        if self.dist:  # bytes sent by this epoch's steps (not by the evaluation before them)
+            self._sent = self.split.sent = 0
         # the model's per-epoch hook (models.base: the trainer-model contract), also on resume
         self.model.begin_epoch(self.epoch, step_key(cfg["seed"], self.epoch, -1))
         start = time.perf_counter() - self.partial["time"]
@@ -274,6 +298,9 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 if self.dist:
                     distributed.fail_if_asked(self.epoch * n_batches + self.batch)
+                    # a batch smaller than the world leaves a rank without rows, which then
+                    # runs no forward: such a step is not split (every rank computes it all)
+                    self.model.set_split(self.split if idx.numel() >= w else None)
                     lo, hi = distributed.shard_bounds(idx.numel(), r, w)
                     fraction = (hi - lo) / idx.numel()
                     self.model.begin_step(key, fraction, (users, items, negatives))
@@ -285,7 +312,9 @@ class Trainer:
                         self._diagnose(parts, n_batches)
                         (parts["loss"] * fraction).backward()
                         parts = {k: v.detach() * fraction for k, v in parts.items()}
-                    distributed.all_reduce_grads(self.params)
+                    # each parameter's summed gradient to the rank that updates it
+                    self._sent += distributed.all_reduce_grads(
+                        self.params, self.optimizer._param_to_rank) + self._sent_fixed
                 else:
                     self.model.begin_step(key)
                     parts = self.model.calculate_loss(users, items, negatives)
@@ -307,6 +336,8 @@ class Trainer:
         if self.dist:
             sums = distributed.all_reduce_sums(sums)
         self._epoch_losses = {k: float(v) / n_batches for k, v in sums.items()}
+        if self.dist:
+            self._sent_per_step = (self._sent + self.split.sent) / max(1, n_batches - first)
         self._epoch_time = time.perf_counter() - start
 
     def _end_epoch(self) -> None:
@@ -324,6 +355,8 @@ class Trainer:
                 "world_size": world_size() if self.dist else 1}
         sgfd = {} if self._grad_share is None else {"grad_share": self._grad_share}
         msg = f"epoch {self.epoch}: loss {losses['loss']:.5f} ({self._epoch_time:.2f}s)"
+        if self.dist:  # what a process sent per step (bench/bench_scale.py reads it)
+            msg += f" [rank {rank()} sent {self._sent_per_step / 2**20:.3f} MiB per step]"
         if self.epoch % cfg["eval_step"] == 0 or self.epoch == cfg["epochs"]:
             t0 = time.perf_counter()
             metrics = self._evaluate(self.eval_split)
