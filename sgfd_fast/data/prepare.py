@@ -318,6 +318,8 @@ def prepare(interactions, items, out, *, user_col=None, item_col=None, timestamp
                         "the category path")
     if k_core_min < 0:
         raise DataError(f"--k-core must be 0 or more, got {k_core_min}")
+    if batch_size < 1:  # checked with the options, not after reading the files
+        raise DataError(f"--batch-size must be 1 or more, got {batch_size}")
     encoders.require_text_encoder("prepare")  # fail before reading anything large
     if images is not None:
         encoders.require_image_encoder("prepare --images")

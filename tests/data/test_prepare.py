@@ -205,6 +205,7 @@ def test_random_order_without_timestamps_is_seeded(tmp_path):
     (dict(user_col="customer"), r"no column 'customer' \(--user-col\); the header is user_id"),
     (dict(items_id_col="title"), "no interaction of .* names an item of .*--items-id-col"),
     (dict(split="8:0:2"), "leaves a split empty"),
+    (dict(batch_size=0), "--batch-size must be 1 or more, got 0"),
 ])
 def test_options_and_their_errors(tmp_path, kw, message):
     inter, itp, rows, items = raw_files(tmp_path)
