@@ -166,6 +166,51 @@ def test_a_dead_rank_ends_every_process(data_dir, tmp_path):
     assert not (tmp_path / "r" / "results.json").exists()
 
 
+# Run under torchrun: the trainer, with the gloo threads (c10d's "pt_gloo_runloop", gloo's
+# "gloo_tcp_loop") listed just before and just after destroy_process_group().
+_GLOO_THREADS_SCRIPT = """\
+import os, sys
+import torch.distributed as dist
+from sgfd_fast.train import main
+
+def gloo_threads():
+    names = (open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task"))
+    return sorted(n for n in names if "gloo" in n)
+
+seen = {}
+destroy = dist.destroy_process_group
+def watched(group=None):
+    seen["before"] = gloo_threads()
+    destroy(group)
+    seen["after"] = gloo_threads()
+dist.destroy_process_group = watched
+rc = main(sys.argv[1:])
+assert seen["before"], "no gloo thread found to watch"
+assert not seen["after"], f"the process group outlived destroy_process_group: {seen['after']}"
+sys.exit(rc)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="lists threads in /proc")
+def test_a_finished_run_frees_its_process_group_and_exits_0(data_dir, tmp_path):
+    """destroy_process_group() frees the group, so no gloo thread is left for interpreter
+    shutdown to tear down: a gloo group alive at exit aborted a finished run now and then
+    ("terminate called without an active exception", exit 1). The group was kept alive by
+    torch.distributed.nn.functional's defaults (group=group.WORLD, bound when the first Adam
+    imports it inside the group); the thread check fails on every run while that holds, the
+    exit status only sometimes. Three processes, twice."""
+    script = tmp_path / "watch.py"
+    script.write_text(_GLOO_THREADS_SCRIPT)
+    for i in range(2):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node=3", str(script), "--data-path", str(data_dir), *BASE,
+               "--out", str(tmp_path / f"r{i}")]
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=ENV)
+        assert p.returncode == 0, p.stderr[-3000:]
+        assert "terminate called" not in p.stderr
+        assert (tmp_path / f"r{i}" / "results.json").exists()
+
+
 def test_grid_parallel_selects_as_the_serial_grid(data_dir, tmp_path):
     grid = ["hyper_parameters=[n_layers]", "n_layers=[0,1,2]", "epochs=1"]
     base = BASE[:2] + BASE[3:]  # without its epochs: a key is given once on a command line

@@ -106,15 +106,21 @@ def process_group(backend: str = "auto", timeout_s: int = 600, device: str = "au
     if backend == "nccl" and dev.type != "cuda":
         raise ConfigError("dist_backend=nccl needs CUDA devices; use dist_backend=gloo (or auto) "
                           "for device=cpu")
+    # torch.distributed.nn.functional binds `group=group.WORLD` as its collectives' default when
+    # imported. Imported inside the group (the first Adam imports torch._dynamo, which imports
+    # it), those defaults hold the group for the life of the process: destroy_process_group()
+    # then frees nothing, gloo's threads outlive it, and a gloo group still alive at interpreter
+    # shutdown aborts the process now and then ("terminate called without an active
+    # exception", exit 1 after a finished run). Imported first, the defaults are None.
+    import torch.distributed.nn  # noqa: F401
+
     dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
     try:
         yield
     except BaseException:
         dist.destroy_process_group()
         raise
-    # every rank done communicating before the group goes: a rank tearing down gloo's pairs while
-    # a peer still talks aborted now and then ("terminate called without an active exception")
-    dist.barrier()
+    dist.barrier()  # every rank done communicating before any rank's group goes
     dist.destroy_process_group()
 
 
