@@ -307,7 +307,7 @@ def load_run(run_dir, device: str = "cpu", dataset=None, *,
                                    " (data of another shape cannot serve this model)"))
     torch.manual_seed(config["seed"])
     model = build_model(ckpt["model_name"], dataset, config)
-    ours = model.state_dict()
+    ours, ckpt["model"] = model.state_dict(), model.complete_state(ckpt["model"])
     if set(ours) != set(ckpt["model"]) or any(
             tuple(v.shape) != tuple(ckpt["model"][k].shape) for k, v in ours.items()):
         raise RunDirectoryError(f"{best} does not fit the model built for these data and its "

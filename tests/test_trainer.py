@@ -342,3 +342,25 @@ def test_backbone_interrupt_mid_epoch_then_resume_is_exact(tmp_path, monkeypatch
     resumed = training.resume(tmp_path / "cut", dataset=ds, progress=False, console=False)
     assert resumed["test"] == full["test"] and resumed["valid"] == full["valid"]
     assert metric_lines(tmp_path / "cut") == metric_lines(tmp_path / "full")
+
+
+@pytest.mark.slow
+def test_lattice_checkpoint_without_graph_inputs_resumes_and_loads(tmp_path):
+    """LATTICE checkpoints written before S's inputs were checkpointed (no ``graph_*`` entries)
+    still resume and load, rebuilding S from the parameters as that version did."""
+    from sgfd_fast.api import load_run
+    ds = tiny_dataset()
+    c = load_config("LATTICE", None, overrides=[
+        "epochs=1", "train_batch_size=32", "embedding_size=8", "device=cpu", "topk=[5,10,20]",
+        "knn_k=4"])
+    training.train("LATTICE", c, run_dir=tmp_path / "old", dataset=ds, progress=False,
+                   console=False)
+    for name in ("last.pt", "best.pt"):
+        ck = torch.load(tmp_path / "old" / name, weights_only=True)
+        assert any(k.startswith("graph_") for k in ck["model"])
+        ck["model"] = {k: v for k, v in ck["model"].items() if not k.startswith("graph_")}
+        torch.save(ck, tmp_path / "old" / name)
+    resumed = training.resume(tmp_path / "old", ["epochs=2"], dataset=ds, progress=False,
+                              console=False)
+    assert resumed["best_epoch"] in (0, 1) and len(metric_lines(tmp_path / "old")) == 2
+    assert load_run(tmp_path / "old", dataset=ds).model.graph_epoch.item() >= -1

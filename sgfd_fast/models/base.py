@@ -153,6 +153,12 @@ class Recommender(torch.nn.Module):
                 self.features.hold_bf16()
         return self
 
+    def complete_state(self, state: dict) -> dict:
+        """A checkpoint's model state (``state_dict`` form) completed with the entries this
+        version added since it was written, as that version behaved without them (resume and
+        ``load_run`` call it before checking that the state fits). Default: ``state`` as is."""
+        return state
+
     # -- the training contract -----------------------------------------------------------------
 
     def begin_epoch(self, epoch: int, key: int) -> None:

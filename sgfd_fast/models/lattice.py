@@ -164,6 +164,13 @@ class LATTICE(Recommender):
         self.register_buffer("graph_epoch", torch.tensor(-1))
         self._epoch = 0
 
+    def complete_state(self, state: dict) -> dict:
+        """A checkpoint from before S's inputs were checkpointed lacks ``graph_*``: fresh ones
+        (epoch -1) make a resumed run rebuild S from the resumed parameters, as that version
+        did."""
+        ours = self.state_dict()
+        return {**{k: v for k, v in ours.items() if k.startswith("graph_")}, **state}
+
     def _self_loop_graph(self, pairs) -> CSR:
         """LATTICE's user–item adjacency ``D^-1 (A + I)``, nodes [users; items], D = degree + 1."""
         pairs = torch.as_tensor(pairs, dtype=torch.int64).reshape(-1, 2)

@@ -154,6 +154,7 @@ class Trainer:
                                     f"data: restore this run's {path.name}, or start a new run")
 
     def load_state_dict(self, state: dict, path: Path = Path("last.pt")) -> None:
+        state = {**state, "model": self.model.complete_state(state["model"])}
         self._check_fits(state["model"], path)
         self.model.load_state_dict(state["model"])
         # a copy: the sharded optimizer blanks the other ranks' entries of what it is given
@@ -184,7 +185,7 @@ class Trainer:
         self.load_state_dict(load_checkpoint(path, "last"), path)
         if self.best_epoch is not None:
             best = self.point_dir / "best.pt"
-            self.best_model = load_checkpoint(best, "best")["model"]
+            self.best_model = self.model.complete_state(load_checkpoint(best, "best")["model"])
             self._check_fits(self.best_model, best)
         if self.write_files:
             trim_metrics(self.point_dir / "metrics.jsonl", self.epoch)
