@@ -347,6 +347,18 @@ def test_nccl_on_cpu_is_a_config_error(monkeypatch):
             pass
 
 
+def test_every_rank_refuses_a_resume_without_run_as_rank_0_does(monkeypatch, tmp_path):
+    """``--resume`` of a path that holds no run under torchrun: the other ranks, which neither
+    lock nor open the directory, report rank 0's error (they said run.json was unreadable and
+    to restore it, next to rank 0's 'not a run directory')."""
+    from sgfd_fast.training import runner
+
+    for main_rank in (True, False):
+        monkeypatch.setattr(runner, "is_main", lambda: main_rank)
+        with pytest.raises(ConfigError, match="nothing is not a run directory"):
+            runner.resume(tmp_path / "nothing")
+
+
 def test_dist_keys_are_checked():
     with pytest.raises(ConfigError, match="dist_backend"):
         load_config("BM3", None, overrides=["dist_backend=mpi"])

@@ -410,6 +410,7 @@ def resume(run_dir, overrides=(), *, dataset=None, allow_data_change: bool = Fal
 
     run_dir = Path(run_dir)
     _backend.check_requested()  # before the lock and run.json are written
+    RunDirectory.check_is_run(run_dir)  # on every rank: under torchrun they all say the same
     rd = RunDirectory.open(run_dir) if is_main() else None
     held: list = []
     try:
