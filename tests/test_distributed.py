@@ -157,6 +157,37 @@ def test_two_nodes_train_and_resume_as_one(runs, data_dir, tmp_path):
     assert_same_run(runs / "one", tmp_path / "resumed")
 
 
+@pytest.mark.parametrize("case", ["not empty", "below a file", "no run", "in use"])
+def test_a_refused_run_directory_is_one_error_on_every_rank(case, runs, data_dir, tmp_path):
+    """A run directory that rank 0 alone creates or locks, refused: every rank exits with rank
+    0's message (the others had lost their connection to it: a gloo traceback; or, for a path
+    without run.json, said to restore it)."""
+    from sgfd_fast.training.rundir import RunDirectory
+
+    new = ["--data-path", data_dir, *BASE]
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "notes.txt").write_text("mine")
+    (tmp_path / "file").write_text("")
+    args, match = {
+        "not empty": ([*new, "--out", tmp_path / "full"], "is not empty (notes.txt)"),
+        "below a file": ([*new, "--out", tmp_path / "file" / "run"], "file is a file"),
+        "no run": (["--resume", tmp_path / "full"], "full is not a run directory"),
+        "in use": (["--resume", runs / "one"], "is in use by another training process"),
+    }[case]
+    held = RunDirectory.open(runs / "one") if case == "in use" else None
+    try:
+        p = torchrun(*args)
+    finally:
+        if held is not None:
+            held.close()
+    assert p.returncode != 0
+    # rank 0's message on both ranks (their stderr lines may interleave), no rank's traceback
+    assert p.stderr.count(match) == 2 and "error: [rank 1] " in p.stderr, p.stderr[-3000:]
+    assert "[rank1]:" not in p.stderr and "[rank0]:" not in p.stderr, p.stderr[-3000:]
+    assert (tmp_path / "full" / "notes.txt").read_text() == "mine"
+    assert not (tmp_path / "file").read_text()
+
+
 def test_a_dead_rank_ends_every_process(data_dir, tmp_path):
     start = time.monotonic()
     p = torchrun("--data-path", data_dir, *BASE, "dist_timeout=30", "--out", tmp_path / "r",
@@ -345,18 +376,6 @@ def test_nccl_on_cpu_is_a_config_error(monkeypatch):
     with pytest.raises(ConfigError, match="dist_backend=nccl needs CUDA"):
         with distributed.process_group("nccl", 5, "cpu"):
             pass
-
-
-def test_every_rank_refuses_a_resume_without_run_as_rank_0_does(monkeypatch, tmp_path):
-    """``--resume`` of a path that holds no run under torchrun: the other ranks, which neither
-    lock nor open the directory, report rank 0's error (they said run.json was unreadable and
-    to restore it, next to rank 0's 'not a run directory')."""
-    from sgfd_fast.training import runner
-
-    for main_rank in (True, False):
-        monkeypatch.setattr(runner, "is_main", lambda: main_rank)
-        with pytest.raises(ConfigError, match="nothing is not a run directory"):
-            runner.resume(tmp_path / "nothing")
 
 
 def test_dist_keys_are_checked():

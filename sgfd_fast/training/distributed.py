@@ -54,8 +54,9 @@ from ..errors import ConfigError
 from .runtime import _distributed, resolve_device
 
 __all__ = ["launched", "process_group", "active", "backend", "shard_bounds", "broadcast_object",
-           "all_gather_object", "all_reduce_grads", "all_reduce_sums", "reduce_then_broadcast",
-           "broadcast_params", "row_split", "sharded_adam", "fail_if_asked"]
+           "on_main", "all_gather_object", "all_reduce_grads", "all_reduce_sums",
+           "reduce_then_broadcast", "broadcast_params", "row_split", "sharded_adam",
+           "fail_if_asked"]
 
 FAIL_ENV = "SGFD_FAST_FAIL_AT"
 
@@ -145,6 +146,28 @@ def broadcast_object(obj):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def on_main(fn):
+    """``fn()`` on rank 0 and None on the others (``fn()`` outside a process group). A user error
+    (``SGFDError``) that ``fn`` raises is raised on every rank, so that the job reports rank 0's
+    message from each process, not rank 0's and then the others' lost connection to it (what
+    a rank-0-only step such as creating or locking the run directory did)."""
+    dist = _distributed()
+    if dist is None:
+        return fn()
+    from ..errors import SGFDError
+
+    out = err = None
+    if dist.get_rank() == 0:
+        try:
+            out = fn()
+        except SGFDError as e:
+            err = e
+    err = broadcast_object(err)
+    if err is not None:
+        raise err
+    return out
 
 
 def all_gather_object(obj) -> list:

@@ -137,17 +137,10 @@ class RunDirectory:
         """Lock the directory of an existing run (for ``--resume``). The lock file keeps its
         content until :meth:`claim`: a finished run is only read, and nothing in it is written."""
         path = Path(path)
-        cls.check_is_run(path)
-        return cls(path, None, set(), cls._lock(path, claim=False))
-
-    @staticmethod
-    def check_is_run(path) -> None:
-        """ConfigError unless ``path`` holds a ``run.json`` (what :meth:`open` checks first; the
-        other ranks of a torchrun job, which do not open the directory, check it too, so that
-        every rank reports the same error)."""
-        if not (Path(path) / "run.json").is_file():
+        if not (path / "run.json").is_file():
             raise ConfigError(f"{path} is not a run directory (no run.json); --resume "
-                              f"takes the directory a previous training wrote")
+                                    f"takes the directory a previous training wrote")
+        return cls(path, None, set(), cls._lock(path, claim=False))
 
     def claim(self) -> None:
         """Write this process's pid into the held lock file (what a refused process reports)."""
