@@ -228,8 +228,9 @@ def test_a_finished_run_frees_its_process_group_and_exits_0(data_dir, tmp_path):
     shutdown to tear down: a gloo group alive at exit aborted a finished run now and then
     ("terminate called without an active exception", exit 1). The group was kept alive by
     torch.distributed.nn.functional's defaults (group=group.WORLD, bound when the first Adam
-    imports it inside the group); the thread check fails on every run while that holds, the
-    exit status only sometimes. Three processes, twice."""
+    imports it inside the group), then by ZeroRedundancyOptimizer's module (its
+    _broadcast_object, imported by sharded_adam); the thread check fails on every run while
+    that holds, the exit status only sometimes. Three processes, twice."""
     script = tmp_path / "watch.py"
     script.write_text(_GLOO_THREADS_SCRIPT)
     for i in range(2):

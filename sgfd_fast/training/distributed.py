@@ -108,12 +108,15 @@ def process_group(backend: str = "auto", timeout_s: int = 600, device: str = "au
         raise ConfigError("dist_backend=nccl needs CUDA devices; use dist_backend=gloo (or auto) "
                           "for device=cpu")
     # torch.distributed.nn.functional binds `group=group.WORLD` as its collectives' default when
-    # imported. Imported inside the group (the first Adam imports torch._dynamo, which imports
-    # it), those defaults hold the group for the life of the process: destroy_process_group()
-    # then frees nothing, gloo's threads outlive it, and a gloo group still alive at interpreter
-    # shutdown aborts the process now and then ("terminate called without an active
-    # exception", exit 1 after a finished run). Imported first, the defaults are None.
+    # imported, and so does torch.distributed.optim's ZeroRedundancyOptimizer module (its
+    # `_broadcast_object`). Imported inside the group (the first Adam imports torch._dynamo,
+    # which imports the former; sharded_adam imports the latter), those defaults hold the group
+    # for the life of the process: destroy_process_group() then frees nothing, gloo's threads
+    # outlive it, and a gloo group still alive at interpreter shutdown aborts the process now
+    # and then ("terminate called without an active exception", exit 1 or SIGABRT after a
+    # finished run). Imported first, the defaults are None.
     import torch.distributed.nn  # noqa: F401
+    import torch.distributed.optim  # noqa: F401
 
     dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
     try:
