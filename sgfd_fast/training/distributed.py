@@ -54,8 +54,9 @@ from ..errors import ConfigError
 from .runtime import _distributed, resolve_device
 
 __all__ = ["launched", "process_group", "active", "backend", "shard_bounds", "broadcast_object",
-           "all_gather_object", "all_reduce_grads", "all_reduce_sums", "reduce_then_broadcast",
-           "broadcast_params", "row_split", "sharded_adam", "fail_if_asked"]
+           "on_main", "all_gather_object", "all_reduce_grads", "all_reduce_sums",
+           "reduce_then_broadcast", "broadcast_params", "row_split", "sharded_adam",
+           "fail_if_asked"]
 
 FAIL_ENV = "SGFD_FAST_FAIL_AT"
 
@@ -107,12 +108,15 @@ def process_group(backend: str = "auto", timeout_s: int = 600, device: str = "au
         raise ConfigError("dist_backend=nccl needs CUDA devices; use dist_backend=gloo (or auto) "
                           "for device=cpu")
     # torch.distributed.nn.functional binds `group=group.WORLD` as its collectives' default when
-    # imported. Imported inside the group (the first Adam imports torch._dynamo, which imports
-    # it), those defaults hold the group for the life of the process: destroy_process_group()
-    # then frees nothing, gloo's threads outlive it, and a gloo group still alive at interpreter
-    # shutdown aborts the process now and then ("terminate called without an active
-    # exception", exit 1 after a finished run). Imported first, the defaults are None.
+    # imported, and so does torch.distributed.optim's ZeroRedundancyOptimizer module (its
+    # `_broadcast_object`). Imported inside the group (the first Adam imports torch._dynamo,
+    # which imports the former; sharded_adam imports the latter), those defaults hold the group
+    # for the life of the process: destroy_process_group() then frees nothing, gloo's threads
+    # outlive it, and a gloo group still alive at interpreter shutdown aborts the process now
+    # and then ("terminate called without an active exception", exit 1 or SIGABRT after a
+    # finished run). Imported first, the defaults are None.
     import torch.distributed.nn  # noqa: F401
+    import torch.distributed.optim  # noqa: F401
 
     dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
     try:
@@ -145,6 +149,28 @@ def broadcast_object(obj):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def on_main(fn):
+    """``fn()`` on rank 0 and None on the others (``fn()`` outside a process group). A user error
+    (``SGFDError``) that ``fn`` raises is raised on every rank, so that the job reports rank 0's
+    message from each process, not rank 0's and then the others' lost connection to it (what
+    a rank-0-only step such as creating or locking the run directory did)."""
+    dist = _distributed()
+    if dist is None:
+        return fn()
+    from ..errors import SGFDError
+
+    out = err = None
+    if dist.get_rank() == 0:
+        try:
+            out = fn()
+        except SGFDError as e:
+            err = e
+    err = broadcast_object(err)
+    if err is not None:
+        raise err
+    return out
 
 
 def all_gather_object(obj) -> list:

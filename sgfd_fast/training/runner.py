@@ -352,7 +352,7 @@ def train(model: str, config: Config, *, run_dir, dataset=None, data: dict | Non
         _backend.check_requested()
         size = budget.estimate(dataset, config)
         budget.check_fits(size, device, run_dir)
-        rd = RunDirectory.create(run_dir, unique=unique_name) if is_main() else None
+        rd = distributed.on_main(lambda: RunDirectory.create(run_dir, unique=unique_name))
     except BaseException:
         _show_held(held)
         raise
@@ -410,7 +410,7 @@ def resume(run_dir, overrides=(), *, dataset=None, allow_data_change: bool = Fal
 
     run_dir = Path(run_dir)
     _backend.check_requested()  # before the lock and run.json are written
-    rd = RunDirectory.open(run_dir) if is_main() else None
+    rd = distributed.on_main(lambda: RunDirectory.open(run_dir))
     held: list = []
     try:
         run = read_checked_run(run_dir)
