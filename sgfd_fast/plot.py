@@ -244,6 +244,7 @@ def forest(rows, path, *, xlabel: str, title: str) -> Path:
     ax.set_ylim(-0.6, n - 0.4)
     ax.set_xlabel(xlabel)
     ax.set_title(title)
+    ax.xaxis.set_major_locator(plt.MaxNLocator(nbins=5))  # signed 4-digit labels overlap at 8+
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     path = Path(path)
