@@ -51,6 +51,7 @@ from datetime import timedelta
 import torch
 
 from ..errors import ConfigError
+from . import runtime
 from .runtime import _distributed, resolve_device
 
 __all__ = ["launched", "process_group", "active", "backend", "shard_bounds", "broadcast_object",
@@ -152,13 +153,14 @@ def broadcast_object(obj):
 
 
 def on_main(fn):
-    """``fn()`` on rank 0 and None on the others (``fn()`` outside a process group). A user error
-    (``SGFDError``) that ``fn`` raises is raised on every rank, so that the job reports rank 0's
-    message from each process, not rank 0's and then the others' lost connection to it (what
-    a rank-0-only step such as creating or locking the run directory did)."""
+    """``fn()`` on rank 0 and None on the others (outside a process group: on the main process,
+    :func:`runtime.is_main`). A user error (``SGFDError``) that ``fn`` raises is raised on every
+    rank, so that the job reports rank 0's message from each process, not rank 0's and then the
+    others' lost connection to it (what a rank-0-only step such as creating or locking the run
+    directory did)."""
     dist = _distributed()
     if dist is None:
-        return fn()
+        return fn() if runtime.is_main() else None
     from ..errors import SGFDError
 
     out = err = None
