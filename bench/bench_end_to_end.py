@@ -183,6 +183,16 @@ def use_provider(run: Run, provider: str):
     return run.evaluation
 
 
+def _layer_mean(adj, ego: torch.Tensor, n_layers: int) -> torch.Tensor:
+    """MMRec's LightGCN propagation: the mean of layers 0..``n_layers`` of
+    ``torch.sparse.mm(adj, .)``."""
+    layers = [ego]
+    for _ in range(n_layers):
+        ego = torch.sparse.mm(adj, ego)
+        layers.append(ego)
+    return torch.stack(layers, dim=1).mean(dim=1)
+
+
 class ReleasedBM3:
     """The released SGFD-BM3 step and evaluation, on the weights of one of our BM3 models (so both
     formulations train the same parameters from the same start).
@@ -222,11 +232,7 @@ class ReleasedBM3:
     def _forward(self):
         m = self.m
         ego = torch.cat([m.user_embedding.weight, m.item_embedding.weight])
-        layers = [ego]
-        for _ in range(m.n_layers):
-            ego = torch.sparse.mm(self.adj, ego)
-            layers.append(ego)
-        u_g, i_g = torch.stack(layers, dim=1).mean(dim=1).split([m.n_users, m.n_items])
+        u_g, i_g = _layer_mean(self.adj, ego, m.n_layers).split([m.n_users, m.n_items])
         return u_g, i_g + m.item_embedding.weight
 
     def _ranking_embeddings(self):
@@ -354,11 +360,7 @@ class MMRecLightGCN(MMRecStyle):
     def _ranking_embeddings(self):
         m = self.m
         ego = torch.cat([m.user_embedding, m.item_embedding])
-        layers = [ego]
-        for _ in range(m.n_layers):
-            ego = torch.sparse.mm(self.adj, ego)
-            layers.append(ego)
-        return torch.stack(layers, dim=1).mean(dim=1).split([m.n_users, m.n_items])
+        return _layer_mean(self.adj, ego, m.n_layers).split([m.n_users, m.n_items])
 
     def calculate_loss(self, users, items, negatives=None):
         m = self.m
@@ -527,11 +529,7 @@ class MMRecLATTICE(MMRecStyle):
         for _ in range(m.n_mm_layers):
             h = torch.mm(self.item_adj, h)
         ego = torch.cat([m.user_embedding, m.item_embedding])
-        layers = [ego]
-        for _ in range(m.n_ui_layers):
-            ego = torch.sparse.mm(self.adj, ego)
-            layers.append(ego)
-        u, i = torch.stack(layers, dim=1).mean(dim=1).split([m.n_users, m.n_items])
+        u, i = _layer_mean(self.adj, ego, m.n_ui_layers).split([m.n_users, m.n_items])
         return u, i + F.normalize(h, p=2, dim=1)
 
     def _ranking_embeddings(self):
@@ -577,12 +575,8 @@ class MMRecMGCN(MMRecStyle):
 
     def _forward(self):
         m = self.m
-        ego = torch.cat([m.user_embedding, m.item_embedding])
-        layers = [ego]
-        for _ in range(m.n_ui_layers):
-            ego = torch.sparse.mm(self.adj, ego)
-            layers.append(ego)
-        content = torch.stack(layers, dim=1).mean(dim=1)
+        content = _layer_mean(self.adj, torch.cat([m.user_embedding, m.item_embedding]),
+                              m.n_ui_layers)
         views = []
         for j, feats in enumerate(self._students()):
             h = m.item_embedding * torch.sigmoid(m.purifiers[j](feats))
