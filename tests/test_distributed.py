@@ -379,6 +379,19 @@ def test_nccl_on_cpu_is_a_config_error(monkeypatch):
             pass
 
 
+def test_more_local_ranks_than_gpus_is_a_config_error(monkeypatch):
+    """The CUDA branch of process_group, reached without a GPU: it raised UnboundLocalError on
+    `torch` (a later `import torch.distributed.nn` in the function made `torch` local)."""
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(distributed, "resolve_device", lambda d: torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ConfigError, match="LOCAL_RANK 1 has no GPU .*this machine has 1"):
+        with distributed.process_group("auto", 5, "cuda"):
+            pass
+
+
 def test_dist_keys_are_checked():
     with pytest.raises(ConfigError, match="dist_backend"):
         load_config("BM3", None, overrides=["dist_backend=mpi"])

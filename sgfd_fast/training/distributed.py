@@ -116,8 +116,9 @@ def process_group(backend: str = "auto", timeout_s: int = 600, device: str = "au
     # outlive it, and a gloo group still alive at interpreter shutdown aborts the process now
     # and then ("terminate called without an active exception", exit 1 or SIGABRT after a
     # finished run). Imported first, the defaults are None.
-    import torch.distributed.nn  # noqa: F401
-    import torch.distributed.optim  # noqa: F401
+    # (`from` imports: `import torch.distributed.nn` here would make `torch` a local name of this
+    # function, unbound in the CUDA branch above)
+    from torch.distributed import nn as _nn, optim as _optim  # noqa: F401
 
     dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
     try:

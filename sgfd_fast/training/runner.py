@@ -429,7 +429,7 @@ def resume(run_dir, overrides=(), *, dataset=None, allow_data_change: bool = Fal
             elif isinstance(v, bool) or not isinstance(v, int):
                 raise ConfigError(f"{k} must be an int, got {v!r}")
             values[k] = v
-        device = resolve_device(values["device"])  # before run.json is rewritten with it
+        resolve_device(values["device"])  # refuses an unusable device before run.json is rewritten
         config = Config(values, run["grid_keys"], {}, [])
         points = config.points()
         check_point(points[0], lambda k: "the command line")  # the overrides: no grid keys
