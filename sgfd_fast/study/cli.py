@@ -32,14 +32,14 @@ def _list() -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m sgfd_fast.study",
-        description="Train every arm x seed of a study spec and compare the arms with the "
+        description="Train every arm x seed of a study spec and compare the arms with the\n"
                     "baseline (mean ± std, paired differences with 95% CIs, Wilcoxon p).",
         epilog="examples:\n  python -m sgfd_fast.study --list\n"
                "  python -m sgfd_fast.study office-bm3                # runs/study-office-bm3\n"
                "  python -m sgfd_fast.study my_spec.yaml --out runs/mine --shard 1/2\n"
                "  python -m sgfd_fast.study office-bm3 --seeds 1,2 --epochs 5 --out runs/try\n"
-               "  python -m sgfd_fast.study --summary runs/study-office-bm3 runs/study-office-grcn "
-               "--out runs/summary\n"
+               "  python -m sgfd_fast.study --summary runs/study-office-bm3 runs/study-office-grcn \\\n"
+               "      --out runs/summary\n"
                "A rerun of the same command skips finished runs and resumes unfinished ones.\n\n"
                + SPEC_FORMAT,
         formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -29,7 +29,8 @@ spec format (YAML; model, dataset or data_path, seeds, baseline and arms are req
   name: office-bm3                  # default: the file name; names the default --out
   description: one line for --list
   model: BM3                        # a key of sgfd_fast.models.MODELS
-  dataset: office                   # a built-in dataset (%s), or instead:
+  dataset: office                   # a built-in dataset, or instead data_path
+                                    #   (built-in: %s)
   # data_path: data/baby            #   a dataset directory (relative to the spec file)
   # format: mmrec                   #   its format (%s, default %s)
   # labels: baby_labels.tsv         #   its label file (relative to the spec file, else data_path)
