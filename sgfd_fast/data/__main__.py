@@ -94,7 +94,7 @@ def _parser() -> argparse.ArgumentParser:
                     "image_feat.npy (EfficientNet-Lite0, with --images), labels.tsv (with "
                     "--category-col) and prepare.json (sources with sha256, encoders and "
                     "versions, counts, every drop and why). Offline. Drops (items without text, "
-                    "interactions naming unknown items, repeated pairs, k-core) are printed as "
+                    "items no interaction names, interactions naming unknown items, repeated pairs, k-core) are printed as "
                     "warnings and recorded; --strict makes them errors.",
         epilog="example:\n  python -m sgfd_fast.data prepare --interactions ratings.csv "
                "--items items.csv --category-col categories --category-sep '|' "

@@ -10,8 +10,8 @@ as Python's ``csv`` reads them):
   (1 = top) is the label;
 * optional images: ``<dir>/<item id><ext>``, one per kept item.
 
-Steps, each reported: drop ratings below ``--min-rating``; drop items without text and repeated
-item rows; drop interactions naming items the items file lacks; keep each (user, item) pair once
+Steps, each reported: drop ratings below ``--min-rating``; drop items without text, repeated
+item rows and items no interaction names; drop interactions naming items the items file lacks; keep each (user, item) pair once
 (the earliest by timestamp, else the first in the file); k-core filtering (MMRec's default 5: every
 user and item keeps at least k interactions, repeated until stable); index users and items
 0..n-1 in order of first appearance; split each user's interactions with
@@ -404,6 +404,9 @@ def prepare(interactions, items, out, *, user_col=None, item_col=None, timestamp
         return [f"line {lines[k]}: {users[k]}, {items_[k]}"
                 for k in np.flatnonzero(mask)[:_EXAMPLES]]
 
+    named = set(items_)
+    unnamed = [i for i in text_of if i not in named]
+    drops(len(unnamed), "items", f"no interaction of {ipath.name} names them", unnamed)
     keep = np.ones(len(rows), dtype=bool)
     if min_rating is not None:
         low = rating < float(min_rating)

@@ -137,6 +137,7 @@ def test_drops_are_counted_reported_and_strict_refuses(tmp_path):
     inter, itp, rows, items = raw_files(tmp_path)
     items[5][1] = items[5][2] = ""  # I5: no text
     items.append(list(items[0]))  # an identical repeated row
+    items.append(["I_alone", "A lamp nobody rated", "Brand9", "Office|Lamps|Desk"])
     write_csv(itp, ["item_id", "title", "brand", "categories"], items)
     rows.append(["U0", "I99", 5, 1])  # an item the items file lacks
     first_u1 = next(r for r in rows if r[0] == "U1")
@@ -152,9 +153,12 @@ def test_drops_are_counted_reported_and_strict_refuses(tmp_path):
         "repeated identical rows of the items file": (1, "item rows"),
         "no text in title, brand": (1, "items"),
         "their item has no text (dropped above)": (n_i5, "interactions"),
+        "no interaction of ratings.csv names them": (1, "items"),
         "their item is not in items.csv": (1, "interactions"),
         "repeated (user, item) pairs; the earliest is kept": (2, "interactions")}
-    assert len(caught) == 5 and all("dropped" in str(w.message) for w in caught)
+    assert len(caught) == 6 and all("dropped" in str(w.message) for w in caught)
+    assert "I_alone" in next(d for d in rec["dropped"] if d["unit"] == "items"
+                             and "names them" in d["reason"])["examples"]
     kept = [line.split("\t") for line in
             (tmp_path / "out" / "out.inter").read_text().splitlines()[1:]]
     assert rec["counts"]["n_interactions"] == len(kept) == len(rows) - n_i5 - 3
