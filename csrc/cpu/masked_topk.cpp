@@ -17,10 +17,11 @@
 // precision "bf16" (float32 inputs, a CPU with AVX512-BF16 at run time): the same result, bit for
 // bit, through a bf16 filter. Per user block, pass 1 scores every item with bf16 dot products
 // (vdpbf16ps, fp32 accumulation) and bounds each score's distance to the fp32 path's, |ŝ - s32| <=
-// E (derivation: sgfd_fast/ops/_bf16_filter.py). The lower bounds ŝ - E go into bins (item i into
-// bin i mod M, M >= 4k) that keep their maximum; the k-th largest bin maximum τ is at most the k-th
-// largest lower bound (k distinct items reach it), found by one selection over M values instead of
-// a top-k buffer fed every item (the selections of which cost as much as the fp32 path's own).
+// E (derivation: sgfd_fast/ops/_bf16_filter.py). The lower bounds ŝ - E go into M >= 4k bins (a
+// fixed partition of the items) that keep their maximum; the k-th largest bin maximum, rounded
+// down to 16 bits, τ, is at most the k-th largest lower bound (k distinct items reach it), and a
+// bit-by-bit selection over M values finds it: a top-k buffer fed every lower bound cost as much
+// as the fp32 path's own.
 // Pass 2 re-scores, with the fp32 micro-kernel itself, only the items whose upper bound ŝ + E
 // reaches τ: any other item scores below k items in fp32 and cannot rank. A pair's fp32
 // score depends on its two rows only (one accumulator per pair, features in ascending order), so

@@ -27,13 +27,21 @@ without it; only the bf16 micro-kernel is compiled for that ISA). Everywhere els
 is not finite or has a norm above 2^60, ``precision="bf16"`` computes the fp32 path: the same
 result. ``serves`` says whether the filter runs here.
 
-Speed (one thread, CPU time; AMD EPYC Zen 5, 2 vCPUs shared with other work, load 6-12;
-synthetic rows with a few dominant directions like trained embeddings; the bench's
-``sgfd_fast_bf16`` provider): office-like (4,874 users × 2,406 items, d = 64) fp32 28.7 ms /
-bf16 21.1 ms at k = 20 (1.36×), 42.1 / 33.5 ms at k = 50 (1.26×); with 2,000 users: 300 items,
-k = 20: 1.07×; 1,000 items, k = 50: 1.22×; 2,406 items, k = 200: 1.10×; d = 16: 1.59×; d = 128:
-1.36×. Where k nears the item count most items are candidates and the filter does the fp32
-work twice, so ``precision="auto"`` takes it only for k <= items / 10 (``pays``).
+Speed (one thread, CPU time of the kernel call, the best of 3; AMD EPYC Zen 5, 2 vCPUs shared
+with other work, load 10-17; synthetic float32 rows with a few dominant directions like trained
+embeddings, d = 64, 8 masked items per user; fp32 / bf16 in one run):
+
+    office-like, 4,874 users x 2,406 items   k = 20: 34.9 / 25.4 ms (1.37x)   k = 50: 49.9 / 43.1 ms (1.16x)
+    toys-like, 19,412 users x 11,924 items   k = 20: 375 / 325 ms (1.15x)     k = 50: 482 / 428 ms (1.13x)
+
+and, 2,000 users: 300 items, k = 20: 1.07x; 1,000 items, k = 50: 1.22x; 2,406 items, k = 200:
+1.10x; d = 16: 1.59x; d = 128: 1.36x. The filter re-scores 0.2-2.5 % of the pairs there; what is
+left is the first pass (the bf16 product, the bounds, the bins: ~8 ms of office's 25) and the
+final sort of each user's k. Where k nears the item count most items are candidates and the
+filter does the fp32 work twice, so ``precision="auto"`` takes it only for k <= items / 10
+(``pays``). The in-kernel filter replaced one written in Python around the op (a bf16
+``torch.mm``, bounds, thresholds and candidate unions in torch, a second fp32 call per group),
+whose bookkeeping alone cost 4-6x the fp32 kernel.
 
 The bound. For one pair write x = users[u], y = items[i] (width d), s = Σ_c x_c y_c exactly,
 T = Σ_c |x_c y_c| <= ‖x‖‖y‖ =: P (Cauchy-Schwarz), Σ_c |x_c| <= √d ‖x‖, v = 2^-8 (bf16's unit

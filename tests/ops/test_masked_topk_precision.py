@@ -101,7 +101,9 @@ def _to_bf16(x):
 def _bound(d, nu, ni):
     """E of ops._bf16_filter's docstring, transcribed (without the float32-evaluation margins)."""
     v, u, eta = 2.0 ** -8, 2.0 ** -24, 2.0 ** -126
-    gamma = lambda w: d * w / (1 - d * w)  # noqa: E731
+    def gamma(w):
+        return d * w / (1 - d * w)
+
     c = (1 + gamma(2 * u)) * (1 + v) ** 2 - 1 + gamma(u)
     a = ((1 + gamma(2 * u)) * (1 + v) + 1) * eta * math.sqrt(d)
     b = (4 * d + 2) * eta
