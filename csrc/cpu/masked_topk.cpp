@@ -144,6 +144,9 @@ void masked_topk_kernel(const scalar_t* users, const scalar_t* items, const inde
 constexpr std::int64_t kPairNR = 32;        // items per bf16 panel: two 16-lane vectors
 constexpr std::int64_t kRescorePanels = 4;  // fp32 panels re-scored at once for one user
 constexpr int kLooseBits = 16;              // bits of τ left out (sign, exponent, 7 mantissa bits)
+// The filter keeps kUserBlock × items upper bounds per thread (48 MiB at this many items); beyond
+// it the fp32 path runs.
+constexpr std::int64_t kFilterMaxItems = std::int64_t{1} << 18;
 
 // Whether this CPU runs the bf16 path (checked once).
 bool bf16_filter_available() {
@@ -403,7 +406,8 @@ SGFD_BIND(masked_topk) {
                                       precision + "'");
         check_topk_ids(n_items);  // before any pointer is read
         const bool filter = precision == "bf16" && dtype == "float32" && k > 0 &&
-                            k < n_items && n_users > 0 && bf16_filter_available();
+                            k < n_items && n_items <= kFilterMaxItems && n_users > 0 &&
+                            bf16_filter_available();
         std::int64_t rescored = -1;
         dispatch_float_index(dtype, index_dtype, [&](auto scalar_tag, auto index_tag) {
           using scalar_t = decltype(scalar_tag);

@@ -21,7 +21,8 @@ in ascending order, whatever tile the pair falls in (zero padding adds exact zer
 re-scoring copies the candidates' rows into a panel and runs the same template.
 ``tests/ops/test_masked_topk_precision.py`` checks it on odd shapes.
 
-Where it runs: the cpp backend, float32 inputs, 0 < k < items, on a CPU whose ``cpuid`` reports
+Where it runs: the cpp backend, float32 inputs, 0 < k < items <= 2^18 (it holds 48 upper bounds
+per item per thread), on a CPU whose ``cpuid`` reports
 AVX512-BF16 (checked at run time: the module is built for the build machine and also runs on CPUs
 without it; only the bf16 micro-kernel is compiled for that ISA). Everywhere else, and where a row
 is not finite or has a norm above 2^60, ``precision="bf16"`` computes the fp32 path: the same
@@ -125,7 +126,7 @@ def bf16_hardware(device: torch.device | str) -> str | None:
 
 def serves(device: torch.device | str) -> bool:
     """Whether ``precision="bf16"`` runs the filter on ``device`` now (float32 inputs, 0 < k <
-    items, finite rows): the cpp backend serves masked_topk and the CPU has AVX512-BF16 (every
+    items <= 2^18, finite rows): the cpp backend serves masked_topk and the CPU has AVX512-BF16 (every
     CPU with AMX-BF16 has it too)."""
     device = torch.device(device)
     return (device.type == "cpu" and _backend.serving("masked_topk", "cpu") == "cpp"

@@ -42,7 +42,7 @@ def _dominant(n, d, g, directions=3, scale=4.0):
 def _filters(users, items, k):
     """Whether the kernel's filter must serve this call (else the fp32 path)."""
     norms = torch.cat([users.double().norm(dim=1), items.double().norm(dim=1)])
-    return (HAS_ISA and users.dtype == torch.float32 and 0 < k < items.shape[0]
+    return (HAS_ISA and users.dtype == torch.float32 and 0 < k < items.shape[0] <= 2 ** 18
             and users.shape[0] > 0 and bool((norms <= 2.0 ** 60).all()))
 
 
@@ -302,3 +302,12 @@ def test_bad_precision_is_one_clear_error():
     rowptr, col = _mask(2, 5, seed=0)
     with pytest.raises(InputError, match="precision must be one of auto, fp32, bf16"):
         masked_topk(torch.randn(2, 3), torch.randn(5, 3), rowptr, col, 2, precision="fp16")
+
+
+@needs_cpp
+def test_more_items_than_the_filter_holds_run_the_fp32_path():
+    """Beyond 2^18 items (the filter's per-thread upper bounds would pass 48 MiB) the kernel
+    reports the fp32 path."""
+    g = torch.Generator().manual_seed(12)
+    users, items = torch.randn(3, 2, generator=g), torch.randn(2 ** 18 + 1, 2, generator=g)
+    assert _assert_same(users, items, *_mask(3, items.shape[0], seed=5), 5) == -1
