@@ -6,15 +6,16 @@ large: the generated graph (100,000 items).
 
 Providers: ``reference`` (dense scores, mask, stable sort: the op's exact tie rule),
 ``compiled`` (``torch.compile`` of it), ``dense_topk`` (what MMRec's evaluation does: dense
-scores, masked to -inf, ``torch.topk``), ``sgfd_fast`` (``sgfd_fast.ops.masked_topk``: no score
-matrix), ``sgfd_fast_bf16`` (the same with ``precision="bf16"``: bf16 scores filter the items, the
-fp32 kernel re-ranks the candidates; where bf16 is emulated, as on AVX2 CPUs, it is slower).
-Forward only (not differentiable).
+scores, masked to -inf, ``torch.topk``), ``sgfd_fast`` (``sgfd_fast.ops.masked_topk`` as called,
+``precision="auto"``: no score matrix), ``sgfd_fast_fp32`` (``precision="fp32"``: every pair scored
+in float32), ``sgfd_fast_bf16`` (``precision="bf16"``: bf16 scores and their error bounds filter the
+items inside the C++ kernel, its fp32 micro-kernel re-scores the candidates; on a CPU without
+AVX512-BF16 this is the fp32 path). Forward only (not differentiable).
 
 Check (before timing): the returned values equal the float64 reference's top-k values, every
 returned index scores its returned value, no masked item and no duplicate is returned. Indices
-are not compared one to one: float32 rounding may reorder near-ties. ``sgfd_fast_bf16`` must
-also equal ``sgfd_fast``'s (fp32) result exactly, ids and scores.
+are not compared one to one: float32 rounding may reorder near-ties. ``sgfd_fast`` and
+``sgfd_fast_bf16`` must also equal ``sgfd_fast_fp32``'s result exactly, ids and scores.
 """
 
 import numpy as np
@@ -29,7 +30,8 @@ from sgfd_fast.ops import _bf16_filter, masked_topk, masked_topk_reference
 WIDTH = 64
 K = 50
 EVAL_USERS = {"small": 1024, "paper": 4096, "large": 4096}  # eval_batch_size is 4096
-PROVIDERS = ("reference", "compiled", "dense_topk", "sgfd_fast", "sgfd_fast_bf16")
+PROVIDERS = ("reference", "compiled", "dense_topk", "sgfd_fast", "sgfd_fast_fp32",
+             "sgfd_fast_bf16")
 
 
 def dense_topk(users, items, mask_rowptr, mask_col, k):
@@ -95,6 +97,8 @@ def case(bench_size, device):
         "compiled": lambda u, i: compiled(u, i, mask_rowptr, mask_col, K),
         "dense_topk": lambda u, i: dense_topk(u, i, mask_rowptr, mask_col, K),
         "sgfd_fast": lambda u, i: masked_topk(u, i, mask_rowptr, mask_col, K, validate=False),
+        "sgfd_fast_fp32": lambda u, i: masked_topk(u, i, mask_rowptr, mask_col, K,
+                                                   validate=False, precision="fp32"),
         "sgfd_fast_bf16": lambda u, i: masked_topk(u, i, mask_rowptr, mask_col, K,
                                                    validate=False, precision="bf16"),
     }
@@ -105,10 +109,12 @@ def case(bench_size, device):
 def test_masked_topk(bench, case, provider):
     backend = _backend.serving("masked_topk", bench.device.type) \
         if provider.startswith("sgfd_fast") else None
-    if provider == "sgfd_fast_bf16":
-        fp32, got = (case.providers[p](*case.inputs) for p in ("sgfd_fast", provider))
+    if provider in ("sgfd_fast", "sgfd_fast_bf16"):
+        fp32, got = (case.providers[p](*case.inputs) for p in ("sgfd_fast_fp32", provider))
         assert torch.equal(got[1], fp32[1]) and torch.equal(got[0], fp32[0]), \
-            "masked_topk: the bf16 filter's top-k differs from the fp32 path's"
-        filtered = _bf16_filter.serves(bench.device)
-        backend += "+bf16 filter" if filtered else " (fp32: no row-independent backend)"
+            f"masked_topk: {provider}'s top-k differs from the fp32 path's"
+        bf16 = provider == "sgfd_fast_bf16" or _bf16_filter.pays(case.sizes["n_items"], K)
+        if bf16:
+            backend += ("+bf16 filter" if _bf16_filter.serves(bench.device)
+                        else " (fp32 path: no AVX512-BF16 C++ kernel here)")
     bench.run(case, provider, "forward", case.providers[provider], backend=backend)

@@ -129,6 +129,16 @@ class TopK {
     size_ = size;
   }
 
+  // Offers scores[r] for item ids[r], r < n (ids increasing, above every id offered before):
+  // the scattered candidates of masked_topk's bf16 filter, a few per user.
+  void offer_ids(const float* scores, const std::int64_t* ids, std::int64_t n) {
+    for (std::int64_t r = 0; r < n; ++r) {
+      buf_[size_] = topk_key(scores[r], ids[r]);
+      size_ += scores[r] > thr_;  // false for NaN and -inf: absent
+      if (size_ > cap_) shrink();
+    }
+  }
+
   // The k slots best first; slots without a candidate hold value -inf and index -1.
   void write(float* values, std::int64_t* indices) {
     if (size_ > k_) shrink();

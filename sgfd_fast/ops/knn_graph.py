@@ -88,7 +88,7 @@ def _knn_graph_cpp(x, k):
                          col=no_mask.data_ptr(), n_users=n, n_items=n, d=u.shape[1], k=k,
                          has_mask_value=False, mask_value=0.0, out_values=val.data_ptr(),
                          out_indices=col.data_ptr(), index_dtype=INDEX_NAMES[no_mask.dtype],
-                         dtype=FLOAT_NAMES[u.dtype])
+                         dtype=FLOAT_NAMES[u.dtype], precision="fp32")
     return col, val
 
 

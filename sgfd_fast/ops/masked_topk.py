@@ -23,7 +23,9 @@ k-th best so far, cut back to k by selection on (score, id) packed into one inte
 matrix never exists, and the C++ kernel is bitwise reproducible), triton (tiles of users × items
 with ``tl.dot``; a running top-k per user kept on chip, merged tile by tile with bitonic sorts on
 packed (score, id) keys; 16 users per program; k > 256 or d > 128 (float64: 64, 64) go to the
-reference, where the kernel's registers would spill).
+reference, where the kernel's registers would spill). ``precision="bf16"`` (and ``"auto"`` where
+it pays): the cpp backend ranks through an exact bf16 filter on CPUs with AVX512-BF16
+(``ops._bf16_filter``); every other backend and CPU computes the fp32 path, the same result.
 """
 
 from __future__ import annotations
@@ -39,12 +41,13 @@ from ._common import check, check_csr, check_topk
 
 __all__ = ["masked_topk", "masked_topk_reference", "PRECISIONS"]
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def masked_topk_reference(users: torch.Tensor, items: torch.Tensor, mask_rowptr: torch.Tensor,
-                          mask_col: torch.Tensor, k: int,
-                          mask_value: Optional[float] = None) -> tuple[torch.Tensor, torch.Tensor]:
+                          mask_col: torch.Tensor, k: int, mask_value: Optional[float] = None,
+                          precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
+    # every precision returns the fp32 path's result, which this is
     n_users, n_items = users.shape[0], items.shape[0]
     scores = (users @ items.T).float()
     row = torch.repeat_interleave(torch.arange(n_users, device=users.device),
@@ -62,33 +65,39 @@ def masked_topk_reference(users: torch.Tensor, items: torch.Tensor, mask_rowptr:
 
 @torch.library.custom_op("sgfd_fast::masked_topk", mutates_args=())
 def _masked_topk(users: torch.Tensor, items: torch.Tensor, mask_rowptr: torch.Tensor,
-                 mask_col: torch.Tensor, k: int,
-                 mask_value: Optional[float]) -> tuple[torch.Tensor, torch.Tensor]:
+                 mask_col: torch.Tensor, k: int, mask_value: Optional[float],
+                 precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
     return masked_topk_reference(users, items, mask_rowptr, mask_col, k, mask_value)
 
 
 @_masked_topk.register_fake
-def _masked_topk_fake(users, items, mask_rowptr, mask_col, k, mask_value):
+def _masked_topk_fake(users, items, mask_rowptr, mask_col, k, mask_value, precision="fp32"):
     return (users.new_empty(users.shape[0], k, dtype=torch.float32),
             users.new_empty(users.shape[0], k, dtype=torch.int64))
 
 
-def _masked_topk_cpp(users, items, mask_rowptr, mask_col, k, mask_value):
+def _cpp_call(users, items, mask_rowptr, mask_col, k, mask_value, precision):
+    """The C++ kernel: ``(values, indices, rescored)``, ``rescored`` the (user, item) pairs the
+    bf16 filter re-scored in fp32, -1 where the fp32 path served (``ops._bf16_filter``)."""
     users, items = dense(users), dense(items)
     values = new_output(users.shape[0], k, like=users, dtype=torch.float32)
     indices = new_output(users.shape[0], k, like=users, dtype=torch.int64)
-    _ext.cpu.masked_topk(users=users.data_ptr(), items=items.data_ptr(),
+    rescored = _ext.cpu.masked_topk(users=users.data_ptr(), items=items.data_ptr(),
                          rowptr=mask_rowptr.data_ptr(), col=mask_col.data_ptr(),
                          n_users=users.shape[0], n_items=items.shape[0], d=users.shape[1], k=k,
                          has_mask_value=mask_value is not None,
                          mask_value=0.0 if mask_value is None else float(mask_value),
                          out_values=values.data_ptr(), out_indices=indices.data_ptr(),
                          index_dtype=INDEX_NAMES[mask_rowptr.dtype],
-                         dtype=FLOAT_NAMES[users.dtype])
-    return values, indices
+                         dtype=FLOAT_NAMES[users.dtype], precision=precision)
+    return values, indices, rescored
 
 
-def _masked_topk_triton(users, items, mask_rowptr, mask_col, k, mask_value):
+def _masked_topk_cpp(users, items, mask_rowptr, mask_col, k, mask_value, precision="fp32"):
+    return _cpp_call(users, items, mask_rowptr, mask_col, k, mask_value, precision)[:2]
+
+
+def _masked_topk_triton(users, items, mask_rowptr, mask_col, k, mask_value, precision="fp32"):
     from ..kernels import masked_topk as kernel
 
     fp64 = users.dtype == torch.float64
@@ -109,7 +118,7 @@ _backend.register("masked_topk", "cpu", "triton", _masked_topk_triton)
 def masked_topk(users: torch.Tensor, items: torch.Tensor, mask_rowptr: torch.Tensor,
                 mask_col: torch.Tensor, k: int, mask_value: Optional[float] = None, *,
                 validate: bool = True,
-                precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
+                precision: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k items per user by dot-product score, with each user's mask row excluded or re-scored.
 
     Args:
@@ -120,10 +129,12 @@ def masked_topk(users: torch.Tensor, items: torch.Tensor, mask_rowptr: torch.Ten
         k: number of items to return per user (may exceed the number of candidates).
         mask_value: None excludes masked items; a float gives them that score instead.
         validate: check index ranges and per-row sortedness (one pass and a host sync).
-        precision: ``"fp32"`` scores in the input dtype; ``"bf16"`` ranks through a bf16 filter
-            whose result is the fp32 path's, ids and scores bit for bit (``ops._bf16_filter``;
-            served by the C++ backend, elsewhere it runs the fp32 path). Not chosen
-            automatically: it is slower than fp32 on every device measured so far (see there).
+        precision: how the result is computed, never what it is: ``"fp32"`` scores every pair
+            in the input dtype; ``"bf16"`` ranks through a bf16 filter whose result is the fp32
+            path's, ids and scores bit for bit (``ops._bf16_filter``: the C++ backend on a CPU
+            with AVX512-BF16, float32 inputs; elsewhere the fp32 path runs); ``"auto"`` (default)
+            is ``"bf16"`` where k <= items / 10, the shapes where the filter measured faster
+            (``ops._bf16_filter``, "Speed"), else ``"fp32"``.
 
     Returns:
         ``(values, indices)``: (U, k) float32 scores and (U, k) int64 item ids, best first, ties
@@ -132,8 +143,8 @@ def masked_topk(users: torch.Tensor, items: torch.Tensor, mask_rowptr: torch.Ten
     Raises:
         InputError: wrong ranks, shapes, dtypes or devices; a malformed or unsorted mask; k not
             a non-negative int; mask_value not a number a float32 holds; more than 2^32 - 1
-            items (the fused kernels pack an item id into 32 bits); precision not fp32 or
-            bf16.
+            items (the fused kernels pack an item id into 32 bits); precision not auto, fp32
+            or bf16.
     """
     op = "masked_topk"
     check(users.dim() == 2 and items.dim() == 2, op,
@@ -150,7 +161,7 @@ def masked_topk(users: torch.Tensor, items: torch.Tensor, mask_rowptr: torch.Ten
     mask_value = check_topk(op, items.shape[0], k, mask_value, mask_rowptr, mask_col, validate)
     check(precision in PRECISIONS, op,
           f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    args = (users, items, mask_rowptr.contiguous(), mask_col.contiguous(), k, mask_value)
-    if precision == "bf16" and _bf16_filter.serves(users.device):
-        return _bf16_filter.masked_topk_bf16(_masked_topk, *args)
-    return _masked_topk(*args)
+    if precision == "auto":
+        precision = "bf16" if _bf16_filter.pays(items.shape[0], k) else "fp32"
+    return _masked_topk(users, items, mask_rowptr.contiguous(), mask_col.contiguous(), k,
+                        mask_value, precision)

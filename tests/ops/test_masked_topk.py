@@ -164,8 +164,9 @@ def test_cpp_refuses_item_ids_beyond_32_bits(op):
                 index_dtype="int64", dtype="float32")
     if op == "attentive_distance_topk":
         args.update(p=0, q=0, user_sq=0, item_sq=0, b1=0, w2t=0, b2=0, hidden=1)
-    with pytest.raises(ValueError, match="2\\^32"):
-        getattr(_ext.cpu, op)(**args)
+    for extra in [{"precision": "fp32"}, {"precision": "bf16"}] if op == "masked_topk" else [{}]:
+        with pytest.raises(ValueError, match="2\\^32"):
+            getattr(_ext.cpu, op)(**args, **extra)
 
 
 def test_cpp_large_tiles_and_blocks():

@@ -1,10 +1,16 @@
 """masked_topk(..., precision="bf16"): the bf16 filter returns the fp32 path's top-k bit for bit.
 
 The exactness rests on two facts, each tested here: the error bound holds (|ŝ - s32| <= E for every
-pair), and every compiled backend's fp32 scores are row independent (a pair scores the same
-whatever other rows the call holds). Then every adversarial case: near-ties, exact ties, huge and
-tiny norms, all items candidates, k >= items, masked and empty rows, NaN/inf inputs and mask values.
+pair, ŝ emulated as the kernel computes it), and the C++ kernel's fp32 scores are row independent
+(a pair scores the same whatever other rows the call holds). Then every adversarial case:
+near-ties, exact ties, huge and tiny norms, all items candidates, k >= items, masked and empty
+rows, NaN/inf inputs and mask values, odd widths; each asserts which path served (the kernel
+reports the pairs its filter re-scored, -1 where the fp32 path ran), so on a CPU without
+AVX512-BF16 the same tests check the fallback.
 """
+
+import importlib
+import math
 
 import numpy as np
 import pytest
@@ -13,10 +19,12 @@ import torch
 import sgfd_fast
 from sgfd_fast import _ext
 from sgfd_fast.errors import InputError
-from sgfd_fast.ops import _bf16_filter, masked_topk
+from sgfd_fast.ops import _bf16_filter, masked_topk, masked_topk_reference
 from sgfd_fast.testing import random_csr
 
 needs_cpp = pytest.mark.skipif(_ext.cpu is None, reason="C++ extension not built")
+op_module = importlib.import_module("sgfd_fast.ops.masked_topk")
+HAS_ISA = "avx512_bf16" in _bf16_filter._cpu_flags()
 
 
 def _mask(n_users, n_items, seed, index_dtype=torch.int64, hub=0):
@@ -31,15 +39,27 @@ def _dominant(n, d, g, directions=3, scale=4.0):
     return torch.randn(n, directions, generator=g) * scale @ basis + torch.randn(n, d, generator=g)
 
 
-def _assert_same(users, items, rowptr, col, k, mask_value=None, backend="cpp"):
-    with sgfd_fast.use_backend(backend):
+def _filters(users, items, k):
+    """Whether the kernel's filter must serve this call (else the fp32 path)."""
+    norms = torch.cat([users.double().norm(dim=1), items.double().norm(dim=1)])
+    return (HAS_ISA and users.dtype == torch.float32 and 0 < k < items.shape[0] <= 2 ** 18
+            and users.shape[0] > 0 and bool((norms <= 2.0 ** 60).all()))
+
+
+def _assert_same(users, items, rowptr, col, k, mask_value=None):
+    with sgfd_fast.use_backend("cpp"):
         want = masked_topk(users, items, rowptr, col, k, mask_value, precision="fp32")
         got = masked_topk(users, items, rowptr, col, k, mask_value, precision="bf16")
-    assert torch.equal(got[1], want[1]), f"{backend}: ids differ"
+    assert torch.equal(got[1], want[1]), "ids differ"
     # bitwise, including the sign of zero and -inf slots
-    assert torch.equal(got[0].view(torch.int32), want[0].view(torch.int32)), \
-        f"{backend}: scores differ"
-    return got
+    assert torch.equal(got[0].view(torch.int32), want[0].view(torch.int32)), "scores differ"
+    # which path served: the kernel's report of the pairs its filter re-scored
+    *again, rescored = op_module._cpp_call(users, items, rowptr.contiguous(), col.contiguous(),
+                                           k, mask_value, "bf16")
+    assert torch.equal(again[1], want[1])
+    assert (rescored >= 0) == _filters(users, items, k), rescored
+    assert rescored <= users.shape[0] * items.shape[0]
+    return rescored
 
 
 def _all_scores(users, items, k=None):
@@ -73,20 +93,41 @@ def test_fp32_scores_are_row_independent(shape):
         assert torch.equal(full[sub_u][:, sub_i], part)
 
 
+def _to_bf16(x):
+    """The kernel's operand rounding: bf16 to nearest even, |x| < 2^-126 flushed to zero."""
+    return torch.where(x.abs() < 2.0 ** -126, 0.0, x).bfloat16().float()
+
+
+def _bound(d, nu, ni):
+    """E of ops._bf16_filter's docstring, transcribed (without the float32-evaluation margins)."""
+    v, u, eta = 2.0 ** -8, 2.0 ** -24, 2.0 ** -126
+    def gamma(w):
+        return d * w / (1 - d * w)
+
+    c = (1 + gamma(2 * u)) * (1 + v) ** 2 - 1 + gamma(u)
+    a = ((1 + gamma(2 * u)) * (1 + v) + 1) * eta * math.sqrt(d)
+    b = (4 * d + 2) * eta
+    return c * nu[:, None] * ni[None, :] + a * (nu[:, None] + ni[None, :]) + b
+
+
 @needs_cpp
 @pytest.mark.parametrize("scale", [1.0, 1e-19, 1e-30, 1e15])
 def test_error_bound_holds(scale):
-    """|ŝ - s32| <= E for every pair, on dominant-direction, tiny (subnormal products) and large
-    inputs; the bound is within a small factor of the worst error seen (it filters)."""
+    """|ŝ - s32| <= E for every pair, ŝ emulated as vdpbf16ps computes it (bf16 operands, exact
+    products, float32 additions in feature order), on dominant-direction, tiny (subnormal
+    products) and large inputs; the bound is within a small factor of the worst error seen (it
+    filters)."""
     g = torch.Generator().manual_seed(3)
     d = 48
     users = _dominant(40, d, g) * scale
     items = torch.cat([_dominant(200, d, g), torch.randn(20, d, generator=g) * 1e-3]) * scale
     s32 = _all_scores(users, items)
-    s = torch.mm(users.bfloat16(), items.bfloat16().T)
-    c, a, b = _bf16_filter.score_error_bound(d, out_bf16=s.dtype == torch.bfloat16)
+    xb, yb = _to_bf16(users), _to_bf16(items)
+    s = torch.zeros(users.shape[0], items.shape[0])
+    for c in range(d):
+        s = s + (xb[:, c, None].double() * yb[None, :, c].double()).float()
     nu, ni = users.double().norm(dim=1), items.double().norm(dim=1)
-    bound = c * nu[:, None] * ni[None, :] + a * (nu[:, None] + ni[None, :]) + b
+    bound = _bound(d, nu, ni)
     err = (s.double() - s32.double()).abs()
     assert bool((err <= bound).all())
     if scale == 1.0:
@@ -204,19 +245,69 @@ def test_trained_like_office_embeddings():
 def test_bf16_hardware_and_where_the_filter_serves(monkeypatch):
     monkeypatch.setattr(_bf16_filter, "_cpu_flags", lambda: frozenset({"avx2", "fma"}))
     assert _bf16_filter.bf16_hardware("cpu") is None
+    assert not _bf16_filter.serves("cpu")
     monkeypatch.setattr(_bf16_filter, "_cpu_flags", lambda: frozenset({"avx512_bf16", "amx_bf16"}))
     assert _bf16_filter.bf16_hardware("cpu") == "amx_bf16"
     assert _bf16_filter.serves(torch.device("cpu")) == (_ext.cpu is not None)
-    with sgfd_fast.use_backend("reference"):     # no row-independent fp32 path to rescore with
+    assert not _bf16_filter.serves("meta")
+    with sgfd_fast.use_backend("reference"):     # the reference is the fp32 path itself
         assert not _bf16_filter.serves(torch.device("cpu"))
         users, items = torch.randn(4, 3), torch.randn(9, 3)
         rowptr, col = _mask(4, 9, seed=0)
-        want = masked_topk(users, items, rowptr, col, 3)
+        want = masked_topk(users, items, rowptr, col, 3, precision="fp32")
         got = masked_topk(users, items, rowptr, col, 3, precision="bf16")
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
+@pytest.mark.parametrize("n_items, k, filtered", [(100, 10, True), (100, 11, False),
+                                                  (9, 1, False), (100, 0, False)])
+def test_auto_takes_the_filter_where_it_pays(n_items, k, filtered, monkeypatch):
+    """precision="auto" (the default) is "bf16" for k <= items / 10, else "fp32"; either way
+    the fp32 path's result."""
+    assert _bf16_filter.pays(n_items, k) == filtered
+    seen = []
+    monkeypatch.setattr(op_module, "_masked_topk",
+                        lambda *args: seen.append(args[-1]) or op_module.masked_topk_reference(
+                            *args))
+    users, items = torch.randn(5, 4), torch.randn(n_items, 4)
+    rowptr, col = _mask(5, n_items, seed=1)
+    got = masked_topk(users, items, rowptr, col, k)
+    want = masked_topk_reference(users, items, rowptr, col, k)
+    assert seen == ["bf16" if filtered else "fp32"]
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+@needs_cpp
+@pytest.mark.parametrize("d", [1, 2, 3, 17, 65])
+def test_odd_widths(d):
+    g = torch.Generator().manual_seed(d)
+    users, items = _dominant(55, d, g, directions=min(d, 3)), _dominant(333, d, g,
+                                                                        directions=min(d, 3))
+    for k in (1, 7, 40):
+        _assert_same(users, items, *_mask(55, 333, seed=d, hub=300), k)
+
+
+@needs_cpp
+def test_the_filter_filters():
+    """On inputs like trained embeddings the filter re-scores a few percent of the pairs (where
+    it runs): a bound or a τ too loose would still be exact but slow."""
+    g = torch.Generator().manual_seed(11)
+    users, items = _dominant(200, 64, g), _dominant(2000, 64, g)
+    rescored = _assert_same(users, items, *_mask(200, 2000, seed=4), 20)
+    if HAS_ISA:
+        assert 0 < rescored < 0.05 * 200 * 2000
+
+
 def test_bad_precision_is_one_clear_error():
     rowptr, col = _mask(2, 5, seed=0)
-    with pytest.raises(InputError, match="precision must be one of fp32, bf16"):
+    with pytest.raises(InputError, match="precision must be one of auto, fp32, bf16"):
         masked_topk(torch.randn(2, 3), torch.randn(5, 3), rowptr, col, 2, precision="fp16")
+
+
+@needs_cpp
+def test_more_items_than_the_filter_holds_run_the_fp32_path():
+    """Beyond 2^18 items (the filter's per-thread upper bounds would pass 48 MiB) the kernel
+    reports the fp32 path."""
+    g = torch.Generator().manual_seed(12)
+    users, items = torch.randn(3, 2, generator=g), torch.randn(2 ** 18 + 1, 2, generator=g)
+    assert _assert_same(users, items, *_mask(3, items.shape[0], seed=5), 5) == -1
