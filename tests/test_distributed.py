@@ -426,24 +426,30 @@ def split_batch(model):
     return users, items, neg
 
 
-def _adam_steps(model, optimizer, steps=3):
-    """``steps`` steps of ``optimizer`` on the split batch, as the trainer takes them (each rank
-    its shard, scaled by its fraction; ``optimizer.reduce_grads`` under torch.distributed)."""
-    users, items, neg = split_batch(model)
+def _adam_steps(model, optimizer, steps=3, rows=None):
+    """``steps`` steps of ``optimizer`` on the split batch (its first ``rows`` pairs), as the
+    trainer takes them: each rank its shard, scaled by its fraction, and
+    ``optimizer.reduce_grads`` under torch.distributed; a batch smaller than the world runs
+    unsplit, the ranks without rows idle."""
+    users, items, neg = (t[:rows] if t is not None else None for t in split_batch(model))
     dist = torch.distributed.is_initialized()
     rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if dist \
         else (0, 1)
+    split = model.split
+    model.set_split(split if users.numel() >= world else None)
     for step in range(steps):
         optimizer.zero_grad(set_to_none=True)
         lo, hi = shard_bounds(users.numel(), rank, world)
         fraction = (hi - lo) / users.numel()
         model.begin_step(step, fraction, (users, items, neg) if dist else None)
-        loss = model.calculate_loss(users[lo:hi], items[lo:hi],
-                                    neg[lo:hi] if neg is not None else None)
-        (loss["loss"] * fraction).backward()
+        if hi > lo:
+            loss = model.calculate_loss(users[lo:hi], items[lo:hi],
+                                        neg[lo:hi] if neg is not None else None)
+            (loss["loss"] * fraction).backward()
         if dist:
-            optimizer.reduce_grads()
+            optimizer.reduce_grads(users.numel() >= world)
         optimizer.step()
+    model.set_split(split)
 
 
 #: the model whose trainer step (ShardedAdam with its split rows) is checked on 3 processes
@@ -495,6 +501,7 @@ def _split_worker(rank, world, init, out):
                                              weight_decay=1e-3, fused=True)
         assert optimizer._views, "BM3 declares split rows"
         _adam_steps(model, optimizer)
+        _adam_steps(model, optimizer, 1, rows=2)  # 2 pairs on 3 ranks: an unsplit step
         optimizer.consolidate_state_dict(to=0)
         adam = {"params": {k: p.detach().clone() for k, p in model.named_parameters()},
                 "state": copy.deepcopy(optimizer.state_dict()) if rank == 0 else None}
@@ -561,8 +568,9 @@ def test_split_step_equals_one_process(name, split_runs):
 
 def test_sharded_adam_equals_one_process(split_runs):
     """BM3+SGFD's Adam steps on 3 processes (ZeRO for the shared parameters, each rank's rows
-    for the split ones, then broadcast): the parameters equal one process's Adam (float64),
-    the consolidated state dict is one process's, and loading it back continues the same."""
+    for the split ones, then broadcast; one step on a batch smaller than the world, unsplit):
+    the parameters equal one process's Adam (float64), the consolidated state dict is one
+    process's, and loading it back continues the same."""
     model = split_model(ADAM_CASE)
     optimizer = torch.optim.Adam(list(model.parameters()), lr=0.01, weight_decay=1e-3,
                                  fused=True)
@@ -570,6 +578,7 @@ def test_sharded_adam_equals_one_process(split_runs):
     torch.set_num_threads(1)
     try:
         _adam_steps(model, optimizer)
+        _adam_steps(model, optimizer, 1, rows=2)
         one = copy.deepcopy(optimizer.state_dict())  # the next step updates it in place
         params = {k: p.detach().clone() for k, p in model.named_parameters()}
         _adam_steps(model, optimizer, 1)

@@ -118,8 +118,9 @@ def process_group(backend: str = "auto", timeout_s: int = 600, device: str = "au
     # outlive it, and a gloo group still alive at interpreter shutdown aborts the process now
     # and then ("terminate called without an active exception", exit 1 or SIGABRT after a
     # finished run). Imported first, the defaults are None.
-    import torch.distributed.nn  # noqa: F401
-    import torch.distributed.optim  # noqa: F401
+    # (``from ... import``: an ``import torch.distributed.nn`` would bind ``torch`` as a local
+    # name of this function, unbound in the CUDA check above: UnboundLocalError on GPUs)
+    from torch.distributed import nn as _nn, optim as _optim  # noqa: F401
 
     dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
     try:
@@ -325,7 +326,7 @@ class ShardedAdam:
         """Sum each shared parameter's gradient to its ZeRO owner (:func:`all_reduce_grads`);
         the row-split parameters' too, over all ranks, on a step that ran unsplit
         (``split_step`` false: a global batch smaller than the world). Returns bytes sent."""
-        owners = {p: self.zero._param_to_rank[p] for p in self.zero._param_to_rank}
+        owners = dict(self.zero._param_to_rank)
         params = [p for p in self.params if p in owners or not split_step]
         return all_reduce_grads(params, {**owners, **dict.fromkeys(self._rows)})
 
@@ -343,7 +344,8 @@ class ShardedAdam:
 
     # --- one process's state dict ----------------------------------------------------------
     def consolidate_state_dict(self, to: int = 0) -> None:
-        """Collect the whole state on rank ``to`` (every rank must call it)."""
+        """Collect the whole state on rank ``to`` (every rank must call it), for one
+        :meth:`state_dict` there."""
         self.zero.consolidate_state_dict(to=to)
         self._full = {}
         for p, (a, b, n, offset) in self._rows.items():
@@ -357,14 +359,16 @@ class ShardedAdam:
                     t[a:b] = here[k]
                 self.split.broadcast_rows(t, n, offset)
                 full[k] = t
-            self._full[p] = {"step": torch.tensor(float(self._steps[p])), **full}
+            if self.split.rank == to:
+                self._full[p] = {"step": torch.tensor(float(self._steps[p])), **full}
 
     def state_dict(self) -> dict:
         zero = self.zero.state_dict()
         index = {p: i for i, p in enumerate(self.params)}
         shared = [p for p in self.params if p not in self._rows]
         state = {index[shared[i]]: s for i, s in zero["state"].items()}
-        state.update({index[p]: s for p, s in self._full.items()})
+        full, self._full = self._full, {}  # held only until the state dict is taken
+        state.update({index[p]: s for p, s in full.items()})
         group, = zero["param_groups"]
         return {"state": dict(sorted(state.items())),
                 "param_groups": [{**group, "params": list(range(len(self.params)))}]}
