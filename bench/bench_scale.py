@@ -175,7 +175,7 @@ class _Phases:
         owner = importlib.import_module(module)
         *path, last = attr.split(".")
         for a in path:
-            owner = getattr(owner, a)
+            owner = getattr(owner, a, None)
         fn = getattr(owner, last, None)
         if fn is None:  # not in this version of the package (an older checkout compared)
             return
