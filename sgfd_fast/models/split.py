@@ -20,9 +20,10 @@ one-process gradients up to summation order. The propagation goes further (:func
 Â is symmetric, so its backward is the same row-block map applied to the summed gradient, and
 each rank ends with the whole gradient of x on its own rows (zeros elsewhere); a parameter that
 reaches the loss only that way needs no gradient reduction at all, its rows being updated where
-they are computed (``Recommender.split_rows``, ``training.distributed.ShardedAdam``). Every rank must therefore run the same sequence of
-split calls, forward and backward (the trainer runs the split only on steps where every rank has
-rows of the batch, and evaluation joins the forward on every rank).
+they are computed (``Recommender.split_rows``, ``training.distributed.ShardedAdam``). Every rank
+must therefore run the same sequence of split calls, forward and backward (the trainer runs the
+split only on steps where every rank has rows of the batch, and evaluation joins the forward on
+every rank).
 
 ``torch.distributed`` is imported only when a split is built (a plain run never builds one).
 """
@@ -45,7 +46,7 @@ def _bounds(n: int, rank: int, world: int) -> tuple[int, int]:
 def _gather_blocks(split, block: torch.Tensor, n: int) -> torch.Tensor:
     """The (n, ...) tensor of every rank's row block (``split.bounds``), as one broadcast per
     rank into the rows of one output: no padding and no concatenation, and on gloo a third of
-    the CPU time of ``all_gather`` (measured: ``bench/bench_scale.py --comm``)."""
+    the CPU time of ``all_gather`` (``bench/bench_scale.py``'s collectives table)."""
     out = block.new_empty(n, *block.shape[1:])
     lo, hi = split.bounds(n)
     out[lo:hi] = block
@@ -55,7 +56,7 @@ def _gather_blocks(split, block: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def _all_reduce(split, x: torch.Tensor) -> torch.Tensor:
-    """The sum of ``x`` over the ranks, in a new tensor (``x`` is left alone: autograd may hold it)."""
+    """The sum of ``x`` over the ranks, in a new tensor (``x`` itself may be autograd's)."""
     x = x.contiguous().clone()
     split.dist.all_reduce(x, group=split.group)
     split.sent += 2 * x.numel() * x.element_size() * (split.world - 1) // split.world

@@ -282,7 +282,8 @@ class ShardedAdam:
     * Parameters the model declares split by rows (``Recommender.split_rows``: their gradient
       is whole on this rank's rows of the split and zero elsewhere): each rank runs
       ``torch.optim.Adam`` on its rows (views into the parameter, updated in place) and the
-      rows are broadcast by their owners after the step. Their gradients are never summed.
+      rows are broadcast by their owners after the step. Their gradients are not summed
+      (except on a step that ran unsplit, :meth:`reduce_grads`).
     * The others: torch's ``ZeroRedundancyOptimizer`` gives each rank whole parameters (about
       1/W of the elements), whose Adam state it alone holds and updates, then broadcasts them;
       their summed gradients go to that owner only (:meth:`reduce_grads`).
