@@ -14,6 +14,18 @@ whole run summed over its processes (user + system: on a loaded machine, where w
 little, whether 2 processes divide the work or repeat it) and the largest relative difference of
 the epoch losses between the two runs.
 
+Two more tables come from the same run, for the CPU-time view that a loaded machine still
+allows (CPU seconds are charged only while a process computes: gloo blocks while it waits for a
+peer instead of spinning, so waiting costs none):
+
+* per phase of a training step, the CPU seconds of ``--phase-steps`` steps (after 2 warm-up
+  steps) and of one evaluation, in one process and in each of 2 processes (gloo, spawned
+  here), each phase charged the ``time.process_time`` (all threads: gloo's included) spent
+  inside it and not inside a phase nested in it; "comm" phases are the torch.distributed calls;
+* the collectives on 2 gloo processes over loopback: wall and CPU milliseconds per call and
+  the bandwidth ``bytes sent by a rank / wall time`` of ``all_reduce``, ``all_gather``, one
+  ``broadcast`` and the split's gather (one broadcast per rank's block), at 1, 8 and 32 MiB.
+
     python bench/bench_scale.py --smoke                  # a tiny size, 1 epoch: does it run
     python bench/bench_scale.py --sizes office,toys      # the first sizes of the series
     python bench/bench_scale.py --sizes all --epochs 2   # up to 190k x 63k (hours on a CPU)
@@ -116,6 +128,220 @@ def run_size(name: str, seed: int, epochs: int, tmp: Path) -> dict:
             "loss_rel_diff": diff}
 
 
+# --- CPU seconds per phase of a step (module doc) ---------------------------------------------
+
+#: (module, attribute, phase): what the phase table charges; innermost wins
+PHASES = [("sgfd_fast.models.split", "_block_propagate", "propagation (row blocks)"),
+          ("sgfd_fast.models.split", "propagate", "propagation"),
+          ("sgfd_fast.models.sgfd", "SGFD._collapse", "teacher collapse"),
+          ("sgfd_fast.models.sgfd", "SGFD.losses", "SGFD losses (teacher, CE, KD)"),
+          ("sgfd_fast.models.bm3", "BM3.calculate_loss", "BM3 loss (rest of the forward)"),
+          ("torch", "Tensor.backward", "backward (rest)"),
+          ("sgfd_fast.training.diagnostics", "gradient_share", "SGFD diagnostics"),
+          ("sgfd_fast.training.distributed", "all_reduce_grads", "gradient reduction (copies)"),
+          ("sgfd_fast.training.distributed", "ShardedAdam.step", "optimizer (rest)"),
+          ("torch.distributed.optim", "ZeroRedundancyOptimizer.step", "optimizer (rest)"),
+          ("torch.optim", "Adam.step", "Adam"),
+          ("sgfd_fast.training.loop", "Trainer._evaluate", "evaluation")] + [
+          ("torch.distributed", c, f"comm {c}")
+          for c in ("all_reduce", "all_gather", "broadcast", "reduce")]
+
+
+class _Phases:
+    """Exclusive ``process_time`` per phase (a stack: a nested phase's time is its own)."""
+
+    def __init__(self):
+        import collections
+        self.cpu, self.stack = collections.defaultdict(float), []
+
+    def enter(self, name):
+        import time
+        now = time.process_time()
+        if self.stack:
+            self.cpu[self.stack[-1][0]] += now - self.stack[-1][1]
+        self.stack.append([name, now])
+
+    def leave(self):
+        import time
+        now = time.process_time()
+        name, start = self.stack.pop()
+        self.cpu[name] += now - start
+        if self.stack:
+            self.stack[-1][1] = now
+
+    def wrap(self, module, attr, name):
+        import functools
+        import importlib
+        owner = importlib.import_module(module)
+        *path, last = attr.split(".")
+        for a in path:
+            owner = getattr(owner, a, None)
+        fn = getattr(owner, last, None)
+        if fn is None:  # not in this version of the package (an older checkout compared)
+            return
+
+        @functools.wraps(fn)
+        def timed(*a, **k):
+            self.enter(name)
+            try:
+                return fn(*a, **k)
+            finally:
+                self.leave()
+        setattr(owner, last, timed)
+
+
+def _phase_worker(rank, world, name, seed, steps, port, out):
+    import logging
+    import time
+
+    import torch
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    if world == 1:
+        for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+            del os.environ[k]
+    torch.set_num_threads(1)
+    from sgfd_fast.config import load_config
+    from sgfd_fast.training import distributed
+    from sgfd_fast.training.loop import Trainer
+
+    phases = _Phases()
+    for module, attr, label in PHASES:
+        phases.wrap(module, attr, label)
+    n_users, n_items = SIZES[name]
+    widths = (64, 16) if name == "smoke" else (4096, 384)
+    ds = synthetic(n_users, n_items, seed, widths)
+    cfg = load_config("BM3", None, overrides=["topk=[10,20]"]).values
+    with distributed.process_group():
+        trainer = Trainer("BM3", ds, cfg, Path(out), torch.device("cpu"),
+                          logging.getLogger("bench_scale"), progress=False)
+        n, bs = trainer.train_pairs.shape[0], cfg["train_batch_size"]
+        trainer._train_epoch(n, bs, 2)  # warm-up: first-call costs out of the numbers
+        trainer.batch, trainer.epoch = 0, 1
+        phases.cpu.clear()
+        phases.enter("other (sampling, batch, bookkeeping)")
+        t0 = time.process_time()
+        trainer._train_epoch(n, bs, steps)
+        t1 = time.process_time()
+        trainer._evaluate("valid")
+        t2 = time.process_time()
+        phases.leave()
+        sent = getattr(trainer, "_sent_per_step", 0.0)
+    Path(out, f"phases.{rank}.json").write_text(json.dumps(
+        {"phases": dict(phases.cpu), "step_cpu_s": (t1 - t0) / steps, "eval_cpu_s": t2 - t1,
+         "sent_mib_per_step": sent / 2**20}))
+
+
+def run_phases(name: str, seed: int, steps: int, tmp: Path) -> dict:
+    """Per-phase CPU seconds of ``steps`` steps and one evaluation, 1 and 2 processes."""
+    import torch.multiprocessing as mp
+
+    out = {}
+    for world in (1, 2):
+        d = tmp / name / f"phases{world}"
+        d.mkdir(parents=True, exist_ok=True)
+        mp.spawn(_phase_worker, args=(world, name, seed, steps, _free_port(), str(d)),
+                 nprocs=world)
+        out[world] = [json.loads((d / f"phases.{r}.json").read_text()) for r in range(world)]
+    return out
+
+
+def print_phases(name: str, res: dict, steps: int) -> None:
+    one, two = res[1][0], res[2]
+    names = sorted({k for r in (one, *two) for k in r["phases"]},
+                   key=lambda k: -one["phases"].get(k, 0.0) - two[0]["phases"].get(k, 0.0))
+    print(f"\n# {name}: CPU seconds per phase, {steps} steps + 1 evaluation "
+          f"(process_time; rank 0 / rank 1 of 2 processes)")
+    print("| phase | 1 process | 2p rank 0 | 2p rank 1 |")
+    print("|---|---|---|---|")
+    for k in names:
+        print(f"| {k} | {one['phases'].get(k, 0.0):.3f} | {two[0]['phases'].get(k, 0.0):.3f} "
+              f"| {two[1]['phases'].get(k, 0.0):.3f} |")
+    step = [r["step_cpu_s"] for r in two]
+    ev = [r["eval_cpu_s"] for r in two]
+    print(f"| **CPU s per step** | {one['step_cpu_s']:.4f} | {step[0]:.4f} | {step[1]:.4f} |")
+    print(f"| **CPU s per evaluation** | {one['eval_cpu_s']:.4f} | {ev[0]:.4f} | {ev[1]:.4f} |")
+    print(f"| sent per step (MiB) | 0 | {two[0]['sent_mib_per_step']:.2f} "
+          f"| {two[1]['sent_mib_per_step']:.2f} |")
+    print(f"# CPU-time ratio 1 process / busiest rank: step {one['step_cpu_s'] / max(step):.2f}x, "
+          f"evaluation {one['eval_cpu_s'] / max(ev):.2f}x (an upper bound of the idle-machine "
+          f"wall-clock speed-up, reached only if the ranks never wait for each other)")
+
+
+# --- gloo collectives over loopback (module doc) -------------------------------------------
+
+def _comm_worker(rank, world, port, sizes_mib, reps, out):
+    import time
+
+    import torch
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world)
+    rows = []
+    try:
+        for mib in sizes_mib:
+            n = mib << 18  # float32 elements per rank
+            x, full = torch.ones(n), torch.empty(world * n)
+            parts = [torch.empty(n) for _ in range(world)]
+
+            def blocks():
+                for r in range(world):
+                    dist.broadcast(full[r * n:(r + 1) * n], src=r)
+            cases = [("all_reduce", lambda: dist.all_reduce(x), 2 * (world - 1) / world),
+                     ("all_gather", lambda: dist.all_gather(parts, x), world - 1),
+                     ("broadcast (from rank 0)", lambda: dist.broadcast(x, 0), 1),
+                     ("gather by broadcasts (split)", blocks, world - 1)]
+            for label, fn, volume in cases:
+                fn()
+                dist.barrier()
+                t0, c0 = time.perf_counter(), time.process_time()
+                for _ in range(reps):
+                    fn()
+                wall, cpu = (time.perf_counter() - t0) / reps, (time.process_time() - c0) / reps
+                rows.append({"op": label, "mib": mib, "wall_ms": wall * 1e3, "cpu_ms": cpu * 1e3,
+                             "gb_s": volume * n * 4 / wall / 1e9})
+        # does gloo spin while it waits? rank 1 arrives 0.5 s late
+        dist.barrier()
+        c0, t0 = time.process_time(), time.perf_counter()
+        if rank == 1:
+            time.sleep(0.5)
+        dist.all_reduce(torch.ones(1))
+        waited = (time.perf_counter() - t0, time.process_time() - c0)
+    finally:
+        dist.destroy_process_group()
+    if rank == 0:
+        Path(out).write_text(json.dumps({"rows": rows, "wait": waited}))
+
+
+def run_comm(tmp: Path, sizes_mib=(1, 8, 32), reps=10) -> dict:
+    import torch.multiprocessing as mp
+
+    out = tmp / "comm.json"
+    mp.spawn(_comm_worker, args=(2, _free_port(), list(sizes_mib), reps, str(out)), nprocs=2)
+    res = json.loads(out.read_text())
+    print("\n# gloo collectives, 2 processes over loopback, float32, per call (rank 0; "
+          "GB/s = bytes a rank sends / wall time)")
+    print("| collective | MiB per rank | wall ms | CPU ms | GB/s |")
+    print("|---|---|---|---|---|")
+    for r in res["rows"]:
+        print(f"| {r['op']} | {r['mib']} | {r['wall_ms']:.1f} | {r['cpu_ms']:.1f} "
+              f"| {r['gb_s']:.2f} |")
+    w, c = res["wait"]
+    print(f"# waiting {w:.2f} s for a late peer cost rank 0 {c:.3f} CPU s: gloo "
+          f"{'spins' if c > 0.5 * w else 'blocks (no busy-wait)'}")
+    return res
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -128,7 +354,11 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=2026)
     ap.add_argument("--smoke", action="store_true", help="the tiny size, 1 epoch")
     ap.add_argument("--json", type=Path, help="also write the rows here")
+    ap.add_argument("--phase-steps", type=int, default=10,
+                    help="steps of the per-phase CPU table (0: no table)")
+    ap.add_argument("--no-comm", action="store_true", help="skip the collectives' table")
     args = ap.parse_args(argv)
+    sys.path.insert(0, str(ROOT))  # the phase workers import this checkout's sgfd_fast
     sizes = ["smoke"] if args.smoke else SERIES if args.sizes == "all" else args.sizes.split(",")
     bad = [s for s in sizes if s not in SIZES]
     if bad:
@@ -137,9 +367,10 @@ def main(argv=None) -> int:
     print(f"# CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} logical; "
           f"load average before: {load()}; SYNTHETIC data, seed {args.seed}")
     print("| size (SYNTHETIC) | epoch 1p | epoch 2p | speed-up | eval 1p | eval 2p | speed-up "
-          "| CPU s of the run 1p / 2p (all processes) | peak RSS 1p / 2p (MiB, largest process) "
+          "| CPU s of the run 1p / 2p (all processes) | ratio "
+          "| peak RSS 1p / 2p (MiB, largest process) "
           "| sent per step, 2p (MiB) | epoch loss, max rel. diff |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in sizes:
@@ -149,12 +380,18 @@ def main(argv=None) -> int:
             print(f"| {r['users']} x {r['items']} | {o['epoch_s']:.2f} s | {t['epoch_s']:.2f} s | "
                   f"{o['epoch_s'] / t['epoch_s']:.2f}x | {o['eval_s']:.3f} s | "
                   f"{t['eval_s']:.3f} s | {o['eval_s'] / t['eval_s']:.2f}x | "
-                  f"{o['cpu_s']:.1f} / {t['cpu_s']:.1f} | "
+                  f"{o['cpu_s']:.1f} / {t['cpu_s']:.1f} | {t['cpu_s'] / o['cpu_s']:.2f} | "
                   f"{o['peak_rss_mib']:.0f} / {t['peak_rss_mib']:.0f} | "
                   f"{t['sent_mib_per_step']:.2f} | {r['loss_rel_diff']:.1e} |", flush=True)
+        steps = 2 if args.smoke else args.phase_steps
+        if steps:
+            for r in rows:
+                r["phases"] = run_phases(r["size"], args.seed, steps, Path(tmp))
+                print_phases(r["size"], r["phases"], steps)
+        comm = None if args.no_comm else run_comm(Path(tmp), (1,) if args.smoke else (1, 8, 32))
     print(f"# load average after: {load()}")
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
+        args.json.write_text(json.dumps({"sizes": rows, "comm": comm}, indent=1))
     return 0
 
 

@@ -3,6 +3,7 @@ localhost): 2 processes give the 1-process numbers, resume across world sizes, a
 the job, grid_parallel selects as the serial grid; plus the in-process pieces (shard exactness of
 every model's loss, metric sums, no process group in a plain run)."""
 
+import copy
 import json
 import os
 import subprocess
@@ -438,8 +439,40 @@ def split_batch(model):
     return users, items, neg
 
 
+def _adam_steps(model, optimizer, steps=3, rows=None):
+    """``steps`` steps of ``optimizer`` on the split batch (its first ``rows`` pairs), as the
+    trainer takes them: each rank its shard, scaled by its fraction, and
+    ``optimizer.reduce_grads`` under torch.distributed; a batch smaller than the world runs
+    unsplit, the ranks without rows idle."""
+    users, items, neg = (t[:rows] if t is not None else None for t in split_batch(model))
+    dist = torch.distributed.is_initialized()
+    rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if dist \
+        else (0, 1)
+    split = model.split
+    model.set_split(split if users.numel() >= world else None)
+    for step in range(steps):
+        optimizer.zero_grad(set_to_none=True)
+        lo, hi = shard_bounds(users.numel(), rank, world)
+        fraction = (hi - lo) / users.numel()
+        model.begin_step(step, fraction, (users, items, neg) if dist else None)
+        if hi > lo:
+            loss = model.calculate_loss(users[lo:hi], items[lo:hi],
+                                        neg[lo:hi] if neg is not None else None)
+            (loss["loss"] * fraction).backward()
+        if dist:
+            optimizer.reduce_grads(users.numel() >= world)
+        optimizer.step()
+    model.set_split(split)
+
+
+#: the model whose trainer step (ShardedAdam with its split rows) is checked on 3 processes
+ADAM_CASE = "BM3"
+
+
 def _split_worker(rank, world, init, out):
-    """Every model's step and ranking embeddings under a RowSplit of ``world`` ranks."""
+    """Every model's step and ranking embeddings under a RowSplit of ``world`` ranks; the split
+    rows of each model's declaration (``split_rows``) as this rank computed them; and BM3's
+    Adam steps through ``sharded_adam``, with its consolidated state dict."""
     import torch.distributed as dist
 
     from sgfd_fast.models.split import RowSplit
@@ -459,33 +492,59 @@ def _split_worker(rank, world, init, out):
             loss = model.calculate_loss(users[lo:hi], items[lo:hi],
                                         neg[lo:hi] if neg is not None else None)
             (loss["loss"] * fraction).backward()
+            names = {p: k for k, p in model.named_parameters()}
+            rows = {}  # name -> (first row, this rank's rows of the gradient)
+            for p, n, offset in model.split_rows():
+                a, b = (min(max(v - offset, 0), p.shape[0]) for v in split.bounds(n))
+                g = p.grad
+                assert g is not None, names[p]
+                assert not g[:a].any() and not g[b:].any(), names[p]  # zero off its rows
+                rows[names[p]] = (a, g[a:b].clone())
             distributed.all_reduce_grads(list(model.parameters()))
             model.eval()
             with torch.no_grad():
                 emb = model.ranking_embeddings()
             got[name] = {"grads": {k: p.grad for k, p in model.named_parameters()},
-                         "emb": emb, "sent": split.sent}
-        if rank == 0:
-            torch.save(got, out)
+                         "emb": emb, "sent": split.sent, "rows": rows}
+        model = split_model(ADAM_CASE)
+        split = RowSplit(rank, world)
+        model.set_split(split)
+        params = list(model.parameters())
+        optimizer = distributed.sharded_adam(params, split, model.split_rows(), lr=0.01,
+                                             weight_decay=1e-3, fused=True)
+        assert optimizer._views, "BM3 declares split rows"
+        _adam_steps(model, optimizer)
+        _adam_steps(model, optimizer, 1, rows=2)  # 2 pairs on 3 ranks: an unsplit step
+        optimizer.consolidate_state_dict(to=0)
+        adam = {"params": {k: p.detach().clone() for k, p in model.named_parameters()},
+                "state": copy.deepcopy(optimizer.state_dict()) if rank == 0 else None}
+        # the state dict loads back (as a resume on another world size would) and steps on
+        optimizer.load_state_dict(copy.deepcopy(distributed.broadcast_object(adam["state"])))
+        _adam_steps(model, optimizer, 1)
+        adam["resumed"] = {k: p.detach().clone() for k, p in model.named_parameters()}
+        got[ADAM_CASE + " adam"] = adam
+        torch.save(got, f"{out}.{rank}")
     finally:
         dist.destroy_process_group()
 
 
 @pytest.fixture(scope="module")
 def split_runs(tmp_path_factory):
-    """Every model's step on 3 processes (gloo) under a RowSplit, as rank 0 saw it."""
+    """Every model's step on 3 processes (gloo) under a RowSplit, as each rank saw it."""
     import torch.multiprocessing as mp
 
     tmp = tmp_path_factory.mktemp("split")
-    mp.spawn(_split_worker, args=(3, f"file://{tmp / 'rdv'}", str(tmp / "rank0.pt")), nprocs=3)
-    return torch.load(tmp / "rank0.pt")
+    mp.spawn(_split_worker, args=(3, f"file://{tmp / 'rdv'}", str(tmp / "rank.pt")), nprocs=3)
+    return [torch.load(f"{tmp / 'rank.pt'}.{r}") for r in range(3)]
 
 
 @pytest.mark.parametrize("name", SPLIT_CASES)
 def test_split_step_equals_one_process(name, split_runs):
     """Each rank computing its row blocks of the propagation and of the collapsed teacher: the
-    summed gradients and the ranking embeddings equal one process's (float64)."""
-    got = split_runs[name]
+    summed gradients and the ranking embeddings equal one process's (float64), and each
+    parameter a model declares split by rows (``split_rows``) has, on every rank, the whole
+    gradient on that rank's rows and zeros elsewhere."""
+    got = split_runs[0][name]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each rank: MAML's float64 products sum in another order on 2
     try:
@@ -500,9 +559,55 @@ def test_split_step_equals_one_process(name, split_runs):
             assert got["grads"][k] is None, k
         else:
             assert torch.allclose(got["grads"][k], g, rtol=1e-9, atol=1e-12), k
+    declared = {k for r in split_runs for k in r[name]["rows"]}
+    assert declared == set(got["rows"])
+    if name.split()[0] == "BM3":
+        assert {"user_embedding.weight", "item_embedding.weight",
+                "sgfd.teachers.0.0.weight", "sgfd.teachers.0.0.bias"} <= declared
+    for k in declared:  # the ranks' rows cover the parameter once
+        covered = torch.zeros(whole[k].shape[0], dtype=torch.long)
+        for r in split_runs:
+            a, g = r[name]["rows"][k]
+            covered[a:a + g.shape[0]] += 1
+            assert torch.allclose(g, whole[k][a:a + g.shape[0]], rtol=1e-9, atol=1e-12), k
+        assert (covered == 1).all(), k
     model.eval()
     with torch.no_grad():
         emb = model.ranking_embeddings()
     assert (emb is None) == (got["emb"] is None)  # None: a model that ranks otherwise (MAML)
     for a, b in zip(got["emb"] or (), emb or ()):
         assert torch.allclose(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_sharded_adam_equals_one_process(split_runs):
+    """BM3+SGFD's Adam steps on 3 processes (ZeRO for the shared parameters, each rank's rows
+    for the split ones, then broadcast; one step on a batch smaller than the world, unsplit):
+    the parameters equal one process's Adam (float64), the consolidated state dict is one
+    process's, and loading it back continues the same."""
+    model = split_model(ADAM_CASE)
+    optimizer = torch.optim.Adam(list(model.parameters()), lr=0.01, weight_decay=1e-3,
+                                 fused=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _adam_steps(model, optimizer)
+        _adam_steps(model, optimizer, 1, rows=2)
+        one = copy.deepcopy(optimizer.state_dict())  # the next step updates it in place
+        params = {k: p.detach().clone() for k, p in model.named_parameters()}
+        _adam_steps(model, optimizer, 1)
+    finally:
+        torch.set_num_threads(threads)
+    for r in split_runs:  # every rank holds every parameter after the step
+        for k, p in params.items():
+            assert torch.allclose(r[ADAM_CASE + " adam"]["params"][k], p, rtol=1e-9,
+                                  atol=1e-12), k
+    got = split_runs[0][ADAM_CASE + " adam"]["state"]
+    assert got["param_groups"] == one["param_groups"]
+    assert set(got["state"]) == set(one["state"])
+    for i, s in one["state"].items():
+        assert set(got["state"][i]) == set(s)
+        for key, v in s.items():
+            assert torch.allclose(got["state"][i][key], v, rtol=1e-9, atol=1e-12), (i, key)
+    for k, p in model.named_parameters():
+        assert torch.allclose(split_runs[1][ADAM_CASE + " adam"]["resumed"][k], p.detach(),
+                              rtol=1e-9, atol=1e-12), k

@@ -186,12 +186,24 @@ class Recommender(torch.nn.Module):
         if self.sgfd is not None:
             self.sgfd.split = split
 
-    def propagate(self, graph: CSR, x: torch.Tensor, n_layers: int) -> torch.Tensor:
-        """``graph.propagate(x, n_layers)``, by row blocks across processes under :attr:`split`
-        (:func:`sgfd_fast.models.split.propagate`; equal up to summation order)."""
+    def propagate(self, graph: CSR, x: torch.Tensor, n_layers: int,
+                  residual: int | None = None) -> torch.Tensor:
+        """``graph.propagate(x, n_layers)`` (plus ``x``'s rows from row ``residual`` on), by row
+        blocks across processes under :attr:`split` (:func:`sgfd_fast.models.split.propagate`;
+        equal up to summation order)."""
         from .split import propagate
 
-        return propagate(graph, x, n_layers, self.split)
+        return propagate(graph, x, n_layers, self.split, residual)
+
+    def split_rows(self) -> list:
+        """``[(parameter, n, offset), ...]``: the parameters whose gradient, under a split, is
+        whole on this process's rows (``split.bounds(n)``, the parameter's row i being row
+        ``offset + i`` of the n) and zero on the others, because they reach the loss only
+        through the split's row-block work. The trainer updates those rows on their process and
+        gathers them instead of summing the gradients (``training.distributed.sharded_adam``);
+        ``tests/test_distributed.py`` checks every declaration. Default: SGFD's
+        (:meth:`~sgfd_fast.models.sgfd.SGFD.split_rows`)."""
+        return self.sgfd.split_rows() if self.sgfd is not None else []
 
     def post_step(self) -> None:
         """Called after every optimizer step (MAML clips its embedding rows). Default: nothing."""

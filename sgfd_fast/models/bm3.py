@@ -86,9 +86,15 @@ class BM3(Recommender):
     def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(u_o (n_users, D), i_o (n_items, D))``: propagated embeddings, item-ID residual."""
         ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
-        out = self.propagate(self.graph, ego, self.n_layers)
-        u_g, i_g = out.split([self.n_users, self.n_items])
-        return u_g, i_g + self.item_embedding.weight
+        out = self.propagate(self.graph, ego, self.n_layers, residual=self.n_users)
+        u_g, i_o = out.split([self.n_users, self.n_items])
+        return u_g, i_o
+
+    def split_rows(self) -> list:
+        # the embeddings reach the loss only through the propagation (residual included)
+        n = self.n_users + self.n_items
+        return [(self.user_embedding.weight, n, 0), (self.item_embedding.weight, n, self.n_users),
+                *super().split_rows()]
 
     def calculate_loss(self, users, items, negatives=None):
         u_o, i_o = self.forward()

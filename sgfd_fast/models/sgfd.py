@@ -197,17 +197,33 @@ class SGFD(ItemFeatures):
         return ops.feature_head(x, layers[-1].weight, layers[-1].bias, self.slope)
 
     def _collapse(self, layers) -> tuple[torch.Tensor, torch.Tensor]:
-        """``ops.collapse_linear_stack`` of the teacher's layers; under :attr:`split` each process
-        forms its block of W's input columns (the chain times its columns of the first weight,
-        ~D*F_1*d/W multiply-adds) and the blocks are gathered (``models.split``)."""
+        """``ops.collapse_linear_stack`` of the teacher's layers. Under :attr:`split` each process
+        takes its block K of the first layer's outputs (``split.bounds(F_1)``): its part
+        ``C[:, K] W_1[K]`` of W, with the chain ``C = W_L ⋯ W_2`` on K's columns only
+        (~D*F_1*d/W multiply-adds), and ``C[:, K] b_1[K]`` of b; the parts are summed over the
+        processes (``RowSplit.sum``) and the rest of b, ``W_L ⋯ W_3 b_2 + ... + b_L`` (matrix
+        times vector), added. The gradients of ``W_1[K]`` and ``b_1[K]`` are then whole on
+        their owner (:meth:`split_rows`)."""
         weights, biases = [l.weight for l in layers], [l.bias for l in layers]
         if self.split is None:
             return ops.collapse_linear_stack(weights, biases, bf16=self.bf16)
-        d = weights[0].shape[1]
-        lo, hi = self.split.bounds(d)
-        w, b = ops.collapse_linear_stack([weights[0][:, lo:hi]] + weights[1:], biases,
-                                         bf16=self.bf16)
-        return self.split.gather(w.t(), d).t().contiguous(), b
+        lo, hi = self.split.bounds(weights[0].shape[0])
+        w, b = ops.collapse_linear_stack(
+            [weights[0][lo:hi], weights[1][:, lo:hi], *weights[2:]],
+            [biases[0][lo:hi]] + [None] * (len(layers) - 1), bf16=self.bf16)
+        rest = biases[1]
+        for wi, bi in zip(weights[2:], biases[2:]):
+            rest = F.linear(rest, wi, bi)
+        return self.split.sum(w), self.split.sum(b) + rest
+
+    def split_rows(self) -> list:
+        """``(parameter, n, offset)`` of the parameters whose gradient under a split is whole on
+        this process's rows of ``n`` (``models.base.Recommender.split_rows``): each multi-layer
+        teacher's first layer, when it collapses (:meth:`_collapse`)."""
+        if not self.collapse_teacher:
+            return []
+        return [(p, t[0].weight.shape[0], 0) for t in self.teachers if len(t) > 1
+                for p in (t[0].weight, t[0].bias)]
 
     def losses(self, item_ids: torch.Tensor, students: list | None = None,
                features: list | None = None) -> dict:

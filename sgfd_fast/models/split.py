@@ -4,8 +4,10 @@ Under torchrun (``sgfd_fast.training.distributed``) every rank trains the same m
 each global batch. What a step computes for the whole graph or for all items (the propagation
 ``mean_l Â^l x``, the collapsed SGFD teacher) does not depend on the batch: without a split every
 rank repeats it. With a :class:`RowSplit` (``Recommender.split``, set by the trainer) rank r of W
-computes only its contiguous block of rows (``shard_bounds``) and the blocks are all-gathered, so
-every rank holds the same full result while doing 1/W of the work.
+computes only its contiguous block of rows (``shard_bounds``) and the blocks are gathered (one
+broadcast per rank's block), so every rank holds the same full result while doing 1/W of the
+work; work whose parts add up (the collapsed teacher, by blocks of its first layer's outputs) is
+summed (:meth:`RowSplit.sum`).
 
 Gradients. Each rank backpropagates its own shard's loss, and the trainer sums the parameter
 gradients over ranks. A gathered tensor y = [y_0; ...; y_{W-1}] is used by every rank's loss, so
@@ -13,10 +15,15 @@ the gradient of the total loss with respect to rank r's block y_r is the sum ove
 gradients with respect to y_r: :func:`RowSplit.gather`'s backward all-reduces the incoming gradient
 and keeps the block's rows (an all-reduce rather than a reduce-scatter: gloo has no
 reduce-scatter). Whatever the block depends on then receives its share of the gradient on its
-owner only, and the trainer's gradient all-reduce adds the shares: the step's gradients equal the
-one-process gradients up to summation order. Every rank must therefore run the same sequence of
-split calls, forward and backward (the trainer runs the split only on steps where every rank has
-rows of the batch, and evaluation joins the forward on every rank).
+owner only, and the trainer's gradient reduction adds the shares: the step's gradients equal the
+one-process gradients up to summation order. The propagation goes further (:func:`propagate`):
+Â is symmetric, so its backward is the same row-block map applied to the summed gradient, and
+each rank ends with the whole gradient of x on its own rows (zeros elsewhere); a parameter that
+reaches the loss only that way needs no gradient reduction at all, its rows being updated where
+they are computed (``Recommender.split_rows``, ``training.distributed.ShardedAdam``). Every rank
+must therefore run the same sequence of split calls, forward and backward (the trainer runs the
+split only on steps where every rank has rows of the batch, and evaluation joins the forward on
+every rank).
 
 ``torch.distributed`` is imported only when a split is built (a plain run never builds one).
 """
@@ -36,32 +43,96 @@ def _bounds(n: int, rank: int, world: int) -> tuple[int, int]:
     return n * rank // world, n * (rank + 1) // world
 
 
+def _gather_blocks(split, block: torch.Tensor, n: int) -> torch.Tensor:
+    """The (n, ...) tensor of every rank's row block (``split.bounds``), as one broadcast per
+    rank into the rows of one output: no padding and no concatenation, and on gloo a third of
+    the CPU time of ``all_gather`` (``bench/bench_scale.py``'s collectives table)."""
+    out = block.new_empty(n, *block.shape[1:])
+    lo, hi = split.bounds(n)
+    out[lo:hi] = block
+    split.broadcast_rows(out)
+    split.sent += block.numel() * block.element_size() * (split.world - 1)
+    return out
+
+
+def _all_reduce(split, x: torch.Tensor) -> torch.Tensor:
+    """The sum of ``x`` over the ranks, in a new tensor (``x`` itself may be autograd's)."""
+    x = x.contiguous().clone()
+    split.dist.all_reduce(x, group=split.group)
+    split.sent += 2 * x.numel() * x.element_size() * (split.world - 1) // split.world
+    return x
+
+
 class _Gather(torch.autograd.Function):
-    """All-gather of row blocks (sizes differing by <= 1) into the full tensor; backward: the
+    """Gather of row blocks (sizes differing by <= 1) into the full tensor; backward: the
     all-reduced gradient's rows of this rank's block (module doc)."""
 
     @staticmethod
     def forward(ctx, block, split, n):
-        dist, w = split.dist, split.world
-        lo, hi = split.bounds(n)
-        width = -(-n // w)  # blocks padded to the largest: gloo's all_gather wants equal sizes
-        padded = block.new_zeros(width, *block.shape[1:])
-        padded[:hi - lo] = block
-        parts = [torch.empty_like(padded) for _ in range(w)]
-        dist.all_gather(parts, padded, group=split.group)
-        split.sent += padded.numel() * padded.element_size() * (w - 1)
         ctx.split, ctx.n = split, n
-        return torch.cat([p[:b - a] for p, (a, b) in
-                          zip(parts, (split.bounds(n, r) for r in range(w)))])
+        return _gather_blocks(split, block, n)
 
     @staticmethod
     def backward(ctx, grad):
-        split = ctx.split
-        grad = grad.contiguous().clone()
-        split.dist.all_reduce(grad, group=split.group)
-        split.sent += 2 * grad.numel() * grad.element_size() * (split.world - 1) // split.world
-        lo, hi = split.bounds(ctx.n)
-        return grad[lo:hi], None, None
+        lo, hi = ctx.split.bounds(ctx.n)
+        return _all_reduce(ctx.split, grad)[lo:hi], None, None
+
+
+class _Sum(torch.autograd.Function):
+    """Sum over the ranks of each rank's partial result; backward: the gradient summed over the
+    ranks (every rank's loss uses the sum, so each partial receives the total gradient)."""
+
+    @staticmethod
+    def forward(ctx, part, split):
+        ctx.split = split
+        return _all_reduce(split, part)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _all_reduce(ctx.split, grad), None
+
+
+def _block_propagate(split, block: CSR, x: torch.Tensor, n_layers: int,
+                     residual: int | None) -> torch.Tensor:
+    """This rank's rows of ``mean_l Â^l x`` (+ ``x``'s rows from ``residual`` on), x (N, d) whole:
+    its rows of Â times each layer, the layers gathered between layers."""
+    n = x.shape[0]
+    lo, hi = split.bounds(n)
+    layer, total = x, x[lo:hi]
+    for k in range(n_layers):
+        out = ops.spmm_csr(block.rowptr, block.col, block.val, layer,
+                           transpose=block.transpose(), validate=False)
+        total = total + out
+        if k < n_layers - 1:
+            layer = _gather_blocks(split, out, n)
+    total = total / (n_layers + 1)
+    if residual is not None and hi > residual:
+        total[max(lo, residual) - lo:] += x[max(lo, residual):hi]
+    return total
+
+
+class _Propagate(torch.autograd.Function):
+    """y = mean_l Â^l x (+ x's rows from ``residual`` on) by row blocks (module doc). Â is
+    symmetric, so the gradient of x is the same map applied to the gradient of y: once the
+    ranks' gradients of y are summed (G), each rank computes its rows of the map on G and
+    returns them, zeros elsewhere. That is the whole gradient of x on its rows, not a share of
+    it: a parameter that reaches the loss only through x is exact on this rank's rows
+    (``Recommender.split_rows``)."""
+
+    @staticmethod
+    def forward(ctx, x, block, n_layers, split, residual):
+        ctx.args = block, n_layers, split, residual
+        return _gather_blocks(split, _block_propagate(split, block, x, n_layers, residual),
+                              x.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad):
+        block, n_layers, split, residual = ctx.args
+        g = _all_reduce(split, grad)
+        lo, hi = split.bounds(g.shape[0])
+        out = torch.zeros_like(g)
+        out[lo:hi] = _block_propagate(split, block, g, n_layers, residual)
+        return out, None, None, None, None
 
 
 class RowSplit:
@@ -84,6 +155,22 @@ class RowSplit:
     def bounds(self, n: int, rank: int | None = None) -> tuple[int, int]:
         """``[lo, hi)`` of ``rank``'s (default: this rank's) block of ``n`` rows."""
         return _bounds(n, self.rank if rank is None else rank, self.world)
+
+    def broadcast_rows(self, x: torch.Tensor, n: int | None = None, offset: int = 0) -> None:
+        """Fill ``x``'s rows from every rank's block, in place: rank r broadcasts rows
+        ``bounds(n, r)`` (shifted by ``-offset``, clipped to ``x``'s rows) to the others.
+        ``n``: the rows the blocks divide (default ``x.shape[0]``), ``x`` holding rows
+        ``[offset, offset + len(x))`` of them (a parameter that is a part of the split rows)."""
+        n = x.shape[0] if n is None else n
+        for r in range(self.world):
+            a, b = (min(max(v - offset, 0), x.shape[0]) for v in self.bounds(n, r))
+            if b > a:
+                self.dist.broadcast(x[a:b], src=r, group=self.group)
+
+    def sum(self, part: torch.Tensor) -> torch.Tensor:
+        """The sum over the ranks of each rank's ``part`` (differentiable: backward sums the
+        gradient; every rank must call it)."""
+        return _Sum.apply(part, self)
 
     def gather(self, block: torch.Tensor, n: int) -> torch.Tensor:
         """The (n, ...) tensor whose rows :meth:`bounds` of every rank are that rank's ``block``
@@ -119,22 +206,19 @@ def rows_of(split: RowSplit | None, graph: CSR) -> CSR:
     return graph if split is None else split.rows_of(graph)
 
 
-def propagate(graph: CSR, x: torch.Tensor, n_layers: int, split: RowSplit | None) -> torch.Tensor:
+def propagate(graph: CSR, x: torch.Tensor, n_layers: int, split: RowSplit | None,
+              residual: int | None = None) -> torch.Tensor:
     """``graph.propagate(x, n_layers)`` (the mean of ``x, Âx, ..., Â^L x``, Â symmetric, x
-    (N, d)), by row blocks under ``split``: each rank multiplies its rows of Â (``spmm_csr``)
-    and the layers are gathered between layers; the layer mean is taken on the block and
-    gathered last (L gathers of (N, d) per forward, L all-reduces per backward). Without a split
-    (or L = 0) it is ``graph.propagate``."""
-    if split is None or n_layers == 0:
-        return graph.propagate(x, n_layers)
-    block = split.rows_of(graph)
-    n = x.shape[0]
-    lo, hi = split.bounds(n)
-    layer, total = x, x[lo:hi]
-    for k in range(n_layers):
-        out = ops.spmm_csr(block.rowptr, block.col, block.val, layer,
-                           transpose=block.transpose(), validate=False)
-        total = total + out
-        if k < n_layers - 1:
-            layer = split.gather(out, n)
-    return split.gather(total / (n_layers + 1), n)
+    (N, d)), plus ``x``'s rows from row ``residual`` on when given (BM3's item-ID residual).
+
+    Under ``split``, by row blocks: each rank multiplies its rows of Â (``spmm_csr``), the
+    layers are gathered between layers and the result last (L gathers of (N, d) per forward);
+    the backward all-reduces the gradient of the result once and applies the same map to it by
+    row blocks (L - 1 gathers), leaving each rank the exact gradient of x on its rows and zeros
+    elsewhere (:class:`_Propagate`). Without a split it is ``graph.propagate``."""
+    if split is None:
+        y = graph.propagate(x, n_layers)  # a new tensor, not saved for its backward
+        if residual is not None:
+            y[residual:] += x[residual:]
+        return y
+    return _Propagate.apply(x, split.rows_of(graph), n_layers, split, residual)

@@ -20,9 +20,11 @@ How one model is trained by W processes (docs/DEVELOPING.md, "Several processes"
 * each rank backpropagates its shard's loss times ``n_shard / n_batch``
   (:attr:`Recommender.shard_fraction`) and :func:`all_reduce_grads` sums the gradients: a mean
   over the batch's rows is then exact, a term over the whole model (a norm regulariser) is counted
-  once (the fractions sum to 1). Adam's step is sharded (:func:`sharded_adam`: each rank
-  receives the summed gradients of its share of the parameters, updates them and broadcasts
-  them). The step equals the one-process step up to float rounding;
+  once (the fractions sum to 1). Adam's step is divided (:func:`sharded_adam`): a parameter
+  that reaches the loss only through the split's row blocks (``Recommender.split_rows``) has its
+  whole gradient on each rank's rows already, and each rank updates its rows and broadcasts them;
+  the others are sharded whole (ZeRO), each rank receiving the summed gradients of its share,
+  updating it and broadcasting it. The step equals the one-process step up to float rounding;
 * evaluation ranks each rank's share of the users and all-reduces metric sums and user counts
   (:func:`sgfd_fast.evaluation.evaluate`), then rank 0's result is broadcast, so every decision
   (best epoch, early stopping, grid point) is taken on identical numbers.
@@ -56,7 +58,7 @@ from .runtime import _distributed, resolve_device
 
 __all__ = ["launched", "process_group", "active", "backend", "shard_bounds", "broadcast_object",
            "on_main", "all_gather_object", "all_reduce_grads", "all_reduce_sums",
-           "reduce_then_broadcast", "broadcast_params", "row_split", "sharded_adam",
+           "reduce_then_broadcast", "broadcast_params", "row_split", "ShardedAdam", "sharded_adam",
            "fail_if_asked"]
 
 FAIL_ENV = "SGFD_FAST_FAIL_AT"
@@ -274,22 +276,131 @@ def row_split():
     return RowSplit(dist.get_rank(), dist.get_world_size())
 
 
-def sharded_adam(params: list, **adam) -> "torch.optim.Optimizer":
-    """Adam (``torch.optim.Adam`` keywords ``adam``) whose step is divided between the ranks:
-    torch's ``ZeroRedundancyOptimizer`` gives each rank whole parameters (about 1/W of the
-    elements), whose Adam state it alone holds and updates, then broadcasts them. Adam is
-    elementwise, so the step equals one process's bit for bit given the same gradients (reduced
-    to each parameter's owner by :func:`all_reduce_grads`, with the optimizer's
-    ``_param_to_rank``: torch names no public accessor for the partition). Its ``state_dict`` is
-    one process's Adam state (global parameter indices) after ``consolidate_state_dict(to=0)``
-    on every rank; ``load_state_dict`` takes one process's state as well, so checkpoints move
-    between world sizes."""
-    from torch.distributed.optim import ZeroRedundancyOptimizer
+class ShardedAdam:
+    """Adam whose step is divided between the ranks (:func:`sharded_adam`).
 
-    # parameters_as_bucket_view: each rank's parameters live in one flat buffer per dtype, so
-    # the step ends with one broadcast per rank and dtype, not one per parameter (~30 for BM3)
-    return ZeroRedundancyOptimizer(params, optimizer_class=torch.optim.Adam,
-                                   parameters_as_bucket_view=True, **adam)
+    * Parameters the model declares split by rows (``Recommender.split_rows``: their gradient
+      is whole on this rank's rows of the split and zero elsewhere): each rank runs
+      ``torch.optim.Adam`` on its rows (views into the parameter, updated in place) and the
+      rows are broadcast by their owners after the step. Their gradients are not summed
+      (except on a step that ran unsplit, :meth:`reduce_grads`).
+    * The others: torch's ``ZeroRedundancyOptimizer`` gives each rank whole parameters (about
+      1/W of the elements), whose Adam state it alone holds and updates, then broadcasts them;
+      their summed gradients go to that owner only (:meth:`reduce_grads`).
+
+    Adam is elementwise, so the step equals one process's given the same gradients. The state
+    dict is one process's ``torch.optim.Adam`` state over ``params`` (global indices) after
+    :meth:`consolidate_state_dict` on every rank, and :meth:`load_state_dict` takes one
+    process's, so checkpoints move between world sizes.
+    """
+
+    def __init__(self, params: list, split=None, rows=(), **adam):
+        from torch.distributed.optim import ZeroRedundancyOptimizer
+
+        self.params, self.split = list(params), split
+        self._rows = {}  # parameter -> (its rows [a, b) here, n, offset)
+        for p, n, offset in rows if split is not None else ():
+            if p.requires_grad:
+                a, b = (min(max(v - offset, 0), p.shape[0]) for v in split.bounds(n))
+                self._rows[p] = (a, b, n, offset)
+        self._views = {p: p.data[a:b] for p, (a, b, _, _) in self._rows.items() if b > a}
+        self._steps = dict.fromkeys(self._rows, 0)
+        shared = [p for p in self.params if p not in self._rows]
+        # parameters_as_bucket_view: each rank's parameters live in one flat buffer per dtype,
+        # so the step ends with one broadcast per rank and dtype, not one per parameter
+        self.zero = ZeroRedundancyOptimizer(shared, optimizer_class=torch.optim.Adam,
+                                            parameters_as_bucket_view=True, **adam)
+        # a placeholder keeps an Adam with nothing to update valid (its hyper-parameters)
+        self.local = torch.optim.Adam(list(self._views.values()) or [torch.zeros(0)], **adam)
+        w = _distributed().get_world_size()
+        #: bytes this rank broadcasts per step (its ZeRO share and its rows, to W-1 ranks)
+        self.sent_per_step = (w - 1) * (
+            sum(p.numel() * p.element_size() for g in self.zero.optim.param_groups
+                for p in g["params"])
+            + sum(v.numel() * v.element_size() for v in self._views.values()))
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.params:
+            p.grad = None if set_to_none else (p.grad.zero_() if p.grad is not None else None)
+
+    def reduce_grads(self, split_step: bool = True) -> int:
+        """Sum each shared parameter's gradient to its ZeRO owner (:func:`all_reduce_grads`);
+        the row-split parameters' too, over all ranks, on a step that ran unsplit
+        (``split_step`` false: a global batch smaller than the world). Returns bytes sent."""
+        owners = dict(self.zero._param_to_rank)
+        params = [p for p in self.params if p in owners or not split_step]
+        return all_reduce_grads(params, {**owners, **dict.fromkeys(self._rows)})
+
+    @torch.no_grad()
+    def step(self) -> None:
+        self.zero.step()
+        for p, v in self._views.items():
+            v.grad = None if p.grad is None else p.grad[self._rows[p][0]:self._rows[p][1]]
+        self.local.step()
+        for p, (a, b, n, offset) in self._rows.items():
+            # every rank holds the gradient (the row-split work runs on all) or none does
+            if p.grad is not None:
+                self._steps[p] += 1
+                self.split.broadcast_rows(p.data, n, offset)
+
+    # --- one process's state dict ----------------------------------------------------------
+    def consolidate_state_dict(self, to: int = 0) -> None:
+        """Collect the whole state on rank ``to`` (every rank must call it), for one
+        :meth:`state_dict` there."""
+        self.zero.consolidate_state_dict(to=to)
+        self._full = {}
+        for p, (a, b, n, offset) in self._rows.items():
+            if not self._steps[p]:
+                continue
+            here = self.local.state.get(self._views.get(p), {})
+            full = {}
+            for k in ("exp_avg", "exp_avg_sq"):
+                t = torch.empty_like(p)
+                if b > a:
+                    t[a:b] = here[k]
+                self.split.broadcast_rows(t, n, offset)
+                full[k] = t
+            if self.split.rank == to:
+                self._full[p] = {"step": torch.tensor(float(self._steps[p])), **full}
+
+    def state_dict(self) -> dict:
+        zero = self.zero.state_dict()
+        index = {p: i for i, p in enumerate(self.params)}
+        shared = [p for p in self.params if p not in self._rows]
+        state = {index[shared[i]]: s for i, s in zero["state"].items()}
+        full, self._full = self._full, {}  # held only until the state dict is taken
+        state.update({index[p]: s for p, s in full.items()})
+        group, = zero["param_groups"]
+        return {"state": dict(sorted(state.items())),
+                "param_groups": [{**group, "params": list(range(len(self.params)))}]}
+
+    def load_state_dict(self, state: dict) -> None:
+        shared = [i for i, p in enumerate(self.params) if p not in self._rows]
+        group, = state["param_groups"]
+        self.zero.load_state_dict({
+            "state": {j: state["state"][i] for j, i in enumerate(shared) if i in state["state"]},
+            "param_groups": [{**group, "params": list(range(len(shared)))}]})
+        hyper = {k: v for k, v in group.items() if k != "params"}
+        self.local.param_groups[0].update(hyper)
+        for i, p in enumerate(self.params):
+            if p not in self._rows:
+                continue
+            s = state["state"].get(i)
+            self._steps[p] = int(s["step"]) if s else 0
+            v = self._views.get(p)
+            if v is not None:
+                self.local.state.pop(v, None)
+                if s:
+                    a, b = self._rows[p][:2]
+                    self.local.state[v] = {"step": s["step"].clone().float(),
+                                           **{k: s[k][a:b].to(v).clone()
+                                              for k in ("exp_avg", "exp_avg_sq")}}
+
+
+def sharded_adam(params: list, split=None, rows=(), **adam) -> ShardedAdam:
+    """:class:`ShardedAdam` over ``params`` (``torch.optim.Adam`` keywords ``adam``); ``rows``:
+    the model's ``split_rows()`` under ``split`` (a ``models.split.RowSplit``)."""
+    return ShardedAdam(params, split, rows, **adam)
 
 
 def fail_if_asked(step: int) -> None:

@@ -89,16 +89,15 @@ class Trainer:
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         # fused: one kernel per step over every parameter (CPU and CUDA, the devices we run on);
         # equal to the default for-each Adam up to float rounding. Several processes: each
-        # updates its share of the parameters and broadcasts them (distributed.sharded_adam)
+        # updates its share of the parameters and broadcasts it (distributed.sharded_adam)
         adam = dict(lr=self.config["learning_rate"], weight_decay=self.config["weight_decay"],
                     fused=True)
-        self.optimizer = distributed.sharded_adam(self.params, **adam) if self.dist else \
+        self.optimizer = distributed.sharded_adam(
+            self.params, self.split, self.model.split_rows(), **adam) if self.dist else \
             torch.optim.Adam(self.params, **adam)
-        # bytes this rank sends per step: its parameters' broadcast to the W-1 others (ZeRO)
-        # plus, counted as they happen, the split's collectives and the gradient all-reduce
-        self._sent_fixed = (world_size() - 1) * sum(
-            p.numel() * p.element_size() for g in self.optimizer.optim.param_groups
-            for p in g["params"]) if self.dist else 0
+        # bytes this rank sends per step: its share of the parameters to the W-1 others, plus,
+        # counted as they happen, the split's collectives and the gradient reduction
+        self._sent_fixed = self.optimizer.sent_per_step if self.dist else 0
         self._sent = 0
         self.n_negatives = int(self.model.n_negatives)
         self.sampler = NegativeSampler.from_pairs(
@@ -314,8 +313,8 @@ class Trainer:
                         (parts["loss"] * fraction).backward()
                         parts = {k: v.detach() * fraction for k, v in parts.items()}
                     # each parameter's summed gradient to the rank that updates it
-                    self._sent += distributed.all_reduce_grads(
-                        self.params, self.optimizer._param_to_rank) + self._sent_fixed
+                    self._sent += self.optimizer.reduce_grads(idx.numel() >= w) + \
+                        self._sent_fixed
                 else:
                     self.model.begin_step(key)
                     parts = self.model.calculate_loss(users, items, negatives)
