@@ -13,7 +13,8 @@ which Linux carries over from the parent's resident set when it forks and execs 
 "imports_rss_bytes": resident set after
 the imports (torch, sgfd_fast), "setup_rss_bytes": after the dataset, model and optimizer are
 built (the first torch optimizer imports torch._dynamo: ≈ 130 MiB of either provider's setup),
-...}``.
+...}``. The bf16 provider's dataset hands its float32 features over to the model
+(``Dataset.hand_over_features``), as a run of ``training.train`` does: one process, one model.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ def measure(model_name: str, dataset_name: str, provider: str, batches: int | No
     run = Run(model_name, dataset_name, torch.device("cpu"),
               "bf16" if provider == BF16_PROVIDER else "fp32")
     evaluation = use_provider(run, provider)
+    if provider == BF16_PROVIDER:  # as training.train does once the model is built
+        run.dataset.hand_over_features(run.model.features.held())
     setup = _vm_kb("VmRSS") * 1024
     with run.use_backend("reference" if provider == "reference" else "auto"):
         run.epoch(batches)

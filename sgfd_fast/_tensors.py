@@ -13,6 +13,14 @@ import os
 
 import torch
 
+# oneDNN, which runs torch's bf16 matrix products on CPU, caches up to 1,024 primitives by default,
+# and a cached bf16 GEMM primitive keeps its scratchpad (a packed copy of an operand: 8 MiB for a
+# 1,044 x 4,096 one). A training step's shapes follow its batch's distinct items, so the cache
+# almost never hit and grew by about 7 MiB a step (BM3+SGFD on office-synthetic in bf16) up to
+# gigabytes. Uncached, a bf16 epoch is as fast (docs/BENCHMARKS.md, "Peak resident set"). oneDNN
+# reads the variable when it creates its first primitive; a value the user set is kept.
+os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "0")
+
 # Dtype names the compiled modules dispatch on (csrc/common.h).
 FLOAT_NAMES = {torch.float32: "float32", torch.float64: "float64"}
 INDEX_NAMES = {torch.int32: "int32", torch.int64: "int64"}

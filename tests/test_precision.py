@@ -3,7 +3,9 @@ bf16 next to fp32 (finite, close, not equal), what stays float32 (weights, Adam'
 what is held in bf16 (the raw features), the checkpoint's record, exact resume, the key's
 checks, and runs recorded before the key existed."""
 
+import gc
 import json
+import weakref
 
 import pytest
 import torch
@@ -11,7 +13,7 @@ import torch
 from sgfd_fast import ops, training
 from sgfd_fast._tensors import bf16_linear
 from sgfd_fast.config import load_config
-from sgfd_fast.errors import ConfigError
+from sgfd_fast.errors import ConfigError, DataError
 from sgfd_fast.models import MODELS, build_model
 from sgfd_fast.models.heads import Linear
 from sgfd_fast.train import main
@@ -96,7 +98,9 @@ def test_every_backbone_trains_in_bf16(tmp_path, name, sgfd):
     """2 epochs in fp32 and in bf16 from one seed: finite losses, the totals within 2 % of each
     other and each part within :data:`PART_TOLERANCE`, test metrics within 0.1 (the rankings of 30 items may swap near-ties); the bf16 run's checkpoint
     records the precision and holds float32 weights and Adam state; its model holds the raw
-    features in bfloat16 (LightGCN has none: bf16 changes nothing there)."""
+    features in bfloat16 (LightGCN has none: bf16 changes nothing there), and once the dataset
+    has handed its features over to it (what a run that loads its data does), nothing keeps the
+    float32 matrices alive: no constant the backbone built from them holds on to them."""
     ds = _data()
     res = {p: training.train(name, _config(name, sgfd, p), run_dir=tmp_path / p, dataset=ds,
                              progress=False, console=False) for p in ("fp32", "bf16")}
@@ -126,6 +130,75 @@ def test_every_backbone_trains_in_bf16(tmp_path, name, sgfd):
         assert all(m.bf16 for m in model.modules() if isinstance(m, Linear))
         fp32 = build_model(name, ds, _config(name, sgfd, "fp32").points()[0]).features
         assert fp32.feature(0).dtype == torch.float32
+        own = _data()
+        arrays = [weakref.ref(a) for a in own.features.values()]
+        model = build_model(name, own, _config(name, sgfd, "bf16").points()[0])
+        own.hand_over_features(model.features.held())
+        gc.collect()
+        assert [r() for r in arrays] == [None] * len(arrays)
+        assert [t.data_ptr() for t in own.features.values()] == \
+            [model.features.feature(j).data_ptr() for j in range(len(arrays))]
+        with pytest.raises(DataError, match="handed its float32 features over"):
+            build_model(name, own, _config(name, sgfd, "fp32").points()[0])
+
+
+def test_a_run_that_loads_its_data_hands_the_features_over(tmp_path, monkeypatch):
+    """``training.train`` and ``resume`` with data they load themselves, FREEDOM (kNN graphs) in
+    bf16 over a grid of two ``knn_k``: the first point is built while the dataset still holds
+    its float32 matrices, the last takes them over: while it trains, the dataset holds that
+    model's bfloat16 buffers and no float32 matrix is alive. Both points' kNN graphs are those of
+    the float32 features. In fp32 the dataset keeps its arrays (the model's buffers share
+    them), and a dataset passed in by the caller keeps them under bf16 too."""
+    from sgfd_fast.data import write_sgfd
+    from sgfd_fast.training import runner
+    from sgfd_fast.training.loop import Trainer
+
+    data = {"path": str(write_sgfd(_data(), tmp_path / "data"))}
+    loaded, seen = [], []
+    load, fit = runner.load_data, Trainer.fit
+
+    def load_and_watch(spec, config):
+        ds = load(spec, config)
+        loaded.append([weakref.ref(a) for a in ds.features.values()])
+        return ds
+
+    def fit_and_look(self):
+        gc.collect()
+        held = [t.data_ptr() if torch.is_tensor(t) else None
+                for t in self.dataset.features.values()]
+        model = self.model.features
+        fp32 = build_model("FREEDOM", load(data, self.config),
+                           {**self.config, "precision": "fp32"})
+        seen.append({"precision": self.config["precision"], "knn_k": self.config["knn_k"],
+                     "alive": [r() is not None for r in loaded[-1]],
+                     "held": held == [model.feature(j).data_ptr()
+                                      for j in range(len(model.modalities))],
+                     "graph": all(torch.equal(getattr(self.model.item_graph, k),
+                                              getattr(fp32.item_graph, k))
+                                  for k in ("rowptr", "col", "val"))})
+        return fit(self)
+
+    monkeypatch.setattr(runner, "load_data", load_and_watch)
+    monkeypatch.setattr(Trainer, "fit", fit_and_look)
+    grid = ["epochs=1", "hyper_parameters=[knn_k]", "knn_k=[3,5]"]
+    for p in ("bf16", "fp32"):
+        training.train("FREEDOM", _config("FREEDOM", False, p, *grid), run_dir=tmp_path / p,
+                       data=data, progress=False, console=False)
+    training.resume(tmp_path / "bf16", ["epochs=2"], progress=False, console=False)
+    training.train("FREEDOM", _config("FREEDOM", False, "bf16", *grid), run_dir=tmp_path / "in",
+                   dataset=load_and_watch(data, _config("FREEDOM", False, "bf16").values),
+                   progress=False, console=False)
+    first, last = {"alive": [True, True], "held": False, "graph": True}, \
+        {"alive": [False, False], "held": True, "graph": True}
+    kept = {"alive": [True, True], "held": False, "graph": True}
+    assert seen == [{"precision": "bf16", "knn_k": 3, **first},
+                    {"precision": "bf16", "knn_k": 5, **last},
+                    {"precision": "fp32", "knn_k": 3, **kept},
+                    {"precision": "fp32", "knn_k": 5, **kept},
+                    {"precision": "bf16", "knn_k": 3, **first},   # the resume
+                    {"precision": "bf16", "knn_k": 5, **last},
+                    {"precision": "bf16", "knn_k": 3, **kept},    # the caller's dataset
+                    {"precision": "bf16", "knn_k": 5, **kept}]
 
 
 def test_bf16_resume_inside_an_epoch_is_exact(tmp_path, monkeypatch):
@@ -237,3 +310,23 @@ def test_torchrun_carries_bf16(tmp_path):
     for d in ("one", "two"):
         assert json.loads((tmp_path / d / "run.json").read_text())["config"]["precision"] == \
             "bf16"
+
+
+def test_onednn_primitive_cache_is_off_unless_the_user_sets_it():
+    """sgfd_fast turns oneDNN's primitive cache off (``_tensors``: cached bf16 GEMM primitives
+    keep their scratchpads, and a step's shapes change with its batch) before torch creates a
+    primitive, and keeps a capacity the user chose."""
+    import subprocess
+    import sys
+
+    from test_distributed import ENV
+
+    code = ("import torch, sgfd_fast._tensors, os; "
+            "print(os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'])")
+    env = {k: v for k, v in ENV.items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
+    for given, want in ((None, "0"), ("64", "64")):
+        extra = {} if given is None else {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": given}
+        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           env={**env, **extra})
+        assert p.returncode == 0, p.stderr[-2000:]
+        assert p.stdout.split() == [want]

@@ -31,7 +31,8 @@ class Dataset:
     """One recommendation dataset, ids 0-based and contiguous.
 
     ``train``/``valid``/``test`` are ``(n, 2)`` int64 rows ``[user, item]``; ``features`` maps a
-    modality name to an ``(n_items, d)`` float32 matrix (row = item); ``labels`` holds one category
+    modality name to an ``(n_items, d)`` float32 matrix (row = item; after
+    :meth:`hand_over_features`, the copy a model holds in its place); ``labels`` holds one category
     in ``[0, n_labels)`` per item. ``synthetic`` names the parts that are generated (``()`` when all
     are real). ``meta`` carries load details (``n_train_total`` before validation carving,
     ``valid_source``, dropped-row counts, label value map).
@@ -82,6 +83,32 @@ class Dataset:
         if labels.size and (labels.min() < 0 or labels.max() >= self.n_labels):
             raise DataError(f"Dataset {self.name!r}: labels must lie in [0, {self.n_labels})")
         self.labels = labels
+
+    def hand_over_features(self, held: dict) -> None:
+        """Let a model's copies stand for the feature matrices from now on, dropping the float32
+        arrays so that they no longer take memory beside them (``precision: bf16``: the model
+        holds its own bfloat16 copy; ``training.train`` hands over once the last model it builds
+        from this Dataset exists).
+
+        Args:
+            held: ``{modality: tensor}``, what a model built from this Dataset holds in place of
+                that modality's matrix, of its shape (any dtype and device; modalities not named
+                keep their arrays).
+
+        After it, ``features`` holds those tensors (names and shapes as before, which is what
+        ``stats``, the checkpoints' data shape and the budget read), and building another model
+        that consumes item features from this Dataset is a DataError: its constants (kNN graphs,
+        MAML's initial item embeddings) come from the float32 values.
+
+        Raises:
+            DataError: a modality this Dataset lacks, or a tensor of another shape.
+        """
+        for m, t in held.items():
+            if m not in self.features or tuple(t.shape) != tuple(self.features[m].shape):
+                have = tuple(self.features[m].shape) if m in self.features else "no such modality"
+                raise DataError(f"Dataset {self.name!r}: cannot hand features {m!r} over to a "
+                                f"tensor of shape {tuple(t.shape)} ({have} here)")
+        self.features = {**self.features, **held}
 
     # ------------------------------------------------------------------------------------------
     def stats(self) -> dict:

@@ -75,6 +75,11 @@ class ItemFeatures(nn.Module):
             setattr(self, f"feature{j}", self.feature(j).to(torch.bfloat16))
         self.bf16 = True
 
+    def held(self) -> dict[str, torch.Tensor]:
+        """``{modality: raw feature matrix}`` as this seam holds them (bfloat16 after
+        :meth:`hold_bf16`): what ``Dataset.hand_over_features`` takes."""
+        return {m: self.feature(j) for j, m in enumerate(self.modalities)}
+
     def rows(self, j: int, items: torch.Tensor | None = None) -> torch.Tensor:
         """Raw feature rows of modality j for ``items`` (all items when None), (n, d_j), in the
         features' dtype."""
@@ -161,6 +166,10 @@ def item_features(dataset, config: dict, *, model: str, leaky: bool,
         ConfigError: ``student_*`` set for a backbone without an extractor, with sgfd=false.
     """
     require_features(dataset, model)
+    if any(torch.is_tensor(a) for a in dataset.features.values()):
+        raise DataError(f"dataset {dataset.name!r} handed its float32 features over to a model "
+                        f"trained in bf16 (Dataset.hand_over_features), and {model} is built "
+                        f"from the float32 values: load the dataset again to build it")
     features = {m: torch.from_numpy(a) for m, a in dataset.features.items()}
     if config["sgfd"]:
         from .sgfd import SGFD  # below this module: SGFD is an ItemFeatures

@@ -158,10 +158,22 @@ def _log_bf16(log, device: torch.device) -> None:
                     f"float32; precision=fp32 trains faster here")
 
 
+def _hand_over(dataset, model, config: dict) -> None:
+    """Under ``precision: bf16`` the model holds the raw features in bfloat16, built from the
+    float32 matrices of ``dataset`` (which nothing needs once the last model is built): hand
+    them over (``Dataset.hand_over_features``), so that the run holds the half-size copy alone
+    instead of both."""
+    if config["precision"] == "bf16" and model.features is not None:
+        dataset.hand_over_features(model.features.held())
+
+
 def _run(run: dict, run_dir: Path, dataset, *, states=None, notes=(), held=(), progress,
-         console, size: str) -> dict:
+         console, size: str, own_data: bool = False) -> dict:
     """Train every grid point (``states``: where each stands, on a resume) and write
-    ``results.json``; ``notes`` and the ``held`` data warnings are logged first."""
+    ``results.json``; ``notes`` and the ``held`` data warnings are logged first. ``own_data``:
+    ``dataset`` was loaded for this run (not passed in by the caller), so under
+    ``precision: bf16`` the last model built from it takes its features over
+    (:func:`_hand_over`)."""
     from .. import __version__
 
     values = run["config"]
@@ -195,6 +207,7 @@ def _run(run: dict, run_dir: Path, dataset, *, states=None, notes=(), held=(), p
             log.info(f"grid_parallel: {len(points)} points over {world_size()} processes (point "
                      f"i on rank i mod {world_size()}); only rank 0's points are logged here")
         summaries = []
+        mine = [i for i in range(len(points)) if not parallel or i % world_size() == rank()]
         lower = ", ".join(budget.size_keys(values) + ["train_batch_size"]) + " or eval_batch_size"
         try:
             for i, point in enumerate(points):
@@ -208,12 +221,15 @@ def _run(run: dict, run_dir: Path, dataset, *, states=None, notes=(), held=(), p
                              + _params({k: point[k] for k in cfg.grid_keys}))
                 trainer = Trainer(run["model"], dataset, point, pdir, device, log, progress,
                                   alone=parallel)
+                if own_data and i == mine[-1]:
+                    _hand_over(dataset, trainer.model, point)
                 if states is not None and states[i].checkpoint:
                     trainer.resume_from(pdir / "last.pt")
                 elif states is not None:
                     log.info(f"no last.pt in {pdir} (it stopped before its first checkpoint): "
                              f"training {'this point' if len(points) > 1 else 'it'} from epoch 1")
                 s = trainer.fit()
+                del trainer  # before the next point's model is built
                 s["params"] = {k: point[k] for k in cfg.grid_keys}
                 s["dir"] = str(pdir.relative_to(run_dir)) if pdir != run_dir else "."
                 summaries.append(s)
@@ -302,7 +318,10 @@ def train(model: str, config: Config, *, run_dir, dataset=None, data: dict | Non
         model: a key of ``sgfd_fast.models.MODELS``.
         config: from :func:`sgfd_fast.config.load_config`.
         run_dir: the run directory (created; must not hold a previous run).
-        dataset: an already loaded Dataset (else loaded from ``data``).
+        dataset: an already loaded Dataset (else loaded from ``data``; under
+            ``precision: bf16`` a Dataset the run loads hands its float32 features over to the
+            last model built from it, ``Dataset.hand_over_features``, while one passed here
+            keeps them: the caller holds it).
         data: how to load the dataset again (``{"name": "office"}`` or ``{"path": DIR,
             "format": "sgfd", "labels": FILE}``); stored for ``--resume`` and ``load_run``.
         unique_name: ``run_dir`` is a default name: when it exists, ``-2``, ``-3``, ... is
@@ -333,6 +352,7 @@ def train(model: str, config: Config, *, run_dir, dataset=None, data: dict | Non
                           f"or choose another --out")
     values = config.values
     held: list = []
+    own_data = dataset is None
     try:
         if dataset is None:
             dataset = _load_holding_warnings(data, values, held)
@@ -363,7 +383,7 @@ def train(model: str, config: Config, *, run_dir, dataset=None, data: dict | Non
         # rank 1 ahead of it had made grid-1/, and rank 0 then refused the directory as not empty
         run_dir = Path(distributed.broadcast_object(str(rd.path if rd is not None else run_dir)))
         return _run(run, run_dir, dataset, held=held, progress=progress, console=console,
-                    size=size.describe())
+                    size=size.describe(), own_data=own_data)
     except Exception as e:
         _show_held(held)
         if rd is not None and not rd.has_checkpoint():
@@ -445,7 +465,8 @@ def resume(run_dir, overrides=(), *, dataset=None, allow_data_change: bool = Fal
                 return results
         if rd is not None:
             rd.claim()  # there is work: a second process now learns who holds the run
-        if dataset is None:
+        own_data = dataset is None
+        if own_data:
             dataset = _load_holding_warnings(run["data"], values, held)
         notes = []
         fp, recorded = data_fingerprint(dataset), run["data_fingerprint"]  # read_run checked it
@@ -468,7 +489,8 @@ def resume(run_dir, overrides=(), *, dataset=None, allow_data_change: bool = Fal
                 remove_temporaries([run_dir, *pdirs])
                 write_json(run_dir / "run.json", run)
             return _run(run, run_dir, dataset, states=states, notes=notes, held=held,
-                        progress=progress, console=console, size=size.describe())
+                        progress=progress, console=console, size=size.describe(),
+                        own_data=own_data)
         except WriteFailed as e:  # the files before it are intact
             raise _resume_hint(e, run_dir) from None
     finally:
