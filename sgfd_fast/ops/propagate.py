@@ -16,7 +16,8 @@ fused epilogue: a fallback on CUDA; CI runs it under the interpreter).
 Contract: the caller guarantees symmetry (``sgfd_fast.graph.CSR.symmetric`` says so); isolated
 nodes (empty rows) propagate zeros after layer 0; every output element is written; cpp, cuda and
 triton are bitwise reproducible run to run (one owner per output element, fixed summation order,
-no atomics), cpp also across thread counts.
+no atomics), cpp also across thread counts. ``out=`` writes a non-differentiable result into a
+caller's buffer (a model's per-step buffer, reused across steps: ``models/bm3.py``).
 """
 
 from __future__ import annotations
@@ -58,11 +59,11 @@ def _buffers(x, n_layers):
     return buf0, buf1
 
 
-def _propagate_cpp(rowptr, col, val, x, n_layers):
+def _propagate_cpp(rowptr, col, val, x, n_layers, out=None):
     x = dense(x)
     if n_layers == 0:
-        return x.clone()
-    out = new_output(*x.shape, like=x)
+        return x.clone() if out is None else out.copy_(x)
+    out = new_output(*x.shape, like=x) if out is None else out
     buf0, buf1 = _buffers(x, n_layers)
     _ext.cpu.propagate(rowptr=rowptr.data_ptr(), col=col.data_ptr(), val=val.data_ptr(),
                        x=x.data_ptr(), out=out.data_ptr(), buf0=addr(buf0), buf1=addr(buf1),
@@ -71,11 +72,11 @@ def _propagate_cpp(rowptr, col, val, x, n_layers):
     return out
 
 
-def _propagate_cuda(rowptr, col, val, x, n_layers):
+def _propagate_cuda(rowptr, col, val, x, n_layers, out=None):
     x = dense(x)
     if n_layers == 0:
-        return x.clone()
-    out = new_output(*x.shape, like=x)
+        return x.clone() if out is None else out.copy_(x)
+    out = new_output(*x.shape, like=x) if out is None else out
     buf0, buf1 = _buffers(x, n_layers)
     with torch.cuda.device(x.device):
         _ext.cuda.propagate(rowptr=rowptr.data_ptr(), col=col.data_ptr(), val=val.data_ptr(),
@@ -112,7 +113,8 @@ _backend.register("propagate", "cpu", "triton", _propagate_triton)
 
 
 def propagate(rowptr: torch.Tensor, col: torch.Tensor, val: torch.Tensor, x: torch.Tensor,
-              n_layers: int, *, validate: bool = True) -> torch.Tensor:
+              n_layers: int, *, validate: bool = True,
+              out: torch.Tensor | None = None) -> torch.Tensor:
     """Mean of ``x, A x, ..., A^L x`` for a symmetric CSR matrix A.
 
     Args:
@@ -121,9 +123,15 @@ def propagate(rowptr: torch.Tensor, col: torch.Tensor, val: torch.Tensor, x: tor
         x: (N, d) float32/float64 node embeddings.
         n_layers: number of propagation layers L >= 0.
         validate: check index ranges (one pass and a host sync); graph objects pass False.
+        out: an (N, d) contiguous buffer of x's dtype and device, not overlapping x, to write the
+            result into (a caller's buffer reused across steps: a fresh (N, d) output of a large
+            graph is mapped and page-faulted in again on every call). Not differentiable: only
+            where x needs no gradient or grad mode is off (e.g. inside an autograd.Function).
+            The cpp and cuda backends write into it; reference and triton compute, then copy.
+            Bitwise the same values as without ``out``.
 
     Returns:
-        (N, d) layer mean.
+        (N, d) layer mean (``out`` itself when given).
     """
     check(x.dim() == 2, "propagate", f"x must be 2-D (N, d), got shape {tuple(x.shape)}")
     check(x.dtype in FLOAT_NAMES, "propagate", f"x must be float32 or float64, got {x.dtype}")
@@ -133,4 +141,27 @@ def propagate(rowptr: torch.Tensor, col: torch.Tensor, val: torch.Tensor, x: tor
     check_csr("propagate", rowptr, col, val, x.shape[0], validate_values=validate)
     check(val.dtype == x.dtype and val.device == x.device, "propagate",
           f"val ({val.dtype}, {val.device}) must match x ({x.dtype}, {x.device})")
-    return _propagate(rowptr.contiguous(), col.contiguous(), val.contiguous(), x, int(n_layers))
+    rowptr, col, val = rowptr.contiguous(), col.contiguous(), val.contiguous()
+    if out is None:
+        return _propagate(rowptr, col, val, x, int(n_layers))
+    check(not (torch.is_grad_enabled() and x.requires_grad), "propagate",
+          "out= is not differentiable: call it under torch.no_grad() or inside an "
+          "autograd.Function, or leave out unset")
+    check(out.shape == x.shape and out.dtype == x.dtype and out.device == x.device
+          and out.is_contiguous(), "propagate",
+          f"out must be a contiguous {tuple(x.shape)} {x.dtype} tensor on {x.device}, got "
+          f"{tuple(out.shape)} {out.dtype} on {out.device}"
+          f"{'' if out.is_contiguous() else ' (not contiguous)'}")
+    check(not _overlap(out, x), "propagate", "out must not share memory with x")
+    fn = _backend.implementation("propagate", x.device.type)
+    if fn in (_propagate_cpp, _propagate_cuda):
+        return fn(rowptr, col, val, x, int(n_layers), out=out)
+    return out.copy_(fn(rowptr, col, val, x, int(n_layers)))  # reference, triton
+
+
+def _overlap(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether the memory spans of a and b intersect."""
+    if a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr():
+        return False
+    a0, b0 = a.data_ptr(), b.data_ptr()
+    return a0 < b0 + b.numel() * b.element_size() and b0 < a0 + a.numel() * a.element_size()

@@ -208,3 +208,43 @@ def test_cuda_triton_float64_mean_is_exact(n_layers):
     with sgfd_fast.use_backend("triton"):
         got = g.propagate(x, n_layers)
     torch.testing.assert_close(got, want, **TOL[torch.float64])
+
+
+# ---- out=: a caller's reused buffer ------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", ["reference", "cpp", "triton"])
+def test_out_buffer_equals_the_functional_result(backend):
+    # out= starts poisoned (NaN): every element must be written, bitwise as without out=
+    if backend == "triton" and not _backend.triton_usable("cpu"):
+        pytest.skip("Triton is not usable here")
+    small = backend == "triton"  # the interpreter: a handful of launches
+    g = _graph("cpu", torch.float32, torch.int64, seed=4, **(
+        dict(n_users=12, n_items=8, n_edges=40) if small else {}))
+    x = torch.randn(g.n_rows, 5 if small else 37)
+    with sgfd_fast.use_backend(backend):
+        for n_layers in (0, 1, 2, 3):
+            out = torch.full_like(x, float("nan"))
+            got = g.propagate(x, n_layers, out=out)
+            assert got is out
+            assert torch.equal(out, g.propagate(x, n_layers)), f"L={n_layers}"
+            with torch.no_grad():  # allowed for an x that needs a gradient, without grad mode
+                xr = x.clone().requires_grad_()
+                assert torch.equal(g.propagate(xr, n_layers, out=out.fill_(float("nan"))),
+                                   g.propagate(x, n_layers))
+
+
+def test_out_buffer_bad_input():
+    g = _graph("cpu", torch.float32, torch.int64, seed=5)
+    x = torch.randn(g.n_rows, 8)
+    with pytest.raises(InputError, match="not differentiable"):
+        g.propagate(x.clone().requires_grad_(), 1, out=torch.empty_like(x))
+    with pytest.raises(InputError, match="must be a contiguous"):
+        g.propagate(x, 1, out=torch.empty(g.n_rows, 9))
+    with pytest.raises(InputError, match="must be a contiguous"):
+        g.propagate(x, 1, out=torch.empty(g.n_rows, 8, dtype=torch.float64))
+    with pytest.raises(InputError, match="not contiguous"):
+        g.propagate(x, 1, out=torch.empty(8, g.n_rows).t())
+    with pytest.raises(InputError, match="share memory"):
+        g.propagate(x, 1, out=x)
+    both = torch.randn(2 * g.n_rows, 8)  # disjoint halves of one storage are fine
+    g.propagate(both[:g.n_rows], 1, out=both[g.n_rows:])
