@@ -7,10 +7,13 @@ are not counted) and reports per step, from ``resource.getrusage`` around each p
 
 * minor page faults and user / system CPU seconds of the forward (``calculate_loss``), the
   backward and Adam's step;
-* the CPU seconds of the components, each timed alone (``time.thread_time``, mean of the
-  steps): the propagation (forward), the gather of the batch's 4096-d feature rows, Adam over
-  every parameter, and evaluation's scoring of ``--eval-users`` users against all items
-  (``ops.masked_topk``; an evaluation costs that times ``n_users / eval_users``).
+* the CPU seconds of the components, each timed alone on the last batch (``time.thread_time``,
+  mean of ``--steps`` calls): Adam over every parameter (first, while they all have their
+  gradients), the step's whole-graph part (BM3's encoder ``_Encode``, forward and backward: the
+  propagation twice, the residual, the norms and their gradients), one propagation (``out=`` a
+  reused buffer), the gather of the batch's 4096-d feature rows, and evaluation's scoring of
+  ``--eval-users`` users against all items (``ops.masked_topk``; an evaluation costs that times
+  ``n_users / eval_users``).
 
 With several sizes it adds the growth exponent of each quantity between consecutive sizes,
 ``log(cost ratio) / log(size ratio)``, size = training interactions (the graph's edges, which
@@ -58,6 +61,7 @@ def run_size(name: str, seed: int, steps: int, warmup: int, eval_users: int) -> 
     from sgfd_fast.config import load_config
     from sgfd_fast.models import build_model
     from sgfd_fast.models.base import step_key
+    from sgfd_fast.models.bm3 import _Encode
     from sgfd_fast.training.runtime import seed_everything
 
     n_users, n_items = SIZES[name]
@@ -95,23 +99,37 @@ def run_size(name: str, seed: int, steps: int, warmup: int, eval_users: int) -> 
                     phases[k][f] += v / steps
     del parts
     # the components alone, on the last batch
-    graph, ego = model.graph, torch.cat([model.user_embedding.weight,
-                                         model.item_embedding.weight]).detach()
-    uniq = torch.unique(items)
+    graph = model.graph
+    weights = [model.user_embedding.weight, model.item_embedding.weight]
+    ego = torch.cat(weights).detach()
+    out = torch.empty_like(ego)
+    uniq_u, uniq_i = torch.unique(users), torch.unique(items)
+
+    def encoder():  # the step's whole-graph part: BM3's encoder forward and backward
+        u, i, nu, ni = _Encode.apply(*weights, uniq_u, uniq_i, model)
+        torch.autograd.backward([u, i, nu, ni], [torch.ones_like(u), torch.ones_like(i),
+                                                  torch.ones_like(nu), torch.ones_like(ni)])
+        for w in weights:
+            w.grad = None
+
     with torch.no_grad():
         emb_u, emb_i = model.ranking_embeddings()
     ev_users = torch.arange(min(eval_users, n_users))
     mask_rowptr = torch.zeros(ev_users.numel() + 1, dtype=torch.long)
     mask_col = torch.zeros(0, dtype=torch.long)
-    comp = {
-        "propagate_s": _cpu(lambda: graph.propagate(ego, model.n_layers), steps),
-        "feature_gather_s": _cpu(lambda: model.features.rows(0, uniq), steps),
-        "adam_s": _cpu(opt.step, steps),
+    comp = {"adam_s": _cpu(opt.step, steps)}  # first: every parameter still has its .grad
+    encoder()
+    comp |= {
+        "encoder_s": _cpu(encoder, steps),
+        "propagate_s": _cpu(lambda: graph.propagate(ego, model.n_layers, out=out), steps),
+        "feature_gather_s": _cpu(lambda: model.features.rows(0, uniq_i), steps),
         "eval_users_s": _cpu(lambda: ops.masked_topk(emb_u[ev_users], emb_i, mask_rowptr,
                                                      mask_col, 50, None, validate=False), 1),
     }
+    n_embedding = sum(w.numel() for w in weights)
     return {"size": name, "users": n_users, "items": n_items, "train": int(len(pairs)),
-            "nnz": int(graph.col.numel()), "batch_items": int(uniq.numel()),
+            "nnz": int(graph.col.numel()), "batch_items": int(uniq_i.numel()),
+            "embedding_params": n_embedding, "params": sum(p.numel() for p in params),
             "eval_users": int(ev_users.numel()), "phases": phases, "components": comp,
             "losses": losses}
 

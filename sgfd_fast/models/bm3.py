@@ -70,7 +70,7 @@ class _Encode(torch.autograd.Function):
     the propagation and its backward, the residual, the norms' and gathers' gradients, their
     sums); above glibc's 32 MiB mmap threshold each is mapped, page-faulted in and unmapped
     again on every step (100k x 40k: ~10^5 minor faults, a third of the step's CPU time in the
-    kernel; docs/BENCHMARKS.md "Cost per step as the data grow"). Here the forward writes into
+    kernel; docs/BENCHMARKS.md, "cost per step as the data grow"). Here the forward writes into
     ``ego`` and ``out``; the backward assembles the gradient of ``[u_o; i_o]`` in ``ego``'s
     buffer and propagates it into the third, whose halves become ``E_u.grad``/``E_i.grad``
     (the trainer's ``zero_grad(set_to_none=True)`` releases them before the next step; while
