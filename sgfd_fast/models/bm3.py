@@ -68,8 +68,8 @@ class _Encode(torch.autograd.Function):
     The composition it replaces (:meth:`BM3.forward`, then ``rows`` and ``norm``) allocates
     about 4 (N, D) + 3 (n_users, D) + 4 (n_items, D) temporaries per step (the concatenation,
     the propagation and its backward, the residual, the norms' and gathers' gradients, their
-    sums); above glibc's 32 MiB mmap threshold each is mapped, page-faulted in and unmapped
-    again on every step (100k x 40k: ~10^5 minor faults, a third of the step's CPU time in the
+    sums): mapped (above glibc's 32 MiB mmap threshold) or taken from heap memory that glibc
+    trims back, they are page-faulted in again on every step (100k x 40k: ~10^5 minor faults, nearly half the step's CPU time in the
     kernel; docs/BENCHMARKS.md, "cost per step as the data grow"). Here the forward writes into
     ``ego`` and ``out``; the backward assembles the gradient of ``[u_o; i_o]`` in ``ego``'s
     buffer and propagates it into the third, whose halves become ``E_u.grad``/``E_i.grad``
@@ -103,18 +103,19 @@ class _Encode(torch.autograd.Function):
     def backward(ctx, g_urows, g_irows, g_norm_u, g_norm_i):
         uniq_u, uniq_i, norm_u, norm_i, out = ctx.saved_tensors
         n = ctx.n_users
-        grad, _, reused = ctx.model._encode_buffers_like(out)  # grad: ego's buffer, free now
+        # the gradient of [u_o; i_o] in ego's buffer (the forward is done with it)
+        g_out, _, g_ego = ctx.model._encode_buffers_like(out)
         for o, g, norm, g_norm, index, g_rows in (
-                (out[:n], grad[:n], norm_u, g_norm_u, uniq_u, g_urows),
-                (out[n:], grad[n:], norm_i, g_norm_i, uniq_i, g_irows)):
+                (out[:n], g_out[:n], norm_u, g_norm_u, uniq_u, g_urows),
+                (out[n:], g_out[n:], norm_i, g_norm_i, uniq_i, g_irows)):
             torch.div(o, norm, out=g)          # torch's norm backward: g_norm * (x / ||x||),
             g.mul_(g_norm).masked_fill_(norm == 0, 0)  # 0 where the norm is 0
             g.index_add_(0, index, g_rows)     # the gather's backward (ids distinct)
         # Â symmetric. The result becomes E_u.grad/E_i.grad: into the third buffer unless the
         # gradients it last held are still alive (accumulated .grad, autograd.grad's results)
-        grad_ego = ctx.model.graph.propagate(grad, ctx.model.n_layers,
-                                             out=None if _held(reused) else reused)
-        grad_ego[n:].add_(grad[n:])  # the residual's gradient
+        grad_ego = ctx.model.graph.propagate(g_out, ctx.model.n_layers,
+                                             out=None if _held(g_ego) else g_ego)
+        grad_ego[n:].add_(g_out[n:])  # the residual's gradient
         return grad_ego[:n], grad_ego[n:], None, None, None
 
 
@@ -148,10 +149,10 @@ class BM3(Recommender):
             extractor=dict(activation="identity", norm="none", init="xavier_normal")))
         # the graph is a constant of the dataset: rebuilt, not checkpointed; ``.to()`` moves it
         self.graph = normalized_bipartite(self.n_users, self.n_items, dataset.train)
-        self._encode_buffers = None  # _Encode's two (N, D) buffers, reused across steps
+        self._encode_buffers = None  # _Encode's three (N, D) buffers, reused across steps
 
     def _encode_buffers_like(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """_Encode's ``(ego, out, grad)`` buffers, (n_users + n_items, D) in x's dtype and
+        """_Encode's ``(ego, out, g_ego)`` buffers, (n_users + n_items, D) in x's dtype and
         device (made again after ``.to()``/``.double()``)."""
         shape = (self.n_users + self.n_items, x.shape[1])
         b = self._encode_buffers
