@@ -233,6 +233,17 @@ def test_out_buffer_equals_the_functional_result(backend):
                                    g.propagate(x, n_layers))
 
 
+@pytest.mark.cuda
+def test_cuda_out_buffer_equals_the_functional_result():
+    g = _graph("cuda", torch.float32, torch.int32, seed=6)
+    x = torch.randn(g.n_rows, 37, device="cuda")
+    with sgfd_fast.use_backend("cuda"):
+        for n_layers in (0, 1, 3):
+            out = torch.full_like(x, float("nan"))
+            assert g.propagate(x, n_layers, out=out) is out
+            assert torch.equal(out, g.propagate(x, n_layers)), f"L={n_layers}"
+
+
 def test_out_buffer_bad_input():
     g = _graph("cpu", torch.float32, torch.int64, seed=5)
     x = torch.randn(g.n_rows, 8)
