@@ -63,7 +63,7 @@ def _held(buffer: torch.Tensor) -> bool:
 class _Encode(torch.autograd.Function):
     """What a training step needs of BM3's whole-graph encoder, ``(u_o[uniq_u], i_o[uniq_i],
     ||u_o||_F, ||i_o||_F)`` from ``(E_u, E_i)``, in three (N, D) buffers the model reuses across
-    steps.
+    steps (plus the propagation's layer buffers for L >= 2: one, from L = 3 two).
 
     The composition it replaces (:meth:`BM3.forward`, then ``rows`` and ``norm``) allocates
     about 4 (N, D) + 3 (n_users, D) + 4 (n_items, D) temporaries per step (the concatenation,
@@ -86,11 +86,11 @@ class _Encode(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, user_w, item_w, uniq_u, uniq_i, model):
-        ego, out, _ = model._encode_buffers_like(user_w)
+        ego, out, _, *scratch = model._encode_buffers_like(user_w)
         n_users = user_w.shape[0]
         ego[:n_users].copy_(user_w)
         ego[n_users:].copy_(item_w)
-        model.graph.propagate(ego, model.n_layers, out=out)
+        model.graph.propagate(ego, model.n_layers, out=out, scratch=scratch)
         torch.autograd.graph.increment_version(out)  # written through a raw pointer above
         u_o, i_o = out[:n_users], out[n_users:]
         i_o.add_(item_w)  # the item-ID residual
@@ -104,7 +104,7 @@ class _Encode(torch.autograd.Function):
         uniq_u, uniq_i, norm_u, norm_i, out = ctx.saved_tensors
         n = ctx.n_users
         # the gradient of [u_o; i_o] in ego's buffer (the forward is done with it)
-        g_out, _, g_ego = ctx.model._encode_buffers_like(out)
+        g_out, _, g_ego, *scratch = ctx.model._encode_buffers_like(out)
         for o, g, norm, g_norm, index, g_rows in (
                 (out[:n], g_out[:n], norm_u, g_norm_u, uniq_u, g_urows),
                 (out[n:], g_out[n:], norm_i, g_norm_i, uniq_i, g_irows)):
@@ -113,8 +113,8 @@ class _Encode(torch.autograd.Function):
             g.index_add_(0, index, g_rows)     # the gather's backward (ids distinct)
         # Â symmetric. The result becomes E_u.grad/E_i.grad: into the third buffer unless the
         # gradients it last held are still alive (accumulated .grad, autograd.grad's results)
-        grad_ego = ctx.model.graph.propagate(g_out, ctx.model.n_layers,
-                                             out=None if _held(g_ego) else g_ego)
+        reuse = {} if _held(g_ego) else dict(out=g_ego, scratch=scratch)
+        grad_ego = ctx.model.graph.propagate(g_out, ctx.model.n_layers, **reuse)
         grad_ego[n:].add_(g_out[n:])  # the residual's gradient
         return grad_ego[:n], grad_ego[n:], None, None, None
 
@@ -149,15 +149,17 @@ class BM3(Recommender):
             extractor=dict(activation="identity", norm="none", init="xavier_normal")))
         # the graph is a constant of the dataset: rebuilt, not checkpointed; ``.to()`` moves it
         self.graph = normalized_bipartite(self.n_users, self.n_items, dataset.train)
-        self._encode_buffers = None  # _Encode's three (N, D) buffers, reused across steps
+        self._encode_buffers = None  # _Encode's (N, D) buffers, reused across steps
 
     def _encode_buffers_like(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """_Encode's ``(ego, out, g_ego)`` buffers, (n_users + n_items, D) in x's dtype and
-        device (made again after ``.to()``/``.double()``)."""
+        """_Encode's ``(ego, out, g_ego, *scratch)`` buffers, (n_users + n_items, D) in x's
+        dtype and device (made again after ``.to()``/``.double()``); ``scratch``: the layers
+        the propagation keeps for L >= 2 (``ops.propagate``)."""
         shape = (self.n_users + self.n_items, x.shape[1])
         b = self._encode_buffers
         if b is None or b[0].shape != shape or b[0].dtype != x.dtype or b[0].device != x.device:
-            b = self._encode_buffers = tuple(x.new_empty(shape) for _ in range(3))
+            n = 3 + min(max(self.n_layers - 1, 0), 2)
+            b = self._encode_buffers = tuple(x.new_empty(shape) for _ in range(n))
         return b
 
     def forward(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -271,7 +271,7 @@ def _steps(model, monkeypatch, composed, n_steps=6):
 
 @pytest.mark.parametrize("sgfd, n_layers, dtype", [(True, 1, torch.float32),
                                                     (True, 2, torch.float32),
-                                                    (False, 1, torch.float64)])
+                                                    (False, 3, torch.float64)])
 def test_reused_buffers_bitwise_equal_the_composition(tiny, config, monkeypatch, sgfd, n_layers,
                                                       dtype):
     # _Encode's buffers (reused across steps) change no bit of the losses, gradients or

@@ -227,6 +227,12 @@ def test_out_buffer_equals_the_functional_result(backend):
             got = g.propagate(x, n_layers, out=out)
             assert got is out
             assert torch.equal(out, g.propagate(x, n_layers)), f"L={n_layers}"
+            for n_scratch in (1, 2):  # the layers kept between layers, in a caller's buffers
+                scratch = [torch.full_like(x, float("nan")) for _ in range(n_scratch)]
+                got = g.propagate(x, n_layers, out=out.fill_(float("nan")), scratch=scratch)
+                assert torch.equal(got, g.propagate(x, n_layers)), f"L={n_layers}"
+                if backend == "cpp" and n_layers >= 2:  # used, not allocated afresh
+                    assert not scratch[0].isnan().any()
             with torch.no_grad():  # allowed for an x that needs a gradient, without grad mode
                 xr = x.clone().requires_grad_()
                 assert torch.equal(g.propagate(xr, n_layers, out=out.fill_(float("nan"))),
@@ -255,7 +261,18 @@ def test_out_buffer_bad_input():
         g.propagate(x, 1, out=torch.empty(g.n_rows, 8, dtype=torch.float64))
     with pytest.raises(InputError, match="not contiguous"):
         g.propagate(x, 1, out=torch.empty(8, g.n_rows).t())
-    with pytest.raises(InputError, match="share memory"):
+    with pytest.raises(InputError, match="out must not share memory with x"):
         g.propagate(x, 1, out=x)
+    out = torch.empty_like(x)
+    with pytest.raises(InputError, match="only used with out="):
+        g.propagate(x, 2, scratch=[out])
+    with pytest.raises(InputError, match="at most 2"):
+        g.propagate(x, 2, out=out, scratch=[torch.empty_like(x) for _ in range(3)])
+    with pytest.raises(InputError, match=r"scratch\[0\] must be a contiguous"):
+        g.propagate(x, 2, out=out, scratch=[torch.empty(3, 8)])
+    with pytest.raises(InputError, match=r"scratch\[1\] must not share memory with out"):
+        g.propagate(x, 3, out=out, scratch=[torch.empty_like(x), out])
+    with pytest.raises(InputError, match=r"scratch\[0\] must not share memory with x"):
+        g.propagate(x, 3, out=out, scratch=[x])
     both = torch.randn(2 * g.n_rows, 8)  # disjoint halves of one storage are fine
     g.propagate(both[:g.n_rows], 1, out=both[g.n_rows:])
