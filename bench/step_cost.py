@@ -56,7 +56,8 @@ def _cpu(fn, repeat: int) -> float:
     return (time.thread_time() - t) / repeat
 
 
-def run_size(name: str, seed: int, steps: int, warmup: int, eval_users: int) -> dict:
+def run_size(name: str, seed: int, steps: int, warmup: int, eval_users: int,
+             n_layers: int | None = None) -> dict:
     from sgfd_fast import ops
     from sgfd_fast.config import load_config
     from sgfd_fast.models import build_model
@@ -67,7 +68,8 @@ def run_size(name: str, seed: int, steps: int, warmup: int, eval_users: int) -> 
     n_users, n_items = SIZES[name]
     widths = (64, 16) if name == "smoke" else (4096, 384)
     data = synthetic(n_users, n_items, seed, widths)
-    config = load_config("BM3", None).points()[0]
+    config = load_config("BM3", None, overrides=[] if n_layers is None else
+                         [("n_layers", n_layers)]).points()[0]
     seed_everything(config["seed"])
     model = build_model("BM3", data, config)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -146,13 +148,14 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--eval-users", type=int, default=2048)
     ap.add_argument("--seed", type=int, default=2026)
+    ap.add_argument("--n-layers", type=int, help="BM3's n_layers (default: the package's, 1)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     print(f"# load average before: {os.getloadavg()}; SYNTHETIC data, seed {args.seed}")
     rows = []
     for name in args.sizes.split(","):
-        r = run_size(name, args.seed, args.steps, args.warmup, args.eval_users)
+        r = run_size(name, args.seed, args.steps, args.warmup, args.eval_users, args.n_layers)
         rows.append(r)
         print(json.dumps({k: v for k, v in r.items() if k != "losses"}), flush=True)
     keys = list(_flat(rows[0]))
