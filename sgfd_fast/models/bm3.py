@@ -54,7 +54,8 @@ def _neg_cos(a: torch.Tensor, b: torch.Tensor,
 
 def _held(buffer: torch.Tensor) -> bool:
     """Whether a tensor other than ``buffer`` itself (a view handed out as a gradient) still
-    uses its memory; True when torch cannot tell (then the caller allocates afresh)."""
+    uses its memory (torch's private ``_storage_Use_Count``); True when torch cannot tell, so
+    that the caller then allocates afresh."""
     count = getattr(torch._C, "_storage_Use_Count", None)
     # the count includes the temporary storage object of this call
     return count is None or count(buffer.untyped_storage()._cdata) > 2
@@ -69,8 +70,9 @@ class _Encode(torch.autograd.Function):
     about 4 (N, D) + 3 (n_users, D) + 4 (n_items, D) temporaries per step (the concatenation,
     the propagation and its backward, the residual, the norms' and gathers' gradients, their
     sums): mapped (above glibc's 32 MiB mmap threshold) or taken from heap memory that glibc
-    trims back, they are page-faulted in again on every step (100k x 40k: ~10^5 minor faults, nearly half the step's CPU time in the
-    kernel; docs/BENCHMARKS.md, "cost per step as the data grow"). Here the forward writes into
+    trims back, they are page-faulted in again on every step (100k x 40k: ~10^5 minor faults,
+    nearly half the step's CPU time in the kernel; docs/BENCHMARKS.md, "cost per step as the
+    data grow"). Here the forward writes into
     ``ego`` and ``out``; the backward assembles the gradient of ``[u_o; i_o]`` in ``ego``'s
     buffer and propagates it into the third, whose halves become ``E_u.grad``/``E_i.grad``
     (the trainer's ``zero_grad(set_to_none=True)`` releases them before the next step; while
