@@ -150,11 +150,14 @@ class CSR:
             self._transpose = ops.csr_transpose(self.rowptr, self.col, self.n_cols)
         return self._transpose
 
-    def propagate(self, x: torch.Tensor, n_layers: int) -> torch.Tensor:
-        """Mean of ``x, A x, ..., A^L x`` (A must be symmetric)."""
+    def propagate(self, x: torch.Tensor, n_layers: int, *, out: torch.Tensor | None = None,
+                  scratch=()) -> torch.Tensor:
+        """Mean of ``x, A x, ..., A^L x`` (A must be symmetric); ``out``, ``scratch``: reused
+        buffers (``ops.propagate``'s, not differentiable)."""
         if not self.symmetric:
             raise InputError("propagate needs a symmetric graph (CSR.symmetric=True)")
-        return ops.propagate(self.rowptr, self.col, self.val, x, n_layers, validate=False)
+        return ops.propagate(self.rowptr, self.col, self.val, x, n_layers, validate=False,
+                             out=out, scratch=scratch)
 
 
 def normalized_bipartite_reference(n_users: int, n_items: int, pairs) -> CSR:

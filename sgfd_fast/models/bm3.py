@@ -52,6 +52,75 @@ def _neg_cos(a: torch.Tensor, b: torch.Tensor,
     return 1.0 - (cos.mean() if weight is None else (cos * weight).sum() / weight.sum())
 
 
+def _held(buffer: torch.Tensor) -> bool:
+    """Whether a tensor other than ``buffer`` itself (a view handed out as a gradient) still
+    uses its memory (torch's private ``_storage_Use_Count``); True when torch cannot tell, so
+    that the caller then allocates afresh."""
+    count = getattr(torch._C, "_storage_Use_Count", None)
+    # the count includes the temporary storage object of this call
+    return count is None or count(buffer.untyped_storage()._cdata) > 2
+
+
+class _Encode(torch.autograd.Function):
+    """What a training step needs of BM3's whole-graph encoder, ``(u_o[uniq_u], i_o[uniq_i],
+    ||u_o||_F, ||i_o||_F)`` from ``(E_u, E_i)``, in three (N, D) buffers the model reuses across
+    steps (plus the propagation's layer buffers for L >= 2: one, from L = 3 two).
+
+    The composition it replaces (:meth:`BM3.forward`, then ``rows`` and ``norm``) allocates
+    about 4 (N, D) + 3 (n_users, D) + 4 (n_items, D) temporaries per step (the concatenation,
+    the propagation and its backward, the residual, the norms' and gathers' gradients, their
+    sums): mapped (above glibc's 32 MiB mmap threshold) or taken from heap memory that glibc
+    trims back, they are page-faulted in again on every step (100k x 40k: ~10^5 minor faults,
+    nearly half the step's CPU time in the kernel; docs/BENCHMARKS.md, "cost per step as the
+    data grow"). Here the forward writes into
+    ``ego`` and ``out``; the backward assembles the gradient of ``[u_o; i_o]`` in ``ego``'s
+    buffer and propagates it into the third, whose halves become ``E_u.grad``/``E_i.grad``
+    (the trainer's ``zero_grad(set_to_none=True)`` releases them before the next step; while
+    anything still holds them, e.g. gradients accumulated over two backward passes or results
+    of ``torch.autograd.grad``, a fresh tensor is used instead). Each element is computed by
+    the same operations in the same order as by the composition (torch's norm backward
+    ``g * (x / ||x||)``, the gathers' ``index_add_`` onto it, the residual's gradient added
+    last): bitwise the same losses, gradients and steps (``tests/models/test_models_bm3.py``).
+
+    The buffers are overwritten by the next call: a graph built before it cannot be
+    backpropagated afterwards (autograd raises, through ``out``'s version counter).
+    """
+
+    @staticmethod
+    def forward(ctx, user_w, item_w, uniq_u, uniq_i, model):
+        ego, out, _, *scratch = model._encode_buffers_like(user_w)
+        n_users = user_w.shape[0]
+        ego[:n_users].copy_(user_w)
+        ego[n_users:].copy_(item_w)
+        model.graph.propagate(ego, model.n_layers, out=out, scratch=scratch)
+        torch.autograd.graph.increment_version(out)  # written through a raw pointer above
+        u_o, i_o = out[:n_users], out[n_users:]
+        i_o.add_(item_w)  # the item-ID residual
+        norm_u, norm_i = u_o.norm(), i_o.norm()
+        ctx.save_for_backward(uniq_u, uniq_i, norm_u, norm_i, out)
+        ctx.model, ctx.n_users = model, n_users
+        return u_o.index_select(0, uniq_u), i_o.index_select(0, uniq_i), norm_u, norm_i
+
+    @staticmethod
+    def backward(ctx, g_urows, g_irows, g_norm_u, g_norm_i):
+        uniq_u, uniq_i, norm_u, norm_i, out = ctx.saved_tensors
+        n = ctx.n_users
+        # the gradient of [u_o; i_o] in ego's buffer (the forward is done with it)
+        g_out, _, g_ego, *scratch = ctx.model._encode_buffers_like(out)
+        for o, g, norm, g_norm, index, g_rows in (
+                (out[:n], g_out[:n], norm_u, g_norm_u, uniq_u, g_urows),
+                (out[n:], g_out[n:], norm_i, g_norm_i, uniq_i, g_irows)):
+            torch.div(o, norm, out=g)          # torch's norm backward: g_norm * (x / ||x||),
+            g.mul_(g_norm).masked_fill_(norm == 0, 0)  # 0 where the norm is 0
+            g.index_add_(0, index, g_rows)     # the gather's backward (ids distinct)
+        # Â symmetric. The result becomes E_u.grad/E_i.grad: into the third buffer unless the
+        # gradients it last held are still alive (accumulated .grad, autograd.grad's results)
+        reuse = {} if _held(g_ego) else dict(out=g_ego, scratch=scratch)
+        grad_ego = ctx.model.graph.propagate(g_out, ctx.model.n_layers, **reuse)
+        grad_ego[n:].add_(g_out[n:])  # the residual's gradient
+        return grad_ego[:n], grad_ego[n:], None, None, None
+
+
 class BM3(Recommender):
     """BM3 backbone with optional SGFD (config key ``sgfd``); see the module docstring.
 
@@ -82,6 +151,18 @@ class BM3(Recommender):
             extractor=dict(activation="identity", norm="none", init="xavier_normal")))
         # the graph is a constant of the dataset: rebuilt, not checkpointed; ``.to()`` moves it
         self.graph = normalized_bipartite(self.n_users, self.n_items, dataset.train)
+        self._encode_buffers = None  # _Encode's (N, D) buffers, reused across steps
+
+    def _encode_buffers_like(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """_Encode's ``(ego, out, g_ego, *scratch)`` buffers, (n_users + n_items, D) in x's
+        dtype and device (made again after ``.to()``/``.double()``); ``scratch``: the layers
+        the propagation keeps for L >= 2 (``ops.propagate``)."""
+        shape = (self.n_users + self.n_items, x.shape[1])
+        b = self._encode_buffers
+        if b is None or b[0].shape != shape or b[0].dtype != x.dtype or b[0].device != x.device:
+            n = 3 + min(max(self.n_layers - 1, 0), 2)
+            b = self._encode_buffers = tuple(x.new_empty(shape) for _ in range(n))
+        return b
 
     def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(u_o (n_users, D), i_o (n_items, D))``: propagated embeddings, item-ID residual."""
@@ -97,10 +178,15 @@ class BM3(Recommender):
                 *super().split_rows()]
 
     def calculate_loss(self, users, items, negatives=None):
-        u_o, i_o = self.forward()
         uniq_u, inv_u = torch.unique(users, return_inverse=True)
         uniq_i, inv_i = torch.unique(items, return_inverse=True)
-        u_rows, i_rows = rows(u_o, uniq_u), rows(i_o, uniq_i)
+        if self.split is None:  # the same values, in reused buffers (_Encode)
+            u_rows, i_rows, norm_u, norm_i = _Encode.apply(
+                self.user_embedding.weight, self.item_embedding.weight, uniq_u, uniq_i, self)
+        else:  # by row blocks across processes (models.split)
+            u_o, i_o = self.forward()
+            u_rows, i_rows, norm_u, norm_i = rows(u_o, uniq_u), rows(i_o, uniq_i), \
+                u_o.norm(), i_o.norm()
         key = self.step_key
         with torch.no_grad():  # targets: detached (row_dropout returns its input when p == 0)
             u_drop = row_dropout(u_rows, uniq_u, self.dropout, key).detach()
@@ -111,7 +197,7 @@ class BM3(Recommender):
         u_on = rows(self.predictor(u_rows), inv_u)
         i_on = rows(self.predictor(i_rows), inv_i)
         bm3 = _neg_cos(u_on, i_tgt) + _neg_cos(i_on, u_tgt)
-        reg = (u_o.norm() + i_o.norm()) / self.n_items
+        reg = (norm_u + norm_i) / self.n_items
 
         features, students, gathered, cl = self.features, [], [], 0.0
         for j in range(len(features.modalities)):

@@ -237,3 +237,94 @@ def test_any_number_of_modalities(tiny, config, widths):
     out = model.calculate_loss(*_batch(ds))
     assert torch.isfinite(out["loss"])
     assert model.sgfd.fusion.in_features == len(widths) * 8
+
+
+def _composed(user_w, item_w, uniq_u, uniq_i, model):
+    # what calculate_loss computed before _Encode, by plain autograd
+    u_o, i_o = model.forward()
+    return u_o.index_select(0, uniq_u), i_o.index_select(0, uniq_i), u_o.norm(), i_o.norm()
+
+
+def _steps(model, monkeypatch, composed, n_steps=6):
+    from sgfd_fast.models import bm3
+
+    with monkeypatch.context() as m:
+        if composed:
+            m.setattr(bm3._Encode, "apply", _composed)
+        opt = torch.optim.Adam(model.parameters(), lr=0.05, fused=True)  # as the trainer
+        rng = np.random.default_rng(3)
+        pairs = torch.as_tensor(model._pairs)
+        trace = []
+        for step in range(n_steps):
+            idx = torch.as_tensor(rng.integers(0, len(pairs), 2 * len(pairs)))  # repeats
+            model.begin_step(1000 + step)
+            opt.zero_grad(set_to_none=True)
+            parts = model.calculate_loss(pairs[idx, 0], pairs[idx, 1])
+            parts["loss"].backward()
+            trace.append({k: v.detach().clone() for k, v in parts.items()})
+            trace.append({n: p.grad.clone() for n, p in model.named_parameters()
+                          if p.grad is not None})
+            opt.step()
+        trace.append({n: p.detach().clone() for n, p in model.named_parameters()})
+    return trace
+
+
+@pytest.mark.parametrize("sgfd, n_layers, dtype", [(True, 1, torch.float32),
+                                                    (True, 2, torch.float32),
+                                                    (False, 3, torch.float64)])
+def test_reused_buffers_bitwise_equal_the_composition(tiny, config, monkeypatch, sgfd, n_layers,
+                                                      dtype):
+    # _Encode's buffers (reused across steps) change no bit of the losses, gradients or
+    # parameters over several Adam steps, against the plain autograd composition
+    ds = tiny(n_users=40, n_items=25)
+    traces = []
+    for composed in (False, True):
+        torch.manual_seed(0)
+        model = BM3(ds, config(sgfd=sgfd, n_layers=n_layers)).to(dtype)
+        model._pairs = ds.train
+        traces.append(_steps(model, monkeypatch, composed))
+    for got, want in zip(*traces):
+        assert got.keys() == want.keys()
+        for k in want:
+            assert torch.equal(got[k], want[k]), k
+
+
+def test_reused_buffers_refuse_a_stale_graph(tiny, config):
+    # the next step's forward overwrites the buffers: the earlier graph's backward must fail
+    # loudly rather than use the new values
+    ds = tiny()
+    model = BM3(ds, config())
+    users, items = torch.as_tensor(ds.train[:, 0]), torch.as_tensor(ds.train[:, 1])
+    model.begin_step(1)
+    first = model.calculate_loss(users, items)["loss"]
+    model.calculate_loss(users, items)["loss"].backward()
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        first.backward()
+
+
+def test_reused_gradient_buffer_is_never_clobbered(tiny, config, monkeypatch):
+    # gradients still held (accumulated .grad, autograd.grad's results) are never overwritten
+    # by the next backward: it then allocates afresh
+    from sgfd_fast.models import bm3
+
+    ds = tiny()
+    users, items = torch.as_tensor(ds.train[:, 0]), torch.as_tensor(ds.train[:, 1])
+    grads = []
+    for composed in (False, True):
+        torch.manual_seed(0)
+        model = BM3(ds, config())
+        with monkeypatch.context() as m:
+            if composed:
+                m.setattr(bm3._Encode, "apply", _composed)
+            for key in (1, 2):  # two backward passes accumulate into .grad
+                model.begin_step(key)
+                model.calculate_loss(users, items)["loss"].backward()
+            weights = [model.user_embedding.weight, model.item_embedding.weight]
+            held = []
+            for key in (3, 4):  # autograd.grad's results kept across the next backward
+                model.begin_step(key)
+                held.append(torch.autograd.grad(model.calculate_loss(users, items)["loss"],
+                                                weights))
+        grads.append([w.grad for w in weights] + [g for h in held for g in h])
+    for got, want in zip(*grads):
+        assert torch.equal(got, want)

@@ -208,3 +208,71 @@ def test_cuda_triton_float64_mean_is_exact(n_layers):
     with sgfd_fast.use_backend("triton"):
         got = g.propagate(x, n_layers)
     torch.testing.assert_close(got, want, **TOL[torch.float64])
+
+
+# ---- out=: a caller's reused buffer ------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", ["reference", "cpp", "triton"])
+def test_out_buffer_equals_the_functional_result(backend):
+    # out= starts poisoned (NaN): every element must be written, bitwise as without out=
+    if backend == "triton" and not _backend.triton_usable("cpu"):
+        pytest.skip("Triton is not usable here")
+    small = backend == "triton"  # the interpreter: a handful of launches
+    g = _graph("cpu", torch.float32, torch.int64, seed=4, **(
+        dict(n_users=12, n_items=8, n_edges=40) if small else {}))
+    x = torch.randn(g.n_rows, 5 if small else 37)
+    with sgfd_fast.use_backend(backend):
+        for n_layers in (0, 1, 2, 3):
+            out = torch.full_like(x, float("nan"))
+            got = g.propagate(x, n_layers, out=out)
+            assert got is out
+            assert torch.equal(out, g.propagate(x, n_layers)), f"L={n_layers}"
+            for n_scratch in (1, 2):  # the layers kept between layers, in a caller's buffers
+                scratch = [torch.full_like(x, float("nan")) for _ in range(n_scratch)]
+                got = g.propagate(x, n_layers, out=out.fill_(float("nan")), scratch=scratch)
+                assert torch.equal(got, g.propagate(x, n_layers)), f"L={n_layers}"
+                if backend == "cpp" and n_layers >= 2:  # used, not allocated afresh
+                    assert not scratch[0].isnan().any()
+            with torch.no_grad():  # allowed for an x that needs a gradient, without grad mode
+                xr = x.clone().requires_grad_()
+                assert torch.equal(g.propagate(xr, n_layers, out=out.fill_(float("nan"))),
+                                   g.propagate(x, n_layers))
+
+
+@pytest.mark.cuda
+def test_cuda_out_buffer_equals_the_functional_result():
+    g = _graph("cuda", torch.float32, torch.int32, seed=6)
+    x = torch.randn(g.n_rows, 37, device="cuda")
+    with sgfd_fast.use_backend("cuda"):
+        for n_layers in (0, 1, 3):
+            out = torch.full_like(x, float("nan"))
+            assert g.propagate(x, n_layers, out=out) is out
+            assert torch.equal(out, g.propagate(x, n_layers)), f"L={n_layers}"
+
+
+def test_out_buffer_bad_input():
+    g = _graph("cpu", torch.float32, torch.int64, seed=5)
+    x = torch.randn(g.n_rows, 8)
+    with pytest.raises(InputError, match="not differentiable"):
+        g.propagate(x.clone().requires_grad_(), 1, out=torch.empty_like(x))
+    with pytest.raises(InputError, match="must be a contiguous"):
+        g.propagate(x, 1, out=torch.empty(g.n_rows, 9))
+    with pytest.raises(InputError, match="must be a contiguous"):
+        g.propagate(x, 1, out=torch.empty(g.n_rows, 8, dtype=torch.float64))
+    with pytest.raises(InputError, match="not contiguous"):
+        g.propagate(x, 1, out=torch.empty(8, g.n_rows).t())
+    with pytest.raises(InputError, match="out must not share memory with x"):
+        g.propagate(x, 1, out=x)
+    out = torch.empty_like(x)
+    with pytest.raises(InputError, match="only used with out="):
+        g.propagate(x, 2, scratch=[out])
+    with pytest.raises(InputError, match="at most 2"):
+        g.propagate(x, 2, out=out, scratch=[torch.empty_like(x) for _ in range(3)])
+    with pytest.raises(InputError, match=r"scratch\[0\] must be a contiguous"):
+        g.propagate(x, 2, out=out, scratch=[torch.empty(3, 8)])
+    with pytest.raises(InputError, match=r"scratch\[1\] must not share memory with out"):
+        g.propagate(x, 3, out=out, scratch=[torch.empty_like(x), out])
+    with pytest.raises(InputError, match=r"scratch\[0\] must not share memory with x"):
+        g.propagate(x, 3, out=out, scratch=[x])
+    both = torch.randn(2 * g.n_rows, 8)  # disjoint halves of one storage are fine
+    g.propagate(both[:g.n_rows], 1, out=both[g.n_rows:])
