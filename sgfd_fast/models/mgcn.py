@@ -116,9 +116,12 @@ class MGCN(Recommender):
             from . import MODELS  # the registry, read when needed: it imports this module
 
             one = ", ".join(m for m in MODELS if m not in ("MGCN", "LightGCN"))  # LightGCN: none
+            chosen = config.get("modalities")  # name the narrowing, not only the dataset
+            source = f"dataset {dataset.name!r}" + (
+                f" with modalities=[{','.join(chosen)}]" if chosen else "")
             raise DataError(
-                f"MGCN needs two item feature modalities (MMRec: image and text), but dataset "
-                f"{dataset.name!r} has {len(dataset.features)} "
+                f"MGCN needs two item feature modalities (MMRec: image and text), but "
+                f"{source} has {len(dataset.features)} "
                 f"({', '.join(dataset.features) or 'none'}); use a dataset with two (office: text "
                 f"and relation) without narrowing `modalities` to one, or a backbone that takes "
                 f"one modality ({one})")

@@ -185,3 +185,16 @@ def test_one_modality_dataset_exits_2_from_the_cli(tmp_path, capsys):
     assert rc == 2 and last.startswith("error: MGCN needs two item feature modalities"), err
     assert "has 1 (text)" in last and "Traceback" not in err, err
     assert not (tmp_path / "run").exists()  # nothing was saved, nothing left behind
+
+
+def test_narrowed_modalities_named_in_the_error(tmp_path, capsys):
+    """office has two modalities: `modalities=[text]` narrowed them, and the error says so."""
+    ds = _dataset()
+    ds.valid, ds.test = ds.test[::2], ds.test[1::2]
+    data = write_sgfd(ds, tmp_path / "two")
+    rc = main(["-m", "MGCN", "--data-path", str(data), "--out", str(tmp_path / "run"),
+               "epochs=1", "topk=[5]", "valid_metric=recall@5", "knn_k=3", "modalities=[text]"])
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert rc == 2 and "with modalities=[text] has 1 (text)" in last, err
+    assert "Traceback" not in err and not (tmp_path / "run").exists(), err
