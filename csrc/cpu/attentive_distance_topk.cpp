@@ -175,12 +175,7 @@ void attentive_distance_topk_kernel(
     for (std::int64_t b = 0; b < n_blocks; ++b) {
       const std::int64_t u0 = b * kUserBlock;
       const std::int64_t nu = std::min(kUserBlock, n_users - u0);
-      std::vector<TopK> topk;
-      topk.reserve(nu);
-      for (std::int64_t r = 0; r < nu; ++r) {
-        topk.emplace_back(bufs.data() + r * TopK::capacity(k), k);
-        next[r] = rowptr[u0 + r];
-      }
+      std::vector<TopK> topk = start_user_block(bufs.data(), k, u0, nu, rowptr, next.data());
       for (std::int64_t i0 = 0; i0 < n_items; i0 += kTile) {
         const std::int64_t n = std::min(kTile, n_items - i0);
         for (std::int64_t ur = 0; ur < nu; ++ur) {

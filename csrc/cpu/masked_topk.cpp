@@ -108,12 +108,7 @@ void masked_topk_kernel(const scalar_t* users, const scalar_t* items, const inde
     for (std::int64_t b = 0; b < n_blocks; ++b) {
       const std::int64_t u0 = b * kUserBlock;
       const std::int64_t nu = std::min(kUserBlock, n_users - u0);
-      std::vector<TopK> topk;
-      topk.reserve(nu);
-      for (std::int64_t r = 0; r < nu; ++r) {
-        topk.emplace_back(bufs.data() + r * TopK::capacity(k), k);
-        next[r] = rowptr[u0 + r];
-      }
+      std::vector<TopK> topk = start_user_block(bufs.data(), k, u0, nu, rowptr, next.data());
       for (std::int64_t i0 = 0; i0 < n_items; i0 += kItemTile) {
         const std::int64_t i1 = std::min(i0 + kItemTile, n_items);
         for (std::int64_t m0 = 0; m0 < nu; m0 += kMR) {
@@ -302,12 +297,7 @@ std::int64_t masked_topk_bf16_kernel(const float* users, const float* items,
     for (std::int64_t b = 0; b < n_blocks; ++b) {
       const std::int64_t u0 = b * kUserBlock;
       const std::int64_t nu = std::min(kUserBlock, n_users - u0);
-      std::vector<TopK> topk;
-      topk.reserve(nu);
-      for (std::int64_t r = 0; r < nu; ++r) {
-        topk.emplace_back(bufs.data() + r * TopK::capacity(k), k);
-        next[r] = rowptr[u0 + r];
-      }
+      std::vector<TopK> topk = start_user_block(bufs.data(), k, u0, nu, rowptr, next.data());
       std::fill(bins.begin(), bins.end(), absent);
       // Pass 1: bf16 scores; upper bounds kept, lower bounds binned (masked: the fixed score).
       for (std::int64_t i0 = 0; i0 < n_items; i0 += kItemTile) {

@@ -26,6 +26,7 @@
 #include <functional>
 #include <limits>
 #include <stdexcept>
+#include <vector>
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
@@ -164,5 +165,19 @@ class TopK {
   std::int64_t size_ = 0;
   float thr_ = -std::numeric_limits<float>::infinity();
 };
+
+// The top-k buffers of the nu users from u0 of a user block (stored in bufs, capacity(k) apart)
+// and each user's first entry of its mask row (next[r] = rowptr[u0 + r]).
+template <typename index_t>
+inline std::vector<TopK> start_user_block(std::uint64_t* bufs, std::int64_t k, std::int64_t u0,
+                                          std::int64_t nu, const index_t* rowptr, index_t* next) {
+  std::vector<TopK> topk;
+  topk.reserve(nu);
+  for (std::int64_t r = 0; r < nu; ++r) {
+    topk.emplace_back(bufs + r * TopK::capacity(k), k);
+    next[r] = rowptr[u0 + r];
+  }
+  return topk;
+}
 
 }  // namespace sgfd
