@@ -23,3 +23,22 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords and not HAS_CUDA:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def tiny_model(monkeypatch):
+    """The trainer tests' tiny matrix-factorisation model (test_trainer.TinyMF), registered as
+    "TinyMF" for one test."""
+    import signal
+
+    from sgfd_fast.models import MODELS
+    from test_trainer import TinyMF
+
+    monkeypatch.setitem(MODELS, "TinyMF", TinyMF)
+    monkeypatch.setattr(TinyMF, "interrupt_at", None)
+    monkeypatch.setattr(TinyMF, "calls", 0)
+    # A process a non-interactive shell starts in the background ignores SIGINT, and the trainer
+    # leaves a handler it did not expect alone: the interrupt tests need Python's default one.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield "TinyMF"
+    signal.signal(signal.SIGINT, previous)

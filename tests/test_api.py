@@ -11,7 +11,7 @@ from sgfd_fast.api import load_run
 from sgfd_fast.config import load_config
 from sgfd_fast.data import write_sgfd
 from sgfd_fast.errors import ConfigError, InputError, RunDirectoryError
-from test_trainer import tiny_dataset, tiny_model  # noqa: F401  (tiny_model is a fixture)
+from test_trainer import tiny_dataset
 
 OVERRIDES = ["epochs=2", "train_batch_size=32", "embedding_size=8", "device=cpu",
              "topk=[10,20]"]  # the tiny data have 30 items

@@ -12,7 +12,7 @@ from sgfd_fast import data, plot, study, training
 from sgfd_fast.errors import ConfigError, RunDirectoryError
 from sgfd_fast.study.report import diff_cells, fmt
 
-from test_trainer import TinyMF, tiny_dataset, tiny_model  # noqa: F401 - a fixture
+from test_trainer import TinyMF, tiny_dataset
 
 SHARED = {"epochs": 3, "train_batch_size": 32, "embedding_size": 8, "learning_rate": 0.05,
           "stopping_step": 10, "device": "cpu", "topk": [5, 10, 20]}

@@ -68,18 +68,6 @@ def tiny_dataset(n_users=40, n_items=30, seed=0, with_ids=True):
                    item_ids=np.asarray([f"i{i}" for i in range(n_items)]) if with_ids else None)
 
 
-@pytest.fixture
-def tiny_model(monkeypatch):
-    monkeypatch.setitem(MODELS, "TinyMF", TinyMF)
-    monkeypatch.setattr(TinyMF, "interrupt_at", None)
-    monkeypatch.setattr(TinyMF, "calls", 0)
-    # A process a non-interactive shell starts in the background ignores SIGINT, and the trainer
-    # leaves a handler it did not expect alone: the interrupt tests need Python's default one.
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    yield "TinyMF"
-    signal.signal(signal.SIGINT, previous)
-
-
 def cfg(*overrides):
     base = ["epochs=4", "train_batch_size=32", "embedding_size=8", "learning_rate=0.05",
             "stopping_step=10", "device=cpu", "topk=[5,10,20]"]

@@ -228,7 +228,7 @@ def test_trained_like_office_embeddings():
     parts = builtin_parts("office")
     train = parts["train"]
     train = train[np.lexsort((train[:, 1], train[:, 0]))]
-    n_users, n_items = parts["n_users"], parts["n_items"]
+    n_users = parts["n_users"]
     g = torch.Generator().manual_seed(0)
     items = torch.from_numpy(parts["features"]["text"]) @ torch.randn(
         parts["features"]["text"].shape[1], 64, generator=g)
