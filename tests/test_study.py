@@ -459,6 +459,8 @@ def test_seeds_epochs_and_overrides_from_the_command_line(tmp_path, tiny_model, 
     (["seed=3"], "the command line sets seed; give the study's seeds with --seeds"),
     (["lerning_rate=0.1"], "the command line sets 'lerning_rate', which is not a config key; "
                            "did you mean 'learning_rate'"),
+    (["dataset=scientific"], "the command line sets 'dataset', which is a key of the study spec ("),
+    (["model=BM3"], "not a config key; copy the spec, change model there and run the copy"),
     (["--epochs", "2", "epochs=3"], "epochs is given twice on the command line"),
     (["--epochs", "-1"], "epochs=-1"),
     (["--seeds", "1,x"], "--seeds '1,x' must be comma-separated non-negative ints"),

@@ -237,6 +237,10 @@ def load_spec(path, *, in_memory: bool = False, seeds: list[int] | None = None,
     for k in command_line:
         if k == "seed":
             raise ConfigError("the command line sets seed; give the study's seeds with --seeds")
+        if k in _SPEC_KEYS and k not in known:  # model, dataset, ...: what the study is of
+            raise ConfigError(f"the command line sets {k!r}, which is a key of the study spec "
+                              f"({path}), not a config key; copy the spec, change {k} there and "
+                              f"run the copy (python -m sgfd_fast.study my-spec.yaml)")
         if k not in known:
             raise _unknown("the command line", k, known)
     load_config(model, dataset, overrides=list(command_line.items()))  # its own values first
