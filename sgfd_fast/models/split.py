@@ -30,6 +30,8 @@ every rank).
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .. import ops
@@ -177,18 +179,76 @@ class RowSplit:
         (differentiable; every rank must call it)."""
         return _Gather.apply(block, self, n)
 
+    def all_rows(self, index: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor,
+                                                                        torch.Tensor]:
+        """Every rank's ``(index, values)`` concatenated in rank order: ``index`` (k,) int64 row
+        ids and ``values`` (k, ...) their rows here (float32/float64/bfloat16), (sum of k, ...)
+        returned; a sparse exchange of rows where a dense all-reduce would move every row (not
+        differentiable; every rank must call it). One all-reduce of the ranks' counts, then one
+        broadcast per rank of its ids' bytes (reinterpreted as the rows' dtype, never
+        computed with) followed by its rows."""
+        index, values = index.contiguous(), values.contiguous()
+        counts = torch.zeros(self.world, dtype=torch.int64, device=index.device)
+        counts[self.rank] = index.numel()
+        self.dist.all_reduce(counts, group=self.group)
+        width = math.prod(values.shape[1:])
+        ids_width = index.element_size() // values.element_size()  # values per id
+        msgs = [values.new_empty(int(k) * (width + ids_width)) for k in counts.tolist()]
+        # the ids first: at offset 0 their bytes view back as int64 whatever the rows' width
+        msgs[self.rank] = torch.cat([index.view(values.dtype), values.reshape(-1)])
+        for r, msg in enumerate(msgs):
+            if msg.numel():
+                self.dist.broadcast(msg, src=r, group=self.group)
+        self.sent += (self.world - 1) * msgs[self.rank].numel() * values.element_size()
+        ids = torch.cat([m[:int(k) * ids_width].view(index.dtype) for m, k in zip(msgs, counts)])
+        rows = torch.cat([m[int(k) * ids_width:] for m, k in zip(msgs, counts)])
+        return ids, rows.view(-1, *values.shape[1:])
+
+    def propagate_rows(self, graph: CSR, x: torch.Tensor, n_layers: int, out: torch.Tensor,
+                       residual: int | None = None) -> torch.Tensor:
+        """This rank's rows (:meth:`bounds`) of ``propagate(graph, x, n_layers, None,
+        residual)`` for an ``x`` (N, d) whole on every rank, written into ``out`` ((N, d),
+        contiguous, not overlapping x), whose other rows are set to 0; returns ``out``. Not
+        differentiable; every rank must call it.
+
+        L = 1: one call of the fused kernel (``ops.propagate``, no temporaries) on the block's
+        rows of Â held as an (N, N) matrix whose other rows are empty: it writes the block's
+        rows of ``(x + Âx) / 2`` and, on the other rows, ``x / 2`` (then zeroed). L >= 2: the
+        block's rows of Â times each layer, the layers gathered between layers (L - 1
+        gathers)."""
+        n = x.shape[0]
+        lo, hi = self.bounds(n)
+        if n_layers == 1:
+            block = self._block(graph)[2]
+            ops.propagate(block.rowptr, block.col, block.val, x, 1, validate=False, out=out)
+            if residual is not None and hi > residual:
+                out[max(lo, residual):hi] += x[max(lo, residual):hi]
+        else:
+            out[lo:hi] = _block_propagate(self, self.rows_of(graph), x, n_layers, residual)
+        out[:lo] = 0
+        out[hi:] = 0
+        return out
+
     def rows_of(self, graph: CSR) -> CSR:
         """This rank's row block of ``graph`` (cached per graph object: a model's graph is a
         constant, FREEDOM's per-epoch sampled graph changes once an epoch)."""
+        return self._block(graph)[1]
+
+    def _block(self, graph: CSR) -> tuple:
+        """``(graph, its rows bounds(n_rows), the same as an (n_rows, n_cols) CSR whose other
+        rows are empty)``, cached per graph object (:meth:`rows_of`)."""
         hit = self._blocks.get(id(graph))
         if hit is None or hit[0] is not graph:
             lo, hi = self.bounds(graph.n_rows)
-            rows = torch.arange(lo, hi, device=graph.device)
-            hit = (graph, graph.select_rows(rows))
+            rows = graph.select_rows(torch.arange(lo, hi, device=graph.device))
+            pad = rows.rowptr.new_full((graph.n_rows - hi,), rows.nnz)
+            padded = CSR(torch.cat([rows.rowptr.new_zeros(lo), rows.rowptr, pad]), rows.col,
+                         rows.val, graph.n_cols, validate=False)
+            hit = (graph, rows, padded)
             if len(self._blocks) >= 4:
                 self._blocks.pop(next(iter(self._blocks)))
             self._blocks[id(graph)] = hit
-        return hit[1]
+        return hit
 
 
 def bounds(split: RowSplit | None, n: int) -> tuple[int, int]:
@@ -216,7 +276,9 @@ def propagate(graph: CSR, x: torch.Tensor, n_layers: int, split: RowSplit | None
     the backward all-reduces the gradient of the result once and applies the same map to it by
     row blocks (L - 1 gathers), leaving each rank the exact gradient of x on its rows and zeros
     elsewhere (:class:`_Propagate`). Without a split it is ``graph.propagate``."""
-    if split is None:
+    if split is None or not (torch.is_grad_enabled() and x.requires_grad):
+        # without a gradient (evaluation) each rank computes all rows: on gloo the whole
+        # product costs less CPU than its row block and the gather (docs/BENCHMARKS.md)
         y = graph.propagate(x, n_layers)  # a new tensor, not saved for its backward
         if residual is not None:
             y[residual:] += x[residual:]
