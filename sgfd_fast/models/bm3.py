@@ -116,21 +116,24 @@ class _Encode(torch.autograd.Function):
     def backward(ctx, g_urows, g_irows, g_norm_u, g_norm_i):
         uniq_u, uniq_i, norm_u, norm_i, out = ctx.saved_tensors
         n, split, model = ctx.n_users, ctx.split, ctx.model
-        if split is not None:  # the total loss's gradient (class doc, "Under a split")
-            g_norm_u, g_norm_i = split.sum(torch.stack([g_norm_u, g_norm_i]))
-            uniq, g_rows = split.all_rows(torch.cat([uniq_u, uniq_i + n]),
-                                          torch.cat([g_urows, g_irows]))
         # the gradient of [u_o; i_o] in ego's buffer (the forward is done with it)
         g_out, _, g_ego, *scratch = model._encode_buffers_like(out)
-        for o, g, norm, g_norm, index, g_rows_half in (
-                (out[:n], g_out[:n], norm_u, g_norm_u, uniq_u, g_urows),
-                (out[n:], g_out[n:], norm_i, g_norm_i, uniq_i, g_irows)):
-            torch.div(o, norm, out=g)          # torch's norm backward: g_norm * (x / ||x||),
-            g.mul_(g_norm).masked_fill_(norm == 0, 0)  # 0 where the norm is 0
-            if split is None:
-                g.index_add_(0, index, g_rows_half)  # the gather's backward (ids distinct)
-        if split is not None:  # every rank's rows (an id repeats where two ranks read it)
-            g_out.index_add_(0, uniq, g_rows)
+        if split is None:
+            for o, g, norm, g_norm, index, g_rows in (
+                    (out[:n], g_out[:n], norm_u, g_norm_u, uniq_u, g_urows),
+                    (out[n:], g_out[n:], norm_i, g_norm_i, uniq_i, g_irows)):
+                torch.div(o, norm, out=g)          # torch's norm backward: g_norm * (x / ||x||),
+                g.mul_(g_norm).masked_fill_(norm == 0, 0)  # 0 where the norm is 0
+                g.index_add_(0, index, g_rows)     # the gather's backward (ids distinct)
+        else:  # the total loss's gradient (class doc, "Under a split")
+            norms = torch.stack([norm_u, norm_i])
+            g_norms = split.sum(torch.stack([g_norm_u, g_norm_i]))
+            scale = torch.where(norms == 0, 0, g_norms / norms)  # one pass over the rows
+            torch.mul(out[:n], scale[0], out=g_out[:n])
+            torch.mul(out[n:], scale[1], out=g_out[n:])
+            # every rank's rows (an id repeats where two ranks' shards read it)
+            g_out.index_add_(0, *split.all_rows(torch.cat([uniq_u, uniq_i + n]),
+                                                torch.cat([g_urows, g_irows])))
         # Â symmetric. The result becomes E_u.grad/E_i.grad: into the third buffer unless the
         # gradients it last held are still alive (accumulated .grad, autograd.grad's results)
         held = _held(g_ego)
