@@ -514,6 +514,9 @@ def _split_worker(rank, world, init, out):
                                           (torch.arange(k * 6.0).view(k, 2, 3) + 100 * rank)
                                           .to(dtype))
                            for dtype in (torch.float32, torch.float64, torch.bfloat16)]
+        got["all_rows sums"] = split.all_rows(torch.zeros(0, dtype=torch.long),
+                                              torch.zeros(0, 4),
+                                              sums=torch.tensor([0.5, -2.0]) * (rank + 1))[2]
         model = split_model(ADAM_CASE)
         split = RowSplit(rank, world)
         model.set_split(split)
@@ -589,7 +592,8 @@ def test_split_step_equals_one_process(name, split_runs):
 
 def test_all_rows_concatenates_every_ranks_rows(split_runs):
     """``RowSplit.all_rows`` on 3 ranks with 3, 0 and 5 rows: every rank gets every rank's ids
-    and rows, in rank order, bit for bit, in the rows' dtype."""
+    and rows, in rank order, bit for bit, in the rows' dtype; and ``sums`` summed over the
+    ranks when no rank has rows."""
     counts = [3, 0, 5]
     ids = torch.cat([torch.arange(k) * 7 + r for r, k in enumerate(counts)])
     for j, dtype in enumerate((torch.float32, torch.float64, torch.bfloat16)):
@@ -599,6 +603,8 @@ def test_all_rows_concatenates_every_ranks_rows(split_runs):
             got_ids, got_rows = r["all_rows"][j]
             assert got_ids.dtype == torch.int64 and got_rows.dtype == dtype
             assert torch.equal(got_ids, ids) and torch.equal(got_rows, rows)
+    for r in split_runs:  # no rows anywhere; the sums (1 + 2 + 3 times the values)
+        assert torch.equal(r["all_rows sums"], torch.tensor([3.0, -12.0]))
 
 
 def test_sharded_adam_equals_one_process(split_runs):

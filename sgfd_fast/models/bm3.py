@@ -126,14 +126,16 @@ class _Encode(torch.autograd.Function):
                 g.mul_(g_norm).masked_fill_(norm == 0, 0)  # 0 where the norm is 0
                 g.index_add_(0, index, g_rows)     # the gather's backward (ids distinct)
         else:  # the total loss's gradient (class doc, "Under a split")
+            # every rank's rows (an id repeats where two ranks' shards read them) and the sum
+            # of the ranks' gradients of the two norms
+            ids, g_rows, g_norms = split.all_rows(torch.cat([uniq_u, uniq_i + n]),
+                                                  torch.cat([g_urows, g_irows]),
+                                                  sums=torch.stack([g_norm_u, g_norm_i]))
             norms = torch.stack([norm_u, norm_i])
-            g_norms = split.sum(torch.stack([g_norm_u, g_norm_i]))
             scale = torch.where(norms == 0, 0, g_norms / norms)  # one pass over the rows
             torch.mul(out[:n], scale[0], out=g_out[:n])
             torch.mul(out[n:], scale[1], out=g_out[n:])
-            # every rank's rows (an id repeats where two ranks' shards read it)
-            g_out.index_add_(0, *split.all_rows(torch.cat([uniq_u, uniq_i + n]),
-                                                torch.cat([g_urows, g_irows])))
+            g_out.index_add_(0, ids, g_rows)
         # Â symmetric. The result becomes E_u.grad/E_i.grad: into the third buffer unless the
         # gradients it last held are still alive (accumulated .grad, autograd.grad's results)
         held = _held(g_ego)

@@ -179,30 +179,39 @@ class RowSplit:
         (differentiable; every rank must call it)."""
         return _Gather.apply(block, self, n)
 
-    def all_rows(self, index: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor,
-                                                                        torch.Tensor]:
+    def all_rows(self, index: torch.Tensor, values: torch.Tensor,
+                 sums: torch.Tensor | None = None) -> tuple:
         """Every rank's ``(index, values)`` concatenated in rank order: ``index`` (k,) int64 row
         ids and ``values`` (k, ...) their rows here (float32/float64/bfloat16), (sum of k, ...)
-        returned; a sparse exchange of rows where a dense all-reduce would move every row (not
-        differentiable; every rank must call it). One all-reduce of the ranks' counts, then one
-        broadcast per rank of its ids' bytes (reinterpreted as the rows' dtype, never
-        computed with) followed by its rows."""
+        returned; a sparse exchange of rows where a dense all-reduce would move every row. With
+        ``sums`` (a few float values), also their sum over the ranks, in ``sums``' dtype (added
+        in float64 in the same collective as the counts: one synchronisation, not two). Not
+        differentiable; every rank must call it.
+
+        One all-reduce of the ranks' counts (and ``sums``), then one broadcast per rank of its
+        ids' bytes (reinterpreted as the rows' dtype, never computed with) and its rows."""
         index, values = index.contiguous(), values.contiguous()
-        counts = torch.zeros(self.world, dtype=torch.int64, device=index.device)
-        counts[self.rank] = index.numel()
-        self.dist.all_reduce(counts, group=self.group)
+        extra = sums.reshape(-1) if sums is not None else index.new_zeros(0, dtype=torch.float64)
+        head = torch.zeros(self.world + extra.numel(), dtype=torch.float64, device=index.device)
+        head[self.rank] = index.numel()
+        head[self.world:] = extra
+        self.dist.all_reduce(head, group=self.group)
+        counts = head[:self.world].long().tolist()
         width = math.prod(values.shape[1:])
         ids_width = index.element_size() // values.element_size()  # values per id
-        msgs = [values.new_empty(int(k) * (width + ids_width)) for k in counts.tolist()]
+        msgs = [values.new_empty(k * (width + ids_width)) for k in counts]
         # the ids first: at offset 0 their bytes view back as int64 whatever the rows' width
         msgs[self.rank] = torch.cat([index.view(values.dtype), values.reshape(-1)])
         for r, msg in enumerate(msgs):
             if msg.numel():
                 self.dist.broadcast(msg, src=r, group=self.group)
         self.sent += (self.world - 1) * msgs[self.rank].numel() * values.element_size()
-        ids = torch.cat([m[:int(k) * ids_width].view(index.dtype) for m, k in zip(msgs, counts)])
-        rows = torch.cat([m[int(k) * ids_width:] for m, k in zip(msgs, counts)])
-        return ids, rows.view(-1, *values.shape[1:])
+        ids = torch.cat([m[:k * ids_width].view(index.dtype) for m, k in zip(msgs, counts)])
+        rows = torch.cat([m[k * ids_width:] for m, k in zip(msgs, counts)])
+        rows = rows.view(-1, *values.shape[1:])
+        if sums is None:
+            return ids, rows
+        return ids, rows, head[self.world:].to(sums.dtype).view_as(sums)
 
     def propagate_rows(self, graph: CSR, x: torch.Tensor, n_layers: int, out: torch.Tensor,
                        residual: int | None = None) -> torch.Tensor:
