@@ -90,9 +90,9 @@ class _Encode(torch.autograd.Function):
     so a rank that computed only its row block would have to gather the rest (on gloo the
     gather costs more CPU than the product, docs/BENCHMARKS.md). The backward needs the
     gradient of the total loss, the sum over ranks: for the norms that is the ranks' two scalar
-    gradients summed (``RowSplit.sum``) times ``x / ||x||``, which every rank holds; for the
-    batch's rows, the ranks exchange theirs (``RowSplit.all_rows``: ~10^3 rows instead of an
-    all-reduce of all N). Each rank then propagates only its row block of the summed gradient
+    gradients summed times ``x / ||x||``, which every rank holds; for the batch's rows, the
+    ranks exchange theirs (``RowSplit.all_rows``, the scalars with them: ~10^3 rows instead of
+    an all-reduce of all N). Each rank then propagates only its row block of the summed gradient
     (``RowSplit.propagate_rows``, Â symmetric): the whole gradient of ``E_u``/``E_i`` on its
     rows and zeros elsewhere, as ``BM3.split_rows`` declares.
     """

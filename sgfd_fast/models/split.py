@@ -25,6 +25,19 @@ must therefore run the same sequence of split calls, forward and backward (the t
 split only on steps where every rank has rows of the batch, and evaluation joins the forward on
 every rank).
 
+Sparse gradients (BM3, ``models.bm3._Encode``). Gathering y and all-reducing its dense (N, d)
+gradient moves every row twice per layer, though a step's loss often reads few rows of y. BM3's
+reads the batch's rows and the Frobenius norms of its two halves: every rank then computes the
+whole y = M x (M = mean_l Â^l plus the residual, symmetric) itself, without communication (one
+fused product; on gloo the gather of a row block costs more CPU than computing it), and the
+gradient of the total loss with respect to y is G = c · y / ||y|| on each half (c: the ranks'
+gradients of the norm, summed) plus the sum of the ranks' gradients on the rows they read.
+:meth:`RowSplit.all_rows` exchanges those rows (ids and values, ~10^3 rows instead of N) and the
+scalars c in one count exchange and one broadcast per rank; every rank then assembles the same
+G, and the gradient of x, M G, is propagated by each rank on its own rows only
+(:meth:`RowSplit.propagate_rows`): again the whole gradient of x on its rows and zeros
+elsewhere, as above, equal to one process's up to summation order.
+
 ``torch.distributed`` is imported only when a split is built (a plain run never builds one).
 """
 
@@ -284,7 +297,8 @@ def propagate(graph: CSR, x: torch.Tensor, n_layers: int, split: RowSplit | None
     layers are gathered between layers and the result last (L gathers of (N, d) per forward);
     the backward all-reduces the gradient of the result once and applies the same map to it by
     row blocks (L - 1 gathers), leaving each rank the exact gradient of x on its rows and zeros
-    elsewhere (:class:`_Propagate`). Without a split it is ``graph.propagate``."""
+    elsewhere (:class:`_Propagate`). Without a split, or without a gradient to propagate
+    (evaluation: every rank computes all rows, no communication), it is ``graph.propagate``."""
     if split is None or not (torch.is_grad_enabled() and x.requires_grad):
         # without a gradient (evaluation) each rank computes all rows: on gloo the whole
         # product costs less CPU than its row block and the gather (docs/BENCHMARKS.md)
