@@ -132,6 +132,7 @@ def run_size(name: str, seed: int, epochs: int, tmp: Path) -> dict:
 
 #: (module, attribute, phase): what the phase table charges; innermost wins
 PHASES = [("sgfd_fast.models.split", "_block_propagate", "propagation (row blocks)"),
+          ("sgfd_fast.models.split", "RowSplit.propagate_rows", "propagation (row blocks)"),
           ("sgfd_fast.models.split", "propagate", "propagation"),
           ("sgfd_fast.models.sgfd", "SGFD._collapse", "teacher collapse"),
           ("sgfd_fast.models.sgfd", "SGFD.losses", "SGFD losses (teacher, CE, KD)"),

@@ -417,8 +417,9 @@ def split_dataset():
     return ds
 
 
-#: (model, its overrides) of the split test: every model, and GRCN's released evaluation
-SPLIT_CASES = [*MODELS, "GRCN protocol=legacy"]
+#: (model, its overrides) of the split test: every model, GRCN's released evaluation and BM3
+#: with two layers (its backward's row blocks gathered between layers)
+SPLIT_CASES = [*MODELS, "GRCN protocol=legacy", "BM3 n_layers=2"]
 
 
 def split_model(case):
@@ -506,6 +507,16 @@ def _split_worker(rank, world, init, out):
                 emb = model.ranking_embeddings()
             got[name] = {"grads": {k: p.grad for k, p in model.named_parameters()},
                          "emb": emb, "sent": split.sent, "rows": rows}
+        # RowSplit.all_rows: rank 1 has no rows; every dtype a gradient may have
+        split = RowSplit(rank, world)
+        k = [3, 0, 5][rank]
+        got["all_rows"] = [split.all_rows(torch.arange(k) * 7 + rank,
+                                          (torch.arange(k * 6.0).view(k, 2, 3) + 100 * rank)
+                                          .to(dtype))
+                           for dtype in (torch.float32, torch.float64, torch.bfloat16)]
+        got["all_rows sums"] = split.all_rows(torch.zeros(0, dtype=torch.long),
+                                              torch.zeros(0, 4),
+                                              sums=torch.tensor([0.5, -2.0]) * (rank + 1))[2]
         model = split_model(ADAM_CASE)
         split = RowSplit(rank, world)
         model.set_split(split)
@@ -577,6 +588,23 @@ def test_split_step_equals_one_process(name, split_runs):
     assert (emb is None) == (got["emb"] is None)  # None: a model that ranks otherwise (MAML)
     for a, b in zip(got["emb"] or (), emb or ()):
         assert torch.allclose(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_all_rows_concatenates_every_ranks_rows(split_runs):
+    """``RowSplit.all_rows`` on 3 ranks with 3, 0 and 5 rows: every rank gets every rank's ids
+    and rows, in rank order, bit for bit, in the rows' dtype; and ``sums`` summed over the
+    ranks when no rank has rows."""
+    counts = [3, 0, 5]
+    ids = torch.cat([torch.arange(k) * 7 + r for r, k in enumerate(counts)])
+    for j, dtype in enumerate((torch.float32, torch.float64, torch.bfloat16)):
+        rows = torch.cat([(torch.arange(k * 6.0).view(k, 2, 3) + 100 * r).to(dtype)
+                          for r, k in enumerate(counts)])
+        for r in split_runs:
+            got_ids, got_rows = r["all_rows"][j]
+            assert got_ids.dtype == torch.int64 and got_rows.dtype == dtype
+            assert torch.equal(got_ids, ids) and torch.equal(got_rows, rows)
+    for r in split_runs:  # no rows anywhere; the sums (1 + 2 + 3 times the values)
+        assert torch.equal(r["all_rows sums"], torch.tensor([3.0, -12.0]))
 
 
 def test_sharded_adam_equals_one_process(split_runs):

@@ -84,6 +84,17 @@ class _Encode(torch.autograd.Function):
 
     The buffers are overwritten by the next call: a graph built before it cannot be
     backpropagated afterwards (autograd raises, through ``out``'s version counter).
+
+    Under a split (``models.split``, torchrun) every rank runs the same forward on the whole
+    graph, without communication: the loss reads all rows of ``[u_o; i_o]`` through the norms,
+    so a rank that computed only its row block would have to gather the rest (on gloo the
+    gather costs more CPU than the product, docs/BENCHMARKS.md). The backward needs the
+    gradient of the total loss, the sum over ranks: for the norms that is the ranks' two scalar
+    gradients summed times ``x / ||x||``, which every rank holds; for the batch's rows, the
+    ranks exchange theirs (``RowSplit.all_rows``, the scalars with them: ~10^3 rows instead of
+    an all-reduce of all N). Each rank then propagates only its row block of the summed gradient
+    (``RowSplit.propagate_rows``, Â symmetric): the whole gradient of ``E_u``/``E_i`` on its
+    rows and zeros elsewhere, as ``BM3.split_rows`` declares.
     """
 
     @staticmethod
@@ -98,26 +109,44 @@ class _Encode(torch.autograd.Function):
         i_o.add_(item_w)  # the item-ID residual
         norm_u, norm_i = u_o.norm(), i_o.norm()
         ctx.save_for_backward(uniq_u, uniq_i, norm_u, norm_i, out)
-        ctx.model, ctx.n_users = model, n_users
+        ctx.model, ctx.n_users, ctx.split = model, n_users, model.split
         return u_o.index_select(0, uniq_u), i_o.index_select(0, uniq_i), norm_u, norm_i
 
     @staticmethod
     def backward(ctx, g_urows, g_irows, g_norm_u, g_norm_i):
         uniq_u, uniq_i, norm_u, norm_i, out = ctx.saved_tensors
-        n = ctx.n_users
+        n, split, model = ctx.n_users, ctx.split, ctx.model
         # the gradient of [u_o; i_o] in ego's buffer (the forward is done with it)
-        g_out, _, g_ego, *scratch = ctx.model._encode_buffers_like(out)
-        for o, g, norm, g_norm, index, g_rows in (
-                (out[:n], g_out[:n], norm_u, g_norm_u, uniq_u, g_urows),
-                (out[n:], g_out[n:], norm_i, g_norm_i, uniq_i, g_irows)):
-            torch.div(o, norm, out=g)          # torch's norm backward: g_norm * (x / ||x||),
-            g.mul_(g_norm).masked_fill_(norm == 0, 0)  # 0 where the norm is 0
-            g.index_add_(0, index, g_rows)     # the gather's backward (ids distinct)
+        g_out, _, g_ego, *scratch = model._encode_buffers_like(out)
+        if split is None:
+            for o, g, norm, g_norm, index, g_rows in (
+                    (out[:n], g_out[:n], norm_u, g_norm_u, uniq_u, g_urows),
+                    (out[n:], g_out[n:], norm_i, g_norm_i, uniq_i, g_irows)):
+                torch.div(o, norm, out=g)          # torch's norm backward: g_norm * (x / ||x||),
+                g.mul_(g_norm).masked_fill_(norm == 0, 0)  # 0 where the norm is 0
+                g.index_add_(0, index, g_rows)     # the gather's backward (ids distinct)
+        else:  # the total loss's gradient (class doc, "Under a split")
+            # every rank's rows (an id repeats where two ranks' shards read them) and the sum
+            # of the ranks' gradients of the two norms
+            ids, g_rows, g_norms = split.all_rows(torch.cat([uniq_u, uniq_i + n]),
+                                                  torch.cat([g_urows, g_irows]),
+                                                  sums=torch.stack([g_norm_u, g_norm_i]))
+            norms = torch.stack([norm_u, norm_i])
+            scale = torch.where(norms == 0, 0, g_norms / norms)  # one pass over the rows
+            torch.mul(out[:n], scale[0], out=g_out[:n])
+            torch.mul(out[n:], scale[1], out=g_out[n:])
+            g_out.index_add_(0, ids, g_rows)
         # Â symmetric. The result becomes E_u.grad/E_i.grad: into the third buffer unless the
         # gradients it last held are still alive (accumulated .grad, autograd.grad's results)
-        reuse = {} if _held(g_ego) else dict(out=g_ego, scratch=scratch)
-        grad_ego = ctx.model.graph.propagate(g_out, ctx.model.n_layers, **reuse)
-        grad_ego[n:].add_(g_out[n:])  # the residual's gradient
+        held = _held(g_ego)
+        if split is None:
+            reuse = {} if held else dict(out=g_ego, scratch=scratch)
+            grad_ego = model.graph.propagate(g_out, model.n_layers, **reuse)
+            grad_ego[n:].add_(g_out[n:])  # the residual's gradient
+        else:  # this rank's rows of it (residual included), zeros elsewhere
+            grad_ego = split.propagate_rows(model.graph, g_out, model.n_layers,
+                                            torch.empty_like(g_out) if held else g_ego,
+                                            residual=n)
         return grad_ego[:n], grad_ego[n:], None, None, None
 
 
@@ -180,13 +209,9 @@ class BM3(Recommender):
     def calculate_loss(self, users, items, negatives=None):
         uniq_u, inv_u = torch.unique(users, return_inverse=True)
         uniq_i, inv_i = torch.unique(items, return_inverse=True)
-        if self.split is None:  # the same values, in reused buffers (_Encode)
-            u_rows, i_rows, norm_u, norm_i = _Encode.apply(
-                self.user_embedding.weight, self.item_embedding.weight, uniq_u, uniq_i, self)
-        else:  # by row blocks across processes (models.split)
-            u_o, i_o = self.forward()
-            u_rows, i_rows, norm_u, norm_i = rows(u_o, uniq_u), rows(i_o, uniq_i), \
-                u_o.norm(), i_o.norm()
+        # the same values as forward(), rows() and norm(), in reused buffers (_Encode)
+        u_rows, i_rows, norm_u, norm_i = _Encode.apply(
+            self.user_embedding.weight, self.item_embedding.weight, uniq_u, uniq_i, self)
         key = self.step_key
         with torch.no_grad():  # targets: detached (row_dropout returns its input when p == 0)
             u_drop = row_dropout(u_rows, uniq_u, self.dropout, key).detach()

@@ -201,7 +201,7 @@ class SGFD(ItemFeatures):
         takes its block K of the first layer's outputs (``split.bounds(F_1)``): its part
         ``C[:, K] W_1[K]`` of W, with the chain ``C = W_L ⋯ W_2`` on K's columns only
         (~D*F_1*d/W multiply-adds), and ``C[:, K] b_1[K]`` of b; the parts are summed over the
-        processes (``RowSplit.sum``) and the rest of b, ``W_L ⋯ W_3 b_2 + ... + b_L`` (matrix
+        processes (one ``RowSplit.sum``) and the rest of b, ``W_L ⋯ W_3 b_2 + ... + b_L`` (matrix
         times vector), added. The gradients of ``W_1[K]`` and ``b_1[K]`` are then whole on
         their owner (:meth:`split_rows`)."""
         weights, biases = [l.weight for l in layers], [l.bias for l in layers]
@@ -214,7 +214,9 @@ class SGFD(ItemFeatures):
         rest = biases[1]
         for wi, bi in zip(weights[2:], biases[2:]):
             rest = F.linear(rest, wi, bi)
-        return self.split.sum(w), self.split.sum(b) + rest
+        # one collective for both parts, forward and backward
+        wb = self.split.sum(torch.cat([w.reshape(-1), b]))
+        return wb[:w.numel()].view_as(w), wb[w.numel():] + rest
 
     def split_rows(self) -> list:
         """``(parameter, n, offset)`` of the parameters whose gradient under a split is whole on

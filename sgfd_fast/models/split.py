@@ -25,10 +25,25 @@ must therefore run the same sequence of split calls, forward and backward (the t
 split only on steps where every rank has rows of the batch, and evaluation joins the forward on
 every rank).
 
+Sparse gradients (BM3, ``models.bm3._Encode``). Gathering y and all-reducing its dense (N, d)
+gradient moves every row twice per layer, though a step's loss often reads few rows of y. BM3's
+reads the batch's rows and the Frobenius norms of its two halves: every rank then computes the
+whole y = M x (M = mean_l Â^l plus the residual, symmetric) itself, without communication (one
+fused product; on gloo the gather of a row block costs more CPU than computing it), and the
+gradient of the total loss with respect to y is G = c · y / ||y|| on each half (c: the ranks'
+gradients of the norm, summed) plus the sum of the ranks' gradients on the rows they read.
+:meth:`RowSplit.all_rows` exchanges those rows (ids and values, ~10^3 rows instead of N) and the
+scalars c in one count exchange and one broadcast per rank; every rank then assembles the same
+G, and the gradient of x, M G, is propagated by each rank on its own rows only
+(:meth:`RowSplit.propagate_rows`): again the whole gradient of x on its rows and zeros
+elsewhere, as above, equal to one process's up to summation order.
+
 ``torch.distributed`` is imported only when a split is built (a plain run never builds one).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -177,18 +192,85 @@ class RowSplit:
         (differentiable; every rank must call it)."""
         return _Gather.apply(block, self, n)
 
+    def all_rows(self, index: torch.Tensor, values: torch.Tensor,
+                 sums: torch.Tensor | None = None) -> tuple:
+        """Every rank's ``(index, values)`` concatenated in rank order: ``index`` (k,) int64 row
+        ids and ``values`` (k, ...) their rows here (float32/float64/bfloat16), (sum of k, ...)
+        returned; a sparse exchange of rows where a dense all-reduce would move every row. With
+        ``sums`` (a few float values), also their sum over the ranks, in ``sums``' dtype (added
+        in float64 in the same collective as the counts: one synchronisation, not two). Not
+        differentiable; every rank must call it.
+
+        One all-reduce of the ranks' counts (and ``sums``), then one broadcast per rank of its
+        ids' bytes (reinterpreted as the rows' dtype, never computed with) and its rows."""
+        index, values = index.contiguous(), values.contiguous()
+        extra = sums.reshape(-1) if sums is not None else index.new_zeros(0, dtype=torch.float64)
+        head = torch.zeros(self.world + extra.numel(), dtype=torch.float64, device=index.device)
+        head[self.rank] = index.numel()
+        head[self.world:] = extra
+        self.dist.all_reduce(head, group=self.group)
+        counts = head[:self.world].long().tolist()
+        width = math.prod(values.shape[1:])
+        ids_width = index.element_size() // values.element_size()  # values per id
+        msgs = [values.new_empty(k * (width + ids_width)) for k in counts]
+        # the ids first: at offset 0 their bytes view back as int64 whatever the rows' width
+        msgs[self.rank] = torch.cat([index.view(values.dtype), values.reshape(-1)])
+        for r, msg in enumerate(msgs):
+            if msg.numel():
+                self.dist.broadcast(msg, src=r, group=self.group)
+        self.sent += (self.world - 1) * msgs[self.rank].numel() * values.element_size()
+        ids = torch.cat([m[:k * ids_width].view(index.dtype) for m, k in zip(msgs, counts)])
+        rows = torch.cat([m[k * ids_width:] for m, k in zip(msgs, counts)])
+        rows = rows.view(-1, *values.shape[1:])
+        if sums is None:
+            return ids, rows
+        return ids, rows, head[self.world:].to(sums.dtype).view_as(sums)
+
+    def propagate_rows(self, graph: CSR, x: torch.Tensor, n_layers: int, out: torch.Tensor,
+                       residual: int | None = None) -> torch.Tensor:
+        """This rank's rows (:meth:`bounds`) of ``propagate(graph, x, n_layers, None,
+        residual)`` for an ``x`` (N, d) whole on every rank, written into ``out`` ((N, d),
+        contiguous, not overlapping x), whose other rows are set to 0; returns ``out``. Not
+        differentiable; every rank must call it.
+
+        L = 1: one call of the fused kernel (``ops.propagate``, no temporaries) on the block's
+        rows of Â held as an (N, N) matrix whose other rows are empty: it writes the block's
+        rows of ``(x + Âx) / 2`` and, on the other rows, ``x / 2`` (then zeroed). L >= 2: the
+        block's rows of Â times each layer, the layers gathered between layers (L - 1
+        gathers)."""
+        n = x.shape[0]
+        lo, hi = self.bounds(n)
+        if n_layers == 1:
+            block = self._block(graph)[2]
+            ops.propagate(block.rowptr, block.col, block.val, x, 1, validate=False, out=out)
+            if residual is not None and hi > residual:
+                out[max(lo, residual):hi] += x[max(lo, residual):hi]
+        else:
+            out[lo:hi] = _block_propagate(self, self.rows_of(graph), x, n_layers, residual)
+        out[:lo] = 0
+        out[hi:] = 0
+        return out
+
     def rows_of(self, graph: CSR) -> CSR:
         """This rank's row block of ``graph`` (cached per graph object: a model's graph is a
         constant, FREEDOM's per-epoch sampled graph changes once an epoch)."""
+        return self._block(graph)[1]
+
+    def _block(self, graph: CSR) -> tuple:
+        """``(graph, its rows bounds(n_rows), the same as an (n_rows, n_cols) CSR whose other
+        rows are empty)``, cached per graph object (:meth:`rows_of`)."""
         hit = self._blocks.get(id(graph))
         if hit is None or hit[0] is not graph:
             lo, hi = self.bounds(graph.n_rows)
-            rows = torch.arange(lo, hi, device=graph.device)
-            hit = (graph, graph.select_rows(rows))
+            rows = graph.select_rows(torch.arange(lo, hi, device=graph.device))
+            pad = rows.rowptr.new_full((graph.n_rows - hi,), rows.nnz)
+            padded = CSR(torch.cat([rows.rowptr.new_zeros(lo), rows.rowptr, pad]), rows.col,
+                         rows.val, graph.n_cols, validate=False)
+            hit = (graph, rows, padded)
             if len(self._blocks) >= 4:
                 self._blocks.pop(next(iter(self._blocks)))
             self._blocks[id(graph)] = hit
-        return hit[1]
+        return hit
 
 
 def bounds(split: RowSplit | None, n: int) -> tuple[int, int]:
@@ -215,8 +297,11 @@ def propagate(graph: CSR, x: torch.Tensor, n_layers: int, split: RowSplit | None
     layers are gathered between layers and the result last (L gathers of (N, d) per forward);
     the backward all-reduces the gradient of the result once and applies the same map to it by
     row blocks (L - 1 gathers), leaving each rank the exact gradient of x on its rows and zeros
-    elsewhere (:class:`_Propagate`). Without a split it is ``graph.propagate``."""
-    if split is None:
+    elsewhere (:class:`_Propagate`). Without a split, or without a gradient to propagate
+    (evaluation: every rank computes all rows, no communication), it is ``graph.propagate``."""
+    if split is None or not (torch.is_grad_enabled() and x.requires_grad):
+        # without a gradient (evaluation) each rank computes all rows: on gloo the whole
+        # product costs less CPU than its row block and the gather (docs/BENCHMARKS.md)
         y = graph.propagate(x, n_layers)  # a new tensor, not saved for its backward
         if residual is not None:
             y[residual:] += x[residual:]

@@ -17,6 +17,8 @@ How one model is trained by W processes (docs/DEVELOPING.md, "Several processes"
 * the step's whole-graph work is divided, not repeated (:func:`row_split`,
   ``sgfd_fast.models.split``): each rank computes its row block of every propagation layer and of
   SGFD's collapsed teacher, and the blocks are all-gathered (backward: the gradient all-reduced);
+  BM3 instead computes its one fused propagation whole on every rank and exchanges only the
+  gradient rows its batch reads, each rank propagating its row block of the gradient;
 * each rank backpropagates its shard's loss times ``n_shard / n_batch``
   (:attr:`Recommender.shard_fraction`) and :func:`all_reduce_grads` sums the gradients: a mean
   over the batch's rows is then exact, a term over the whole model (a norm regulariser) is counted
