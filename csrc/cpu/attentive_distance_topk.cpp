@@ -297,12 +297,11 @@ constexpr std::int64_t kPairNR = 32;  // outputs per bf16 panel: two 16-lane vec
 // nearest even: tp[r h2 + c] holds t[r][2c] (low half) and t[r][2c + 1]; h2 a multiple of 16.
 // sdelta[r] = Σ_h (t̂_h - t_h)², t̂ the bf16 values the instruction returned (each difference is
 // exact in float32).
-__attribute__((target("avx512f,avx512bw,avx512bf16"))) void to_bf16_pairs(
-    const float* t, std::int64_t ld_t, std::int64_t n, std::int64_t h2, std::uint32_t* tp,
-    float* sdelta) {
-  const auto widen = [](__m256i half) {  // 16 bf16 -> 16 float32
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(half), 16));
-  };
+__attribute__((target("avx512f,avx512bf16"))) void to_bf16_pairs(const float* t,
+                                                                 std::int64_t ld_t,
+                                                                 std::int64_t n, std::int64_t h2,
+                                                                 std::uint32_t* tp,
+                                                                 float* sdelta) {
   for (std::int64_t r = 0; r < n; ++r) {
     __m512 acc = _mm512_setzero_ps();
     for (std::int64_t c = 0; c < h2; c += 16) {
@@ -310,8 +309,12 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void to_bf16_pairs(
       const __m512 lo = _mm512_loadu_ps(x), hi = _mm512_loadu_ps(x + 16);
       const __m512i v = (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
       _mm512_storeu_si512(tp + r * h2 + c, v);
-      const __m512 dlo = _mm512_sub_ps(lo, widen(_mm512_castsi512_si256(v)));
-      const __m512 dhi = _mm512_sub_ps(hi, widen(_mm512_extracti64x4_epi64(v, 1)));
+      // the bf16 values back in float32 (16 bits up), each half of v: 16 of t's values
+      const __m512 tlo = _mm512_castsi512_ps(
+          _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(v)), 16));
+      const __m512 thi = _mm512_castsi512_ps(
+          _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(v, 1)), 16));
+      const __m512 dlo = _mm512_sub_ps(lo, tlo), dhi = _mm512_sub_ps(hi, thi);
       acc = _mm512_fmadd_ps(dlo, dlo, acc);
       acc = _mm512_fmadd_ps(dhi, dhi, acc);
     }
