@@ -31,7 +31,8 @@ import torch
 from benchlib import Case, GRAPH_FOR_SIZE, graph, randn
 
 from sgfd_fast import _backend
-from sgfd_fast.ops import _bf16_filter, attentive_distance_topk, attentive_distance_topk_reference
+from sgfd_fast.ops import (_bf16_filter, attentive_distance_topk,
+                           attentive_distance_topk_reference)
 from sgfd_fast.ops.attentive_distance_topk import _projections
 
 WIDTH = 128

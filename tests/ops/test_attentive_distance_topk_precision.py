@@ -16,7 +16,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import sgfd_fast
 from sgfd_fast import _ext
