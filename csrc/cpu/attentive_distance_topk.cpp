@@ -19,6 +19,16 @@
 // dtype and ranked as float32; ties go to the lower item id; a score of -inf or NaN (and every
 // excluded item) is absent; slots without a candidate hold index -1 and value -inf. Each user has
 // one owner thread and a fixed order of operations, so results are bitwise reproducible.
+//
+// precision "bf16" (float32 inputs, a CPU with AVX512-BF16 at run time): the same result, bit for
+// bit, through a bf16 filter. Per user block, pass 1 computes each pair's tanh rows with the fp32
+// path's own function, the product with bf16 operands (vdpbf16ps, fp32 accumulation) and the
+// same epilogue, and brackets the fp32 path's distance around that one (per pair, from W2's and
+// the tanh row's known bf16 rounding errors; derivation: sgfd_fast/ops/_bf16_filter.py). Pass 2
+// takes τ = the k-th largest lower bound of each user's scores and re-scores the items whose
+// upper bound reaches it with score_pairs, the fp32 path's code for a list of pairs: a pair's
+// score depends on its own rows only, so the candidates score exactly as in the fp32 path, and
+// arrive in increasing id as there.
 #include "bf16_filter.h"
 #include "common.h"
 #include "topk_buffer.h"
