@@ -6,13 +6,19 @@ Workloads: office (small), toysgames-synthetic (paper), the generated graph (lar
 generated train interactions as the mask; embeddings and attention weights are seeded stand-ins.
 
 Providers: ``reference`` (scores in blocks of users, the op's stable sort), ``compiled``
-(``torch.compile`` of it), ``sgfd_fast`` (``sgfd_fast.ops.attentive_distance_topk``: fused and
-tiled, no score matrix). Forward only. ``flops`` is the op's floor, 2 H D per (user, item) pair
-(the second attention layer; tanh and the O(D) epilogue not counted).
+(``torch.compile`` of it), ``sgfd_fast`` (``sgfd_fast.ops.attentive_distance_topk`` as called,
+``precision="auto"``: fused and tiled, no score matrix), ``sgfd_fast_fp32``
+(``precision="fp32"``: every pair's second layer in float32), ``sgfd_fast_bf16``
+(``precision="bf16"``: the second layer's product in bf16 brackets each distance, the fp32 path's
+own code re-scores the candidates; on a CPU without AVX512-BF16 this is the fp32 path). Forward
+only. ``flops`` is the op's floor, 2 H D per (user, item) pair (the second attention layer; tanh
+and the O(D) epilogue not counted).
 
 Check (before timing): the returned values equal the float64 reference's top-k values, every
 returned index scores its returned value (float64, pair by pair), no masked item and no duplicate
 is returned. Indices are not compared one to one: float32 rounding may reorder near-ties.
+``sgfd_fast`` and ``sgfd_fast_bf16`` must also equal ``sgfd_fast_fp32``'s result exactly, ids and
+scores.
 """
 
 import os
@@ -25,14 +31,15 @@ import torch
 from benchlib import Case, GRAPH_FOR_SIZE, graph, randn
 
 from sgfd_fast import _backend
-from sgfd_fast.ops import attentive_distance_topk, attentive_distance_topk_reference
+from sgfd_fast.ops import (_bf16_filter, attentive_distance_topk,
+                           attentive_distance_topk_reference)
 from sgfd_fast.ops.attentive_distance_topk import _projections
 
 WIDTH = 128
 HIDDEN = 5 * WIDTH
 K = 50
 EVAL_USERS = {"small": 256, "paper": 4096, "large": 4096}
-PROVIDERS = ("reference", "compiled", "sgfd_fast")
+PROVIDERS = ("reference", "compiled", "sgfd_fast", "sgfd_fast_fp32", "sgfd_fast_bf16")
 
 
 def pair_scores(inputs, idx):
@@ -108,6 +115,8 @@ def case(bench_size, device):
         "compiled": run(compiled),
         "sgfd_fast": lambda *x: attentive_distance_topk(*x, mask_rowptr, mask_col, K,
                                                         validate=False),
+        **{f"sgfd_fast_{p}": (lambda *x, p=p: attentive_distance_topk(
+            *x, mask_rowptr, mask_col, K, validate=False, precision=p)) for p in ("fp32", "bf16")},
     }
     return case
 
@@ -118,6 +127,13 @@ def test_attentive_distance_topk(bench, case, provider):
         # the reference loops over blocks of users: Dynamo unrolls that loop (4,096 users at the
         # paper size), over 100 s of tracing before the first timed call
         pytest.skip("compiled: Dynamo unrolls the reference's loop over user blocks at this size")
-    backend = _backend.serving("attentive_distance_topk", bench.device.type) \
-        if provider == "sgfd_fast" else None
+    op = "attentive_distance_topk"
+    backend = _backend.serving(op, bench.device.type) if provider.startswith("sgfd_fast") else None
+    if provider in ("sgfd_fast", "sgfd_fast_bf16"):
+        fp32, got = (case.providers[p](*case.inputs) for p in ("sgfd_fast_fp32", provider))
+        assert torch.equal(got[1], fp32[1]) and torch.equal(got[0], fp32[0]), \
+            f"{op}: {provider}'s top-k differs from the fp32 path's"
+        if provider == "sgfd_fast_bf16" or _bf16_filter.pays(case.sizes["n_items"], K):
+            backend += ("+bf16 filter" if _bf16_filter.serves(bench.device, op)
+                        else " (fp32 path: no AVX512-BF16 C++ kernel here)")
     bench.run(case, provider, "forward", case.providers[provider], backend=backend)

@@ -26,6 +26,7 @@
 // reaches τ: any other item scores below k items in fp32 and cannot rank. A pair's fp32
 // score depends on its two rows only (one accumulator per pair, features in ascending order), so
 // the candidates score exactly as in the fp32 path, and arrive in increasing id as there.
+#include "bf16_filter.h"
 #include "common.h"
 #include "topk_buffer.h"
 
@@ -37,14 +38,6 @@
 #include <string>
 #include <type_traits>
 #include <vector>
-
-// The bf16 path needs a compiler that knows AVX512-BF16 (GCC 10, clang 9) and compiles only the
-// functions that use it for that ISA, chosen at run time: the module runs on CPUs without it.
-#if defined(__x86_64__) && \
-    ((defined(__clang__) && __clang_major__ >= 9) || (!defined(__clang__) && __GNUC__ >= 10))
-#define SGFD_BF16_FILTER 1
-#include <immintrin.h>
-#endif
 
 namespace sgfd {
 namespace {
@@ -142,25 +135,6 @@ constexpr int kLooseBits = 16;              // bits of τ left out (sign, expone
 // The filter keeps kUserBlock × items upper bounds per thread (48 MiB at this many items); beyond
 // it the fp32 path runs.
 constexpr std::int64_t kFilterMaxItems = std::int64_t{1} << 18;
-
-// Whether this CPU runs the bf16 path (checked once).
-bool bf16_filter_available() {
-#if defined(SGFD_BF16_FILTER)
-  static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bf16");
-  return ok;
-#else
-  return false;
-#endif
-}
-
-// x rounded to bf16 (nearest, ties to even), |x| < 2^-126 flushed to zero: the operand model of
-// the bound (x̂ = x(1 + α) + a, |α| <= 2^-8, |a| < 2^-126). Inputs are finite, |x| <= 2^60.
-inline std::uint32_t bf16_bits(float x) {
-  if (!(std::fabs(x) >= 0x1p-126f)) return 0;
-  std::uint32_t b;
-  std::memcpy(&b, &x, sizeof b);
-  return (b + 0x7fffu + ((b >> 16) & 1u)) >> 16;
-}
 
 #if defined(SGFD_BF16_FILTER)
 // scores[r][j] ≈ <user r, item j of the panel> for kMR users and kPairNR items: vdpbf16ps adds

@@ -45,7 +45,8 @@ could only change the logged value. The ``l2_regularizer(100)`` of the attention
 applied (TF1 only collects it; the released loss never adds it). One epoch is one pass over the
 training pairs (released: 100 batches of 256 per "epoch"). ``ranking_embeddings`` is None:
 evaluation ranks with :meth:`ranking_topk` (``ops.attentive_distance_topk``: fused and tiled, top-k
-inside, no users x items block); :meth:`score_users` gives the same scores as dense blocks (the
+inside, no users x items block; its default ``precision="auto"`` ranks through the exact bf16
+filter on CPUs with AVX512-BF16, the fp32 result bit for bit, under either model precision); :meth:`score_users` gives the same scores as dense blocks (the
 first attention layer split into user and item parts, so no (users x items x 3D) input exists).
 """
 

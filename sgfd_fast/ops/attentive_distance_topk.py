@@ -34,6 +34,10 @@ tile, a register-blocked tile × W2^T product, the softmax-weighted distance, a 
 bitwise reproducible); triton (one program per user: item tiles, the hidden axis in chunks through
 ``tl.dot`` with W2^T, the running top-k kept on chip and merged like ``masked_topk``'s kernel;
 k > 64 or d > 128 (float64: 32, 64) go to the reference, where the kernel's registers would spill).
+``precision="bf16"`` (and ``"auto"`` where k <= items / 10): the cpp backend ranks through an exact
+bf16 filter on CPUs with AVX512-BF16 (the second layer's product in bf16 brackets each distance;
+the fp32 path's own code re-scores the few candidates; ``ops._bf16_filter``, last section); every
+other backend and CPU computes the fp32 path, the same result.
 """
 
 from __future__ import annotations
@@ -44,7 +48,9 @@ import torch
 
 from .. import _backend, _ext
 from .._tensors import FLOAT_NAMES, INDEX_NAMES, dense, new_output
+from . import _bf16_filter
 from ._common import check, check_csr, check_topk
+from .masked_topk import PRECISIONS
 
 __all__ = ["attentive_distance_topk", "attentive_distance_topk_reference"]
 
@@ -76,7 +82,9 @@ def _rank(scores, mask_rowptr, mask_col, k, mask_value):
 
 
 def attentive_distance_topk_reference(users, items, item_features, w1, b1, w2, b2, mask_rowptr,
-                                      mask_col, k: int, mask_value: Optional[float] = None):
+                                      mask_col, k: int, mask_value: Optional[float] = None,
+                                      precision: str = "fp32"):
+    # every precision returns the fp32 path's result, which this is up to float rounding
     n_users, n_items = users.shape[0], items.shape[0]
     p, q, user_sq, item_sq = _projections(users, items, item_features, w1)
     scores = torch.empty(n_users, n_items, dtype=torch.float32, device=users.device)
@@ -95,27 +103,29 @@ def attentive_distance_topk_reference(users, items, item_features, w1, b1, w2, b
 def _attentive_distance_topk(users: torch.Tensor, items: torch.Tensor,
                              item_features: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor,
                              w2: torch.Tensor, b2: torch.Tensor, mask_rowptr: torch.Tensor,
-                             mask_col: torch.Tensor, k: int,
-                             mask_value: Optional[float]) -> tuple[torch.Tensor, torch.Tensor]:
+                             mask_col: torch.Tensor, k: int, mask_value: Optional[float],
+                             precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
     return attentive_distance_topk_reference(users, items, item_features, w1, b1, w2, b2,
                                              mask_rowptr, mask_col, k, mask_value)
 
 
 @_attentive_distance_topk.register_fake
 def _attentive_distance_topk_fake(users, items, item_features, w1, b1, w2, b2, mask_rowptr,
-                                  mask_col, k, mask_value):
+                                  mask_col, k, mask_value, precision="fp32"):
     return (users.new_empty(users.shape[0], k, dtype=torch.float32),
             users.new_empty(users.shape[0], k, dtype=torch.int64))
 
 
-def _attentive_distance_topk_cpp(users, items, item_features, w1, b1, w2, b2, mask_rowptr,
-                                 mask_col, k, mask_value):
+def _cpp_call(users, items, item_features, w1, b1, w2, b2, mask_rowptr, mask_col, k, mask_value,
+              precision):
+    """The C++ kernel: ``(values, indices, rescored)``, ``rescored`` the (user, item) pairs the
+    bf16 filter re-scored in fp32, -1 where the fp32 path served (``ops._bf16_filter``)."""
     users, items = dense(users), dense(items)
     p, q, user_sq, item_sq = (dense(x) for x in _projections(users, items, item_features, w1))
     b1, w2t, b2 = dense(b1), w2.T.contiguous(), dense(b2)
     values = new_output(users.shape[0], k, like=users, dtype=torch.float32)
     indices = new_output(users.shape[0], k, like=users, dtype=torch.int64)
-    _ext.cpu.attentive_distance_topk(
+    rescored = _ext.cpu.attentive_distance_topk(
         users=users.data_ptr(), items=items.data_ptr(), p=p.data_ptr(), q=q.data_ptr(),
         user_sq=user_sq.data_ptr(), item_sq=item_sq.data_ptr(), b1=b1.data_ptr(),
         w2t=w2t.data_ptr(), b2=b2.data_ptr(), rowptr=mask_rowptr.data_ptr(),
@@ -123,12 +133,19 @@ def _attentive_distance_topk_cpp(users, items, item_features, w1, b1, w2, b2, ma
         d=users.shape[1], hidden=w1.shape[0], k=k, has_mask_value=mask_value is not None,
         mask_value=0.0 if mask_value is None else float(mask_value),
         out_values=values.data_ptr(), out_indices=indices.data_ptr(),
-        index_dtype=INDEX_NAMES[mask_rowptr.dtype], dtype=FLOAT_NAMES[users.dtype])
-    return values, indices
+        index_dtype=INDEX_NAMES[mask_rowptr.dtype], dtype=FLOAT_NAMES[users.dtype],
+        precision=precision)
+    return values, indices, rescored
+
+
+def _attentive_distance_topk_cpp(users, items, item_features, w1, b1, w2, b2, mask_rowptr,
+                                 mask_col, k, mask_value, precision="fp32"):
+    return _cpp_call(users, items, item_features, w1, b1, w2, b2, mask_rowptr, mask_col, k,
+                     mask_value, precision)[:2]
 
 
 def _attentive_distance_topk_triton(users, items, item_features, w1, b1, w2, b2, mask_rowptr,
-                                    mask_col, k, mask_value):
+                                    mask_col, k, mask_value, precision="fp32"):
     from ..kernels import attentive_distance_topk as kernel
 
     fp64 = users.dtype == torch.float64
@@ -154,8 +171,8 @@ _backend.register("attentive_distance_topk", "cpu", "triton", _attentive_distanc
 def attentive_distance_topk(users: torch.Tensor, items: torch.Tensor, item_features: torch.Tensor,
                             w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor,
                             mask_rowptr: torch.Tensor, mask_col: torch.Tensor, k: int,
-                            mask_value: Optional[float] = None, *,
-                            validate: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                            mask_value: Optional[float] = None, *, validate: bool = True,
+                            precision: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k items per user by MAML's attentive distance (score ``-d(u, i)``), mask applied.
 
     Args:
@@ -168,6 +185,11 @@ def attentive_distance_topk(users: torch.Tensor, items: torch.Tensor, item_featu
         k: number of items to return per user (may exceed the number of candidates).
         mask_value: None excludes masked items; a float gives them that score instead.
         validate: check index ranges and per-row sortedness (one pass and a host sync).
+        precision: how the result is computed, never what it is: ``"fp32"`` scores every pair
+            in the input dtype; ``"bf16"`` ranks through a bf16 filter whose result is the fp32
+            path's, ids and scores bit for bit (``ops._bf16_filter``: the C++ backend on a CPU
+            with AVX512-BF16, float32 inputs; elsewhere the fp32 path runs); ``"auto"`` (default)
+            is ``"bf16"`` where k <= items / 10, else ``"fp32"``.
 
     Returns:
         ``(values, indices)``: (U, k) float32 scores ``-d`` and (U, k) int64 item ids, best
@@ -176,7 +198,7 @@ def attentive_distance_topk(users: torch.Tensor, items: torch.Tensor, item_featu
     Raises:
         InputError: wrong ranks, shapes, dtypes or devices; a malformed or unsorted mask; k not
             a non-negative int; mask_value not a number a float32 holds; more than 2^32 - 1
-            items.
+            items; precision not auto, fp32 or bf16.
     """
     op = "attentive_distance_topk"
     tensors = {"users": users, "items": items, "item_features": item_features, "w1": w1,
@@ -204,6 +226,10 @@ def attentive_distance_topk(users: torch.Tensor, items: torch.Tensor, item_featu
     check(mask_rowptr.numel() == users.shape[0] + 1, op,
           f"mask_rowptr must have U + 1 = {users.shape[0] + 1} entries, got {mask_rowptr.numel()}")
     mask_value = check_topk(op, items.shape[0], k, mask_value, mask_rowptr, mask_col, validate)
+    check(precision in PRECISIONS, op,
+          f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "auto":
+        precision = "bf16" if _bf16_filter.pays(items.shape[0], k) else "fp32"
     return _attentive_distance_topk(users, items, item_features, w1, b1, w2, b2,
                                     mask_rowptr.contiguous(), mask_col.contiguous(), k,
-                                    mask_value)
+                                    mask_value, precision)

@@ -164,7 +164,7 @@ def test_cpp_refuses_item_ids_beyond_32_bits(op):
                 index_dtype="int64", dtype="float32")
     if op == "attentive_distance_topk":
         args.update(p=0, q=0, user_sq=0, item_sq=0, b1=0, w2t=0, b2=0, hidden=1)
-    for extra in [{"precision": "fp32"}, {"precision": "bf16"}] if op == "masked_topk" else [{}]:
+    for extra in [{"precision": "fp32"}, {"precision": "bf16"}]:
         with pytest.raises(ValueError, match="2\\^32"):
             getattr(_ext.cpu, op)(**args, **extra)
 
