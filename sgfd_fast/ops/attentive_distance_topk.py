@@ -205,7 +205,8 @@ def attentive_distance_topk(users: torch.Tensor, items: torch.Tensor, item_featu
                "b1": b1, "w2": w2, "b2": b2}
     for name, t in tensors.items():
         check(t.dtype in FLOAT_NAMES and t.dtype == users.dtype, op,
-              f"{name} must be float32 or float64 like users ({users.dtype}), got {t.dtype}")
+              f"{name} must be float32 or float64"
+              + (f" like users ({users.dtype})" if t is not users else "") + f", got {t.dtype}")
         check(t.device == users.device, op, f"{name} must be on {users.device}, got {t.device}")
     check(users.dim() == 2 and items.dim() == 2 and item_features.dim() == 2, op,
           f"users, items and item_features must be 2-D, got {tuple(users.shape)}, "

@@ -200,6 +200,8 @@ def test_torch_compile_smoke():
 @pytest.mark.parametrize("make, message", [
     (lambda a: (a[0][:, 0],) + a[1:], "must be 2-D"),
     (lambda a: (a[0], a[1].double()) + a[2:], "items must be float32 or float64 like users"),
+    (lambda a: tuple(t.bfloat16() for t in a[:7]) + a[7:],
+     "users must be float32 or float64, got torch.bfloat16"),
     (lambda a: (a[0], a[1][:, :2]) + a[2:], "items and item_features must be"),
     (lambda a: a[:3] + (a[3][:, :5],) + a[4:], "w1 must be"),
     (lambda a: a[:5] + (a[5][:2],) + a[6:], "b1, w2, b2 must be"),
