@@ -429,6 +429,30 @@ def test_spec_labels_follow_the_data_rule(tmp_path, tiny_model, monkeypatch):
         study.load_spec(write_spec(tmp_path, data_path="data", labels="nope.tsv"))
 
 
+def test_a_report_names_runs_that_finished_under_other_epochs(tmp_path, tiny_model, data_spec,
+                                                              capsys):
+    """--report without the --epochs the runs were made with: they are pending under the
+    spec's epochs (a study run continues them), and the report and the command say so."""
+    out = tmp_path / "short"
+    assert study.main([str(data_spec), "--out", str(out), "--epochs", "1", "--seeds", "1",
+                       "--arms", "base"]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    assert study.main([str(data_spec), "--out", str(out), "--report"]) == 0
+    printed = capsys.readouterr().out
+    assert "0/6 runs finished" in printed
+    assert "note: 1 pending run(s) (base/seed-1) finished with epochs=1, not this report's" \
+        in printed and "--epochs 1" in printed, printed
+    s = json.loads((out / "study.json").read_text())
+    assert s["runs"]["finished_with_other_epochs"] == {"base/seed-1": 1}
+    assert "finished with epochs=1, not this report's: running the study continues them" in \
+        (out / "study.md").read_text()
+    # with the options they ran with, nothing is pending of them and no note is written
+    assert study.main([str(data_spec), "--out", str(out), "--report", "--epochs", "1",
+                       "--seeds", "1"]) == 0
+    assert "note:" not in capsys.readouterr().out
+    assert "finished with epochs" not in (out / "study.md").read_text()
+
+
 def test_seeds_epochs_and_overrides_from_the_command_line(tmp_path, tiny_model, data_spec,
                                                           capsys):
     out = tmp_path / "small"

@@ -13,6 +13,7 @@ import yaml
 from .._cli import quiet_on_closed_stdout, refuse_empty, show_warning
 from ..config import parse_overrides
 from ..errors import ConfigError, SGFDError
+from .report import other_epochs_note
 from .run import run_study
 from .spec import SPEC_FORMAT, find_spec, load_spec, shipped_specs
 from .stats import require_scipy
@@ -177,4 +178,6 @@ def main(argv=None) -> int:
     print(f"{runs['finished']}/{runs['total']} runs finished"
           + (f", {len(runs['failed'])} failed" if runs["failed"] else "")
           + f", {runs['at_epoch_cap']} at the epoch cap; report: {out / 'study.md'}")
+    if runs.get("finished_with_other_epochs"):
+        print(f"note: {other_epochs_note(runs['finished_with_other_epochs'])}")
     return 1 if runs["failed"] else 0

@@ -9,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..records import read_metrics
+from ..records import read_metrics, read_results
 from .rundirs import finished_results
 from .spec import STUDIES_DIR, Spec
 from .stats import describe, paired
@@ -40,12 +40,15 @@ def summarise(spec: Spec, runs: list, failed: dict | None = None) -> dict:
     keys = [f"{split}/{m}" for split in ("valid", "test") for m in spec.metrics]
     per_arm: dict[str, dict] = {a: {} for a in spec.arms}
     pending, at_cap, finished, seconds = [], 0, 0, 0.0
+    other_epochs = {}  # pending runs that finished under another epochs (a resumable key)
     for run in runs:
         if run.dir.exists():
             seconds += _compute_time(run.dir)
         res = finished_results(run, spec)
         if res is None:
             pending.append(f"{run.arm}/seed-{run.seed}")
+            if (run.dir / "results.json").exists():
+                other_epochs[pending[-1]] = read_results(run.dir)["config"].get("epochs")
             continue
         finished += 1
         cap = not res["early_stopped"]
@@ -88,8 +91,19 @@ def summarise(spec: Spec, runs: list, failed: dict | None = None) -> dict:
             "command_line": {"spec_seeds": spec.spec_seeds, "config": spec.command_line},
             "arms": arms, "contrasts": contrasts,
             "runs": {"total": len(runs), "finished": finished, "pending": pending,
+                     "finished_with_other_epochs": other_epochs,
                      "failed": failed or {}, "at_epoch_cap": at_cap,
                      "compute_time_s": seconds}}
+
+
+def other_epochs_note(runs: dict) -> str:
+    """One sentence on pending runs that finished under another ``epochs`` (``{"arm/seed-N":
+    epochs}``): a study run continues them; a report of them as they are needs their options."""
+    first = next(iter(runs.values()))
+    return (f"{len(runs)} pending run(s) ({', '.join(list(runs)[:3])}"
+            f"{', ...' if len(runs) > 3 else ''}) finished with epochs={json.dumps(first)}, not "
+            f"this report's: running the study continues them; to report them as they are, give "
+            f"the options they ran with (e.g. --epochs {json.dumps(first)}, and their --seeds).")
 
 
 def _duration(seconds: float) -> str:
@@ -185,6 +199,8 @@ def _markdown(s: dict) -> str:
         lines += ["", "## Failed runs", ""] + [f"- {k}: {v}" for k, v in runs["failed"].items()]
     if runs["pending"]:
         lines += ["", f"Pending runs: {', '.join(runs['pending'])}."]
+    if runs.get("finished_with_other_epochs"):
+        lines += ["", other_epochs_note(runs["finished_with_other_epochs"])]
     return "\n".join(lines) + "\n"
 
 
