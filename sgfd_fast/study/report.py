@@ -99,11 +99,11 @@ def summarise(spec: Spec, runs: list, failed: dict | None = None) -> dict:
 def other_epochs_note(runs: dict) -> str:
     """One sentence on pending runs that finished under another ``epochs`` (``{"arm/seed-N":
     epochs}``): a study run continues them; a report of them as they are needs their options."""
-    first = next(iter(runs.values()))
+    epochs = sorted({json.dumps(v) for v in runs.values()})
     return (f"{len(runs)} pending run(s) ({', '.join(list(runs)[:3])}"
-            f"{', ...' if len(runs) > 3 else ''}) finished with epochs={json.dumps(first)}, not "
+            f"{', ...' if len(runs) > 3 else ''}) finished with epochs={' or '.join(epochs)}, not "
             f"this report's: running the study continues them; to report them as they are, give "
-            f"the options they ran with (e.g. --epochs {json.dumps(first)}, and their --seeds).")
+            f"the options they ran with (e.g. --epochs {epochs[0]}, and their --seeds).")
 
 
 def _duration(seconds: float) -> str:
