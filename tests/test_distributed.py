@@ -440,7 +440,7 @@ def split_batch(model):
     return users, items, neg
 
 
-def _adam_steps(model, optimizer, steps=3, rows=None):
+def _adam_steps(model, optimizer, steps=3, rows=None, sync=True):
     """``steps`` steps of ``optimizer`` on the split batch (its first ``rows`` pairs), as the
     trainer takes them: each rank its shard, scaled by its fraction, and
     ``optimizer.reduce_grads`` under torch.distributed; a batch smaller than the world runs
@@ -450,6 +450,8 @@ def _adam_steps(model, optimizer, steps=3, rows=None):
     rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if dist \
         else (0, 1)
     split = model.split
+    if dist and users.numel() < world:  # as the trainer: the local rows whole before it
+        optimizer.sync()
     model.set_split(split if users.numel() >= world else None)
     for step in range(steps):
         optimizer.zero_grad(set_to_none=True)
@@ -463,6 +465,8 @@ def _adam_steps(model, optimizer, steps=3, rows=None):
         if dist:
             optimizer.reduce_grads(users.numel() >= world)
         optimizer.step()
+    if dist and sync:  # as the trainer at the end of an epoch
+        optimizer.sync()
     model.set_split(split)
 
 
@@ -521,10 +525,21 @@ def _split_worker(rank, world, init, out):
         split = RowSplit(rank, world)
         model.set_split(split)
         params = list(model.parameters())
-        optimizer = distributed.sharded_adam(params, split, model.split_rows(), lr=0.01,
-                                             weight_decay=1e-3, fused=True)
+        optimizer = distributed.sharded_adam(params, split, model.split_rows(),
+                                             model.split_local(), lr=0.01, weight_decay=1e-3,
+                                             fused=True)
         assert optimizer._views, "BM3 declares split rows"
-        _adam_steps(model, optimizer)
+        local = model.split_local()
+        assert local, "SGFD's teacher declares its first layer local"
+        before = [p.detach().clone() for p in local]
+        _adam_steps(model, optimizer, sync=False)
+        # a local parameter is not broadcast by the steps: another rank's rows stay as they
+        # were until sync(), this rank's own rows have moved
+        for p, old in zip(local, before):
+            a, b = optimizer._rows[p][:2]
+            assert torch.equal(torch.cat([p[:a], p[b:]]), torch.cat([old[:a], old[b:]]))
+            assert b == a or not torch.equal(p[a:b], old[a:b])
+        optimizer.sync()
         _adam_steps(model, optimizer, 1, rows=2)  # 2 pairs on 3 ranks: an unsplit step
         optimizer.consolidate_state_dict(to=0)
         adam = {"params": {k: p.detach().clone() for k, p in model.named_parameters()},

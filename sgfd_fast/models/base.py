@@ -205,6 +205,14 @@ class Recommender(torch.nn.Module):
         (:meth:`~sgfd_fast.models.sgfd.SGFD.split_rows`)."""
         return self.sgfd.split_rows() if self.sgfd is not None else []
 
+    def split_local(self) -> list:
+        """The parameters of :meth:`split_rows` that, under a split, no process reads outside its
+        own rows: their other rows may be stale between steps, so the trainer skips their
+        per-step broadcast and brings every row up to date only before something reads them
+        whole (an unsplit step, the end of an epoch: ``ShardedAdam.sync``). Default: SGFD's
+        (:meth:`~sgfd_fast.models.sgfd.SGFD.split_local`)."""
+        return self.sgfd.split_local() if self.sgfd is not None else []
+
     def post_step(self) -> None:
         """Called after every optimizer step (MAML clips its embedding rows). Default: nothing."""
 

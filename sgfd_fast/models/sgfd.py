@@ -227,6 +227,12 @@ class SGFD(ItemFeatures):
         return [(p, t[0].weight.shape[0], 0) for t in self.teachers if len(t) > 1
                 for p in (t[0].weight, t[0].bias)]
 
+    def split_local(self) -> list:
+        """The parameters of :meth:`split_rows` read only on their own rows under a split (all
+        of them: :meth:`_collapse` reads ``W_1[K]`` and ``b_1[K]`` alone, and under a split
+        :meth:`teacher` always collapses), ``Recommender.split_local``."""
+        return [p for p, _, _ in self.split_rows()]
+
     def losses(self, item_ids: torch.Tensor, students: list | None = None,
                features: list | None = None) -> dict:
         """SGFD losses on a batch of item ids (duplicates count).

@@ -285,7 +285,12 @@ class ShardedAdam:
       is whole on this rank's rows of the split and zero elsewhere): each rank runs
       ``torch.optim.Adam`` on its rows (views into the parameter, updated in place) and the
       rows are broadcast by their owners after the step. Their gradients are not summed
-      (except on a step that ran unsplit, :meth:`reduce_grads`).
+      (except on a step that ran unsplit, :meth:`reduce_grads`). Those the model also
+      declares local (``Recommender.split_local``: no rank reads another's rows under the
+      split, as SGFD's collapse reads its own rows of the teacher's first layer) are not
+      broadcast after the step: the other ranks' rows stay stale until :meth:`sync`, which the
+      trainer calls before anything reads them whole (an unsplit step, the end of an epoch).
+      At the paper's shapes that is the 4096 x 1024 layer, 16 MiB a step on gloo.
     * The others: torch's ``ZeroRedundancyOptimizer`` gives each rank whole parameters (about
       1/W of the elements), whose Adam state it alone holds and updates, then broadcasts them;
       their summed gradients go to that owner only (:meth:`reduce_grads`).
@@ -296,7 +301,7 @@ class ShardedAdam:
     process's, so checkpoints move between world sizes.
     """
 
-    def __init__(self, params: list, split=None, rows=(), **adam):
+    def __init__(self, params: list, split=None, rows=(), local=(), **adam):
         from torch.distributed.optim import ZeroRedundancyOptimizer
 
         self.params, self.split = list(params), split
@@ -305,6 +310,10 @@ class ShardedAdam:
             if p.requires_grad:
                 a, b = (min(max(v - offset, 0), p.shape[0]) for v in split.bounds(n))
                 self._rows[p] = (a, b, n, offset)
+        # row-split parameters broadcast only by sync(); ``_stale``: updated since the last
+        # (the same on every rank: every rank holds the gradient or none does)
+        self._local = {p for p in local if p in self._rows}
+        self._stale: set = set()
         self._views = {p: p.data[a:b] for p, (a, b, _, _) in self._rows.items() if b > a}
         self._steps = dict.fromkeys(self._rows, 0)
         shared = [p for p in self.params if p not in self._rows]
@@ -319,7 +328,8 @@ class ShardedAdam:
         self.sent_per_step = (w - 1) * (
             sum(p.numel() * p.element_size() for g in self.zero.optim.param_groups
                 for p in g["params"])
-            + sum(v.numel() * v.element_size() for v in self._views.values()))
+            + sum(v.numel() * v.element_size() for p, v in self._views.items()
+                  if p not in self._local))
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for p in self.params:
@@ -343,12 +353,30 @@ class ShardedAdam:
             # every rank holds the gradient (the row-split work runs on all) or none does
             if p.grad is not None:
                 self._steps[p] += 1
+                if p in self._local:
+                    self._stale.add(p)
+                else:
+                    self.split.broadcast_rows(p.data, n, offset)
+
+    @torch.no_grad()
+    def sync(self) -> int:
+        """Broadcast the rows of the local parameters (``Recommender.split_local``) updated
+        since the last sync from their owners, so that every rank holds them whole; a no-op
+        when none is stale. Every rank must call it at the same point. Returns bytes sent."""
+        sent = 0
+        for p, (a, b, n, offset) in self._rows.items():  # one order on every rank
+            if p in self._stale:
                 self.split.broadcast_rows(p.data, n, offset)
+                sent += (self.split.world - 1) * (b - a) * p[0].numel() * p.element_size()
+        self._stale.clear()
+        return sent
 
     # --- one process's state dict ----------------------------------------------------------
     def consolidate_state_dict(self, to: int = 0) -> None:
         """Collect the whole state on rank ``to`` (every rank must call it), for one
-        :meth:`state_dict` there."""
+        :meth:`state_dict` there. Brings the local parameters' rows up to date first
+        (:meth:`sync`): the model's state dict is taken with it."""
+        self.sync()
         self.zero.consolidate_state_dict(to=to)
         self._full = {}
         for p, (a, b, n, offset) in self._rows.items():
@@ -399,10 +427,11 @@ class ShardedAdam:
                                               for k in ("exp_avg", "exp_avg_sq")}}
 
 
-def sharded_adam(params: list, split=None, rows=(), **adam) -> ShardedAdam:
-    """:class:`ShardedAdam` over ``params`` (``torch.optim.Adam`` keywords ``adam``); ``rows``:
-    the model's ``split_rows()`` under ``split`` (a ``models.split.RowSplit``)."""
-    return ShardedAdam(params, split, rows, **adam)
+def sharded_adam(params: list, split=None, rows=(), local=(), **adam) -> ShardedAdam:
+    """:class:`ShardedAdam` over ``params`` (``torch.optim.Adam`` keywords ``adam``); ``rows``
+    and ``local``: the model's ``split_rows()`` and ``split_local()`` under ``split`` (a
+    ``models.split.RowSplit``)."""
+    return ShardedAdam(params, split, rows, local, **adam)
 
 
 def fail_if_asked(step: int) -> None:

@@ -93,7 +93,8 @@ class Trainer:
         adam = dict(lr=self.config["learning_rate"], weight_decay=self.config["weight_decay"],
                     fused=True)
         self.optimizer = distributed.sharded_adam(
-            self.params, self.split, self.model.split_rows(), **adam) if self.dist else \
+            self.params, self.split, self.model.split_rows(), self.model.split_local(),
+            **adam) if self.dist else \
             torch.optim.Adam(self.params, **adam)
         # bytes this rank sends per step: its share of the parameters to the W-1 others, plus,
         # counted as they happen, the split's collectives and the gradient reduction
@@ -299,7 +300,10 @@ class Trainer:
                 if self.dist:
                     distributed.fail_if_asked(self.epoch * n_batches + self.batch)
                     # a batch smaller than the world leaves a rank without rows, which then
-                    # runs no forward: such a step is not split (every rank computes it all)
+                    # runs no forward: such a step is not split (every rank computes it all,
+                    # reading every row of the parameters kept local to their rows)
+                    if idx.numel() < w:
+                        self._sent += self.optimizer.sync()
                     self.model.set_split(self.split if idx.numel() >= w else None)
                     lo, hi = distributed.shard_bounds(idx.numel(), r, w)
                     fraction = (hi - lo) / idx.numel()
@@ -333,7 +337,8 @@ class Trainer:
                     self._check_stop()
         finally:
             bar.close()
-        if self.dist:
+        if self.dist:  # every row whole again before evaluation, checkpoints, best_model
+            self._sent += self.optimizer.sync()
             sums = distributed.all_reduce_sums(sums)
         self._epoch_losses = {k: float(v) / n_batches for k, v in sums.items()}
         if self.dist:
