@@ -201,6 +201,12 @@ class _Phases:
         setattr(owner, last, timed)
 
 
+def _minor_faults() -> int:
+    """This process's minor page faults so far (fresh pages of large allocations, mostly)."""
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def _phase_worker(rank, world, name, seed, steps, port, out):
     import logging
     import time
@@ -233,9 +239,9 @@ def _phase_worker(rank, world, name, seed, steps, port, out):
         phases.cpu.clear()
         phases.wall.clear()
         phases.enter("other (sampling, batch, bookkeeping)")
-        t0, w0 = time.process_time(), time.perf_counter()
+        t0, w0, f0 = time.process_time(), time.perf_counter(), _minor_faults()
         trainer._train_epoch(n, bs, steps)
-        t1, w1 = time.process_time(), time.perf_counter()
+        t1, w1, f1 = time.process_time(), time.perf_counter(), _minor_faults()
         trainer._evaluate("valid")
         t2, w2 = time.process_time(), time.perf_counter()
         phases.leave()
@@ -243,6 +249,7 @@ def _phase_worker(rank, world, name, seed, steps, port, out):
     Path(out, f"phases.{rank}.json").write_text(json.dumps(
         {"phases": dict(phases.cpu), "wall": dict(phases.wall), "step_cpu_s": (t1 - t0) / steps,
          "eval_cpu_s": t2 - t1, "step_wall_s": (w1 - w0) / steps, "eval_wall_s": w2 - w1,
+         "step_minor_faults": (f1 - f0) / steps,
          "sent_mib_per_step": sent / 2**20}))
 
 
@@ -279,6 +286,8 @@ def print_phases(name: str, res: dict, steps: int) -> None:
         print(f"| **s per {label}** | " + " | ".join(
             f"{r[what + '_cpu_s']:.4f} / {r.get(what + '_wall_s', 0.0):.4f}" for r in runs)
             + " |")
+    print("| minor page faults per step | " + " | ".join(
+        f"{r.get('step_minor_faults', 0.0):.0f}" for r in runs) + " |")
     print(f"| sent per step (MiB) | 0 | {two[0]['sent_mib_per_step']:.2f} "
           f"| {two[1]['sent_mib_per_step']:.2f} |")
     step = [r["step_cpu_s"] for r in two]
