@@ -532,7 +532,17 @@ def _split_worker(rank, world, init, out):
         local = model.split_local()
         assert local, "SGFD's teacher declares its first layer local"
         before = [p.detach().clone() for p in local]
-        _adam_steps(model, optimizer, sync=False)
+        from sgfd_fast.models import bm3
+
+        held, found = bm3.split_held, []
+        bm3.split_held = lambda buffer: found.append(held(buffer)) or found[-1]
+        try:
+            _adam_steps(model, optimizer, sync=False)
+        finally:
+            bm3.split_held = held
+        # the step's row views release their gradients: BM3 reuses its gradient buffer at
+        # every step (a buffer still referenced is replaced by a fresh one)
+        assert found and not any(found), found
         # a local parameter is not broadcast by the steps: another rank's rows stay as they
         # were until sync(), this rank's own rows have moved
         for p, old in zip(local, before):
@@ -603,6 +613,31 @@ def test_split_step_equals_one_process(name, split_runs):
     assert (emb is None) == (got["emb"] is None)  # None: a model that ranks otherwise (MAML)
     for a, b in zip(got["emb"] or (), emb or ()):
         assert torch.allclose(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_own_rows_reuses_its_gradient_buffer_unless_it_is_held():
+    """``RowSplit.own_rows``: the rows' gradient, zeros elsewhere, in one buffer across steps
+    (no process group needed: no collective); a gradient kept from the last backward
+    (accumulation) gets a fresh buffer, so accumulating stays exact."""
+    from sgfd_fast.models.split import RowSplit
+
+    split = RowSplit(1, 2)  # rows [2, 5) of 5
+    p = torch.nn.Parameter(torch.randn(5, 3, dtype=torch.float64))
+    w1, w2 = torch.randn(3, 3, dtype=torch.float64), torch.randn(3, 3, dtype=torch.float64)
+    zeros = torch.zeros(2, 3, dtype=torch.float64)
+
+    (split.own_rows(p) * w1).sum().backward()
+    assert torch.equal(p.grad, torch.cat([zeros, w1]))
+    first = p.grad.data_ptr()
+    p.grad = None
+    (split.own_rows(p) * w2).sum().backward()
+    assert torch.equal(p.grad, torch.cat([zeros, w2])) and p.grad.data_ptr() == first
+    (split.own_rows(p) * w1).sum().backward()  # accumulated onto the kept gradient
+    assert torch.equal(p.grad, torch.cat([zeros, w1 + w2]))
+    kept = p.grad
+    p.grad = None
+    (split.own_rows(p) * w1).sum().backward()  # the accumulated buffer is still referenced
+    assert torch.equal(p.grad, torch.cat([zeros, w1])) and torch.equal(kept[2:], w1 + w2)
 
 
 def test_all_rows_concatenates_every_ranks_rows(split_runs):

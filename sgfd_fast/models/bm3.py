@@ -40,6 +40,7 @@ from ..ops import row_dropout
 from .base import Recommender, rows
 from .features import item_features
 from .heads import Linear
+from .split import held as split_held
 
 __all__ = ["BM3"]
 
@@ -50,15 +51,6 @@ def _neg_cos(a: torch.Tensor, b: torch.Tensor,
     times (a batch's repeated items, without gathering the repeats)."""
     cos = F.cosine_similarity(a, b, dim=-1)
     return 1.0 - (cos.mean() if weight is None else (cos * weight).sum() / weight.sum())
-
-
-def _held(buffer: torch.Tensor) -> bool:
-    """Whether a tensor other than ``buffer`` itself (a view handed out as a gradient) still
-    uses its memory (torch's private ``_storage_Use_Count``); True when torch cannot tell, so
-    that the caller then allocates afresh."""
-    count = getattr(torch._C, "_storage_Use_Count", None)
-    # the count includes the temporary storage object of this call
-    return count is None or count(buffer.untyped_storage()._cdata) > 2
 
 
 class _Encode(torch.autograd.Function):
@@ -138,7 +130,7 @@ class _Encode(torch.autograd.Function):
             g_out.index_add_(0, ids, g_rows)
         # Â symmetric. The result becomes E_u.grad/E_i.grad: into the third buffer unless the
         # gradients it last held are still alive (accumulated .grad, autograd.grad's results)
-        held = _held(g_ego)
+        held = split_held(g_ego)
         if split is None:
             reuse = {} if held else dict(out=g_ego, scratch=scratch)
             grad_ego = model.graph.propagate(g_out, model.n_layers, **reuse)

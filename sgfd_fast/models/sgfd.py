@@ -209,8 +209,8 @@ class SGFD(ItemFeatures):
             return ops.collapse_linear_stack(weights, biases, bf16=self.bf16)
         lo, hi = self.split.bounds(weights[0].shape[0])
         w, b = ops.collapse_linear_stack(
-            [weights[0][lo:hi], weights[1][:, lo:hi], *weights[2:]],
-            [biases[0][lo:hi]] + [None] * (len(layers) - 1), bf16=self.bf16)
+            [self.split.own_rows(weights[0]), weights[1][:, lo:hi], *weights[2:]],
+            [self.split.own_rows(biases[0])] + [None] * (len(layers) - 1), bf16=self.bf16)
         rest = biases[1]
         for wi, bi in zip(weights[2:], biases[2:]):
             rest = F.linear(rest, wi, bi)

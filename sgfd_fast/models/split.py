@@ -150,6 +150,36 @@ class _Propagate(torch.autograd.Function):
         return out, None, None, None, None
 
 
+def held(buffer: torch.Tensor) -> bool:
+    """Whether a tensor other than ``buffer`` itself (a view handed out as a gradient) still
+    uses its memory (torch's private ``_storage_Use_Count``); True when torch cannot tell, so
+    that the caller then allocates afresh."""
+    count = getattr(torch._C, "_storage_Use_Count", None)
+    # the count includes the temporary storage object of this call
+    return count is None or count(buffer.untyped_storage()._cdata) > 2
+
+
+class _OwnRows(torch.autograd.Function):
+    """``param[lo:hi]``; backward: ``param``'s gradient, ``grad`` on those rows and zeros
+    elsewhere, in a buffer kept across steps (:meth:`RowSplit.own_rows`)."""
+
+    @staticmethod
+    def forward(ctx, param, lo, hi, split):
+        ctx.args = param, lo, hi, split
+        return param[lo:hi]
+
+    @staticmethod
+    def backward(ctx, grad):
+        param, lo, hi, split = ctx.args
+        buf = split._grads.get(id(param))
+        if (buf is None or buf.shape != param.shape or buf.dtype != grad.dtype
+                or buf.device != grad.device or held(buf)):
+            buf = split._grads[id(param)] = grad.new_zeros(param.shape)
+        buf[lo:hi] = grad  # the other rows: zero since the buffer was made
+        # a view: AccumulateGrad takes a tensor nothing else refers to as .grad without a copy
+        return buf.view_as(buf), None, None, None
+
+
 class RowSplit:
     """Rank ``rank`` of ``world`` computes rows ``shard_bounds(n, rank, world)`` of whole-graph
     work and :meth:`gather` assembles them (module doc).
@@ -166,6 +196,7 @@ class RowSplit:
         self.dist, self.rank, self.world, self.group = dist, int(rank), int(world), group
         self.sent = 0
         self._blocks: dict = {}
+        self._grads: dict = {}  # id(parameter) -> its gradient buffer (own_rows)
 
     def bounds(self, n: int, rank: int | None = None) -> tuple[int, int]:
         """``[lo, hi)`` of ``rank``'s (default: this rank's) block of ``n`` rows."""
@@ -250,6 +281,15 @@ class RowSplit:
         out[:lo] = 0
         out[hi:] = 0
         return out
+
+    def own_rows(self, param: torch.Tensor, n: int | None = None) -> torch.Tensor:
+        """``param``'s rows :meth:`bounds` (of ``n``, default its row count), differentiable:
+        the gradient, that of the rows and zeros elsewhere, is written into a (param.shape)
+        buffer kept across steps (its zeros written once) instead of a zero-filled tensor made
+        per call as slicing's backward does (16 MiB a step for SGFD's 4096 x 1024 teacher
+        layer). A buffer still in use (a gradient kept from the last step) is not reused."""
+        lo, hi = self.bounds(param.shape[0] if n is None else n)
+        return _OwnRows.apply(param, lo, hi, self)
 
     def rows_of(self, graph: CSR) -> CSR:
         """This rank's row block of ``graph`` (cached per graph object: a model's graph is a

@@ -349,6 +349,8 @@ class ShardedAdam:
         for p, v in self._views.items():
             v.grad = None if p.grad is None else p.grad[self._rows[p][0]:self._rows[p][1]]
         self.local.step()
+        for v in self._views.values():  # a view kept alive would keep the model from reusing
+            v.grad = None               # its gradient buffers (models.bm3._Encode)
         for p, (a, b, n, offset) in self._rows.items():
             # every rank holds the gradient (the row-split work runs on all) or none does
             if p.grad is not None:
