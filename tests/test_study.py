@@ -501,6 +501,34 @@ def test_command_line_changes_are_checked_before_anything_trains(tmp_path, tiny_
     assert not out.exists()
 
 
+@pytest.mark.parametrize("args, key, flags", [
+    (["-d", "scientific"], "dataset", "-d/--dataset"),
+    (["--dataset", "scientific"], "dataset", "-d/--dataset"),
+    (["--dataset=scientific"], "dataset", "-d/--dataset"),
+    (["-m", "GRCN"], "model", "-m/--model"),
+    (["--model", "GRCN"], "model", "-m/--model"),
+    (["--model=GRCN"], "model", "-m/--model"),
+    (["--data-path=data"], "data_path", "--data-path"),
+])
+def test_train_options_are_refused_with_the_spec_key_to_change(tmp_path, tiny_model, data_spec,
+                                                                capsys, args, key, flags):
+    """train's -d/-m (users try them): not argparse's 'unrecognized arguments' but where a
+    study's model and dataset are set, with the words of 'study SPEC dataset=X'."""
+    out = tmp_path / "never"
+    assert study.main([str(data_spec), "--out", str(out), *args]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: {flags} is an option of python -m sgfd_fast.train; a study's {key} "
+                   f"is a key of its spec ({data_spec}): copy the spec, change {key} there and "
+                   f"run the copy (python -m sgfd_fast.study my-spec.yaml)\n"), err
+    assert not out.exists()
+    # before the spec, with --list, or with no spec at all: the same advice, no path to name
+    for argv in ([*args, str(data_spec)], ["--list", *args], args):
+        assert study.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {flags} is an option of python -m sgfd_fast.train; ")
+        assert f"change {key} there" in err and err.count("\n") == 1, err
+
+
 def test_help_describes_the_spec_format():
     text = study.build_parser().format_help()
     for line in ("spec format (YAML", "  model: BM3", "  # data_path: data/baby",

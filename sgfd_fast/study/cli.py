@@ -15,11 +15,18 @@ from ..config import parse_overrides
 from ..errors import ConfigError, SGFDError
 from .report import other_epochs_note
 from .run import run_study
-from .spec import SPEC_FORMAT, find_spec, load_spec, shipped_specs
+from .spec import SPEC_FORMAT, change_in_spec, find_spec, load_spec, shipped_specs
 from .stats import require_scipy
 from .summary import DEFAULT_CONTRAST, DEFAULT_METRIC, summarise_studies, write_summary
 
 __all__ = ["main", "build_parser"]
+
+#: ``python -m sgfd_fast.train``'s options that choose what is trained; a study's spec has these
+#: keys instead. They are parsed (hidden) only to refuse them with that advice, not argparse's
+#: bare "unrecognized arguments".
+_TRAIN_OPTIONS = {"model": ("-m", "--model"), "dataset": ("-d", "--dataset"),
+                  "data_path": ("--data-path",), "format": ("--format",),
+                  "labels": ("--labels",)}
 
 
 def _list() -> None:
@@ -61,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", action="store_true",
                    help="train nothing; write the report of the finished runs")
     p.add_argument("--list", action="store_true", help="list the shipped specs and exit")
+    for key, flags in _TRAIN_OPTIONS.items():  # nargs="?": a bare -d is refused the same way
+        p.add_argument(*flags, dest=f"train_{key}", nargs="?", default=argparse.SUPPRESS,
+                       help=argparse.SUPPRESS)
     g = p.add_argument_group(
         "one view across finished studies",
         "--summary DIR...: train nothing; read each study's study.json and write one table\n"
@@ -109,6 +119,19 @@ def _summary(args) -> int:
     return 0
 
 
+def _refuse_train_options(args) -> None:
+    """``-d X``, ``--model=Y``, ...: train's options; a study's spec says what it trains."""
+    for key, flags in _TRAIN_OPTIONS.items():
+        if hasattr(args, f"train_{key}"):
+            try:
+                where = f" ({find_spec(args.spec)})" if args.spec else ""
+            except ConfigError:  # a misspelt spec: this advice first, its own error next
+                where = ""
+            raise ConfigError(f"{'/'.join(flags)} is an option of python -m sgfd_fast.train; "
+                              f"a study's {key} is a key of its spec{where}: "
+                              f"{change_in_spec(key)}")
+
+
 def _parse_seeds(text: str) -> list[int]:
     parts = [x.strip() for x in text.split(",")]
     if not all(x.isascii() and x.isdigit() for x in parts):
@@ -132,11 +155,12 @@ def main(argv=None) -> int:
     # intermixed: key=value overrides may come before, between or after the options
     args = build_parser().parse_intermixed_args(argv)
     warnings.showwarning = show_warning  # a data warning is one line, as train prints it
-    if args.list and args.summary is None:
-        _list()
-        return 0
     out = None
     try:
+        _refuse_train_options(args)
+        if args.list and args.summary is None:
+            _list()
+            return 0
         if args.summary is not None:
             return _summary(args)
         if args.contrast is not None or args.metric is not None:

@@ -99,6 +99,13 @@ def find_spec(name_or_path) -> Path:
                       f"(python -m sgfd_fast.study --list)")
 
 
+def change_in_spec(key: str) -> str:
+    """How to study another ``key`` (model, dataset, ...): a spec's key says what its study is of,
+    so the command line cannot change it (the runs of one study directory are of one spec)."""
+    return (f"copy the spec, change {key} there and run the copy "
+            f"(python -m sgfd_fast.study my-spec.yaml)")
+
+
 def _unknown(what: str, key: str, known) -> ConfigError:
     close = difflib.get_close_matches(key, list(known), n=3, cutoff=0.6)
     hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
@@ -239,8 +246,7 @@ def load_spec(path, *, in_memory: bool = False, seeds: list[int] | None = None,
             raise ConfigError("the command line sets seed; give the study's seeds with --seeds")
         if k in _SPEC_KEYS and k not in known:  # model, dataset, ...: what the study is of
             raise ConfigError(f"the command line sets {k!r}, which is a key of the study spec "
-                              f"({path}), not a config key; copy the spec, change {k} there and "
-                              f"run the copy (python -m sgfd_fast.study my-spec.yaml)")
+                              f"({path}), not a config key; {change_in_spec(k)}")
         if k not in known:
             raise _unknown("the command line", k, known)
     load_config(model, dataset, overrides=list(command_line.items()))  # its own values first
