@@ -159,17 +159,18 @@ def main(argv=None) -> int:
         rows.append(r)
         print(json.dumps({k: v for k, v in r.items() if k != "losses"}), flush=True)
     keys = list(_flat(rows[0]))
-    print("| quantity per step | " + " | ".join(f"{r['users']} x {r['items']}" for r in rows)
-          + " | " + " | ".join(f"exponent {a['size']}->{b['size']}"
-                               for a, b in zip(rows, rows[1:])) + " |")
-    print("|---" * (1 + len(rows) + len(rows) - 1) + "|")
+    header = ["quantity per step", *(f"{r['users']} x {r['items']}" for r in rows),
+              *(f"exponent {a['size']}->{b['size']}" for a, b in zip(rows, rows[1:]))]
+    print("| " + " | ".join(header) + " |")
+    print("|---" * len(header) + "|")
     for k in keys:
         vals = [_flat(r)[k] for r in rows]
-        exps = [math.log(b / a) / math.log(rb["train"] / ra["train"]) if a > 0 and b > 0
-                else float("nan")
+        # no exponent between equal sizes (--sizes smoke,smoke) or from a zero cost
+        exps = [math.log(b / a) / math.log(rb["train"] / ra["train"])
+                if a > 0 and b > 0 and ra["train"] != rb["train"] else float("nan")
                 for a, b, ra, rb in zip(vals, vals[1:], rows, rows[1:])]
-        print(f"| {k} | " + " | ".join(f"{v:.4g}" for v in vals) + " | "
-              + " | ".join(f"{e:.2f}" for e in exps) + " |")
+        print("| " + " | ".join([k, *(f"{v:.4g}" for v in vals), *(f"{e:.2f}" for e in exps)])
+              + " |")
     print(f"# load average after: {os.getloadavg()}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
