@@ -474,6 +474,14 @@ def _adam_steps(model, optimizer, steps=3, rows=None, sync=True):
 ADAM_CASE = "BM3"
 
 
+def _rows_of(rank, k, dtype):
+    """Rank ``rank``'s k rows for ``all_rows``, a NaN, an infinity and a -0.0 among them."""
+    rows = (torch.arange(k * 6.0).view(k, 2, 3) + 100 * rank).to(dtype)
+    if k:
+        rows[0, 0] = torch.tensor([float("nan"), float("-inf"), -0.0])
+    return rows
+
+
 def _split_worker(rank, world, init, out):
     """Every model's step and ranking embeddings under a RowSplit of ``world`` ranks; the split
     rows of each model's declaration (``split_rows``) as this rank computed them; and BM3's
@@ -514,12 +522,10 @@ def _split_worker(rank, world, init, out):
         # RowSplit.all_rows: rank 1 has no rows; every dtype a gradient may have
         split = RowSplit(rank, world)
         k = [3, 0, 5][rank]
-        got["all_rows"] = [split.all_rows(torch.arange(k) * 7 + rank,
-                                          (torch.arange(k * 6.0).view(k, 2, 3) + 100 * rank)
-                                          .to(dtype))
+        got["all_rows"] = [split.all_rows(torch.arange(k) * 7 + rank, _rows_of(rank, k, dtype), 6)
                            for dtype in (torch.float32, torch.float64, torch.bfloat16)]
         got["all_rows sums"] = split.all_rows(torch.zeros(0, dtype=torch.long),
-                                              torch.zeros(0, 4),
+                                              torch.zeros(0, 4), 0,
                                               sums=torch.tensor([0.5, -2.0]) * (rank + 1))[2]
         model = split_model(ADAM_CASE)
         split = RowSplit(rank, world)
@@ -647,14 +653,24 @@ def test_all_rows_concatenates_every_ranks_rows(split_runs):
     counts = [3, 0, 5]
     ids = torch.cat([torch.arange(k) * 7 + r for r, k in enumerate(counts)])
     for j, dtype in enumerate((torch.float32, torch.float64, torch.bfloat16)):
-        rows = torch.cat([(torch.arange(k * 6.0).view(k, 2, 3) + 100 * r).to(dtype)
-                          for r, k in enumerate(counts)])
+        rows = torch.cat([_rows_of(r, k, dtype) for r, k in enumerate(counts)])
         for r in split_runs:
             got_ids, got_rows = r["all_rows"][j]
             assert got_ids.dtype == torch.int64 and got_rows.dtype == dtype
-            assert torch.equal(got_ids, ids) and torch.equal(got_rows, rows)
+            assert torch.equal(got_ids, ids)
+            assert got_rows.shape == rows.shape  # bit for bit: NaN, -0.0 and all
+            assert torch.equal(got_rows.reshape(-1).view(torch.uint8),
+                               rows.reshape(-1).view(torch.uint8))
     for r in split_runs:  # no rows anywhere; the sums (1 + 2 + 3 times the values)
         assert torch.equal(r["all_rows sums"], torch.tensor([3.0, -12.0]))
+
+
+def test_all_rows_refuses_more_rows_than_its_capacity():
+    """Checked before any collective (no process group needed)."""
+    from sgfd_fast.models.split import RowSplit
+
+    with pytest.raises(ValueError, match="capacity 2"):
+        RowSplit(0, 2).all_rows(torch.arange(3), torch.zeros(3, 4), 2)
 
 
 def test_sharded_adam_equals_one_process(split_runs):

@@ -223,39 +223,49 @@ class RowSplit:
         (differentiable; every rank must call it)."""
         return _Gather.apply(block, self, n)
 
-    def all_rows(self, index: torch.Tensor, values: torch.Tensor,
+    def all_rows(self, index: torch.Tensor, values: torch.Tensor, capacity: int,
                  sums: torch.Tensor | None = None) -> tuple:
         """Every rank's ``(index, values)`` concatenated in rank order: ``index`` (k,) int64 row
         ids and ``values`` (k, ...) their rows here (float32/float64/bfloat16), (sum of k, ...)
         returned; a sparse exchange of rows where a dense all-reduce would move every row. With
-        ``sums`` (a few float values), also their sum over the ranks, in ``sums``' dtype (added
-        in float64 in the same collective as the counts: one synchronisation, not two). Not
-        differentiable; every rank must call it.
+        ``sums`` (a few float values), also their sum over the ranks (in rank order, float64,
+        returned in ``sums``' dtype). Not differentiable; every rank must call it, with the same
+        ``capacity``: an upper bound of every rank's k.
 
-        One all-reduce of the ranks' counts (and ``sums``), then one broadcast per rank of its
-        ids' bytes (reinterpreted as the rows' dtype, never computed with) and its rows."""
-        index, values = index.contiguous(), values.contiguous()
-        extra = sums.reshape(-1) if sums is not None else index.new_zeros(0, dtype=torch.float64)
-        head = torch.zeros(self.world + extra.numel(), dtype=torch.float64, device=index.device)
-        head[self.rank] = index.numel()
-        head[self.world:] = extra
-        self.dist.all_reduce(head, group=self.group)
-        counts = head[:self.world].long().tolist()
-        width = math.prod(values.shape[1:])
-        ids_width = index.element_size() // values.element_size()  # values per id
-        msgs = [values.new_empty(k * (width + ids_width)) for k in counts]
-        # the ids first: at offset 0 their bytes view back as int64 whatever the rows' width
-        msgs[self.rank] = torch.cat([index.view(values.dtype), values.reshape(-1)])
-        for r, msg in enumerate(msgs):
-            if msg.numel():
-                self.dist.broadcast(msg, src=r, group=self.group)
-        self.sent += (self.world - 1) * msgs[self.rank].numel() * values.element_size()
-        ids = torch.cat([m[:k * ids_width].view(index.dtype) for m, k in zip(msgs, counts)])
-        rows = torch.cat([m[k * ids_width:] for m, k in zip(msgs, counts)])
-        rows = rows.view(-1, *values.shape[1:])
+        One collective: an all-gather of each rank's message, its count, sums, ids and rows as
+        bytes padded to ``capacity`` rows (on gloo a collective costs about a millisecond
+        whatever its size, docs/BENCHMARKS.md; bytes are gathered, never computed with).
+
+        Raises:
+            ValueError: k above ``capacity``."""
+        k = index.numel()
+        if k > capacity:
+            raise ValueError(f"all_rows: {k} rows exceed the capacity {capacity}")
+        extra = sums.reshape(-1).double() if sums is not None else \
+            torch.zeros(0, dtype=torch.float64, device=index.device)
+        head = torch.cat([extra.new_tensor([k]), extra])
+        width = math.prod(values.shape[1:]) * values.element_size()  # bytes per row
+        at_ids = head.numel() * 8
+        at_rows = at_ids + capacity * 8
+        msg = torch.empty(at_rows + capacity * width, dtype=torch.uint8, device=index.device)
+        msg[:at_ids] = head.view(torch.uint8)
+        msg[at_ids:at_ids + k * 8] = index.to(torch.int64).contiguous().view(torch.uint8)
+        msg[at_rows:at_rows + k * width] = values.contiguous().reshape(-1).view(torch.uint8)
+        parts = [torch.empty_like(msg) for _ in range(self.world)]
+        self.dist.all_gather(parts, msg, group=self.group)
+        self.sent += (self.world - 1) * msg.numel()
+        heads = [m[:at_ids].view(torch.float64) for m in parts]
+        counts = [int(h[0]) for h in heads]
+        ids = torch.cat([m[at_ids:at_ids + c * 8].view(torch.int64)
+                         for m, c in zip(parts, counts)])
+        rows = torch.cat([m[at_rows:at_rows + c * width] for m, c in zip(parts, counts)])
+        rows = rows.view(values.dtype).view(-1, *values.shape[1:])
         if sums is None:
             return ids, rows
-        return ids, rows, head[self.world:].to(sums.dtype).view_as(sums)
+        total = heads[0][1:].clone()
+        for h in heads[1:]:
+            total += h[1:]
+        return ids, rows, total.to(sums.dtype).view_as(sums)
 
     def propagate_rows(self, graph: CSR, x: torch.Tensor, n_layers: int, out: torch.Tensor,
                        residual: int | None = None) -> torch.Tensor:
