@@ -91,8 +91,10 @@ def launch(cmd: list[str], out: Path, env: dict) -> dict:
                "r = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
                "print(r.ru_maxrss, r.ru_utime + r.ru_stime, file=sys.stderr)\n"
                "sys.exit(rc)\n")
+    # cwd: ``python -m`` imports from its working directory before PYTHONPATH, so the package
+    # measured is this checkout's wherever the script is started from
     p = subprocess.run([sys.executable, "-c", wrapper, *cmd], capture_output=True, text=True,
-                       env=env)
+                       env=env, cwd=ROOT)
     if p.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{p.stderr[-3000:]}")
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
