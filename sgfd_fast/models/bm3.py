@@ -91,14 +91,9 @@ class _Encode(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, user_w, item_w, uniq_u, uniq_i, model):
-        ego, out, _, *scratch = model._encode_buffers_like(user_w)
+        out = model._encode_into_buffers(user_w, item_w)
         n_users = user_w.shape[0]
-        ego[:n_users].copy_(user_w)
-        ego[n_users:].copy_(item_w)
-        model.graph.propagate(ego, model.n_layers, out=out, scratch=scratch)
-        torch.autograd.graph.increment_version(out)  # written through a raw pointer above
         u_o, i_o = out[:n_users], out[n_users:]
-        i_o.add_(item_w)  # the item-ID residual
         norm_u, norm_i = u_o.norm(), i_o.norm()
         ctx.save_for_backward(uniq_u, uniq_i, norm_u, norm_i, out)
         ctx.model, ctx.n_users, ctx.split = model, n_users, model.split
@@ -187,6 +182,20 @@ class BM3(Recommender):
             b = self._encode_buffers = tuple(x.new_empty(shape) for _ in range(n))
         return b
 
+    def _encode_into_buffers(self, user_w: torch.Tensor, item_w: torch.Tensor) -> torch.Tensor:
+        """``[u_o; i_o]`` of :meth:`forward` (the same operations in the same order) written into
+        the second of :meth:`_encode_buffers_like`'s buffers, which is returned: valid until the
+        next call (the next step or evaluation overwrites it)."""
+        ego, out, _, *scratch = self._encode_buffers_like(user_w)
+        n_users = user_w.shape[0]
+        ego[:n_users].copy_(user_w)
+        ego[n_users:].copy_(item_w)
+        self.graph.propagate(ego, self.n_layers, out=out, scratch=scratch)
+        # written through a raw pointer: a graph that saved the buffer then refuses to backward
+        torch.autograd.graph.increment_version(out)
+        out[n_users:].add_(item_w)  # the item-ID residual
+        return out
+
     def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(u_o (n_users, D), i_o (n_items, D))``: propagated embeddings, item-ID residual."""
         ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
@@ -234,5 +243,10 @@ class BM3(Recommender):
                                 features.losses(items, students=students, features=gathered))
 
     def ranking_embeddings(self):
-        u_g, i_o = self.forward()
+        if torch.is_grad_enabled():
+            u_g, i_o = self.forward()
+        else:  # evaluation: in the training step's reused buffers, no (N, D) allocations
+            u_g, i_o = self._encode_into_buffers(self.user_embedding.weight,
+                                                 self.item_embedding.weight).split(
+                [self.n_users, self.n_items])
         return self.predictor(u_g), self.predictor(i_o)

@@ -302,6 +302,24 @@ def test_reused_buffers_refuse_a_stale_graph(tiny, config):
         first.backward()
 
 
+def test_evaluation_ranks_from_the_reused_buffers(tiny, config):
+    # without autograd ranking_embeddings propagates into the step's buffers: the same values as
+    # forward()'s, bit for bit, and a graph still waiting for its backward refuses it after
+    ds = tiny()
+    model = BM3(ds, config())
+    users, items = torch.as_tensor(ds.train[:, 0]), torch.as_tensor(ds.train[:, 1])
+    model.begin_step(1)
+    pending = model.calculate_loss(users, items)["loss"]
+    with torch.no_grad():
+        got = model.ranking_embeddings()
+        u_g, i_o = model.forward()
+        want = model.predictor(u_g), model.predictor(i_o)
+    assert model._encode_buffers is not None
+    assert all(torch.equal(g, w) for g, w in zip(got, want))
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        pending.backward()
+
+
 def test_reused_gradient_buffer_is_never_clobbered(tiny, config, monkeypatch):
     # gradients still held (accumulated .grad, autograd.grad's results) are never overwritten
     # by the next backward: it then allocates afresh
