@@ -106,6 +106,25 @@ def test_resume_with_another_world_size(runs, name):
     assert res["world_sizes"] == [1, 2] and res["world_size"] == (2 if name == "one_then_two" else 1)
 
 
+def test_a_last_batch_smaller_than_the_world(tmp_path):
+    """300 pairs in batches of 299 and a 70-d feature (a two-layer teacher, whose first layer
+    each process keeps local to its rows): the epoch's last batch (1 row) runs unsplit, the
+    local rows made whole before it; the run equals one process, and SGFD's diagnostics, which
+    rank 0 computes on its share, come from the batch before (rank 0 holds no row of the last)."""
+    ds = tiny_dataset(n_users=60, n_items=40)
+    ds.features["image"] = np.random.default_rng(3).standard_normal((40, 70)).astype(np.float32)
+    data = write_sgfd(ds, tmp_path / "data")
+    args = ["--data-path", data, *BASE[:2], "epochs=1",
+            f"train_batch_size={ds.train.shape[0] - 1}", "embedding_size=16", "topk=[10,20]"]
+    one_process(*args, "--out", tmp_path / "one")
+    p = torchrun(*args, "--out", tmp_path / "two")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert_same_run(tmp_path / "one", tmp_path / "two")
+    for d in ("one", "two"):
+        line = json.loads((tmp_path / d / "metrics.jsonl").read_text().splitlines()[-1])
+        assert "grad_share" in line["sgfd"], d
+
+
 def test_two_processes_equal_one_grcn(data_dir, tmp_path):
     """GRCN (its students, routing, attention and EGCN split between the ranks) trains on 2
     processes as on one."""

@@ -260,12 +260,13 @@ class Trainer:
                 self._end_epoch()
         return self._finish()
 
-    def _diagnose(self, parts: dict, n_batches: int) -> None:
-        """SGFD diagnostics on the epoch's last batch (under torchrun: rank 0's share of it;
+    def _diagnose(self, parts: dict, last: int) -> None:
+        """SGFD diagnostics on batch ``last``, the epoch's last batch (under torchrun: rank 0's
+        share of it, and the batch before when the last is too small to give rank 0 rows;
         where the student feeds split work, GRCN's graph, the gradient reaching rank 0's block
         through the gathers is the other ranks' shares too). Every rank runs it: its autograd
         passes cross the split's collectives."""
-        if self.batch == n_batches - 1:
+        if self.batch == last:
             self._grad_share = diagnostics.gradient_share(self.model, parts)
 
     def _train_epoch(self, n: int, bs: int, n_batches: int) -> None:
@@ -281,6 +282,9 @@ class Trainer:
                 for k, v in self.partial["losses"].items()}
         r, w = (rank(), world_size()) if self.dist else (0, 1)
         first = self.batch  # a resumed epoch starts inside
+        diagnosed = n_batches - 1  # the last batch, unless it has fewer rows than processes
+        if diagnosed and n - diagnosed * bs < w:
+            diagnosed -= 1
         if self.dist:  # bytes sent by this epoch's steps (not by the evaluation before them)
             self._sent = self.split.sent = 0
         # the model's per-epoch hook (models.base: the trainer-model contract), also on resume
@@ -313,7 +317,7 @@ class Trainer:
                     parts = {}
                     if hi > lo:  # a global batch smaller than the world leaves a rank idle
                         parts = self.model.calculate_loss(users, items, negatives)
-                        self._diagnose(parts, n_batches)
+                        self._diagnose(parts, diagnosed)
                         (parts["loss"] * fraction).backward()
                         parts = {k: v.detach() * fraction for k, v in parts.items()}
                     # each parameter's summed gradient to the rank that updates it
@@ -322,7 +326,7 @@ class Trainer:
                 else:
                     self.model.begin_step(key)
                     parts = self.model.calculate_loss(users, items, negatives)
-                    self._diagnose(parts, n_batches)
+                    self._diagnose(parts, diagnosed)
                     parts["loss"].backward()
                 self.optimizer.step()
                 self.model.post_step()
