@@ -50,20 +50,23 @@ def record(benchmark, group: str, info: dict) -> None:
 # Device and workloads
 
 
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "CPU"
+
+
 @functools.lru_cache(maxsize=None)
 def device_name(device_type: str) -> str:
     """The GPU's name, or the CPU model and the number of threads torch uses."""
     if device_type == "cuda":
         return torch.cuda.get_device_name()
-    model = platform.processor() or "CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model} ({torch.get_num_threads()} threads)"
+    return f"{cpu_model()} ({torch.get_num_threads()} threads)"
 
 
 @dataclass(frozen=True)

@@ -113,10 +113,10 @@ class _Encode(torch.autograd.Function):
                 g.mul_(g_norm).masked_fill_(norm == 0, 0)  # 0 where the norm is 0
                 g.index_add_(0, index, g_rows)     # the gather's backward (ids distinct)
         else:  # the total loss's gradient (class doc, "Under a split")
-            # every rank's rows (an id repeats where two ranks' shards read them) and the sum
-            # of the ranks' gradients of the two norms
             # a shard reads at most its pairs' users and items: twice the largest shard
             capacity = 2 * -(-model.global_batch[0].numel() // split.world)
+            # every rank's rows (an id repeats where two ranks' shards read them) and the sum
+            # of the ranks' gradients of the two norms
             ids, g_rows, g_norms = split.all_rows(torch.cat([uniq_u, uniq_i + n]),
                                                   torch.cat([g_urows, g_irows]), capacity,
                                                   sums=torch.stack([g_norm_u, g_norm_i]))

@@ -306,9 +306,10 @@ class Trainer:
                     # a batch smaller than the world leaves a rank without rows, which then
                     # runs no forward: such a step is not split (every rank computes it all,
                     # reading every row of the parameters kept local to their rows)
-                    if idx.numel() < w:
+                    split_step = idx.numel() >= w
+                    if not split_step:
                         self._sent += self.optimizer.sync()
-                    self.model.set_split(self.split if idx.numel() >= w else None)
+                    self.model.set_split(self.split if split_step else None)
                     lo, hi = distributed.shard_bounds(idx.numel(), r, w)
                     fraction = (hi - lo) / idx.numel()
                     self.model.begin_step(key, fraction, (users, items, negatives))
@@ -321,7 +322,7 @@ class Trainer:
                         (parts["loss"] * fraction).backward()
                         parts = {k: v.detach() * fraction for k, v in parts.items()}
                     # each parameter's summed gradient to the rank that updates it
-                    self._sent += self.optimizer.reduce_grads(idx.numel() >= w) + \
+                    self._sent += self.optimizer.reduce_grads(split_step) + \
                         self._sent_fixed
                 else:
                     self.model.begin_step(key)

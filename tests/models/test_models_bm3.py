@@ -289,15 +289,20 @@ def test_reused_buffers_bitwise_equal_the_composition(tiny, config, monkeypatch,
             assert torch.equal(got[k], want[k]), k
 
 
-def test_reused_buffers_refuse_a_stale_graph(tiny, config):
-    # the next step's forward overwrites the buffers: the earlier graph's backward must fail
-    # loudly rather than use the new values
+def _pending_loss(tiny, config):
+    """A model and its loss on the tiny data's train pairs, not yet backpropagated."""
     ds = tiny()
     model = BM3(ds, config())
     users, items = torch.as_tensor(ds.train[:, 0]), torch.as_tensor(ds.train[:, 1])
     model.begin_step(1)
-    first = model.calculate_loss(users, items)["loss"]
-    model.calculate_loss(users, items)["loss"].backward()
+    return model, model.calculate_loss(users, items)["loss"], (users, items)
+
+
+def test_reused_buffers_refuse_a_stale_graph(tiny, config):
+    # the next step's forward overwrites the buffers: the earlier graph's backward must fail
+    # loudly rather than use the new values
+    model, first, batch = _pending_loss(tiny, config)
+    model.calculate_loss(*batch)["loss"].backward()
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         first.backward()
 
@@ -305,11 +310,7 @@ def test_reused_buffers_refuse_a_stale_graph(tiny, config):
 def test_evaluation_ranks_from_the_reused_buffers(tiny, config):
     # without autograd ranking_embeddings propagates into the step's buffers: the same values as
     # forward()'s, bit for bit, and a graph still waiting for its backward refuses it after
-    ds = tiny()
-    model = BM3(ds, config())
-    users, items = torch.as_tensor(ds.train[:, 0]), torch.as_tensor(ds.train[:, 1])
-    model.begin_step(1)
-    pending = model.calculate_loss(users, items)["loss"]
+    model, pending, _ = _pending_loss(tiny, config)
     with torch.no_grad():
         got = model.ranking_embeddings()
         u_g, i_o = model.forward()
