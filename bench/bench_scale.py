@@ -1,12 +1,15 @@
-"""The scale series: BM3+SGFD on 1 and on 2 torchrun processes (gloo, one thread each), one run.
+"""The scale series: BM3+SGFD on 1 and on 2 torchrun processes (gloo, one thread each), and on
+1 process with 2 threads, one run.
 
 For each size a SYNTHETIC dataset is generated from ``--seed`` (named ``synthetic-<users>x<items>``;
 nothing in it is real): power-law item popularity (weight ``(rank + 1) ** -0.8``), user degree
 5 + geometric (mean about 11 before duplicates are merged), one test and one validation item per
 user, 4096-d "image" and 384-d "text" stand-in features (standard normal) and 10 random labels.
 Each size is trained for ``--epochs`` epochs with evaluation every epoch, by
-``python -m sgfd_fast.train`` and by ``torchrun --standalone --nproc_per_node=2``, and the table
-gives per run: the mean epoch and evaluation time (``metrics.jsonl``), the peak resident set of
+``python -m sgfd_fast.train`` (one thread), by ``torchrun --standalone --nproc_per_node=2`` (one
+thread each) and by ``python -m sgfd_fast.train`` with two threads (``OMP_NUM_THREADS=2``: the
+same two cores used by torch's intra-op threads instead of two processes), and the table gives
+per run: the mean epoch and evaluation time (``metrics.jsonl``), the peak resident set of
 the largest process (``ru_maxrss`` of the launch's descendants) and, for 2 processes, what rank 0
 sent per training step (``train.log``: the split's all-gathers/all-reduces, the gradient
 all-reduce and ZeRO's parameter broadcast, as the trainer counts them), the CPU seconds of the
@@ -121,12 +124,14 @@ def run_size(name: str, seed: int, epochs: int, tmp: Path) -> dict:
     two = launch([sys.executable, "-m", "torch.distributed.run", "--standalone",
                   "--nproc_per_node=2", *args, "--out", str(tmp / name / "two")],
                  tmp / name / "two", env)
+    threads = launch([sys.executable, *args, "--out", str(tmp / name / "threads")],
+                     tmp / name / "threads", {**env, "OMP_NUM_THREADS": "2"})
     # float32 training: summation order differs between 1 and 2 processes, and Adam turns
     # rounding in near-zero gradients into steps, so epoch losses drift apart slowly
     diff = float(np.max(np.abs(np.subtract(one["losses"], two["losses"]))
                         / np.abs(one["losses"])))
     return {"size": name, "users": n_users, "items": n_items, "one": one, "two": two,
-            "loss_rel_diff": diff}
+            "threads": threads, "loss_rel_diff": diff}
 
 
 # --- CPU seconds per phase of a step (module doc) ---------------------------------------------
@@ -399,20 +404,23 @@ def main(argv=None) -> int:
     print(f"# CPU: {cpu_model()}, {os.cpu_count()} logical, bf16 ISA "
           f"{bf16_hardware('cpu') or 'none'}; load average before: {load()}; SYNTHETIC data, "
           f"seed {args.seed}")
-    print("| size (SYNTHETIC) | epoch 1p | epoch 2p | speed-up | eval 1p | eval 2p | speed-up "
+    print("| size (SYNTHETIC) | epoch 1p | epoch 2p | speed-up | epoch 1p, 2 threads | speed-up "
+          "| eval 1p | eval 2p | speed-up | eval 1p, 2 threads | speed-up "
           "| CPU s of the run 1p / 2p (all processes) | ratio "
           "| peak RSS 1p / 2p (MiB, largest process) "
-          "| sent per step, 2p (MiB) | epoch loss, max rel. diff |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| sent per step, 2p (MiB) | epoch loss 1p vs 2p, max rel. diff |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in sizes:
             r = run_size(name, args.seed, epochs, Path(tmp))
             rows.append(r)
-            o, t = r["one"], r["two"]
+            o, t, h = r["one"], r["two"], r["threads"]
             print(f"| {r['users']} x {r['items']} | {o['epoch_s']:.2f} s | {t['epoch_s']:.2f} s | "
-                  f"{o['epoch_s'] / t['epoch_s']:.2f}x | {o['eval_s']:.3f} s | "
+                  f"{o['epoch_s'] / t['epoch_s']:.2f}x | {h['epoch_s']:.2f} s | "
+                  f"{o['epoch_s'] / h['epoch_s']:.2f}x | {o['eval_s']:.3f} s | "
                   f"{t['eval_s']:.3f} s | {o['eval_s'] / t['eval_s']:.2f}x | "
+                  f"{h['eval_s']:.3f} s | {o['eval_s'] / h['eval_s']:.2f}x | "
                   f"{o['cpu_s']:.1f} / {t['cpu_s']:.1f} | {t['cpu_s'] / o['cpu_s']:.2f} | "
                   f"{o['peak_rss_mib']:.0f} / {t['peak_rss_mib']:.0f} | "
                   f"{t['sent_mib_per_step']:.2f} | {r['loss_rel_diff']:.1e} |", flush=True)

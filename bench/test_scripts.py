@@ -48,19 +48,20 @@ def _finite(x) -> bool:
 
 
 def test_bench_scale_smoke(tmp_path):
-    """--smoke: the tiny SYNTHETIC size on 1 and 2 processes, the per-phase table (2 steps) and
-    the collectives at 1 MiB."""
+    """--smoke: the tiny SYNTHETIC size on 1 and 2 processes and on 1 process with 2 threads,
+    the per-phase table (2 steps) and the collectives at 1 MiB."""
     out = _run("bench_scale.py", "--smoke", "--phase-steps", "2", "--json",
                str(tmp_path / "rows.json"), cwd=tmp_path)
     res = json.loads((tmp_path / "rows.json").read_text())
     (row,) = res["sizes"]
     assert (row["size"], row["users"], row["items"]) == ("smoke", 300, 200)
-    for run in (row["one"], row["two"]):
+    for run in (row["one"], row["two"], row["threads"]):
         assert {"epoch_s", "eval_s", "peak_rss_mib", "cpu_s", "sent_mib_per_step"} <= set(run)
         assert all(_finite(run[k]) for k in ("epoch_s", "eval_s", "peak_rss_mib", "cpu_s"))
         assert len(run["losses"]) == 1 and math.isfinite(run["losses"][0])  # --smoke: 1 epoch
     # one process sends nothing; two send their share, and learn what one process learns
     assert row["one"]["sent_mib_per_step"] == 0 and row["two"]["sent_mib_per_step"] > 0
+    assert row["threads"]["sent_mib_per_step"] == 0
     assert row["loss_rel_diff"] < 1e-4, row["loss_rel_diff"]
 
     one, two = row["phases"]["1"], row["phases"]["2"]

@@ -95,8 +95,11 @@ def test_two_processes_equal_one(runs):
     res = json.loads((runs / "two" / "results.json").read_text())
     assert res["world_size"] == 2 and res["dist_backend"] == "gloo"
     assert res["world_sizes"] == [2]
-    assert "device cpu, 2 processes (gloo), run directory" in \
-        (runs / "two" / "train.log").read_text().splitlines()[0]
+    log = (runs / "two" / "train.log").read_text()
+    assert "device cpu, 2 processes (gloo), run directory" in log.splitlines()[0]
+    # two CPU processes on one machine: the log says that threads use the cores better
+    assert "2 processes on this machine's CPU split each step (1 thread each): one process " \
+        "using the same cores as threads (python -m sgfd_fast.train, OMP_NUM_THREADS=2)" in log
 
 
 @pytest.mark.parametrize("name", ["one_then_two", "two_then_one"])
@@ -171,6 +174,8 @@ def test_two_nodes_train_and_resume_as_one(runs, data_dir, tmp_path):
     assert_same_run(runs / "one", tmp_path / "nodes")
     res = json.loads((tmp_path / "nodes" / "results.json").read_text())
     assert res["world_size"] == 2
+    # one process per "machine": nothing to say about threads
+    assert "processes on this machine's CPU" not in (tmp_path / "nodes" / "train.log").read_text()
     two_nodes(*data, *BASE[:2], "epochs=1", *BASE[3:], "--out", tmp_path / "resumed",
               port=free_port())
     two_nodes("--resume", tmp_path / "resumed", "epochs=2", port=free_port())
@@ -275,6 +280,8 @@ def test_grid_parallel_selects_as_the_serial_grid(data_dir, tmp_path):
     assert parallel["selected_point"] == serial["selected_point"]
     assert parallel["grid"] == serial["grid"]     # each point trained alone: the same numbers
     assert parallel["test"] == serial["test"]
+    # whole points per process, nothing split: the threads note does not apply
+    assert "processes on this machine's CPU" not in (tmp_path / "parallel" / "train.log").read_text()
     for i in range(3):   # point 1 was trained and written by rank 1
         assert epochs(tmp_path / "parallel" / f"grid-{i}") == \
             epochs(tmp_path / "serial" / f"grid-{i}")

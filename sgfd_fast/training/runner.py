@@ -15,6 +15,7 @@ same selection.
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -158,6 +159,19 @@ def _log_bf16(log, device: torch.device) -> None:
                     f"float32; precision=fp32 trains faster here")
 
 
+def _log_cpu_processes(log) -> None:
+    """Several processes of one CPU machine splitting each step: say that the same cores as one
+    process's threads train faster (docs/BENCHMARKS.md, "The same cores as threads")."""
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if local > 1:
+        n = torch.get_num_threads()
+        log.info(f"{local} processes on this machine's CPU split each step ({n} thread"
+                 f"{'s' if n > 1 else ''} each): one process using the same cores as threads (python -m "
+                 f"sgfd_fast.train, OMP_NUM_THREADS={local * n}) trains "
+                 f"faster; several CPU processes pay off across machines or with grid_parallel "
+                 f"(README, 'Several GPUs or machines')")
+
+
 def _hand_over(dataset, model, config: dict) -> None:
     """Under ``precision: bf16`` the model holds the raw features in bfloat16, built from the
     float32 matrices of ``dataset`` (which nothing needs once the last model is built): hand
@@ -206,6 +220,8 @@ def _run(run: dict, run_dir: Path, dataset, *, states=None, notes=(), held=(), p
         if parallel:
             log.info(f"grid_parallel: {len(points)} points over {world_size()} processes (point "
                      f"i on rank i mod {world_size()}); only rank 0's points are logged here")
+        elif device.type == "cpu" and distributed.active():
+            _log_cpu_processes(log)
         summaries = []
         mine = [i for i in range(len(points)) if not parallel or i % world_size() == rank()]
         lower = ", ".join(budget.size_keys(values) + ["train_batch_size"]) + " or eval_batch_size"
