@@ -109,8 +109,11 @@ class _Encode(torch.autograd.Function):
             for o, g, norm, g_norm, index, g_rows in (
                     (out[:n], g_out[:n], norm_u, g_norm_u, uniq_u, g_urows),
                     (out[n:], g_out[n:], norm_i, g_norm_i, uniq_i, g_irows)):
-                torch.div(o, norm, out=g)          # torch's norm backward: g_norm * (x / ||x||),
-                g.mul_(g_norm).masked_fill_(norm == 0, 0)  # 0 where the norm is 0
+                # torch's norm backward, g_norm * (x / ||x||) and 0 where the norm is 0, in two
+                # passes: there x / 1 * 0 (x is 0, or so small that its squares underflow)
+                zero = norm == 0
+                torch.div(o, torch.where(zero, 1, norm), out=g)
+                g.mul_(torch.where(zero, 0, g_norm))
                 g.index_add_(0, index, g_rows)     # the gather's backward (ids distinct)
         else:  # the total loss's gradient (class doc, "Under a split")
             # a shard reads at most its pairs' users and items: twice the largest shard

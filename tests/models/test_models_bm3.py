@@ -269,18 +269,24 @@ def _steps(model, monkeypatch, composed, n_steps=6):
     return trace
 
 
-@pytest.mark.parametrize("sgfd, n_layers, dtype", [(True, 1, torch.float32),
-                                                    (True, 2, torch.float32),
-                                                    (False, 3, torch.float64)])
+@pytest.mark.parametrize("sgfd, n_layers, dtype, zero", [(True, 1, torch.float32, False),
+                                                          (True, 2, torch.float32, False),
+                                                          (False, 3, torch.float64, False),
+                                                          (True, 1, torch.float32, True)])
 def test_reused_buffers_bitwise_equal_the_composition(tiny, config, monkeypatch, sgfd, n_layers,
-                                                      dtype):
+                                                      dtype, zero):
     # _Encode's buffers (reused across steps) change no bit of the losses, gradients or
-    # parameters over several Adam steps, against the plain autograd composition
+    # parameters over several Adam steps, against the plain autograd composition; ``zero``:
+    # from all-zero embeddings, whose norms (0) have a 0 gradient
     ds = tiny(n_users=40, n_items=25)
     traces = []
     for composed in (False, True):
         torch.manual_seed(0)
         model = BM3(ds, config(sgfd=sgfd, n_layers=n_layers)).to(dtype)
+        if zero:
+            with torch.no_grad():
+                model.user_embedding.weight.zero_()
+                model.item_embedding.weight.zero_()
         model._pairs = ds.train
         traces.append(_steps(model, monkeypatch, composed))
     for got, want in zip(*traces):
