@@ -110,7 +110,8 @@ class _Encode(torch.autograd.Function):
                     (out[:n], g_out[:n], norm_u, g_norm_u, uniq_u, g_urows),
                     (out[n:], g_out[n:], norm_i, g_norm_i, uniq_i, g_irows)):
                 # torch's norm backward, g_norm * (x / ||x||) and 0 where the norm is 0, in two
-                # passes: there x / 1 * 0 (x is 0, or so small that its squares underflow)
+                # passes: there x / 1 * 0 (x is +-0, or so small that its squares underflow;
+                # zeros that may carry x's sign, equal to the masked fill's +0)
                 zero = norm == 0
                 torch.div(o, torch.where(zero, 1, norm), out=g)
                 g.mul_(torch.where(zero, 0, g_norm))

@@ -160,16 +160,18 @@ def _log_bf16(log, device: torch.device) -> None:
 
 
 def _log_cpu_processes(log) -> None:
-    """Several processes of one CPU machine splitting each step: say that the same cores as one
-    process's threads train faster (docs/BENCHMARKS.md, "The same cores as threads")."""
+    """Several processes of one CPU machine splitting each step (torchrun's ``LOCAL_WORLD_SIZE``):
+    say that one process using the same cores as threads trains faster (docs/BENCHMARKS.md, "The
+    same two cores as threads": each process repeats part of the step and exchanges gradients
+    and parameters every step, threads share one copy)."""
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     if local > 1:
         n = torch.get_num_threads()
         log.info(f"{local} processes on this machine's CPU split each step ({n} thread"
-                 f"{'s' if n > 1 else ''} each): one process using the same cores as threads (python -m "
-                 f"sgfd_fast.train, OMP_NUM_THREADS={local * n}) trains "
-                 f"faster; several CPU processes pay off across machines or with grid_parallel "
-                 f"(README, 'Several GPUs or machines')")
+                 f"{'s' if n > 1 else ''} each): one process using the same cores as threads "
+                 f"(python -m sgfd_fast.train, OMP_NUM_THREADS={local * n}) trains faster; "
+                 f"several CPU processes pay off across machines or with grid_parallel (README, "
+                 f"'Several GPUs or machines')")
 
 
 def _hand_over(dataset, model, config: dict) -> None:
