@@ -24,6 +24,7 @@ from sgfd_fast.models import MODELS, build_model
 from sgfd_fast.train import main
 from sgfd_fast.training import distributed
 from sgfd_fast.training.distributed import shard_bounds
+from sgfd_fast.training.runtime import usable_cores
 from test_trainer import tiny_dataset
 
 BASE = ["--device", "cpu", "epochs=2", "train_batch_size=64", "embedding_size=16",
@@ -99,7 +100,8 @@ def test_two_processes_equal_one(runs):
     assert "device cpu, 2 processes (gloo), run directory" in log.splitlines()[0]
     # two CPU processes on one machine: the log says that threads use the cores better
     assert "2 processes on this machine's CPU split each step (1 thread each): one process " \
-        "using the same cores as threads (python -m sgfd_fast.train, OMP_NUM_THREADS=2)" in log
+        "using the machine's cores as threads (python -m sgfd_fast.train, " \
+        f"OMP_NUM_THREADS={usable_cores()})" in log
 
 
 @pytest.mark.parametrize("name", ["one_then_two", "two_then_one"])

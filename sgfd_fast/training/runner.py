@@ -31,7 +31,8 @@ from .checkpoint import WriteFailed, write_json
 from .loop import Trainer
 from .rundir import (RunDirectory, check_data_shape, data_fingerprint, data_shape,
                      describe_fingerprint, point_states, remove_temporaries)
-from .runtime import device_name, is_main, rank, resolve_device, run_logging, world_size
+from .runtime import (device_name, is_main, rank, resolve_device, run_logging, usable_cores,
+                      world_size)
 
 __all__ = ["train", "resume", "read_checked_run", "check_topk", "RESUMABLE_KEYS"]
 
@@ -168,10 +169,10 @@ def _log_cpu_processes(log) -> None:
     if local > 1:
         n = torch.get_num_threads()
         log.info(f"{local} processes on this machine's CPU split each step ({n} thread"
-                 f"{'s' if n > 1 else ''} each): one process using the same cores as threads "
-                 f"(python -m sgfd_fast.train, OMP_NUM_THREADS={local * n}) trains faster; "
-                 f"several CPU processes pay off across machines or with grid_parallel (README, "
-                 f"'Several GPUs or machines')")
+                 f"{'s' if n > 1 else ''} each): one process using the machine's cores as "
+                 f"threads (python -m sgfd_fast.train, OMP_NUM_THREADS={usable_cores()}) trains "
+                 f"faster; several CPU processes pay off across machines or with grid_parallel "
+                 f"(README, 'Several GPUs or machines')")
 
 
 def _hand_over(dataset, model, config: dict) -> None:

@@ -10,6 +10,7 @@ state.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import sys
 from contextlib import contextmanager
@@ -20,8 +21,8 @@ import torch
 
 from ..errors import ConfigError
 
-__all__ = ["LOGGER_NAME", "resolve_device", "device_name", "rank", "world_size", "is_main",
-           "seed_everything", "rng_state", "set_rng_state", "run_logging"]
+__all__ = ["LOGGER_NAME", "resolve_device", "device_name", "usable_cores", "rank", "world_size",
+           "is_main", "seed_everything", "rng_state", "set_rng_state", "run_logging"]
 
 LOGGER_NAME = "sgfd_fast.train"
 
@@ -55,6 +56,12 @@ def device_name(device: torch.device) -> str:
 
 
 # --- process identity -------------------------------------------------------------------------
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on: its affinity mask where the OS has one (Linux),
+    else ``os.cpu_count()``."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 def _distributed():
