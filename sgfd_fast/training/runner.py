@@ -171,8 +171,8 @@ def _log_cpu_processes(log) -> None:
         log.info(f"{local} processes on this machine's CPU split each step ({n} thread"
                  f"{'s' if n > 1 else ''} each): one process using the machine's cores as "
                  f"threads (python -m sgfd_fast.train, OMP_NUM_THREADS={usable_cores()}) trains "
-                 f"faster; several CPU processes pay off across machines or with grid_parallel "
-                 f"(README, 'Several GPUs or machines')")
+                 f"faster; several CPU processes pay off across machines, or for a grid with "
+                 f"grid_parallel (README, 'Several GPUs or machines')")
 
 
 def _hand_over(dataset, model, config: dict) -> None:
