@@ -51,11 +51,19 @@ def record(benchmark, group: str, info: dict) -> None:
 
 
 def cpu_model() -> str:
-    """The CPU's model name (/proc/cpuinfo), else what ``platform`` knows."""
+    """The CPU's model name with its family and model numbers (/proc/cpuinfo: a virtual machine's
+    name can be as bare as "AMD EPYC", the numbers tell Zen 4 from Zen 5), else what
+    ``platform`` knows."""
     try:
+        info = {}
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            if not key.strip():
+                break  # the first processor's block is enough
+            info.setdefault(key.strip(), value.strip())
+        if "model name" in info:
+            numbers = [f"{k} {info[k]}" for k in ("cpu family", "model") if k in info]
+            return info["model name"] + (f" ({', '.join(numbers)})" if numbers else "")
     except OSError:
         pass
     return platform.processor() or "CPU"
