@@ -72,7 +72,9 @@ class _Encode(torch.autograd.Function):
     of ``torch.autograd.grad``, a fresh tensor is used instead). Each element is computed by
     the same operations in the same order as by the composition (torch's norm backward
     ``g * (x / ||x||)``, the gathers' ``index_add_`` onto it, the residual's gradient added
-    last): bitwise the same losses, gradients and steps (``tests/models/test_models_bm3.py``).
+    last): bitwise the same losses, gradients and steps (``tests/models/test_models_bm3.py``);
+    a norm of exactly 0 aside, whose rows get zeros (torch's autograd: zeros too for the
+    regulariser's finite positive gradient, but -0 or NaN for a negative or non-finite one).
 
     The buffers are overwritten by the next call: a graph built before it cannot be
     backpropagated afterwards (autograd raises, through ``out``'s version counter).
