@@ -33,9 +33,10 @@ fused product; on gloo the gather of a row block costs more CPU than computing i
 gradient of the total loss with respect to y is G = c · y / ||y|| on each half (c: the ranks'
 gradients of the norm, summed) plus the sum of the ranks' gradients on the rows they read.
 :meth:`RowSplit.all_rows` exchanges those rows (ids and values, ~10^3 rows instead of N) and the
-scalars c in one all-gather; every rank then assembles the same G, and the gradient of x, M G, is propagated by each rank on its own rows only
-(:meth:`RowSplit.propagate_rows`): again the whole gradient of x on its rows and zeros
-elsewhere, as above, equal to one process's up to summation order.
+scalars c in one all-gather; every rank then assembles the same G, and the gradient of x, M G,
+is propagated by each rank on its own rows only (:meth:`RowSplit.propagate_rows`): again the
+whole gradient of x on its rows and zeros elsewhere, as above, equal to one process's up to
+summation order.
 
 ``torch.distributed`` is imported only when a split is built (a plain run never builds one).
 """

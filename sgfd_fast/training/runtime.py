@@ -55,13 +55,13 @@ def device_name(device: torch.device) -> str:
     return "cpu"
 
 
-# --- process identity -------------------------------------------------------------------------
-
-
 def usable_cores() -> int:
     """The CPU cores this process may run on: its affinity mask where the OS has one (Linux),
     else ``os.cpu_count()``."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+# --- process identity -------------------------------------------------------------------------
 
 
 def _distributed():
